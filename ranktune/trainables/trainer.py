@@ -1,0 +1,256 @@
+"""The training loop: one `Trainer` owns model, data, method (optimizer), schedule and checkpoints.
+
+Independent of Ray and MLflow: everything it has to say goes through `Callback`s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import resource
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ranktune.trainables.callbacks import Callback, Metrics
+from ranktune.trainables.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ranktune.trainables.config import TrainConfig
+from ranktune.trainables.data import ShuffledBatches, TokenBlocks, prepare_tokens, validation_indices
+from ranktune.trainables.model import build_model, count_parameters
+from ranktune.trainables.optim import build_method
+from ranktune.trainables.schedule import build_schedule
+
+log = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    pass
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def peak_memory_bytes(device: torch.device) -> int:
+    """CUDA peak allocated on GPU; on CPU the process's peak resident set size."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device)
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def parameter_bytes(model: torch.nn.Module) -> int:
+    return sum(p.numel() * p.element_size() for p in model.parameters())
+
+
+def gradient_bytes(model: torch.nn.Module) -> int:
+    return sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, callbacks: Sequence[Callback] = (), progress: bool = True) -> None:
+        self.cfg = cfg
+        self.callbacks = list(callbacks)
+        self.device = resolve_device(cfg.train.device)
+        self.output_dir = Path(cfg.output.dir)
+
+        tokens = prepare_tokens(cfg.data, progress=progress)
+        self.train_blocks = TokenBlocks(tokens.train, cfg.data.seq_len)
+        self.val_blocks = TokenBlocks(tokens.val, cfg.data.seq_len)
+        self.val_indices = validation_indices(len(self.val_blocks), cfg.train.eval_batches * cfg.train.micro_batch_size)
+        self.batches = ShuffledBatches(len(self.train_blocks), cfg.train.micro_batch_size, cfg.train.seed)
+
+        torch.manual_seed(cfg.train.seed)
+        self.llama_cfg = cfg.model.llama_config(vocab_size=tokens.vocab_size)
+        self.model = build_model(self.llama_cfg, self.device, cfg.model.activation_checkpointing)
+        if cfg.train.precision == "bf16":
+            self.model.to(torch.bfloat16)
+        # The method may wrap layers of the model in place (ReLoRA); always go through self.model.
+        self.method = build_method(self.model, cfg)
+        self.schedule = build_schedule(cfg)
+        self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+
+        self.step = 0  # optimizer updates done
+        self.tokens_seen = 0
+        self.elapsed = 0.0  # training wall time, carried across resumes
+        # Set (e.g. by a SIGINT handler) to stop cleanly after the current step with a checkpoint.
+        self.stop_requested = False
+
+    # ------------------------------------------------------------------ pieces
+
+    def autocast(self):
+        if self.cfg.train.precision == "fp32":
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        non_blocking = self.device.type == "cuda"
+        return x.to(self.device, non_blocking=non_blocking), y.to(self.device, non_blocking=non_blocking)
+
+    @torch.no_grad()
+    def evaluate(self) -> Metrics:
+        """Mean loss over the fixed held-out blocks (never seen by a training step)."""
+        self.model.eval()
+        total, count = 0.0, 0
+        mb = self.cfg.train.micro_batch_size
+        for start in range(0, len(self.val_indices), mb):
+            idx = self.val_indices[start : start + mb]
+            x, y = self._to_device(*self.val_blocks.batch(idx))
+            with self.autocast():
+                _, loss = self.forward(x, y)
+            total += loss.item() * len(idx)
+            count += len(idx)
+        self.model.train()
+        loss = total / count
+        return {"eval_loss": loss, "eval_ppl": math.exp(min(loss, 50.0))}
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "step": self.step,
+            "tokens_seen": self.tokens_seen,
+            "elapsed": self.elapsed,
+            "method": self.method.state_dict(),
+            "model": self.model.state_dict(),
+            "data": self.batches.state_dict(),
+            "rng": rng_state(),
+            "config": self.cfg.model_dump(mode="json"),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state["config"]
+        for section in ("model", "data"):
+            if saved[section] != self.cfg.model_dump(mode="json")[section]:
+                raise ValueError(
+                    f"checkpoint was written with a different {section!r} section; "
+                    "resume with the same config or start a fresh output.dir"
+                )
+        # The method first: it may restore structure (e.g. ReLoRA's wrapped layers) the weights need.
+        self.method.load_state_dict(state["method"])
+        self.model.load_state_dict(state["model"])
+        self.batches.load_state_dict(state["data"])
+        set_rng_state(state["rng"])
+        self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], state["elapsed"]
+
+    def save(self) -> Path:
+        return save_checkpoint(self.output_dir, self.step, self.state_dict(), self.cfg.output.keep_checkpoints)
+
+    def resume_from_latest(self) -> bool:
+        path = latest_checkpoint(self.output_dir)
+        if path is None:
+            return False
+        self.load_state_dict(load_checkpoint(path))
+        log.info("resumed from %s (step %d)", path, self.step)
+        return True
+
+    def memory_metrics(self) -> Metrics:
+        by_category = self.method.state_bytes()
+        metrics = {f"optimizer_state_bytes/{k}": v for k, v in by_category.items()}
+        metrics["optimizer_state_bytes"] = sum(by_category.values())
+        metrics["parameter_bytes"] = parameter_bytes(self.model)
+        metrics["peak_memory_bytes"] = peak_memory_bytes(self.device)
+        return metrics
+
+    def _emit(self, hook: str, metrics: Metrics) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(metrics)
+
+    # ------------------------------------------------------------------ loop
+
+    def fit(self) -> Metrics:
+        cfg, t = self.cfg, self.cfg.train
+        accum = cfg.grad_accum_steps
+        total_params = count_parameters(self.model)
+        self._emit(
+            "on_train_start",
+            {
+                "start_step": self.step,
+                "total_steps": t.steps,
+                "parameters": total_params,
+                "trainable_parameters": sum(p.numel() for p in self.method.trainable_parameters()),
+                "tokens_per_step": cfg.tokens_per_step,
+                "train_blocks": len(self.train_blocks),
+                "val_blocks": len(self.val_blocks),
+                "device": str(self.device),
+            },
+        )
+        first_eval = None
+        if self.step == 0:
+            first_eval = self.evaluate()
+            self._emit("on_eval", {"step": 0, "tokens": 0, **first_eval})
+
+        self.model.train()
+        interval_start, interval_tokens = time.perf_counter(), 0
+        last_eval: Metrics = {}
+        while self.step < t.steps:
+            step_start = time.perf_counter()
+            lr = self.schedule(self.step)
+            self.method.begin_step(lr)
+            loss_sum = 0.0
+            grad_bytes = 0
+            log_now = (self.step + 1) % t.log_every == 0 or self.step + 1 == t.steps
+            for micro in range(accum):
+                x, y = self._to_device(*self.train_blocks.batch(self.batches.next_indices()))
+                self.method.begin_micro_batch(is_last=micro == accum - 1)
+                with self.autocast():
+                    _, loss = self.forward(x, y)
+                (loss / accum).backward()
+                loss_sum += loss.item()
+            if log_now:
+                grad_bytes = gradient_bytes(self.model)  # before the method frees them
+            stats = self.method.step()
+            self.step += 1
+            stats.update(self.method.end_step(self.step))
+            train_loss = loss_sum / accum
+            if not math.isfinite(train_loss):
+                raise TrainingDiverged(f"diverged at step {self.step}: train loss is {train_loss}")
+            self.tokens_seen += cfg.tokens_per_step
+            interval_tokens += cfg.tokens_per_step
+            self.elapsed += time.perf_counter() - step_start
+
+            metrics = {"step": self.step, "tokens": self.tokens_seen, "train_loss": train_loss, "lr": lr, **stats}
+            self._emit("on_step", metrics)
+            if log_now:
+                now = time.perf_counter()
+                metrics.update(
+                    tokens_per_s=interval_tokens / max(now - interval_start, 1e-9),
+                    wall_time=self.elapsed,
+                    gradient_bytes=grad_bytes,
+                    **self.memory_metrics(),
+                )
+                self._emit("on_log", metrics)
+                interval_start, interval_tokens = now, 0
+
+            is_last = self.step == t.steps
+            ckpt_due = is_last or (cfg.output.checkpoint_every and self.step % cfg.output.checkpoint_every == 0)
+            if self.step % t.eval_every == 0 or is_last:
+                last_eval = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
+                if ckpt_due:
+                    last_eval["checkpoint"] = str(self.save())
+                self._emit("on_eval", last_eval)
+                interval_start = time.perf_counter()  # evaluation time is not training throughput
+            elif ckpt_due:
+                self.save()
+            if self.stop_requested and not is_last:
+                path = self.save()
+                log.warning("stopped at step %d on request; checkpoint %s (resume with --resume)", self.step, path)
+                break
+
+        if not last_eval:  # resumed at the very end: nothing left to run, report the final state
+            last_eval = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
+        summary = {
+            "steps": self.step,
+            "tokens": self.tokens_seen,
+            "wall_time": self.elapsed,
+            "completed": self.step >= t.steps,
+            "final_eval_loss": last_eval["eval_loss"],
+            "final_eval_ppl": last_eval["eval_ppl"],
+            **({"initial_eval_loss": first_eval["eval_loss"]} if first_eval else {}),
+            **self.memory_metrics(),
+        }
+        self._emit("on_train_end", summary)
+        return summary
