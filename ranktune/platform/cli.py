@@ -105,6 +105,76 @@ def cmd_models(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ranktune.platform.report import collect_trials, render_table
+    from ranktune.platform.sweep import load_state, resume_sweep, run_sweep
+    from ranktune.search_spaces.spec import load_spec
+
+    if args.resume:
+        summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet)
+    elif args.spec:
+        spec = load_spec(args.spec, args.overrides)
+        print(f"sweep {spec.name}: {spec.budget.num_trials} trials -> {spec.storage_dir}", file=sys.stderr)
+        summary = run_sweep(spec, address=args.address, progress=not args.quiet)
+    else:
+        print("error: give a sweep spec, or --resume SWEEP_DIR", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    spec, state = load_state(summary["storage"])
+    render_table(spec, collect_trials(spec, state))
+    _print_outcome(summary)
+    return 0
+
+
+def _print_outcome(summary: dict) -> None:
+    storage = summary["storage"]
+    best = summary["best"]
+    if best is None:
+        print("no trial ran its whole budget; nothing to export (see the failure reasons above)")
+    else:
+        print(f"best trial {best['trial_id']}: objective {best['objective']:.4f} with {best['params']}")
+        print(f"best config: {storage}/best_config.yaml   (train it: ranktune train {storage}/best_config.yaml)")
+    print(f"plots: {storage}/plots/   MLflow UI: ranktune ui {storage}")
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from ranktune.platform.report import collect_trials, pick_best, render_table, write_plots
+    from ranktune.platform.sweep import load_state
+
+    spec, state = load_state(args.sweep_dir)
+    rows = collect_trials(spec, state)
+    render_table(spec, rows)
+    plots = write_plots(spec, state, rows, spec.storage_dir / "plots")
+    best = pick_best(rows, spec.objective.mode)
+    if best is not None:
+        print(f"best trial {best['trial_id']}: objective {best['objective']:.4f}")
+    print("plots: " + ", ".join(str(p) for p in plots))
+    return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    import subprocess
+
+    from ranktune.platform.sweep import load_state
+
+    spec, state = load_state(args.sweep_dir)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: the MLflow UI will listen on {args.host}:{args.port}; anyone who can reach that address "
+            "can read and change every run (MLflow has no login by default; see docs/sweeps.md)",
+            file=sys.stderr,
+        )
+    print(f"MLflow UI for {spec.name}: http://{args.host}:{args.port}  (Ctrl-C to stop)")
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
+           "--host", args.host, "--port", str(args.port)]  # fmt: skip
+    artifacts = spec.storage_dir / "mlartifacts"
+    if artifacts.is_dir():
+        cmd += ["--default-artifact-root", artifacts.as_uri()]
+    try:
+        return subprocess.call(cmd)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _dump_yaml(data: dict) -> str:
     import yaml
 
@@ -132,6 +202,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("models", help="list model presets with parameter counts")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna + ASHA, tracked in MLflow)")
+    p.add_argument("spec", nargs="?", help="sweep spec YAML (see docs/sweeps.md)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a spec field, e.g. --set budget.num_trials=4")  # fmt: skip
+    p.add_argument("--resume", metavar="SWEEP_DIR", help="finish a sweep whose driver stopped or was killed")
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--quiet", action="store_true", help="no live progress table")
+    p.set_defaults(func=cmd_sweep)
+
+    p = sub.add_parser("report", help="ranked table of a sweep's trials, and its plots")
+    p.add_argument("sweep_dir")
+    p.set_defaults(func=cmd_report)
+
+    p = sub.add_parser("ui", help="open the MLflow UI on a sweep's tracking store (127.0.0.1 by default)")
+    p.add_argument("sweep_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
+    p.add_argument("--port", type=int, default=5000)
+    p.set_defaults(func=cmd_ui)
     return parser
 
 

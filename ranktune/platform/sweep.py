@@ -1,0 +1,244 @@
+"""Run (or resume) a sweep: Ray Tune drives, Optuna samples, ASHA prunes, MLflow records.
+
+Sweep directory layout (`spec.storage`):
+    sweep.json      spec, MLflow parent run and experiment ids (what `--resume` needs)
+    optuna.db       Optuna study (sqlite RDB storage: the sampler's history survives a restart)
+    mlflow.db       default MLflow tracking store (any tracking URI may be given instead)
+    mlartifacts/    default MLflow artifact root
+    tune/           Ray Tune experiment: trial dirs, checkpoints, experiment state
+    best_config.yaml, results.json, plots/   written when the sweep ends
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ranktune.search_spaces.spec import SweepSpec
+from ranktune.trainables.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "sweep.json"
+TUNE_DIR = "tune"
+
+
+def resolved_config_yaml(spec_json: str, params: dict[str, Any]) -> str:
+    spec = SweepSpec.model_validate_json(spec_json)
+    return yaml.safe_dump(spec.trial_config(params).model_dump(mode="json"), sort_keys=False)
+
+
+def spec_json(spec: SweepSpec) -> str:
+    return json.dumps({**spec.model_dump(mode="json"), "spec_dir": spec.spec_dir})
+
+
+def init_ray(address: str | None) -> None:
+    import os
+
+    import ray
+
+    # Checkpointing at every evaluation is deliberate (ASHA and restores need it), so Tune's warning
+    # about frequent experiment snapshots is noise here.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if ray.is_initialized():
+        return
+    # The dashboard stays off for local runs; on a cluster it is the cluster's (bound by `ray start`).
+    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+
+
+def gpus_per_trial(spec: SweepSpec) -> float:
+    import ray
+
+    if spec.resources.gpus_per_trial != "auto":
+        return float(spec.resources.gpus_per_trial)
+    return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
+
+
+def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
+    from ray import tune
+
+    from ranktune.platform.trial import run_trial
+
+    trainable = tune.with_parameters(run_trial, spec_json=spec_json(spec), prepare=prepare)
+    gpus = gpus_per_trial(spec)
+    if spec.resources.num_workers > 1:
+        # The trial only drives a Ray Train run; its workers request their own CPUs/GPUs.
+        return tune.with_resources(trainable, {"cpu": 0.01})
+    return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
+
+
+def build_searcher(spec: SweepSpec, storage: Path):
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    space = spec.search_space()
+    points = None
+    if spec.search.algorithm == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=spec.seed, n_startup_trials=spec.search.n_startup_trials)
+    else:
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+        if spec.search.algorithm == "grid":
+            points = space.grid()  # enqueued in order; define-by-run then takes the enqueued values
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    rdb = optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}")
+    searcher = OptunaSearch(
+        space=space.sample, metric=spec.objective.metric, mode=spec.objective.mode, sampler=sampler,
+        study_name=spec.name, storage=rdb, points_to_evaluate=points,
+    )  # fmt: skip
+    return searcher, (len(points) if points is not None else spec.budget.num_trials)
+
+
+def build_scheduler(spec: SweepSpec, eval_every: int):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler, HyperBandScheduler
+
+    s, steps = spec.scheduler, spec.budget.steps_per_trial
+    if s.name == "asha":
+        grace = s.grace_period or eval_every
+        return ASHAScheduler(time_attr="step", max_t=steps, grace_period=grace, reduction_factor=s.reduction_factor)
+    if s.name == "hyperband":
+        return HyperBandScheduler(time_attr="step", max_t=steps, reduction_factor=s.reduction_factor)
+    return FIFOScheduler()
+
+
+def _token_budget(max_tokens: int | None):
+    if max_tokens is None:
+        return None
+    from ray.tune import Stopper
+
+    class TokenBudget(Stopper):
+        """Ends the sweep once all trials together have trained on `max_tokens` tokens."""
+
+        def __init__(self) -> None:
+            self.tokens: dict[str, int] = {}
+
+        def __call__(self, trial_id: str, result: dict) -> bool:
+            self.tokens[trial_id] = int(result.get("tokens", 0))
+            return False
+
+        def stop_all(self) -> bool:
+            return sum(self.tokens.values()) >= max_tokens
+
+    return TokenBudget()
+
+
+def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool):
+    from ray import tune
+
+    from ranktune.platform.progress import SweepProgress
+    from ranktune.platform.tracking import MlflowTrials
+
+    storage = spec.storage_dir
+    searcher, num_trials = build_searcher(spec, storage)
+    eval_every = spec.trial_config({}).train.eval_every
+    callbacks = [
+        MlflowTrials(
+            state["tracking_uri"], state["experiment_id"], state["parent_run_id"], spec.name,
+            spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, spec_json(spec)),
+        ),
+        SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress),
+    ]  # fmt: skip
+    return tune.Tuner(
+        make_trainable(spec, prepare),
+        tune_config=tune.TuneConfig(
+            metric=spec.objective.metric, mode=spec.objective.mode, search_alg=searcher,
+            scheduler=build_scheduler(spec, eval_every), num_samples=num_trials,
+            max_concurrent_trials=spec.max_concurrent, time_budget_s=spec.budget.time_budget_s,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_DIR, storage_path=str(storage), callbacks=callbacks, stop=_token_budget(spec.budget.max_tokens),
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=1), verbose=0,
+        ),
+    )  # fmt: skip
+
+
+def start_tracking(spec: SweepSpec) -> dict[str, Any]:
+    from ranktune.platform.tracking import SWEEP_TAG, get_or_create_experiment, log_text_artifact, mlflow_client
+
+    storage = spec.storage_dir
+    client = mlflow_client(spec.tracking_uri)
+    artifact_root = None if spec.tracking.tracking_uri else (storage / "mlartifacts").as_uri()
+    experiment_id = get_or_create_experiment(client, spec.tracking.experiment, artifact_root)
+    parent = client.create_run(experiment_id, run_name=spec.name, tags={SWEEP_TAG: spec.name})
+    run_id = parent.info.run_id
+    for key, value in {
+        "preset": spec.space.preset, "search.algorithm": spec.search.algorithm, "scheduler": spec.scheduler.name,
+        "num_trials": spec.budget.num_trials, "steps_per_trial": spec.budget.steps_per_trial,
+        "objective": f"{spec.objective.mode} {spec.objective.metric}", "max_concurrent": spec.max_concurrent,
+        "seed": spec.seed,
+    }.items():  # fmt: skip
+        client.log_param(run_id, key, str(value))
+    log_text_artifact(client, run_id, "sweep_spec.yaml", yaml.safe_dump(json.loads(spec_json(spec)), sort_keys=False))
+    return {"tracking_uri": spec.tracking_uri, "experiment_id": experiment_id, "parent_run_id": run_id}
+
+
+def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | None = None,
+              progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Start a new sweep in `spec.storage_dir` and run it to the end; returns the summary."""
+    storage = spec.storage_dir
+    if (storage / STATE_FILE).exists():
+        raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> `ranktune sweep --resume {storage}` "
+                           "continues it; choose another name or storage to start a new one"])  # fmt: skip
+    storage.mkdir(parents=True, exist_ok=True)
+    init_ray(address)
+    state = {"spec": json.loads(spec_json(spec)), **start_tracking(spec)}
+    (storage / STATE_FILE).write_text(json.dumps(state, indent=2))
+    build_tuner(spec, state, prepare, progress).fit()
+    return finish_sweep(spec, state)
+
+
+def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
+    path = Path(storage_dir).expanduser().resolve() / STATE_FILE
+    if not path.is_file():
+        raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
+    state = json.loads(path.read_text())
+    return SweepSpec.model_validate(state["spec"]), state
+
+
+def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,
+                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Continue a sweep whose driver died: finished trials stay, interrupted ones resume from checkpoints."""
+    from ray import tune
+
+    spec, state = load_state(storage_dir)
+    init_ray(address)
+    tune_dir = spec.storage_dir / TUNE_DIR
+    if tune.Tuner.can_restore(str(tune_dir)):
+        tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True)
+    else:  # killed before Tune saved any state: start the trials, keeping the same MLflow parent run
+        tuner = build_tuner(spec, state, prepare, progress)
+    tuner.fit()
+    return finish_sweep(spec, state)
+
+
+def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
+    """Rank trials, write best config, results and plots, log them on the MLflow parent run."""
+    from ranktune.platform.report import collect_trials, pick_best, write_plots
+    from ranktune.platform.tracking import log_text_artifact, mlflow_client, results_json
+
+    storage = spec.storage_dir
+    client = mlflow_client(state["tracking_uri"])
+    parent = state["parent_run_id"]
+    trials = collect_trials(spec, state)
+    (storage / "results.json").write_text(results_json(trials))
+    client.log_artifact(parent, str(storage / "results.json"))
+    best = pick_best(trials, spec.objective.mode)
+    summary: dict[str, Any] = {"trials": len(trials), "best": best, "storage": str(storage)}
+    if best is not None:
+        best_yaml = resolved_config_yaml(spec_json(spec), best["params"])
+        (storage / "best_config.yaml").write_text(best_yaml)
+        log_text_artifact(client, parent, "best_config.yaml", best_yaml)
+        client.set_tag(parent, "ranktune.best_trial_id", best["trial_id"])
+        client.log_metric(parent, f"best_{spec.objective.metric}", best["objective"])
+    plots = write_plots(spec, state, trials, storage / "plots")
+    for plot in plots:
+        client.log_artifact(parent, str(plot), "plots")
+    summary["plots"] = [str(p) for p in plots]
+    client.set_terminated(parent, status="FINISHED")
+    return summary

@@ -1,0 +1,193 @@
+"""MLflow tracking of a sweep: one parent run, one nested child run per trial, written by the driver.
+
+The driver is the only writer (trials send results to it through Ray), so the default sqlite store
+never sees concurrent writers. A child run is found again by its `ranktune.trial_id` tag, so a
+restored trial, or a restarted driver, continues the same run instead of creating a duplicate.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+TRIAL_TAG = "ranktune.trial_id"
+SWEEP_TAG = "ranktune.sweep"
+STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed
+REASON_TAG = "ranktune.failure_reason"
+PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
+
+# Metrics that become step-indexed curves in MLflow (from each result and its log_history).
+CURVE_KEYS = ("train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes",
+              "parameter_bytes", "gradient_bytes", "tokens")  # fmt: skip
+EVAL_KEYS = ("eval_loss", "eval_ppl")
+
+
+def mlflow_client(tracking_uri: str):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(tracking_uri=tracking_uri)
+
+
+def get_or_create_experiment(client, name: str, artifact_root: str | None = None) -> str:
+    exp = client.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return client.create_experiment(name, artifact_location=artifact_root)
+
+
+def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
+    """Every trial run of a sweep (paged through: sweeps can have many trials)."""
+    runs, token = [], None
+    while True:
+        page = client.search_runs(
+            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=500,
+            page_token=token,
+        )  # fmt: skip
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def log_text_artifact(client, run_id: str, name: str, text: str, artifact_path: str | None = None) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        path = Path(d) / name
+        path.write_text(text)
+        client.log_artifact(run_id, str(path), artifact_path)
+
+
+class MlflowTrials(Callback):
+    """Tune callback: trial start/result/complete/error -> MLflow child runs under the sweep's parent."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
+                 steps_per_trial: int, config_yaml) -> None:  # fmt: skip
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.sweep_name = sweep_name
+        self.steps_per_trial = steps_per_trial
+        self.config_yaml = config_yaml  # params -> resolved training config (YAML text)
+        self._client = None
+        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._logged_step: dict[str, int] = {}  # run_id -> newest step already in MLflow
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its experiment state
+        state = self.__dict__.copy()
+        state["_client"] = None
+        return state
+
+    @property
+    def client(self):
+        if self._client is None:
+            self._client = mlflow_client(self.tracking_uri)
+        return self._client
+
+    def run_id_for(self, trial) -> str:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' and tags.mlflow.parentRunId = '{self.parent_run_id}'",
+        )
+        if found:
+            run_id = found[0].info.run_id
+            history = self.client.get_metric_history(run_id, "train_loss") + self.client.get_metric_history(
+                run_id, "eval_loss"
+            )
+            self._logged_step[run_id] = max((m.step for m in history), default=-1)
+            self.client.update_run(run_id, status="RUNNING")
+        else:
+            run = self.client.create_run(
+                self.experiment_id,
+                run_name=f"{self.sweep_name}-{trial.trial_id}",
+                tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name},
+            )
+            run_id = run.info.run_id
+            self._log_params(run_id, trial.config)
+            self.client.set_tag(run_id, PARAMS_TAG, json.dumps(trial.config, sort_keys=True, default=str))
+            try:
+                log_text_artifact(self.client, run_id, "config.yaml", self.config_yaml(trial.config))
+            except Exception as exc:  # an invalid sampled config fails in the trial itself, with its message
+                self.client.set_tag(run_id, "ranktune.config_error", str(exc)[:5000])
+            self._logged_step[run_id] = -1
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self.run_id_for(trial)
+
+    def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        from mlflow.entities import Metric
+
+        run_id = self.run_id_for(trial)
+        newest = self._logged_step.get(run_id, -1)
+        stamp = int(result.get("timestamp", 0) * 1000)
+        metrics = []
+        for record in json.loads(result.get("log_history", "[]")):
+            if record["step"] > newest:
+                metrics += [Metric(k, float(record[k]), stamp, record["step"]) for k in CURVE_KEYS if k in record]
+        step = result["step"]
+        if step > newest or (step == 0 and newest < 0):
+            metrics += [
+                Metric(k, float(result[k]), stamp, step) for k in EVAL_KEYS if k in result and math.isfinite(result[k])
+            ]
+        for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
+            self.client.log_batch(run_id, metrics=metrics[start : start + 900])
+        self._logged_step[run_id] = max(newest, step)
+
+    def on_trial_complete(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id_for(trial)
+        last = trial.last_result or {}
+        stopped_early = last.get("step", 0) < self.steps_per_trial
+        self.client.set_tag(run_id, STATUS_TAG, "stopped_early" if stopped_early else "finished")
+        self.log_final(run_id, last)
+        self.client.set_terminated(run_id, status="KILLED" if stopped_early else "FINISHED")
+
+    def log_final(self, run_id: str, last: dict[str, Any]) -> None:
+        for key in ("eval_loss", "eval_ppl", "tokens", "wall_time", "tokens_per_s", "peak_memory_bytes",
+                    "optimizer_state_bytes"):  # fmt: skip
+            if key in last and isinstance(last[key], (int, float)) and math.isfinite(float(last[key])):
+                self.client.log_metric(run_id, f"final_{key}", float(last[key]))
+
+    def on_trial_error(self, iteration, trials, trial, **info) -> None:
+        run_id = self.run_id_for(trial)
+        self.log_final(run_id, trial.last_result or {})
+        error = trial_error_text(trial)
+        self.client.set_tag(run_id, STATUS_TAG, "failed")
+        self.client.set_tag(run_id, REASON_TAG, failure_reason(error))
+        if error:
+            log_text_artifact(self.client, run_id, "error.txt", error)
+        self.client.set_terminated(run_id, status="FAILED")
+
+
+def trial_error_text(trial) -> str:
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text()
+    return ""
+
+
+def failure_reason(error_text: str) -> str:
+    """The one line a user needs: `diverged at step N: ...`, an OOM, or the exception's last line."""
+    lines = [ln.strip() for ln in error_text.splitlines() if ln.strip()]
+    for ln in lines:
+        if "diverged at step" in ln:
+            return ln[ln.index("diverged at step") :][:500]
+    for ln in reversed(lines):
+        if "Error" in ln or "error" in ln:
+            return ln[:500]
+    return (lines[-1] if lines else "unknown error")[:500]
+
+
+def results_json(rows: list[dict[str, Any]]) -> str:
+    return json.dumps(rows, indent=2, default=str)

@@ -1,0 +1,107 @@
+"""What Ray Tune runs for one trial: a thin adapter from the trainer's callbacks to `tune.report`.
+
+One worker: the trainer runs right here in the Tune trial. Several workers: the trial starts a Ray
+Train `TorchTrainer` (DDP over gloo or NCCL) whose rank-0 reports reach Tune through Ray's
+`TuneReportCallback` (see `distributed.py`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ranktune.search_spaces.spec import SweepSpec
+from ranktune.trainables.callbacks import Callback, Metrics
+from ranktune.trainables.config import TrainConfig
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def trial_train_config(spec: SweepSpec, params: dict[str, Any], work_dir: str | Path) -> TrainConfig:
+    """The trial's training config: base + sampled params, checkpoints at every evaluation.
+
+    ASHA stops and Ray restores trials only at reported results, so every evaluation comes with a
+    checkpoint; only the newest is kept in the trial's scratch directory (Tune persists the
+    reported ones into the sweep's storage).
+    """
+    cfg = spec.trial_config(params, output_dir=Path(work_dir) / "run")
+    cfg.output.checkpoint_every = cfg.train.eval_every
+    cfg.output.keep_checkpoints = 1
+    return cfg
+
+
+class ReportTo(Callback):
+    """Turns trainer events into Tune results: one result (and checkpoint) per evaluation.
+
+    Each result carries the `log` records since the previous one (`log_history`, a JSON string so
+    Tune's CSV/TensorBoard loggers pass it through), so the driver can draw step-indexed training
+    curves without a result per step (ASHA only sees evaluations).
+    """
+
+    def __init__(self, report: Callable[[Metrics, str | None], None]) -> None:
+        self.report = report
+        self.pending: list[Metrics] = []
+        self.last_log: Metrics = {}
+
+    def on_log(self, metrics: Metrics) -> None:
+        keep = ("step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes",
+                "optimizer_state_bytes", "parameter_bytes", "gradient_bytes", "wall_time")  # fmt: skip
+        record = {k: metrics[k] for k in keep if k in metrics}
+        self.pending.append(record)
+        self.last_log = record
+
+    def on_eval(self, metrics: Metrics) -> None:
+        result = {**self.last_log, **{k: v for k, v in metrics.items() if k != "checkpoint"}}
+        result["log_history"] = json.dumps(self.pending)
+        self.pending = []
+        self.report(result, metrics.get("checkpoint"))
+
+
+def tune_report(result: Metrics, checkpoint_file: str | None) -> None:
+    from ray import tune
+
+    if checkpoint_file is None:
+        tune.report(result)
+        return
+    with tempfile.TemporaryDirectory() as staging:
+        target = Path(staging) / CHECKPOINT_FILE
+        try:
+            os.link(checkpoint_file, target)  # same filesystem: no copy of the weights
+        except OSError:
+            shutil.copy2(checkpoint_file, target)
+        tune.report(result, checkpoint=tune.Checkpoint.from_directory(staging))
+
+
+def run_trial(params: dict[str, Any], spec_json: str, prepare: Callable | None = None) -> None:
+    """Tune function trainable. `prepare(trainer)` runs before training (tests inject faults there)."""
+    import torch
+    from ray import tune
+
+    from ranktune.trainables.checkpoint import load_checkpoint
+    from ranktune.trainables.trainer import Trainer
+
+    spec = SweepSpec.model_validate_json(spec_json)
+    # Scratch space outside the trial directory: Ray syncs the trial directory to storage in the
+    # background, and must not race the trainer rotating its checkpoint files.
+    with tempfile.TemporaryDirectory(prefix="ranktune-trial-") as work_dir:
+        cfg = trial_train_config(spec, params, work_dir)
+        if spec.resources.num_workers > 1:
+            from ranktune.platform.distributed import run_distributed_trial
+
+            run_distributed_trial(spec, cfg)
+            return
+
+        torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
+        trainer = Trainer(cfg, [ReportTo(tune_report)], progress=False)
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is not None:  # restored after a failure, a driver restart, or a scheduler pause
+            with checkpoint.as_directory() as d:
+                trainer.load_state_dict(load_checkpoint(Path(d) / CHECKPOINT_FILE))
+        if prepare is not None:
+            prepare(trainer, params)
+        trainer.fit()

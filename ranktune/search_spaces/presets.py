@@ -1,0 +1,55 @@
+"""Shipped search spaces. Ranges suit proxy runs of thousands of steps on 60m-130m models; a sweep
+spec can override any entry (`space.params`), and validation against the sweep's model and step
+budget says which entries do not fit before any trial starts."""
+
+from __future__ import annotations
+
+from typing import Any
+
+LR = {"type": "loguniform", "low": 1.0e-4, "high": 3.0e-2}
+RANK = {"type": "choice", "values": [16, 32, 64, 128]}
+
+GALORE = {
+    "rank": RANK,
+    "update_proj_gap": {"type": "int", "low": 50, "high": 500, "step": 50},
+    "scale": {"type": "uniform", "low": 0.1, "high": 0.5},
+}
+RELORA = {
+    "rank": RANK,
+    "relora_every": {"type": "int", "low": 200, "high": 2000, "step": 200},
+    "restart_warmup_steps": {"type": "int", "low": 10, "high": 100, "step": 10},
+    "warm_start_steps": {"type": "int", "low": 0, "high": 1000, "step": 100},
+    "reset_ratio": {"type": "uniform", "low": 0.9, "high": 0.999},
+}
+
+
+def _section(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
+    return {f"{prefix}.{k}": v for k, v in params.items()}
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    "galore": {
+        "fixed": {"optim.name": "galore_adamw"},
+        "params": {"optim.lr": LR, "schedule.warmup_steps": {"type": "int", "low": 0, "high": 200, "step": 20},
+                   **_section("galore", GALORE)},
+    },
+    "relora": {
+        "fixed": {"optim.name": "relora"},
+        "params": {"optim.lr": LR, **_section("relora", RELORA)},
+    },
+    # Which method wins at this budget? One branch per method, each with its own parameters.
+    "compare": {
+        "params": {"optim.lr": LR},
+        "branches": {
+            "key": "optim.name",
+            "choices": {
+                "adamw": {},
+                "adamw8bit": {},
+                "galore_adamw": _section("galore", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"]}),
+                "relora": _section("relora", {"rank": RANK, "relora_every": RELORA["relora_every"],
+                                              "warm_start_steps": RELORA["warm_start_steps"]}),
+                "lora": _section("relora", {"rank": RANK}),
+            },
+        },
+    },
+}  # fmt: skip

@@ -1,0 +1,216 @@
+"""A sweep spec: base training config, search space, objective, search, scheduler, budgets, storage.
+
+Loaded from YAML and validated like the training config (unknown keys, bad values and search-space
+entries that cannot work with the base model or budget are refused up front, naming the entry).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from ranktune.search_spaces.presets import PRESETS
+from ranktune.search_spaces.space import SearchSpace, format_value
+from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class SpaceSection(Strict):
+    preset: Literal["galore", "relora", "compare"] | None = None
+    fixed: dict[str, Any] = Field(default_factory=dict)
+    params: dict[str, Any] = Field(default_factory=dict)
+    branches: dict[str, Any] | None = None  # replaces the preset's branches when given
+
+
+class Objective(Strict):
+    metric: str = "eval_loss"  # reported at every evaluation; the value at the end of the budget ranks
+    mode: Literal["min", "max"] = "min"
+
+
+class Search(Strict):
+    algorithm: Literal["tpe", "random", "grid"] = "tpe"
+    n_startup_trials: int = Field(default=4, ge=1)  # TPE: random trials before the model kicks in
+
+
+class Scheduler(Strict):
+    name: Literal["asha", "hyperband", "none"] = "asha"
+    grace_period: int = Field(default=0, ge=0)  # steps before a trial can be stopped; 0 = one eval period
+    reduction_factor: float = Field(default=2.0, gt=1.0)
+
+
+class Budget(Strict):
+    num_trials: int = Field(default=8, ge=1)
+    steps_per_trial: int = Field(default=100, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)  # stop starting trials past this many tokens in all
+    time_budget_s: float | None = Field(default=None, gt=0)
+
+
+class Resources(Strict):
+    cpus_per_trial: float = Field(default=1.0, gt=0)
+    # "auto": one GPU per trial when the cluster has GPUs, else CPU only. Fractions share a GPU.
+    gpus_per_trial: float | Literal["auto"] = "auto"
+    num_workers: int = Field(default=1, ge=1)  # >1: Ray Train (DDP) inside the trial
+
+
+class Tracking(Strict):
+    tracking_uri: str | None = None  # default: sqlite database inside the sweep directory
+    experiment: str = "ranktune"
+
+
+class SweepSpec(Strict):
+    name: str = "sweep"
+    base: str | None = None  # training config YAML (relative to the spec file)
+    base_overrides: dict[str, Any] = Field(default_factory=dict)  # nested sections merged over `base`
+    space: SpaceSection
+    objective: Objective = Field(default_factory=Objective)
+    search: Search = Field(default_factory=Search)
+    scheduler: Scheduler = Field(default_factory=Scheduler)
+    budget: Budget = Field(default_factory=Budget)
+    resources: Resources = Field(default_factory=Resources)
+    max_concurrent: int = Field(default=2, ge=1)
+    max_failures: int = Field(default=0, ge=0)  # retries of a failed trial from its last checkpoint
+    storage: str = "sweeps/{name}"  # relative to the working directory; `{name}` is the sweep's name
+    tracking: Tracking = Field(default_factory=Tracking)
+    seed: int = 0
+
+    # Where relative paths in the spec are resolved (the spec file's folder); not a YAML key.
+    spec_dir: str = Field(default=".", exclude=True)
+
+    @model_validator(mode="after")
+    def _check_name(self) -> SweepSpec:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"name {self.name!r} may hold only letters, digits, '_', '-' and '.'")
+        return self
+
+    @property
+    def storage_dir(self) -> Path:
+        return Path(self.storage.format(name=self.name)).expanduser().resolve()
+
+    @property
+    def tracking_uri(self) -> str:
+        return self.tracking.tracking_uri or f"sqlite:///{self.storage_dir / 'mlflow.db'}"
+
+    def search_space(self) -> SearchSpace:
+        raw: dict[str, Any] = copy.deepcopy(PRESETS[self.space.preset]) if self.space.preset else {}
+        raw.setdefault("fixed", {}).update(self.space.fixed)
+        raw.setdefault("params", {}).update(self.space.params)
+        for name in self.space.fixed:  # a fixed setting replaces a preset's parameter of that name
+            raw["params"].pop(name, None)
+        if self.space.branches is not None:
+            raw["branches"] = self.space.branches
+        return SearchSpace.model_validate(raw)
+
+    def base_raw(self) -> dict[str, Any]:
+        """The base training config as a nested dict, with the sweep's per-trial step budget."""
+        raw: dict[str, Any] = {}
+        if self.base:
+            path = Path(self.base).expanduser()
+            path = path if path.is_absolute() else Path(self.spec_dir) / path
+            raw = yaml.safe_load(path.read_text()) or {}
+        for section, values in self.base_overrides.items():
+            if isinstance(values, dict):
+                raw.setdefault(section, {}).update(values)
+            else:
+                raw[section] = values
+        raw.setdefault("train", {})["steps"] = self.budget.steps_per_trial
+        return raw
+
+    def trial_config(self, params: dict[str, Any], output_dir: str | Path | None = None) -> TrainConfig:
+        raw = apply_overrides(copy.deepcopy(self.base_raw()), [f"{k}={_yaml(v)}" for k, v in params.items()])
+        if output_dir is not None:
+            raw.setdefault("output", {})["dir"] = str(output_dir)
+        return config_from_dict(raw)
+
+
+def _yaml(value: Any) -> str:
+    return yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...").strip()
+
+
+def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"sweep spec {str(p)!r} does not exist"])
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"sweep spec {str(p)!r} is not valid YAML: {exc}"]) from None
+    return spec_from_dict(apply_overrides(raw, list(overrides)), spec_dir=p.parent)
+
+
+def spec_from_dict(raw: dict[str, Any], spec_dir: str | Path = ".") -> SweepSpec:
+    try:
+        spec = SweepSpec.model_validate({**raw, "spec_dir": str(spec_dir)})
+        space = spec.search_space()
+    except ValidationError as exc:
+        raise ConfigError([_describe(e) for e in exc.errors()]) from None
+    if spec.base and not (Path(spec.spec_dir) / spec.base).expanduser().is_file():
+        raise ConfigError([f"base: {spec.base!r} -> an existing training config file"])
+    spec = self_contained(spec)
+    validate_against_base(spec, space)
+    return spec
+
+
+def self_contained(spec: SweepSpec) -> SweepSpec:
+    """Inline the base config file and make data paths absolute: trials run in other working
+    directories (and on other nodes), and a resumed sweep must not pick up later edits of the file."""
+    raw = spec.base_raw()
+    data = raw.get("data", {})
+    if isinstance(data, dict):
+        if data.get("files"):
+            data["files"] = [str(Path(f).expanduser().resolve()) for f in data["files"]]
+        if data.get("tokenizer") not in (None, "embedded"):
+            data["tokenizer"] = str(Path(data["tokenizer"]).expanduser().resolve())
+    raw.get("train", {}).pop("steps", None)  # the budget sets it
+    return spec.model_copy(update={"base": None, "base_overrides": raw, "spec_dir": str(Path(spec.spec_dir).resolve())})
+
+
+def _describe(err: dict[str, Any]) -> str:
+    field = ".".join(str(p) for p in err["loc"]) or "(root)"
+    if err["type"] == "extra_forbidden":
+        return f"{field}: unknown key"
+    return f"{field}: {err.get('input')!r} -> {err['msg']}"
+
+
+def validate_against_base(spec: SweepSpec, space: SearchSpace) -> None:
+    """Apply every edge value of every parameter to the base config; report what the config refuses.
+
+    This reuses the training config's own checks (rank above a targeted matrix's smallest side,
+    warmup longer than the budget, restart interval not above restart warmup, unknown keys...),
+    so the sweep refuses exactly what a trial would, before any trial starts.
+    """
+    try:
+        spec.trial_config({})
+    except ConfigError as exc:
+        raise ConfigError([f"base config: {p}" for p in exc.problems]) from None
+    problems: list[str] = []
+    seen: set[str] = set()
+    for label, group in space.validation_points():
+        found: list[set[str]] = []
+        for assignment in group:
+            try:
+                spec.trial_config(assignment)
+                found.append(set())
+            except ConfigError as exc:
+                found.append(set(exc.problems))
+        shown = ", ".join(f"{k}={format_value(v)}" for k, v in group[0].items() if k == label or len(group) == 1)
+        for p in sorted(set.intersection(*found) - seen):  # each underlying problem once
+            seen.add(p)
+            problems.append(f"space {label}: with {shown}: {p}")
+    if spec.search.algorithm == "grid":
+        try:
+            points = space.grid()
+        except ValueError as exc:
+            problems.append(f"search.algorithm: grid -> {exc}")
+        else:
+            if len(points) > 10_000:
+                problems.append(f"search.algorithm: grid -> {len(points)} points; narrow the space")
+    if problems:
+        raise ConfigError(problems)
