@@ -90,9 +90,9 @@ class MlflowTrials(Callback):
     def run_id_for(self, trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
+        same_trial = f"tags.`{TRIAL_TAG}` = '{trial.trial_id}'"
         found = self.client.search_runs(
-            [self.experiment_id],
-            filter_string=f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' and tags.mlflow.parentRunId = '{self.parent_run_id}'",
+            [self.experiment_id], filter_string=f"{same_trial} and tags.mlflow.parentRunId = '{self.parent_run_id}'"
         )
         if found:
             run_id = found[0].info.run_id
