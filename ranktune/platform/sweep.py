@@ -26,6 +26,7 @@ from ranktune.trainables.config import ConfigError
 log = logging.getLogger(__name__)
 
 STATE_FILE = "sweep.json"
+TRAIN_DRIVER_CPUS = 0.01  # what the Tune trial that drives a multi-worker Ray Train run holds
 TUNE_DIR = "tune"
 
 
@@ -60,16 +61,37 @@ def gpus_per_trial(spec: SweepSpec) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def check_cluster_fits(spec: SweepSpec) -> None:
+    """Refuse a trial that no node could ever run: Tune would otherwise wait for it forever."""
+    import ray
+
+    total = ray.cluster_resources()
+    r = spec.resources
+    cpus = r.cpus_per_trial * r.num_workers + (TRAIN_DRIVER_CPUS if r.num_workers > 1 else 0)
+    gpus = gpus_per_trial(spec) * r.num_workers
+    problems = []
+    if cpus > total.get("CPU", 0):
+        problems.append(
+            f"resources.cpus_per_trial: {r.cpus_per_trial} x {r.num_workers} workers (+{TRAIN_DRIVER_CPUS} for a "
+            f"multi-worker trial's driver) -> at most the cluster's {total.get('CPU', 0):g} CPUs"
+        )
+    if gpus > total.get("GPU", 0):
+        problems.append(f"resources.gpus_per_trial: {gpus / r.num_workers:g} x {r.num_workers} workers -> at most "
+                        f"the cluster's {total.get('GPU', 0):g} GPUs (or 0 / auto on CPU-only machines)")  # fmt: skip
+    if problems:
+        raise ConfigError(problems)
+
+
 def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
     from ray import tune
 
     from ranktune.platform.trial import run_trial
 
-    trainable = tune.with_parameters(run_trial, spec_json=spec_json(spec), prepare=prepare)
     gpus = gpus_per_trial(spec)
+    trainable = tune.with_parameters(run_trial, spec_json=spec_json(spec), gpus_per_trial=gpus, prepare=prepare)
     if spec.resources.num_workers > 1:
         # The trial only drives a Ray Train run; its workers request their own CPUs/GPUs.
-        return tune.with_resources(trainable, {"cpu": 0.01})
+        return tune.with_resources(trainable, {"cpu": TRAIN_DRIVER_CPUS})
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
 
 
@@ -187,6 +209,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
                            "continues it; choose another name or storage to start a new one"])  # fmt: skip
     storage.mkdir(parents=True, exist_ok=True)
     init_ray(address)
+    check_cluster_fits(spec)
     state = {"spec": json.loads(spec_json(spec)), **start_tracking(spec)}
     (storage / STATE_FILE).write_text(json.dumps(state, indent=2))
     build_tuner(spec, state, prepare, progress).fit()
@@ -208,6 +231,7 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
 
     spec, state = load_state(storage_dir)
     init_ray(address)
+    check_cluster_fits(spec)
     tune_dir = spec.storage_dir / TUNE_DIR
     if tune.Tuner.can_restore(str(tune_dir)):
         tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True)

@@ -7,11 +7,12 @@ Train `TorchTrainer` (DDP over gloo or NCCL) whose rank-0 reports reach Tune thr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -62,23 +63,31 @@ class ReportTo(Callback):
         self.report(result, metrics.get("checkpoint"))
 
 
-def tune_report(result: Metrics, checkpoint_file: str | None) -> None:
-    from ray import tune
-
-    if checkpoint_file is None:
-        tune.report(result)
-        return
+@contextlib.contextmanager
+def staged_checkpoint(checkpoint_file: str) -> Iterator[str]:
+    """A directory holding just this checkpoint as `state.pt`, for Ray to persist into storage."""
     with tempfile.TemporaryDirectory() as staging:
         target = Path(staging) / CHECKPOINT_FILE
         try:
             os.link(checkpoint_file, target)  # same filesystem: no copy of the weights
         except OSError:
             shutil.copy2(checkpoint_file, target)
+        yield staging
+
+
+def tune_report(result: Metrics, checkpoint_file: str | None) -> None:
+    from ray import tune
+
+    if checkpoint_file is None:
+        tune.report(result)
+        return
+    with staged_checkpoint(checkpoint_file) as staging:
         tune.report(result, checkpoint=tune.Checkpoint.from_directory(staging))
 
 
-def run_trial(params: dict[str, Any], spec_json: str, prepare: Callable | None = None) -> None:
-    """Tune function trainable. `prepare(trainer)` runs before training (tests inject faults there)."""
+def run_trial(params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.0,
+              prepare: Callable | None = None) -> None:  # fmt: skip
+    """Tune function trainable. `prepare(trainer, params)` runs before training (tests inject faults)."""
     import torch
     from ray import tune
 
@@ -93,7 +102,7 @@ def run_trial(params: dict[str, Any], spec_json: str, prepare: Callable | None =
         if spec.resources.num_workers > 1:
             from ranktune.platform.distributed import run_distributed_trial
 
-            run_distributed_trial(spec, cfg)
+            run_distributed_trial(spec, cfg, tune.get_context().get_trial_id(), gpus_per_trial)
             return
 
         torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))

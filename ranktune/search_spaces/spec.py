@@ -187,9 +187,17 @@ def validate_against_base(spec: SweepSpec, space: SearchSpace) -> None:
     so the sweep refuses exactly what a trial would, before any trial starts.
     """
     try:
-        spec.trial_config({})
+        base = spec.trial_config({})
     except ConfigError as exc:
         raise ConfigError([f"base config: {p}" for p in exc.problems]) from None
+    workers = spec.resources.num_workers
+    if base.train.batch_size % (base.train.micro_batch_size * workers):
+        raise ConfigError(
+            [
+                f"base config: train.batch_size: {base.train.batch_size} -> a multiple of "
+                f"train.micro_batch_size x resources.num_workers ({base.train.micro_batch_size} x {workers})"
+            ]
+        )
     problems: list[str] = []
     seen: set[str] = set()
     for label, group in space.validation_points():

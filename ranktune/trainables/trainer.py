@@ -18,7 +18,7 @@ import torch
 
 from ranktune.trainables.callbacks import Callback, Metrics
 from ranktune.trainables.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
-from ranktune.trainables.config import TrainConfig
+from ranktune.trainables.config import ConfigError, TrainConfig
 from ranktune.trainables.data import ShuffledBatches, TokenBlocks, prepare_tokens, validation_indices
 from ranktune.trainables.model import build_model, count_parameters
 from ranktune.trainables.optim import build_method
@@ -44,6 +44,15 @@ def peak_memory_bytes(device: torch.device) -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
 
 
+def distributed_rank_and_size() -> tuple[int, int]:
+    """(rank, world size) of an initialised torch.distributed process group, else (0, 1)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
 def parameter_bytes(model: torch.nn.Module) -> int:
     return sum(p.numel() * p.element_size() for p in model.parameters())
 
@@ -63,7 +72,15 @@ class Trainer:
         self.train_blocks = TokenBlocks(tokens.train, cfg.data.seq_len)
         self.val_blocks = TokenBlocks(tokens.val, cfg.data.seq_len)
         self.val_indices = validation_indices(len(self.val_blocks), cfg.train.eval_batches * cfg.train.micro_batch_size)
-        self.batches = ShuffledBatches(len(self.train_blocks), cfg.train.micro_batch_size, cfg.train.seed)
+        # Data parallel (DDP, e.g. under Ray Train): every rank draws the same global micro-batch of
+        # micro_batch_size * world_size blocks and trains on its own slice of it.
+        self.rank, self.world_size = distributed_rank_and_size()
+        per_step = cfg.train.micro_batch_size * self.world_size
+        if cfg.train.batch_size % per_step:
+            raise ConfigError([f"train.batch_size: {cfg.train.batch_size} -> a multiple of micro_batch_size x workers "
+                               f"({cfg.train.micro_batch_size} x {self.world_size})"])  # fmt: skip
+        self.grad_accum_steps = cfg.train.batch_size // per_step
+        self.batches = ShuffledBatches(len(self.train_blocks), per_step, cfg.train.seed)
 
         torch.manual_seed(cfg.train.seed)
         self.llama_cfg = cfg.model.llama_config(vocab_size=tokens.vocab_size)
@@ -74,6 +91,8 @@ class Trainer:
         self.method = build_method(self.model, cfg)
         self.schedule = build_schedule(cfg)
         self.forward = torch.compile(self.model) if cfg.train.compile else self.model
+        self._ddp: torch.nn.Module | None = None
+        self._ddp_params: tuple[int, ...] = ()
 
         self.step = 0  # optimizer updates done
         self.tokens_seen = 0
@@ -87,6 +106,26 @@ class Trainer:
         if self.cfg.train.precision == "fp32":
             return contextlib.nullcontext()
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
+
+    def training_forward(self) -> torch.nn.Module:
+        """The module to train through: the model, or a DDP wrapper of it when distributed.
+
+        DDP is rebuilt when the set of trainable parameters changes (ReLoRA wraps layers after its
+        warm start), since DDP registers its gradient buckets once, at construction."""
+        if self.world_size == 1:
+            return self.forward
+        params = tuple(id(p) for p in self.model.parameters() if p.requires_grad)
+        if self._ddp is None or params != self._ddp_params:
+            from torch.nn.parallel import DistributedDataParallel
+
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self._ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+            self._ddp_params = params
+        return self._ddp
+
+    def local_slice(self, indices):
+        mb = self.cfg.train.micro_batch_size
+        return indices[self.rank * mb : (self.rank + 1) * mb]
 
     def _to_device(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         non_blocking = self.device.type == "cuda"
@@ -136,7 +175,10 @@ class Trainer:
         set_rng_state(state["rng"])
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], state["elapsed"]
 
-    def save(self) -> Path:
+    def save(self) -> Path | None:
+        """Write a checkpoint (rank 0 only: every rank holds the same state under DDP)."""
+        if self.rank != 0:
+            return None
         return save_checkpoint(self.output_dir, self.step, self.state_dict(), self.cfg.output.keep_checkpoints)
 
     def resume_from_latest(self) -> bool:
@@ -146,6 +188,13 @@ class Trainer:
         self.load_state_dict(load_checkpoint(path))
         log.info("resumed from %s (step %d)", path, self.step)
         return True
+
+    def _mean_over_ranks(self, value: float) -> float:
+        import torch.distributed as dist
+
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.item() / self.world_size
 
     def memory_metrics(self) -> Metrics:
         by_category = self.method.state_bytes()
@@ -163,7 +212,7 @@ class Trainer:
 
     def fit(self) -> Metrics:
         cfg, t = self.cfg, self.cfg.train
-        accum = cfg.grad_accum_steps
+        accum = self.grad_accum_steps
         total_params = count_parameters(self.model)
         self._emit(
             "on_train_start",
@@ -193,13 +242,20 @@ class Trainer:
             loss_sum = 0.0
             grad_bytes = 0
             log_now = (self.step + 1) % t.log_every == 0 or self.step + 1 == t.steps
+            forward = self.training_forward()
             for micro in range(accum):
-                x, y = self._to_device(*self.train_blocks.batch(self.batches.next_indices()))
-                self.method.begin_micro_batch(is_last=micro == accum - 1)
-                with self.autocast():
-                    _, loss = self.forward(x, y)
-                (loss / accum).backward()
+                x, y = self._to_device(*self.train_blocks.batch(self.local_slice(self.batches.next_indices())))
+                is_last = micro == accum - 1
+                self.method.begin_micro_batch(is_last=is_last)
+                # Under DDP, gradients are all-reduced once per step: on the last micro-batch only.
+                sync = contextlib.nullcontext() if is_last or self.world_size == 1 else forward.no_sync()
+                with sync:
+                    with self.autocast():
+                        _, loss = forward(x, y)
+                    (loss / accum).backward()
                 loss_sum += loss.item()
+            if self.world_size > 1:  # report the loss of the whole global batch, the same on every rank
+                loss_sum = self._mean_over_ranks(loss_sum)
             if log_now:
                 grad_bytes = gradient_bytes(self.model)  # before the method frees them
             stats = self.method.step()
@@ -229,8 +285,9 @@ class Trainer:
             ckpt_due = is_last or (cfg.output.checkpoint_every and self.step % cfg.output.checkpoint_every == 0)
             if self.step % t.eval_every == 0 or is_last:
                 last_eval = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
-                if ckpt_due:
-                    last_eval["checkpoint"] = str(self.save())
+                path = self.save() if ckpt_due else None
+                if path is not None:
+                    last_eval["checkpoint"] = str(path)
                 self._emit("on_eval", last_eval)
                 interval_start = time.perf_counter()  # evaluation time is not training throughput
             elif ckpt_due:
