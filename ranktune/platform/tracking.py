@@ -19,6 +19,7 @@ TRIAL_TAG = "ranktune.trial_id"
 SWEEP_TAG = "ranktune.sweep"
 STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed
 REASON_TAG = "ranktune.failure_reason"
+RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a checkpoint
 PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
 
 # Metrics that become step-indexed curves in MLflow (from each result and its log_history).
@@ -130,6 +131,8 @@ class MlflowTrials(Callback):
         from mlflow.entities import Metric
 
         run_id = self.run_id_for(trial)
+        if result.get("start_step", 0) > 0:
+            self.client.set_tag(run_id, RESUMED_TAG, str(result["start_step"]))
         newest = self._logged_step.get(run_id, -1)
         stamp = int(result.get("timestamp", 0) * 1000)
         metrics = []
@@ -180,7 +183,7 @@ def trial_error_text(trial) -> str:
 def failure_reason(error_text: str) -> str:
     """The one line a user needs: `diverged at step N: ...`, an OOM, or the exception's last line."""
     lines = [ln.strip() for ln in error_text.splitlines() if ln.strip()]
-    for ln in lines:
+    for ln in reversed(lines):  # the message itself is at the end; source lines echo the f-string
         if "diverged at step" in ln:
             return ln[ln.index("diverged at step") :][:500]
     for ln in reversed(lines):

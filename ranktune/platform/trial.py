@@ -48,6 +48,10 @@ class ReportTo(Callback):
         self.report = report
         self.pending: list[Metrics] = []
         self.last_log: Metrics = {}
+        self.start_step = 0
+
+    def on_train_start(self, info: Metrics) -> None:
+        self.start_step = info["start_step"]  # > 0 when this run continues from a checkpoint
 
     def on_log(self, metrics: Metrics) -> None:
         keep = ("step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes",
@@ -59,6 +63,7 @@ class ReportTo(Callback):
     def on_eval(self, metrics: Metrics) -> None:
         result = {**self.last_log, **{k: v for k, v in metrics.items() if k != "checkpoint"}}
         result["log_history"] = json.dumps(self.pending)
+        result["start_step"] = self.start_step
         self.pending = []
         self.report(result, metrics.get("checkpoint"))
 

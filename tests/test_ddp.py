@@ -1,0 +1,59 @@
+"""The trainer under torch.distributed (gloo, 2 processes) equals one process with the same global batch."""
+
+import json
+
+import pytest
+import torch.multiprocessing as mp
+
+from ranktune.trainables import Trainer
+from ranktune.trainables.callbacks import Callback
+
+
+class Losses(Callback):
+    def __init__(self):
+        self.values = []
+
+    def on_step(self, m):
+        self.values.append(m["train_loss"])
+
+
+def _worker(rank, world, init_file, cfg_json, out_dir):
+    import torch
+    import torch.distributed as dist
+
+    from ranktune.trainables.config import TrainConfig
+
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    try:
+        cfg = TrainConfig.model_validate_json(cfg_json)
+        losses = Losses()
+        trainer = Trainer(cfg, [losses], progress=False)
+        trainer.evaluate = lambda: {"eval_loss": 0.0, "eval_ppl": 1.0}
+        trainer.fit()
+        weights = float(trainer.model.lm_head.weight.detach().double().sum())
+        with open(f"{out_dir}/rank{rank}.json", "w") as f:
+            json.dump({"losses": losses.values, "weights": weights}, f)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.timeout(300)
+def test_two_process_ddp_matches_single_process_accumulation(make_config, tmp_path):
+    import torch
+
+    single_cfg = make_config("train.steps=3", "train.micro_batch_size=4", f"output.dir={tmp_path}/single")
+    losses = Losses()
+    single = Trainer(single_cfg, [losses], progress=False)
+    single.evaluate = lambda: {"eval_loss": 0.0, "eval_ppl": 1.0}
+    single.fit()
+    single_weights = float(single.model.lm_head.weight.detach().double().sum())
+
+    ddp_cfg = make_config("train.steps=3", "train.micro_batch_size=4", f"output.dir={tmp_path}/ddp")
+    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), ddp_cfg.model_dump_json(), str(tmp_path)),
+                       nprocs=2, start_method="spawn")  # fmt: skip
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert ranks[0]["losses"] == ranks[1]["losses"]  # every rank reports the global-batch loss
+    assert ranks[0]["losses"] == pytest.approx(losses.values, rel=1e-5)
+    assert ranks[0]["weights"] == ranks[1]["weights"] == pytest.approx(single_weights, rel=1e-5)
+    assert torch.isfinite(torch.tensor(ranks[0]["losses"])).all()

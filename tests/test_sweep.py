@@ -1,0 +1,207 @@
+"""Sweeps end to end on a local Ray: MLflow runs, ASHA, a diverging trial, driver kill + resume, DDP."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ranktune.platform.report import collect_trials
+from ranktune.platform.sweep import load_state
+from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
+from ranktune.search_spaces import spec_from_dict
+from ranktune.trainables.config import load_config
+
+TINY = {
+    "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
+    "data": {"seq_len": 32, "max_tokens": 300_000},
+    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_batches": 2, "log_every": 5},
+    "schedule": {"warmup_steps": 2},
+}
+POISONED_LR = 5e-3
+
+
+def tiny_spec(tmp_path, token_cache, name, **sections):
+    base = json.loads(json.dumps(TINY))
+    base["data"]["cache_dir"] = token_cache
+    raw = {"name": name, "base_overrides": base, "storage": str(tmp_path / name), "max_concurrent": 1, **sections}
+    return raw
+
+
+def poison_one_trial(trainer, params):
+    """Fault injection for the test: NaN weights make this trial's loss NaN at step 1."""
+    import torch
+
+    if params.get("optim.lr") == POISONED_LR:
+        with torch.no_grad():
+            trainer.model.layers[0].mlp.down_proj.weight.fill_(float("nan"))
+
+
+@pytest.fixture
+def local_ray():
+    import ray
+    import ray.cloudpickle
+
+    ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])  # so Ray workers get poison_one_trial
+    yield
+    ray.shutdown()
+
+
+def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cache, local_ray):
+    from ranktune.platform.sweep import run_sweep
+
+    raw = tiny_spec(
+        tmp_path, token_cache, "e2e",
+        # Grid order is the run order (one at a time): a good trial first, then two with hopeless
+        # learning rates that ASHA must stop at its first rung, then one that diverges.
+        space={"params": {"optim.lr": {"type": "choice", "values": [3e-3, 1e-6, 2e-6, POISONED_LR]}}},
+        search={"algorithm": "grid"},
+        scheduler={"name": "asha", "grace_period": 5, "reduction_factor": 2},
+        budget={"steps_per_trial": 20},
+    )  # fmt: skip
+    spec = spec_from_dict(raw)
+    summary = run_sweep(spec, prepare=poison_one_trial, progress=False)
+
+    _, state = load_state(spec.storage_dir)
+    client = mlflow_client(state["tracking_uri"])
+    parent = client.get_run(state["parent_run_id"])
+    children = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    assert len(children) == 4
+    by_lr = {json.loads(c.data.tags[PARAMS_TAG])["optim.lr"]: c for c in children}
+
+    good = by_lr[3e-3]
+    assert good.data.tags[STATUS_TAG] == "finished" and good.info.status == "FINISHED"
+    assert good.data.params["optim.lr"] == "0.003"
+    evals = client.get_metric_history(good.info.run_id, "eval_loss")
+    assert [m.step for m in sorted(evals, key=lambda m: m.step)] == [0, 5, 10, 15, 20]
+    assert sorted(evals, key=lambda m: m.step)[-1].value < sorted(evals, key=lambda m: m.step)[0].value - 0.5
+    for curve in ("train_loss", "lr", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes", "eval_ppl"):
+        assert client.get_metric_history(good.info.run_id, curve), curve
+    assert "final_eval_loss" in good.data.metrics
+    artifacts = {a.path for a in client.list_artifacts(good.info.run_id)}
+    assert "config.yaml" in artifacts
+
+    for lr in (1e-6, 2e-6):  # ASHA stopped both at the first rung
+        stopped = by_lr[lr]
+        assert stopped.data.tags[STATUS_TAG] == "stopped_early"
+        assert max(m.step for m in client.get_metric_history(stopped.info.run_id, "eval_loss")) == 5
+
+    failed = by_lr[POISONED_LR]
+    assert failed.info.status == "FAILED" and failed.data.tags[STATUS_TAG] == "failed"
+    assert failed.data.tags[REASON_TAG].startswith("diverged at step 1")
+    assert "error.txt" in {a.path for a in client.list_artifacts(failed.info.run_id)}
+
+    assert parent.info.status == "FINISHED"
+    parent_artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
+    assert {"sweep_spec.yaml", "best_config.yaml", "results.json", "plots"} <= parent_artifacts
+    plots = {Path(a.path).name for a in client.list_artifacts(parent.info.run_id, "plots")}
+    assert {"optimization_history.png", "parallel_coordinates.png", "loss_curves.png"} <= plots
+    assert parent.data.tags["ranktune.best_trial_id"] == good.data.tags["ranktune.trial_id"]
+
+    assert summary["best"]["params"] == {"optim.lr": 3e-3}
+    best = load_config(spec.storage_dir / "best_config.yaml")  # a self-contained training config
+    assert best.optim.lr == 3e-3 and best.train.steps == 20
+
+
+def _session_pids(sid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[3]) == sid:  # fields after the command: state, ppid, pgrp, session
+            pids.append(int(stat.parent.name))
+    return pids
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(1.0)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, token_cache):
+    raw = tiny_spec(
+        tmp_path, token_cache, "killed",
+        space={"params": {"optim.lr": {"type": "choice", "values": [3e-3, 2e-3, 1e-3]}}},
+        search={"algorithm": "grid"}, scheduler={"name": "none"}, budget={"steps_per_trial": 40},
+    )  # fmt: skip
+    spec_file = tmp_path / "killed.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    storage = tmp_path / "killed"
+    cli = [sys.executable, "-m", "ranktune.platform.cli"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen([*cli, "sweep", str(spec_file), "--quiet"], start_new_session=True, env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.log", "w"))  # fmt: skip
+
+    def second_trial_mid_way():
+        if not (storage / "sweep.json").exists():
+            return None
+        _, state = load_state(storage)
+        client = mlflow_client(state["tracking_uri"])
+        runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
+        done = [r for r in runs if r.data.tags.get(STATUS_TAG) == "finished"]
+        running = [r for r in runs if STATUS_TAG not in r.data.tags]
+        if done and any(m.step >= 10 for r in running for m in client.get_metric_history(r.info.run_id, "eval_loss")):
+            return True
+        return None
+
+    try:
+        _wait_for(second_trial_mid_way, 300, "one finished trial and one past its step-10 checkpoint")
+    finally:
+        sid = os.getsid(driver.pid)
+        for pid in _session_pids(sid):  # the driver and every Ray process it started: a hard crash
+            os.kill(pid, signal.SIGKILL)
+        driver.wait()
+    assert driver.returncode == -signal.SIGKILL
+
+    resumed = subprocess.run([*cli, "sweep", "--resume", str(storage), "--quiet"], capture_output=True, text=True,
+                             env=env, timeout=600)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+
+    spec, state = load_state(storage)
+    client = mlflow_client(state["tracking_uri"])
+    runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    trial_ids = [r.data.tags["ranktune.trial_id"] for r in runs]
+    assert len(runs) == 3 and len(set(trial_ids)) == 3  # every trial exactly once in MLflow
+    assert all(r.data.tags[STATUS_TAG] == "finished" for r in runs)
+    for r in runs:  # no step logged twice, every curve reaches the budget
+        steps = [m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")]
+        assert sorted(steps) == sorted(set(steps)) and max(steps) == 40
+    resumed_runs = [r for r in runs if RESUMED_TAG in r.data.tags]
+    assert len(resumed_runs) == 1 and int(resumed_runs[0].data.tags[RESUMED_TAG]) >= 10  # from its checkpoint
+    rows = collect_trials(spec, state)
+    assert len(rows) == 3 and json.loads((storage / "results.json").read_text())[0]["status"] == "finished"
+
+
+def test_two_worker_ray_train_trial_on_cpu(tmp_path, token_cache, local_ray):
+    from ranktune.platform.sweep import run_sweep
+
+    raw = tiny_spec(
+        tmp_path, token_cache, "ddp",
+        space={"params": {"optim.lr": {"type": "choice", "values": [3e-3]}}},
+        search={"algorithm": "grid"}, scheduler={"name": "none"}, budget={"steps_per_trial": 10},
+        resources={"num_workers": 2, "cpus_per_trial": 0.9},
+    )  # fmt: skip
+    raw["base_overrides"]["train"]["micro_batch_size"] = 4  # 4 per worker x 2 workers = batch 8
+    spec = spec_from_dict(raw)
+    summary = run_sweep(spec, progress=False)
+    assert summary["best"] is not None and summary["best"]["status"] == "finished"
+    assert math.isfinite(summary["best"]["objective"])
+    _, state = load_state(spec.storage_dir)
+    client = mlflow_client(state["tracking_uri"])
+    (run,) = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    assert max(m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")) == 10
