@@ -70,3 +70,15 @@ def test_bad_config_exits_2_without_traceback(tmp_path):
 def test_models_lists_paper_configs():
     out = ranktune("models")
     assert out.returncode == 0 and "7b" in out.stdout and "6,738.4M" in out.stdout
+
+
+def test_schedule_shows_relora_sawtooth(tmp_path):
+    out = ranktune(
+        "schedule", "--set", "optim.name=relora", "--set", "train.steps=100", "--set", "relora.relora_every=30",
+        "--set", "relora.restart_warmup_steps=5", "--set", "relora.rank=16", "--set", "schedule.warmup_steps=10",
+        "--plot", str(tmp_path / "lr.png"),
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "restarts after [30, 60, 90]" in out.stdout
+    assert "step      30  lr 0  <- restart" in out.stdout
+    assert (tmp_path / "lr.png").stat().st_size > 1000

@@ -114,7 +114,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet)
     elif args.spec:
         spec = load_spec(args.spec, args.overrides)
-        print(f"sweep {spec.name}: {spec.budget.num_trials} trials -> {spec.storage_dir}", file=sys.stderr)
+        space = spec.search_space()
+        trials = len(space.grid()) if spec.search.algorithm == "grid" else spec.budget.num_trials
+        print(f"sweep {spec.name}: {trials} trials -> {spec.storage_dir}", file=sys.stderr)
         summary = run_sweep(spec, address=args.address, progress=not args.quiet)
     else:
         print("error: give a sweep spec, or --resume SWEEP_DIR", file=sys.stderr)
@@ -175,6 +177,59 @@ def cmd_ui(args: argparse.Namespace) -> int:
         return 0
 
 
+def cmd_mlflow_server(args: argparse.Namespace) -> int:
+    from ranktune.platform.cluster import mlflow_server_command, serve
+
+    cmd = mlflow_server_command(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
+                                args.basic_auth)  # fmt: skip
+    print(f"MLflow tracking server: http://{args.host}:{args.port}  (Ctrl-C to stop)", file=sys.stderr)
+    return serve(cmd, args.pidfile)
+
+
+def cmd_schedule(args: argparse.Namespace) -> int:
+    from ranktune.trainables.config import load_config
+    from ranktune.trainables.optim.relora_schedule import plot_schedule, restart_steps, schedule_points
+
+    cfg = load_config(args.config, args.overrides)
+    points = schedule_points(cfg)
+    if args.all:
+        print("step,lr")
+        print("\n".join(f"{step},{lr:.6g}" for step, lr in points))
+    else:
+        # The points a reader checks: start, end of warmup, around every restart, the end.
+        restarts = restart_steps(cfg)
+        warm = cfg.relora.restart_warmup_steps
+        marks = {0, cfg.schedule.warmup_steps, len(points) - 1}
+        for r in restarts:
+            marks |= {r - 1, r, r + 1, r + warm}
+        print(f"{cfg.optim.name}: {len(points)} steps, peak lr {cfg.optim.lr:g}, restarts after {restarts or 'none'}")
+        for step in sorted(m for m in marks if 0 <= m < len(points)):
+            print(f"  step {step:>7}  lr {points[step][1]:.6g}{'  <- restart' if step in restarts else ''}")
+    if args.plot:
+        print(f"plot: {plot_schedule(cfg, args.plot)}")
+    return 0
+
+
+def cmd_estimate(args: argparse.Namespace) -> int:
+    from ranktune.platform.memory import estimate_run, render_estimate
+    from ranktune.trainables.config import load_config
+
+    cfg = load_config(args.config, args.overrides)
+    verdict = render_estimate(estimate_run(cfg, device=args.device, overhead_gib=args.overhead_gib), args.budget_gib)
+    return 0 if verdict.fits else 1
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from ranktune.platform.export import export_best, load_rules
+
+    result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
+                         rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial)  # fmt: skip
+    print(f"exported trial {result.trial_id} -> {result.config_path}")
+    print(result.verdict.line())
+    print(f"launch: {result.command}")
+    return 0
+
+
 def _dump_yaml(data: dict) -> str:
     import yaml
 
@@ -200,6 +255,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(p)
     p.set_defaults(func=cmd_config)
 
+    p = sub.add_parser("schedule", help="print (or plot) the LR schedule of a config, e.g. ReLoRA's sawtooth")
+    _add_config_args(p)
+    p.add_argument("--plot", metavar="PNG", help="also write a plot of the schedule")
+    p.add_argument("--all", action="store_true", help="print every step as CSV")
+    p.set_defaults(func=cmd_schedule)
+
     p = sub.add_parser("models", help="list model presets with parameter counts")
     p.set_defaults(func=cmd_models)
 
@@ -221,6 +282,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
     p.add_argument("--port", type=int, default=5000)
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("mlflow-server", help="a shared MLflow tracking server, e.g. on the cluster head (127.0.0.1)")
+    p.add_argument("--backend-store-uri", required=True, help="where runs go: sqlite:///PATH or postgresql://...")
+    p.add_argument("--artifacts-destination", required=True, help="artifact store, e.g. a path on shared storage")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
+    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--basic-auth", action="store_true", help="require a login (MLflow's basic-auth app)")
+    p.add_argument("--pidfile", help="record the server here; a later start with it replaces that server")
+    p.set_defaults(func=cmd_mlflow_server)
+
+    p = sub.add_parser("estimate", help="estimate a config's training memory and check it against a GPU budget")
+    _add_config_args(p)
+    p.add_argument("--budget-gib", type=float, default=24.0, help="GPU memory budget (default 24 GiB)")
+    p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cuda adds the fixed overhead")
+    p.add_argument("--overhead-gib", type=float, default=None, help="fixed overhead (default 1 GiB on cuda)")
+    p.set_defaults(func=cmd_estimate)
+
+    p = sub.add_parser("export", help="turn a sweep's best trial into a single-GPU config for a target model")
+    p.add_argument("sweep_dir")
+    p.add_argument("--target", default="7b", help="target model preset (default 7b)")
+    p.add_argument("--budget-gib", type=float, default=24.0, help="GPU memory budget (default 24 GiB)")
+    p.add_argument("--out", help="config file to write (default SWEEP_DIR/export_<target>.yaml)")
+    p.add_argument("--rules", help="YAML file of scaling rules (see docs/export.md)")
+    p.add_argument("--trial", help="export this finished trial instead of the best one")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a field of the exported config, e.g. --set train.steps=1000")  # fmt: skip
+    p.set_defaults(func=cmd_export)
     return parser
 
 

@@ -24,8 +24,9 @@ def train_report(result: Metrics, checkpoint_file: str | None) -> None:
     """Every worker reports (Ray Train expects all ranks to); only rank 0 carries the checkpoint."""
     import ray.train
 
-    from ranktune.platform.trial import staged_checkpoint
+    from ranktune.platform.trial import staged_checkpoint, with_node_id
 
+    result = with_node_id(result)
     if checkpoint_file is None:
         ray.train.report(result)
         return

@@ -21,7 +21,7 @@ class SweepProgress(Callback):
     def _table(self):
         from rich.table import Table
 
-        done = sum(r["status"] in ("finished", "stopped early", "failed") for r in self.rows.values())
+        done = sum(r["status"] != "running" for r in self.rows.values())
         table = Table(title=f"trials {done}/{self.num_trials} done")
         for col in ("trial", "params", "step", "train loss", self.metric, "status"):
             table.add_column(col, overflow="fold")
@@ -57,8 +57,13 @@ class SweepProgress(Callback):
                      objective=f"{result.get(self.metric, float('nan')):.4f}")  # fmt: skip
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
-        stopped = (trial.last_result or {}).get("step", 0) < self.steps_per_trial  # by the scheduler
-        self._update(trial, status="stopped early" if stopped else "finished")
+        last = trial.last_result or {}
+        if "step" not in last:  # returned before training: over the sweep's memory budget
+            self._update(trial, status="pruned (memory)")
+        elif last["step"] < self.steps_per_trial:  # stopped by the scheduler
+            self._update(trial, status="stopped early")
+        else:
+            self._update(trial, status="finished")
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         self._update(trial, status="failed")

@@ -13,7 +13,7 @@ from ranktune.search_spaces.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
-STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "failed": 3}
+STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "pruned_memory": 3, "failed": 4}
 
 
 def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:
@@ -94,7 +94,9 @@ def render_table(spec: SweepSpec, rows: list[dict[str, Any]]) -> None:
     for col in ("#", "trial", "status", spec.objective.metric, "step", *names, "peak MiB", "tok/s", f"{unit}-h"):
         table.add_column(col, overflow="fold")
     for i, r in enumerate(rows, 1):
-        status = r["status"] if r["status"] != "failed" else f"failed: {(r['failure_reason'] or '')[:160]}"
+        status = r["status"]
+        if status in ("failed", "pruned_memory"):  # the reason is what the reader needs
+            status = f"{status}: {(r['failure_reason'] or '')[:160]}"
         table.add_row(
             str(i), r["trial_id"] or "?", status, _fmt(r["objective"]), _fmt(r["step"]),
             *(_fmt(r["params"].get(n, "")) for n in names),

@@ -87,6 +87,13 @@ def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
 
     from ranktune.platform.trial import run_trial
 
+    if spec.memory_budget_gib is not None:
+        import os
+
+        # A trial over the memory budget returns before training, without a result (Optuna then
+        # records it as PRUNED); Tune's strict check would refuse its empty final result as missing
+        # the objective. Read by Tune in this (driver) process at each result.
+        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     gpus = gpus_per_trial(spec)
     trainable = tune.with_parameters(run_trial, spec_json=spec_json(spec), gpus_per_trial=gpus, prepare=prepare)
     if spec.resources.num_workers > 1:
@@ -154,6 +161,7 @@ def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None
 
     from ranktune.platform.progress import SweepProgress
     from ranktune.platform.tracking import MlflowTrials
+    from ranktune.platform.trial import trial_memory_rejection
 
     storage = spec.storage_dir
     searcher, num_trials = build_searcher(spec, storage)
@@ -162,6 +170,7 @@ def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None
         MlflowTrials(
             state["tracking_uri"], state["experiment_id"], state["parent_run_id"], spec.name,
             spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, spec_json(spec)),
+            functools.partial(trial_memory_rejection, spec_json(spec), gpus_per_trial(spec)),
         ),
         SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress),
     ]  # fmt: skip

@@ -17,10 +17,12 @@ from ray.tune import Callback
 
 TRIAL_TAG = "ranktune.trial_id"
 SWEEP_TAG = "ranktune.sweep"
-STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed
+STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed | pruned_memory
+PRUNED_MEMORY = "pruned_memory"  # the trial's memory estimate exceeded the sweep's memory_budget_gib
 REASON_TAG = "ranktune.failure_reason"
 RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a checkpoint
 PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
+NODES_TAG = "ranktune.node_ids"  # Ray nodes the trial reported from, in order, comma-separated
 
 # Metrics that become step-indexed curves in MLflow (from each result and its log_history).
 CURVE_KEYS = ("train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes",
@@ -66,16 +68,18 @@ class MlflowTrials(Callback):
     """Tune callback: trial start/result/complete/error -> MLflow child runs under the sweep's parent."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
-                 steps_per_trial: int, config_yaml) -> None:  # fmt: skip
+                 steps_per_trial: int, config_yaml, memory_check=None) -> None:  # fmt: skip
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.sweep_name = sweep_name
         self.steps_per_trial = steps_per_trial
         self.config_yaml = config_yaml  # params -> resolved training config (YAML text)
+        self.memory_check = memory_check  # params -> why the trial exceeds the memory budget, or None
         self._client = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_step: dict[str, int] = {}  # run_id -> newest step already in MLflow
+        self._nodes: dict[str, list[str]] = {}  # run_id -> Ray nodes it reported from (NODES_TAG)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its experiment state
         state = self.__dict__.copy()
@@ -101,6 +105,7 @@ class MlflowTrials(Callback):
                 run_id, "eval_loss"
             )
             self._logged_step[run_id] = max((m.step for m in history), default=-1)
+            self._nodes[run_id] = [n for n in found[0].data.tags.get(NODES_TAG, "").split(",") if n]
             self.client.update_run(run_id, status="RUNNING")
         else:
             run = self.client.create_run(
@@ -130,9 +135,15 @@ class MlflowTrials(Callback):
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         from mlflow.entities import Metric
 
+        if "step" not in result:  # the empty final result of a trial that returned without training
+            return
         run_id = self.run_id_for(trial)
         if result.get("start_step", 0) > 0:
             self.client.set_tag(run_id, RESUMED_TAG, str(result["start_step"]))
+        nodes = self._nodes.setdefault(run_id, [])
+        if result.get("node_id") and result["node_id"] not in nodes:  # a new trial, or one moved after a failure
+            nodes.append(result["node_id"])
+            self.client.set_tag(run_id, NODES_TAG, ",".join(nodes))
         newest = self._logged_step.get(run_id, -1)
         stamp = int(result.get("timestamp", 0) * 1000)
         metrics = []
@@ -151,6 +162,12 @@ class MlflowTrials(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id_for(trial)
         last = trial.last_result or {}
+        reason = self.memory_check(trial.config) if self.memory_check and "step" not in last else None
+        if reason:  # returned before training, without a result (see trial.memory_rejection)
+            self.client.set_tag(run_id, STATUS_TAG, PRUNED_MEMORY)
+            self.client.set_tag(run_id, REASON_TAG, reason)
+            self.client.set_terminated(run_id, status="KILLED")
+            return
         stopped_early = last.get("step", 0) < self.steps_per_trial
         self.client.set_tag(run_id, STATUS_TAG, "stopped_early" if stopped_early else "finished")
         self.log_final(run_id, last)

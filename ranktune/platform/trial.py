@@ -23,6 +23,33 @@ from ranktune.trainables.config import TrainConfig
 CHECKPOINT_FILE = "state.pt"
 
 
+def memory_rejection(spec: SweepSpec, cfg: TrainConfig, gpus_per_trial: float) -> str | None:
+    """Why `cfg` cannot fit the sweep's memory budget (None when it fits or there is no budget).
+
+    Estimated for the device the trial runs on (CUDA adds the fixed overhead). Deterministic, so the
+    driver's MLflow callback recomputes the same reason for a trial that returned without a result.
+    """
+    if spec.memory_budget_gib is None:
+        return None
+    from ranktune.platform.memory import estimate_memory, gib, verdict
+
+    estimate = estimate_memory(cfg, device="cuda" if gpus_per_trial > 0 else "cpu")
+    if verdict(estimate, spec.memory_budget_gib).fits:
+        return None
+    return (f"memory estimate {gib(estimate.total)} ({estimate.phase} phase) exceeds memory_budget_gib "
+            f"{spec.memory_budget_gib:g}")  # fmt: skip
+
+
+def trial_memory_rejection(spec_json: str, gpus_per_trial: float, params: dict[str, Any]) -> str | None:
+    """`memory_rejection` from what the driver has: the spec and a trial's sampled params."""
+    spec = SweepSpec.model_validate_json(spec_json)
+    try:
+        cfg = spec.trial_config(params)
+    except ValueError:
+        return None  # an invalid config fails in the trial itself, with its own message
+    return memory_rejection(spec, cfg, gpus_per_trial)
+
+
 def trial_train_config(spec: SweepSpec, params: dict[str, Any], work_dir: str | Path) -> TrainConfig:
     """The trial's training config: base + sampled params, checkpoints at every evaluation.
 
@@ -80,9 +107,18 @@ def staged_checkpoint(checkpoint_file: str) -> Iterator[str]:
         yield staging
 
 
+def with_node_id(result: Metrics) -> Metrics:
+    """The result plus the Ray node it was computed on: MLflow then shows where each trial ran, and
+    where it continued after its node failed."""
+    import ray
+
+    return {**result, "node_id": ray.get_runtime_context().get_node_id()}
+
+
 def tune_report(result: Metrics, checkpoint_file: str | None) -> None:
     from ray import tune
 
+    result = with_node_id(result)
     if checkpoint_file is None:
         tune.report(result)
         return
@@ -104,6 +140,10 @@ def run_trial(params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.
     # background, and must not race the trainer rotating its checkpoint files.
     with tempfile.TemporaryDirectory(prefix="ranktune-trial-") as work_dir:
         cfg = trial_train_config(spec, params, work_dir)
+        if memory_rejection(spec, cfg, gpus_per_trial) is not None:
+            # Return without a result: Optuna records the trial as PRUNED (no value, no error) and
+            # the MLflow callback tags it pruned_memory with the reason.
+            return
         if spec.resources.num_workers > 1:
             from ranktune.platform.distributed import run_distributed_trial
 

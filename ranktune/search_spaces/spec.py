@@ -80,6 +80,9 @@ class SweepSpec(Strict):
     storage: str = "sweeps/{name}"  # relative to the working directory; `{name}` is the sweep's name
     tracking: Tracking = Field(default_factory=Tracking)
     seed: int = 0
+    # GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it
+    # trains (Optuna: PRUNED; MLflow: status pruned_memory with the reason). None: no check.
+    memory_budget_gib: float | None = Field(default=None, gt=0)
 
     # Where relative paths in the spec are resolved (the spec file's folder); not a YAML key.
     spec_dir: str = Field(default=".", exclude=True)

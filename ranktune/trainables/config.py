@@ -105,9 +105,10 @@ class ReLoRASection(Section):
     warm_start_checkpoint: str | None = None  # or start from a full-rank checkpoint file
     relora_every: int = Field(default=5000, ge=1)  # merge-and-restart interval, in optimizer updates
     restart_warmup_steps: int = Field(default=50, ge=0)
-    reset_ratio: float = Field(default=0.99, ge=0.0)  # fraction of LoRA moments pruned at a restart
+    reset_ratio: float = Field(default=0.99, ge=0.0, lt=1.0)  # fraction of LoRA moments pruned at a restart
     reset_mode: Literal["magnitude", "random", "full"] = "magnitude"
     base_precision: Literal["same", "bf16", "int8"] = "same"  # storage of the frozen base weights
+    inner_optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # 8-bit: bitsandbytes block-wise moments
 
 
 class ScheduleSection(Section):

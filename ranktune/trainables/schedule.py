@@ -28,14 +28,17 @@ def constant_with_warmup(peak_lr: float, warmup_steps: int) -> Schedule:
     return lr_at
 
 
+def section_schedule(cfg) -> Schedule:
+    """The `schedule:` section's curve (also the envelope of ReLoRA's jagged schedule)."""
+    s = cfg.schedule
+    if s.name == "constant":
+        return constant_with_warmup(cfg.optim.lr, s.warmup_steps)
+    return cosine_with_warmup(cfg.optim.lr, cfg.train.steps, s.warmup_steps, s.min_lr_ratio)
+
+
 def build_schedule(cfg) -> Schedule:
     """The run's schedule: the optimizer's own (e.g. ReLoRA's jagged cosine) or the `schedule:` section."""
     from ranktune.trainables.optim import OPTIMIZERS
 
     entry = OPTIMIZERS[cfg.optim.name]
-    if entry.schedule is not None:
-        return entry.schedule(cfg)
-    s = cfg.schedule
-    if s.name == "constant":
-        return constant_with_warmup(cfg.optim.lr, s.warmup_steps)
-    return cosine_with_warmup(cfg.optim.lr, cfg.train.steps, s.warmup_steps, s.min_lr_ratio)
+    return entry.schedule(cfg) if entry.schedule is not None else section_schedule(cfg)

@@ -77,8 +77,11 @@ class Trainer:
         self.rank, self.world_size = distributed_rank_and_size()
         per_step = cfg.train.micro_batch_size * self.world_size
         if cfg.train.batch_size % per_step:
-            raise ConfigError([f"train.batch_size: {cfg.train.batch_size} -> a multiple of micro_batch_size x workers "
-                               f"({cfg.train.micro_batch_size} x {self.world_size})"])  # fmt: skip
+            problem = (
+                f"train.batch_size: {cfg.train.batch_size} -> a multiple of train.micro_batch_size x workers "
+                f"({cfg.train.micro_batch_size} x {self.world_size})"
+            )
+            raise ConfigError([problem])
         self.grad_accum_steps = cfg.train.batch_size // per_step
         self.batches = ShuffledBatches(len(self.train_blocks), per_step, cfg.train.seed)
 
@@ -118,7 +121,10 @@ class Trainer:
         if self._ddp is None or params != self._ddp_params:
             from torch.nn.parallel import DistributedDataParallel
 
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            # Ray Train gives each worker its own GPU as cuda:0 (CUDA_VISIBLE_DEVICES).
+            device_ids = None
+            if self.device.type == "cuda":
+                device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
             self._ddp = DistributedDataParallel(self.model, device_ids=device_ids)
             self._ddp_params = params
         return self._ddp

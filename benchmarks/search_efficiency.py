@@ -1,0 +1,108 @@
+"""Search efficiency: TPE + ASHA vs random search without pruning, on one fixed tiny problem.
+
+    python benchmarks/search_efficiency.py [--seeds 0 1 2] [--trials 8] [--tpe-trials 24] [--steps 40]
+
+Problem: the tiny LLaMA on the embedded corpus, AdamW, searching lr (log-uniform 1e-4..3e-2) and
+warmup (0..30 steps). For each seed both searches run as real sweeps with the same step budget per
+trial: random search without pruning for `--trials` trials, TPE + ASHA for up to `--tpe-trials`
+(ASHA stops most trials early, so more trials cost about the same compute). Compute is counted in
+trial-steps (steps each trial actually trained, in the order trials finished). The figure of merit,
+per seed: the trial-steps TPE + ASHA needed to reach random search's best final held-out loss, as a
+fraction of the trial-steps random search needed to find that best.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+from pathlib import Path
+
+TINY = {
+    "model": {"name": "tiny"},
+    "data": {"seq_len": 64},
+    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 10, "eval_batches": 4, "log_every": 5},
+    "output": {"keep_checkpoints": 1},
+}
+SPACE = {
+    "params": {
+        "optim.lr": {"type": "loguniform", "low": 1.0e-4, "high": 3.0e-2},
+        "schedule.warmup_steps": {"type": "int", "low": 0, "high": 30, "step": 5},
+    }
+}
+
+
+def run(kind: str, seed: int, args, root: Path) -> list[tuple[int, float | None, str]]:
+    """(steps trained, final objective or None, status) per trial, in finishing order."""
+    import ray
+
+    from ranktune.platform.sweep import load_state, run_sweep
+    from ranktune.platform.tracking import STATUS_TAG, child_runs, mlflow_client
+    from ranktune.search_spaces import spec_from_dict
+
+    raw = {
+        "name": f"{kind}-{seed}", "base_overrides": TINY, "space": SPACE, "seed": seed,
+        "storage": str(root / f"{kind}-{seed}"), "max_concurrent": 2,
+        "budget": {"num_trials": args.tpe_trials if kind == "tpe_asha" else args.trials, "steps_per_trial": args.steps},
+        "search": {"algorithm": "tpe" if kind == "tpe_asha" else "random", "n_startup_trials": 3},
+        "scheduler": {"name": "asha", "grace_period": 10, "reduction_factor": 3} if kind == "tpe_asha"
+        else {"name": "none"},
+    }  # fmt: skip
+    spec = spec_from_dict(raw)
+    run_sweep(spec, progress=False)
+    ray.shutdown()
+    _, state = load_state(spec.storage_dir)
+    client = mlflow_client(state["tracking_uri"])
+    runs = sorted(child_runs(client, state["experiment_id"], state["parent_run_id"]), key=lambda r: r.info.end_time)
+    out = []
+    for r in runs:
+        steps = max((m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")), default=0)
+        finished = r.data.tags.get(STATUS_TAG) == "finished"
+        out.append((steps, r.data.metrics.get("final_eval_loss") if finished else None, r.data.tags.get(STATUS_TAG)))
+    return out
+
+
+def steps_to_reach(trials, target: float) -> int | None:
+    spent = 0
+    for steps, objective, _ in trials:
+        spent += steps
+        if objective is not None and objective <= target + 1e-9:
+            return spent
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--trials", type=int, default=8)
+    parser.add_argument("--tpe-trials", type=int, default=24)
+    parser.add_argument("--steps", type=int, default=40)
+    args = parser.parse_args()
+
+    ratios = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for seed in args.seeds:
+            random_trials = run("random", seed, args, Path(tmp))
+            tpe_trials = run("tpe_asha", seed, args, Path(tmp))
+            best_random = min(o for _, o, _ in random_trials if o is not None)
+            random_cost = steps_to_reach(random_trials, best_random)
+            tpe_cost = steps_to_reach(tpe_trials, best_random)
+            best_tpe = min((o for _, o, _ in tpe_trials if o is not None), default=float("nan"))
+            total_random = sum(s for s, _, _ in random_trials)
+            total_tpe = sum(s for s, _, _ in tpe_trials)
+            line = (f"seed {seed}: random best {best_random:.4f} after {random_cost} trial-steps (of {total_random}); "
+                    f"TPE+ASHA best {best_tpe:.4f}, total {total_tpe} trial-steps; ")  # fmt: skip
+            if tpe_cost is None:
+                line += "TPE+ASHA never reached random's best"
+                ratios.append(float("inf"))
+            else:
+                ratios.append(tpe_cost / random_cost)
+                line += f"reached it after {tpe_cost} trial-steps = {tpe_cost / random_cost:.0%} of random's compute"
+            print(line, flush=True)
+    finite = [r for r in ratios if r != float("inf")]
+    print(f"median compute ratio TPE+ASHA / random: {statistics.median(ratios):.2f} "
+          f"({len(finite)}/{len(ratios)} seeds reached random's best; target <= 0.50)")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

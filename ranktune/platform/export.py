@@ -1,0 +1,285 @@
+"""Export a sweep's best trial as a single-GPU training config for a target model (e.g. 7b on 24 GiB).
+
+    result = export_best("sweeps/compare", "7b", budget_gib=24)
+
+1. pick the best finished trial (objective, then lower peak memory on ties; report.pick_best);
+2. map its hyperparameters from the proxy to the target with `ScalingRules` (docs/export.md);
+3. apply the single-GPU memory settings: bf16 weights, activation checkpointing, 8-bit GaLore with
+   per-layer updates or ReLoRA with an int8 frozen base and 8-bit moments, the paper's tokens per
+   step (512 x 256) split into the largest micro-batch whose estimate fits the budget;
+4. write the config (with the estimate and launch command as a header), log both on the sweep's
+   MLflow parent run and tag the source trial's run. Refuse, naming the setting to change, when no
+   trial finished or nothing fits.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from ranktune.platform.memory import MemoryEstimate, RunEstimate, Verdict, estimate_run, gib, verdict
+from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
+from ranktune.trainables.model import MODEL_PRESETS
+
+# Paper training lengths (GaLore table), used when the rules give no step count.
+PAPER_STEPS = {"60m": 10_000, "130m": 20_000, "350m": 60_000, "1b": 100_000, "7b": 150_000}
+
+
+class ScalingRules(BaseModel):
+    """How proxy hyperparameters become target ones. Every rule is a key of a `--rules` YAML file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # rank: "relative" keeps rank / hidden_size (the paper: 128 at 512 wide, 1024 at 4096), rounded to
+    # a multiple of rank_multiple; "absolute" keeps the number.
+    rank: Literal["relative", "absolute"] = "relative"
+    rank_multiple: int = Field(default=64, ge=1)
+    # GaLore update_proj_gap, in optimizer updates: None keeps the proxy's value.
+    update_proj_gap: int | None = Field(default=None, ge=1)
+    # ReLoRA relora_every and warm_start_steps, and schedule.warmup_steps: "fraction" keeps their share of
+    # the run (proxies are short); "tokens" keeps the tokens between events; "steps" keeps the count.
+    intervals: Literal["fraction", "tokens", "steps"] = "fraction"
+    # Learning rate: "same", or scaled by (proxy hidden / target hidden) ** 0.5 or ** 1; then x lr_multiplier.
+    lr: Literal["same", "sqrt_width", "width"] = "same"
+    lr_multiplier: float = Field(default=1.0, gt=0)
+    steps: int | None = Field(default=None, ge=1)  # None: the paper's steps for the target
+    batch_size: int = Field(default=512, ge=1)  # sequences per update (paper: 512 x 256 = 131k tokens)
+    seq_len: int = Field(default=256, ge=8)
+    max_micro_batch_size: int = Field(default=64, ge=1)
+    # The micro-batch search keeps this much of the budget free, beyond the estimate's own overhead:
+    # the largest micro-batch that fits would otherwise leave next to nothing for allocator spikes.
+    min_headroom_gib: float = Field(default=1.0, ge=0)
+    activation_checkpointing: bool = True
+    relora_base_precision: Literal["int8", "bf16"] = "int8"
+    data_source: Literal["c4", "proxy"] = "c4"  # c4: streamed, max_tokens = steps x tokens per step
+
+
+def load_rules(path: str | None) -> ScalingRules:
+    if path is None:
+        return ScalingRules()
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"--rules: {path!r} -> an existing YAML file"])
+    try:
+        return ScalingRules.model_validate(yaml.safe_load(p.read_text()) or {})
+    except ValidationError as exc:
+        raise ConfigError([f"rules.{'.'.join(map(str, e['loc']))}: {e.get('input')!r} -> {e['msg']}"
+                           for e in exc.errors()]) from None  # fmt: skip
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    trial_id: str
+    config_path: Path
+    config: TrainConfig
+    estimate: RunEstimate
+    verdict: Verdict
+    command: str
+
+
+# ---------------------------------------------------------------------------------- mapping
+
+
+def scale_interval(value: int, proxy: TrainConfig, target_steps: int, target_tokens_per_step: int,
+                   rule: str) -> int:  # fmt: skip
+    if rule == "steps":
+        return value
+    if rule == "tokens":
+        return round(value * proxy.tokens_per_step / target_tokens_per_step)
+    return round(value / proxy.train.steps * target_steps)
+
+
+def target_rank(rank: int, proxy_hidden: int, target_hidden: int, rules: ScalingRules) -> int:
+    if rules.rank == "absolute":
+        return rank
+    scaled = rank * target_hidden / proxy_hidden
+    return max(rules.rank_multiple, round(scaled / rules.rank_multiple) * rules.rank_multiple)
+
+
+def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[str, Any]:
+    """The target config as a raw dict (validated later, after user overrides)."""
+    if target not in MODEL_PRESETS:
+        raise ConfigError([f"--target: {target!r} -> one of {sorted(MODEL_PRESETS)}"])
+    proxy_hidden = proxy.model.llama_config().hidden_size
+    target_hidden = MODEL_PRESETS[target].hidden_size
+    steps = rules.steps or PAPER_STEPS.get(target)
+    if steps is None:
+        raise ConfigError([f"rules.steps: None -> a step count for target {target!r} (no paper value)"])
+    tokens_per_step = rules.batch_size * rules.seq_len
+
+    def interval(value: int) -> int:
+        return scale_interval(value, proxy, steps, tokens_per_step, rules.intervals)
+
+    raw = copy.deepcopy(proxy.model_dump(mode="json"))
+    raw["model"] = {"name": target, "activation_checkpointing": rules.activation_checkpointing}
+    data = raw["data"]
+    data["seq_len"] = rules.seq_len
+    data.pop("cache_dir")  # the proxy's cache path; the target run uses its own default
+    if rules.data_source == "c4":
+        data.update(source="c4", files=[], max_tokens=steps * tokens_per_step)
+    width = proxy_hidden / target_hidden
+    lr_scale = {"same": 1.0, "sqrt_width": math.sqrt(width), "width": width}[rules.lr]
+    raw["optim"]["lr"] = proxy.optim.lr * lr_scale * rules.lr_multiplier
+    raw["schedule"]["warmup_steps"] = min(interval(proxy.schedule.warmup_steps), steps - 1)
+    train = raw["train"]
+    train.update(steps=steps, batch_size=rules.batch_size, micro_batch_size=1, precision="bf16", device="auto",
+                 compile=False, eval_every=max(1, steps // 100), log_every=10)  # fmt: skip
+    raw["output"] = {"dir": f"runs/{target}-export", "checkpoint_every": max(1, steps // 50), "keep_checkpoints": 2}
+
+    name = proxy.optim.name
+    if name.startswith("galore_"):
+        g = raw["galore"]
+        raw["optim"]["name"] = "galore_adamw8bit"
+        g["rank"] = target_rank(proxy.galore.rank, proxy_hidden, target_hidden, rules)
+        g["per_layer"] = True
+        if rules.update_proj_gap is not None:
+            g["update_proj_gap"] = rules.update_proj_gap
+        # Per-layer updates cannot clip the global norm; the proxy's global clip becomes a per-tensor one.
+        if proxy.train.grad_clip > 0 and not proxy.galore.per_tensor_clip:
+            g["per_tensor_clip"] = proxy.train.grad_clip
+        train["grad_clip"] = 0.0
+    elif name in ("relora", "lora"):
+        r, pr = raw["relora"], proxy.relora
+        r["rank"] = target_rank(pr.rank, proxy_hidden, target_hidden, rules)
+        r["base_precision"] = rules.relora_base_precision
+        r["inner_optimizer"] = "adamw8bit"
+        r["warm_start_steps"] = interval(pr.warm_start_steps) if pr.warm_start_steps else 0
+        r["relora_every"] = max(interval(pr.relora_every), pr.restart_warmup_steps + 1)
+    return raw
+
+
+# ---------------------------------------------------------------------------------- fitting
+
+
+def micro_batch_candidates(batch_size: int, largest: int) -> list[int]:
+    """Divisors of the batch size, largest first (accumulation = batch / micro-batch)."""
+    return [mb for mb in range(min(batch_size, largest), 0, -1) if batch_size % mb == 0]
+
+
+def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
+                    budget_gib: float) -> tuple[TrainConfig, RunEstimate]:  # fmt: skip
+    """The config with the largest micro-batch that fits; a user-given micro-batch is kept as is."""
+    fixed = any(o.split("=", 1)[0].strip() == "train.micro_batch_size" for o in overrides)
+    cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
+    candidates = [cfg.train.micro_batch_size] if fixed else micro_batch_candidates(
+        cfg.train.batch_size, rules.max_micro_batch_size)  # fmt: skip
+    for mb in candidates:
+        trial = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": mb})})
+        run = estimate_run(trial)
+        if verdict(run, budget_gib - rules.min_headroom_gib).fits:
+            return config_from_dict(trial.model_dump(mode="json")), run
+    raise ConfigError(does_not_fit(trial, run, budget_gib))
+
+
+def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float) -> list[str]:
+    """What to change, largest lever first, for a config whose smallest micro-batch does not fit."""
+    peak = run.peak
+    need = run.total / 2**30
+    problems = [
+        f"memory: {gib(run.total)} at micro-batch {cfg.train.micro_batch_size} ({peak.phase} phase) -> "
+        f"at most --budget-gib {budget_gib:g}; with this config it needs --budget-gib {math.ceil(need)}"
+    ]
+    name = cfg.optim.name
+    if name in ("adamw", "adamw8bit", "adafactor"):
+        problems.append(f"optim.name: {name!r} -> full-rank state does not fit; export a galore_* or relora trial "
+                        "(ranktune export --trial ID)")  # fmt: skip
+    if name.startswith("galore_") and cfg.galore.per_layer and cfg.grad_accum_steps > 1:
+        problems.append(
+            f"train.batch_size: {cfg.train.batch_size} -> per-layer GaLore frees gradients only without "
+            f"accumulation (here {gib(peak.gradients)} of full gradients stay alive between micro-batches); "
+            f"use --set train.batch_size=N with N small enough that N sequences fit in one micro-batch "
+            "(fewer tokens per step than the paper's 131k)"
+        )
+    if peak.phase.startswith("warm start"):
+        problems.append(
+            f"relora.warm_start_steps: {cfg.relora.warm_start_steps} -> the full-rank warm start needs "
+            f"{gib(peak.total)}; --set relora.warm_start_steps=0 --set relora.warm_start_checkpoint=PATH "
+            "(a full-rank checkpoint trained elsewhere)"
+        )
+    if not cfg.model.activation_checkpointing:
+        problems.append("model.activation_checkpointing: false -> true")
+    return problems
+
+
+# ---------------------------------------------------------------------------------- export
+
+
+def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str) -> dict[str, Any]:
+    from ranktune.platform.report import pick_best
+
+    if trial_id is not None:
+        for r in rows:
+            if r["trial_id"] == trial_id and r["status"] == "finished":
+                return r
+        finished = [r["trial_id"] for r in rows if r["status"] == "finished"]
+        raise ConfigError([f"--trial: {trial_id!r} -> a finished trial of this sweep: {finished}"])
+    best = pick_best(rows, mode)
+    if best is None:
+        counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
+        raise ConfigError([f"sweep_dir: {sweep_dir!r} has no trial that finished its budget ({counts or 'no trials'})"
+                           " -> finish the sweep first (ranktune sweep --resume SWEEP_DIR)"])  # fmt: skip
+    return best
+
+
+def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = 24.0, out: str | Path | None = None,
+                rules: ScalingRules | None = None, overrides: list[str] = (),
+                trial_id: str | None = None) -> ExportResult:  # fmt: skip
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.sweep import load_state
+    from ranktune.platform.tracking import log_text_artifact, mlflow_client
+
+    rules = rules or ScalingRules()
+    spec, state = load_state(sweep_dir)
+    rows = collect_trials(spec, state)
+    source = select_trial(rows, spec.objective.mode, trial_id, str(sweep_dir))
+    proxy = spec.trial_config(source["params"])
+    raw = map_to_target(proxy, target, rules)
+    cfg, run = fit_micro_batch(raw, list(overrides), rules, budget_gib)
+    v = verdict(run, budget_gib)
+
+    path = Path(out) if out else spec.storage_dir / f"export_{target}.yaml"
+    command = f"ranktune train {path}"
+    header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, list(overrides))
+    body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(header + body)
+    estimate_json = json.dumps({"budget_gib": budget_gib, "fits": v.fits, "headroom_bytes": v.headroom,
+                                "phases": [p.as_dict() for p in run.phases], "command": command,
+                                "source_trial": source["trial_id"], "rules": rules.model_dump()}, indent=2)  # fmt: skip
+    path.with_suffix(".memory.json").write_text(estimate_json)
+
+    client = mlflow_client(state["tracking_uri"])
+    parent = state["parent_run_id"]
+    log_text_artifact(client, parent, path.name, header + body, "export")
+    log_text_artifact(client, parent, path.with_suffix(".memory.json").name, estimate_json, "export")
+    client.set_tag(parent, f"ranktune.export.{target}.trial_id", source["trial_id"])
+    client.set_tag(source["run_id"], "ranktune.exported_to", f"{target} ({gib(v.total)} of {budget_gib:g} GiB)")
+    return ExportResult(source["trial_id"], path, cfg, run, v, command)
+
+
+def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,
+                  run: RunEstimate, v: Verdict, command: str, overrides: list[str]) -> str:  # fmt: skip
+    peak: MemoryEstimate = run.peak
+    lines = [
+        f"Exported by `ranktune export` from sweep {sweep!r}, trial {source['trial_id']} "
+        f"(objective {source['objective']:.4f}; proxy {proxy.model.name}, {proxy.optim.name}).",
+        f"Proxy params: {json.dumps(source['params'], sort_keys=True)}",
+        f"Rules: {json.dumps(rules.model_dump(), sort_keys=True)}",
+        *([f"Overrides: {' '.join(overrides)}"] if overrides else []),
+        f"Tokens per step: {cfg.train.batch_size} x {cfg.data.seq_len} = {cfg.tokens_per_step}; micro-batch "
+        f"{cfg.train.micro_batch_size}, {cfg.grad_accum_steps} accumulation steps.",
+        f"Memory estimate ({peak.phase} phase, ranktune.platform.memory):",
+        *(f"  {label:32s} {gib(value):>12s}" for label, value in peak.rows()),
+        f"  {'total':32s} {gib(peak.total):>12s}",
+        f"Verdict: {v.line()}",
+        f"Launch: {command}",
+        "",
+    ]
+    return "".join(f"# {line}\n" if line else "\n" for line in lines)

@@ -1,0 +1,332 @@
+"""GaLore AdamW, 8-bit AdamW and Adafactor as torch optimizers.
+
+Parameter groups carrying `rank` are projected, with the same keys as galore-torch, so its groups
+move over unchanged:
+
+    {"params": matrices, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
+
+plus our own optional keys `svd` ("full" | "randomized"), `svd_oversample`, `svd_power_iters`.
+Groups without `rank` get the plain inner optimizer. For each projected matrix, every
+`update_proj_gap` updates (counted in optimizer updates, from 0) the projector is recomputed from the
+current gradient; the inner moments live in the low-rank space and are kept when the projector
+changes, as in the paper. The projector is optimizer state (tensors), so `state_dict()` /
+`load_state_dict()` round-trip exactly, including in the middle of a gap.
+
+Numerics follow galore-torch where it is right (AdamW: eps added to sqrt(v) before bias correction,
+the HF formulation), and differ where it is not: weight decay is decoupled and applied before the
+update as in torch.optim.AdamW (galore-torch decays the already-updated weight), 8-bit states use
+bitsandbytes' kernels that also run on CPU, and the Adafactor inner is torch.optim.Adafactor's.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Iterable
+from functools import cache
+from itertools import chain
+from typing import Any
+
+import torch
+
+from ranktune.trainables.optim.galore.projector import (
+    PROJ_TYPES,
+    SVD_METHODS,
+    project,
+    project_back,
+    update_projector,
+)
+
+# Defaults of the GaLore paper for the keys a projected group may leave out.
+GALORE_GROUP_DEFAULTS = {
+    "update_proj_gap": 200,
+    "scale": 0.25,
+    "proj_type": "std",
+    "svd": "full",
+    "svd_oversample": 8,
+    "svd_power_iters": 2,
+}
+
+
+def check_galore_group(group: dict[str, Any]) -> None:
+    """Fill defaults into a projected group and refuse bad values, naming the key."""
+    for key, value in GALORE_GROUP_DEFAULTS.items():
+        group.setdefault(key, value)
+    rank, gap = group["rank"], group["update_proj_gap"]
+    if not isinstance(rank, int) or rank < 1:
+        raise ValueError(f"rank: {rank!r} -> an integer >= 1")
+    if not isinstance(gap, int) or gap < 1:
+        raise ValueError(f"update_proj_gap: {gap!r} -> an integer >= 1 (optimizer updates between projector updates)")
+    if not group["scale"] > 0:
+        raise ValueError(f"scale: {group['scale']!r} -> a number > 0")
+    if group["proj_type"] not in PROJ_TYPES:
+        raise ValueError(f"proj_type: {group['proj_type']!r} -> one of {list(PROJ_TYPES)}")
+    if group["svd"] not in SVD_METHODS:
+        raise ValueError(f"svd: {group['svd']!r} -> one of {list(SVD_METHODS)}")
+    for p in group["params"]:
+        if p.dim() != 2:
+            raise ValueError(f"rank: projected parameters must be matrices, got shape {tuple(p.shape)}")
+        if rank > min(p.shape):
+            raise ValueError(f"rank: {rank} -> at most {min(p.shape)} for a parameter of shape {tuple(p.shape)}")
+
+
+class GaLoreOptimizer(torch.optim.Optimizer):
+    """Shared projector handling; subclasses implement the inner update in `step`."""
+
+    def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
+        super().__init__(params, defaults)
+        self.projector_updates = 0  # projectors recomputed (one per matrix per update_proj_gap)
+        self.svd_seconds = 0.0  # wall time spent computing them
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        super().add_param_group(param_group)
+        if "rank" in self.param_groups[-1]:
+            check_galore_group(self.param_groups[-1])
+
+    def low_rank_grad(self, grad: torch.Tensor, group: dict[str, Any], state: dict[str, Any]) -> torch.Tensor:
+        """The gradient the inner optimizer sees: projected for groups with `rank`, else as is.
+
+        `state["step"]` is the number of updates done so far, so the projector is recomputed at updates
+        0, T, 2T, ... exactly as galore-torch does.
+        """
+        if "rank" not in group:
+            return grad
+        if state["step"] % group["update_proj_gap"] == 0 or not any(k in state for k in ("proj_left", "proj_right")):
+            start = time.perf_counter()
+            update_projector(state, grad, group)
+            if grad.is_cuda:
+                torch.cuda.synchronize(grad.device)  # otherwise we time the kernel launch, not the SVD
+            self.svd_seconds += time.perf_counter() - start
+            self.projector_updates += 1
+        return project(grad, state)
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["galore"] = {"projector_updates": self.projector_updates, "svd_seconds": self.svd_seconds}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        # torch casts every floating-point state tensor to its parameter's dtype. That would turn
+        # 8-bit moments into floats, and fp32 absmax / moments of bf16 weights into bf16. Take the
+        # saved tensors as they were.
+        saved_ids = chain.from_iterable(g["params"] for g in state_dict["param_groups"])
+        params = chain.from_iterable(g["params"] for g in self.param_groups)
+        for saved_id, p in zip(saved_ids, params, strict=True):
+            for key, value in state_dict["state"].get(saved_id, {}).items():
+                if torch.is_tensor(value) and key != "step":
+                    self.state[p][key] = value.detach().to(device=p.device, copy=True)
+        counters = state_dict.get("galore", {})
+        self.projector_updates = counters.get("projector_updates", 0)
+        self.svd_seconds = counters.get("svd_seconds", 0.0)
+
+
+class GaLoreAdamW(GaLoreOptimizer):
+    """AdamW with GaLore projection; eps and bias correction as galore-torch (HF) does them."""
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-6,
+        weight_decay: float = 0.0,
+    ) -> None:
+        super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            beta1, beta2 = group["betas"]
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state.setdefault("step", 0)
+                grad = self.low_rank_grad(p.grad, group, state)
+                if "exp_avg" not in state:
+                    state["exp_avg"] = torch.zeros_like(grad)
+                    state["exp_avg_sq"] = torch.zeros_like(grad)
+                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+                state["step"] += 1
+                t = state["step"]
+
+                exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+                denom = exp_avg_sq.sqrt().add_(group["eps"])
+                step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+                update = exp_avg / denom
+                if "rank" in group:
+                    update = project_back(update, state, group["scale"])
+                if wd > 0:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(update, alpha=-step_size)
+        return loss
+
+
+@cache
+def dynamic_maps(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """bitsandbytes' signed (first moment) and unsigned (second moment) 8-bit dynamic maps, one copy per device."""
+    import bitsandbytes.functional as bnbf
+
+    return bnbf.create_dynamic_map(signed=True).to(device), bnbf.create_dynamic_map(signed=False).to(device)
+
+
+class GaLoreAdamW8bit(GaLoreOptimizer):
+    """AdamW with GaLore projection and bitsandbytes' blockwise 8-bit moments (CPU and CUDA).
+
+    The update itself is bitsandbytes' (`optimizer_update_8bit_blockwise`: dequantize, Adam, requantize
+    in blocks of 256), so unprojected parameters get exactly bnb.optim.AdamW8bit. Tensors with fewer
+    than `min_8bit_size` elements keep fp32 moments, as bitsandbytes does.
+    """
+
+    BLOCK_SIZE = 256  # bitsandbytes' blockwise optimizers quantize in blocks of 256 values
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-3,
+        betas: tuple[float, float] = (0.9, 0.999),
+        eps: float = 1e-8,
+        weight_decay: float = 0.0,
+        min_8bit_size: int = 4096,
+    ) -> None:
+        import bitsandbytes.functional  # noqa: F401  (fail here, not at the first step, if missing)
+
+        defaults = {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay, "min_8bit_size": min_8bit_size}
+        super().__init__(params, defaults)
+
+    def init_moments(self, state: dict[str, Any], like: torch.Tensor, min_8bit_size: int) -> None:
+        if like.numel() < min_8bit_size:
+            state["state1"] = torch.zeros_like(like, dtype=torch.float32)
+            state["state2"] = torch.zeros_like(like, dtype=torch.float32)
+            return
+        blocks = math.ceil(like.numel() / self.BLOCK_SIZE)
+        state["state1"] = torch.zeros_like(like, dtype=torch.uint8)
+        state["state2"] = torch.zeros_like(like, dtype=torch.uint8)
+        state["absmax1"] = torch.zeros(blocks, dtype=torch.float32, device=like.device)
+        state["absmax2"] = torch.zeros(blocks, dtype=torch.float32, device=like.device)
+
+    @staticmethod
+    def adam_update(target: torch.Tensor, grad: torch.Tensor, state: dict, group: dict, lr: float, wd: float) -> None:
+        """bitsandbytes' in-place Adam update of `target` with `grad`, 8-bit or 32-bit states."""
+        import bitsandbytes.functional as bnbf
+
+        beta1, beta2 = group["betas"]
+        if state["state1"].dtype == torch.uint8:
+            qmap1, qmap2 = dynamic_maps(target.device)
+            bnbf.optimizer_update_8bit_blockwise(
+                "adam", grad, target, state["state1"], state["state2"], beta1, beta2, 0.0, 0.0, group["eps"],
+                state["step"], lr, qmap1, qmap2, state["absmax1"], state["absmax2"], weight_decay=wd,
+            )  # fmt: skip
+        else:
+            bnbf.optimizer_update_32bit(
+                "adam", grad, target, state["state1"], beta1, group["eps"], state["step"], lr,
+                state["state2"], beta2, weight_decay=wd,
+            )  # fmt: skip
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state.setdefault("step", 0)
+                grad = self.low_rank_grad(p.grad, group, state)
+                if "state1" not in state:
+                    self.init_moments(state, grad, group["min_8bit_size"])
+                state["step"] += 1
+                if "rank" not in group:
+                    self.adam_update(p, grad.contiguous(), state, group, lr, wd)
+                    continue
+                # bitsandbytes updates a tensor in place. Given zeros, lr 1 and no decay, it leaves the
+                # negated Adam direction there, in the low-rank space; that is what we project back.
+                direction = torch.zeros_like(grad).contiguous()
+                self.adam_update(direction, grad.contiguous(), state, group, lr=1.0, wd=0.0)
+                if wd > 0:
+                    p.mul_(1.0 - lr * wd)
+                p.add_(project_back(direction, state, group["scale"]), alpha=lr)
+        return loss
+
+
+class GaLoreAdafactor(GaLoreOptimizer):
+    """Adafactor with GaLore projection: torch.optim.Adafactor's update, run in the low-rank space.
+
+    Factored second moments (a row and a column vector) of the projected gradient, no first moment,
+    relative step size rho_t = min(lr, 1/sqrt(t)) times max(eps2, RMS of the full weight), update
+    RMS clipped to `d` before it is projected back.
+    """
+
+    def __init__(
+        self,
+        params: Iterable,
+        lr: float = 1e-2,
+        beta2_decay: float = -0.8,
+        eps: tuple[float | None, float] = (None, 1e-3),
+        d: float = 1.0,
+        weight_decay: float = 0.0,
+    ) -> None:
+        defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps": eps, "d": d, "weight_decay": weight_decay}
+        super().__init__(params, defaults)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            lr, wd = group["lr"], group["weight_decay"]
+            eps1, eps2 = group["eps"]
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state.setdefault("step", 0)
+                grad = self.low_rank_grad(p.grad, group, state)
+                if "row_var" not in state and "variance" not in state:
+                    if grad.dim() > 1:
+                        state["row_var"] = grad.new_zeros(grad.shape[:-1] + (1,))
+                        state["col_var"] = grad.new_zeros(grad.shape[:-2] + (1,) + grad.shape[-1:])
+                    else:
+                        state["variance"] = torch.zeros_like(grad)
+                state["step"] += 1
+                t = state["step"]
+                tiny = torch.finfo(p.dtype).eps if eps1 is None else eps1
+
+                one_minus_beta2_t = t ** group["beta2_decay"]
+                rho_t = min(lr, 1.0 / math.sqrt(t))
+                alpha = max(eps2, p.norm(2).item() / math.sqrt(p.numel())) * rho_t
+                if wd != 0:
+                    p.mul_(1.0 - lr * wd)
+
+                if grad.dim() > 1:
+                    row_var, col_var = state["row_var"], state["col_var"]
+                    row_var.lerp_(
+                        torch.norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)), one_minus_beta2_t
+                    )
+                    col_var.lerp_(
+                        torch.norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)), one_minus_beta2_t
+                    )
+                    var_estimate = row_var @ col_var
+                    var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=tiny))
+                else:
+                    state["variance"].lerp_(grad * grad, one_minus_beta2_t)
+                    var_estimate = state["variance"].clone()
+                update = var_estimate.clamp_(min=tiny * tiny).rsqrt_().mul_(grad)
+                denom = max(1.0, update.norm(2).item() / (math.sqrt(update.numel()) * group["d"]))
+                if "rank" in group:
+                    update = project_back(update, state, group["scale"])
+                p.add_(update, alpha=-alpha / denom)
+        return loss

@@ -1,0 +1,241 @@
+"""ReLoRA (Lialin et al., 2023) and plain LoRA as `Method`s: `relora` and `lora` in the registry.
+
+    1. warm start   full-rank training for relora.warm_start_steps (all parameters, inner optimizer),
+                    or weights from a full-rank checkpoint (relora.warm_start_checkpoint)
+    2. wrap         every targeted Linear becomes W x + (alpha/r) B A x with W frozen; the optimizer is
+                    rebuilt over the LoRA factors plus the untargeted parameters (embeddings, norms,
+                    head), which keep their moments
+    3. restart      every relora.relora_every updates after wrapping: merge (alpha/r) B A into W in
+                    fp32, re-initialise A and B, prune the LoRA factors' moments (relora_reset.py)
+    4. schedule     jagged cosine (relora_schedule.py)
+
+`lora` is the same code without step 3 (the baseline). The layer, the pruning and the schedule live in
+lora.py, relora_reset.py and relora_schedule.py; this module owns the when and the state.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from ranktune.trainables.optim import OptimizerEntry, register
+from ranktune.trainables.optim.base import Method, decay_groups, tensor_bytes
+from ranktune.trainables.optim.lora import is_target, lora_layers, merge_lora_into_base, wrap_lora
+from ranktune.trainables.optim.relora_reset import prune_moments_
+from ranktune.trainables.optim.relora_schedule import jagged_cosine, restart_steps, wrap_step
+
+log = logging.getLogger(__name__)
+
+# Offset of the method's generator seed from train.seed, so LoRA draws differ from the model init's.
+_GENERATOR_SEED_OFFSET = 7919
+
+
+def build_inner_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
+    o = cfg.optim
+    groups = decay_groups(model, o.weight_decay)
+    if cfg.relora.inner_optimizer == "adamw8bit":
+        import bitsandbytes as bnb
+
+        return bnb.optim.AdamW8bit(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+    return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
+
+
+def load_warm_start(model: nn.Module, path: str) -> None:
+    """Load full-rank weights from a ranktune checkpoint (its "model" entry) or a bare state dict."""
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    weights = state["model"] if isinstance(state, dict) and "model" in state else state
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"relora.warm_start_checkpoint: {path!r} -> a full-rank checkpoint of this model "
+            f"(same model section, not already LoRA-wrapped): {exc}"
+        ) from None
+
+
+class ReLoRAMethod(Method):
+    def __init__(self, model: nn.Module, cfg, restarts: bool) -> None:
+        self.model = model
+        self.cfg = cfg
+        self.grad_clip = cfg.train.grad_clip
+        self.wrap_step = wrap_step(cfg)
+        self.restart_at = set(restart_steps(cfg)) if restarts else set()
+        # One generator for every LoRA re-init and random pruning; saved in checkpoints so that a
+        # resumed run draws the same numbers as an uninterrupted one.
+        self.generator = torch.Generator().manual_seed(cfg.train.seed + _GENERATOR_SEED_OFFSET)
+        self.wrapped = False
+        self.restarts_done = 0
+        self.merge_reset_seconds: list[float] = []
+        if cfg.relora.warm_start_checkpoint:
+            load_warm_start(model, cfg.relora.warm_start_checkpoint)
+            log.info("warm start: loaded full-rank weights from %s", cfg.relora.warm_start_checkpoint)
+        self.optimizers = [build_inner_optimizer(model, cfg)]
+        if self.wrap_step == 0:
+            self._wrap()
+
+    # ---------------------------------------------------------------- structure
+
+    def _wrap(self) -> None:
+        """Wrap the targeted Linears and rebuild the optimizer; untargeted parameters keep their state."""
+        r = self.cfg.relora
+        old = self.optimizers[0]
+        names = wrap_lora(self.model, r.target_modules, r.rank, r.alpha, r.base_precision, self.generator)
+        new = build_inner_optimizer(self.model, self.cfg)
+        for group in new.param_groups:
+            for p in group["params"]:
+                if p in old.state:
+                    new.state[p] = old.state[p]
+        self.optimizers = [new]
+        self.wrapped = True
+        log.info(
+            "LoRA: wrapped %d Linear layers (%s) at rank %d; %d trainable parameters",
+            len(names),
+            ", ".join(r.target_modules),
+            r.rank,
+            self.trainable_count(),
+        )
+
+    def lora_parameters(self) -> list[nn.Parameter]:
+        return [p for layer in lora_layers(self.model) for p in (layer.lora_A, layer.lora_B)]
+
+    def trainable_count(self) -> int:
+        return sum(p.numel() for p in self.trainable_parameters())
+
+    @torch.no_grad()
+    def merge_and_reset(self) -> None:
+        """One restart: merge every LoRA update into its base, re-init the factors, prune their moments."""
+        start = time.perf_counter()
+        for layer in lora_layers(self.model):
+            merge_lora_into_base(layer, self.generator)
+        r = self.cfg.relora
+        prune_moments_(self.optimizers[0], self.lora_parameters(), r.reset_ratio, r.reset_mode, self.generator)
+        self.restarts_done += 1
+        self.merge_reset_seconds.append(time.perf_counter() - start)
+
+    # ---------------------------------------------------------------- loop hooks
+
+    def end_step(self, step: int) -> dict[str, float]:
+        if not self.wrapped and step >= self.wrap_step:
+            self._wrap()
+        elif step in self.restart_at:
+            self.merge_and_reset()
+        return {"trainable_parameters": self.trainable_count(), "relora_restarts": self.restarts_done}
+
+    # ---------------------------------------------------------------- state
+
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "wrapped": self.wrapped,
+            "restarts_done": self.restarts_done,
+            "generator": self.generator.get_state(),
+            "optimizers": [opt.state_dict() for opt in self.optimizers],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Re-create the wrapped structure first (the trainer loads the model weights after this)."""
+        if state["wrapped"] and not self.wrapped:
+            self._wrap()
+        elif self.wrapped and not state["wrapped"]:
+            raise ValueError("checkpoint is from before LoRA wrapping but this run wraps at step 0")
+        self.restarts_done = state["restarts_done"]
+        self.generator.set_state(state["generator"])
+        super().load_state_dict(state)
+
+    def state_bytes(self) -> dict[str, int]:
+        opt = self.optimizers[0]
+        lora = set(self.lora_parameters())
+        lora_bytes = sum(tensor_bytes(s) for p, s in opt.state.items() if p in lora)
+        other_bytes = sum(tensor_bytes(s) for p, s in opt.state.items() if p not in lora)
+        return {"lora_moments": lora_bytes, "other_moments": other_bytes}
+
+    def benchmark_extras(self) -> dict[str, float]:
+        times = self.merge_reset_seconds
+        return {
+            "restarts": self.restarts_done,
+            "merge_reset_s": sum(times) / len(times) if times else float("nan"),
+        }
+
+
+# -------------------------------------------------------------------- config checks
+
+
+def _min_dims(cfg) -> dict[str, int]:
+    """min(out, in) of each LLaMA projection, by module name."""
+    llama = cfg.model.llama_config()
+    h, i = llama.hidden_size, llama.intermediate_size
+    dims = {"q_proj": h, "k_proj": h, "v_proj": h, "o_proj": h}
+    dims.update({"gate_proj": min(h, i), "up_proj": min(h, i), "down_proj": min(h, i)})
+    return dims
+
+
+def check_lora(cfg) -> list[str]:
+    r, steps = cfg.relora, cfg.train.steps
+    problems = []
+    if r.warm_start_steps >= steps:
+        problems.append(f"relora.warm_start_steps: {r.warm_start_steps} -> fewer than train.steps ({steps})")
+    if r.warm_start_checkpoint:
+        if r.warm_start_steps:
+            problems.append(
+                f"relora.warm_start_checkpoint: {r.warm_start_checkpoint!r} -> not together with "
+                f"relora.warm_start_steps ({r.warm_start_steps}); use one kind of warm start"
+            )
+        if not Path(r.warm_start_checkpoint).expanduser().is_file():
+            problems.append(f"relora.warm_start_checkpoint: {r.warm_start_checkpoint!r} -> an existing file")
+    try:
+        dims = _min_dims(cfg)
+    except (KeyError, ValueError):
+        dims = {}  # the model section is broken; check_config reports that
+    unknown = [t for t in r.target_modules if not any(is_target(name, [t]) for name in dims)]
+    if not r.target_modules or unknown:
+        problems.append(f"relora.target_modules: {r.target_modules} -> a non-empty list from {sorted(dims)}")
+    targeted = {name: d for name, d in dims.items() if is_target(name, r.target_modules)}
+    if targeted and r.rank > min(targeted.values()):
+        smallest = min(targeted, key=targeted.get)
+        problems.append(
+            f"relora.rank: {r.rank} -> at most {targeted[smallest]}, the smallest dimension of a wrapped "
+            f"layer ({smallest})"
+        )
+    needs_bnb = r.inner_optimizer == "adamw8bit" or r.base_precision == "int8"
+    if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
+        problems.append(
+            "relora.inner_optimizer / relora.base_precision: 8-bit needs bitsandbytes -> pip install "
+            "bitsandbytes, or use inner_optimizer: adamw and base_precision: same|bf16"
+        )
+    return problems
+
+
+def check_relora(cfg) -> list[str]:
+    r = cfg.relora
+    problems = check_lora(cfg)
+    if r.relora_every <= r.restart_warmup_steps:
+        problems.append(
+            f"relora.relora_every: {r.relora_every} -> more than relora.restart_warmup_steps "
+            f"({r.restart_warmup_steps}), or the LR never gets back to the envelope"
+        )
+    return problems
+
+
+register(
+    "relora",
+    OptimizerEntry(
+        build=lambda model, cfg: ReLoRAMethod(model, cfg, restarts=True),
+        check=check_relora,
+        schedule=jagged_cosine,
+        description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
+    ),
+)
+register(
+    "lora",
+    OptimizerEntry(
+        build=lambda model, cfg: ReLoRAMethod(model, cfg, restarts=False),
+        check=check_lora,
+        schedule=jagged_cosine,
+        description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
+    ),
+)

@@ -1,0 +1,168 @@
+"""Memory-aware sweep (over-budget configs pruned before training) and export of its trials to 7b.
+
+One tiny sweep on a local Ray (about a minute) feeds every export check below.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+
+from ranktune.platform.export import ScalingRules, export_best, select_trial
+from ranktune.platform.memory import GIB
+from ranktune.platform.report import collect_trials
+from ranktune.platform.sweep import load_state
+from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, STATUS_TAG, child_runs, mlflow_client
+from ranktune.search_spaces import spec_from_dict
+from ranktune.trainables.config import ConfigError, load_config
+from ranktune.trainables.model import build_model, count_parameters, model_config
+
+BUDGET_GIB = 0.5  # on CPU: seq_len 32 trials estimate ~0.17 GiB, seq_len 256 ones ~0.83 GiB
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory, token_cache):
+    import ray
+
+    from ranktune.platform.sweep import run_sweep
+
+    tmp = tmp_path_factory.mktemp("export")
+    raw = {
+        "name": "mem", "storage": str(tmp / "mem"), "max_concurrent": 1, "memory_budget_gib": BUDGET_GIB,
+        "base_overrides": {
+            "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
+            "data": {"seq_len": 32, "max_tokens": 300_000, "cache_dir": token_cache},
+            "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_batches": 2, "log_every": 5},
+            "schedule": {"warmup_steps": 2},
+            "relora": {"rank": 8, "relora_every": 5, "restart_warmup_steps": 1},
+        },
+        "space": {
+            "params": {"data.seq_len": {"type": "choice", "values": [32, 256]}},
+            "branches": {"key": "optim.name", "choices": {
+                "galore_adamw": {"galore.rank": {"type": "choice", "values": [8, 16]}},
+                "relora": {},
+            }},
+        },
+        "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": 10},
+    }  # fmt: skip
+    spec = spec_from_dict(raw)
+    try:
+        run_sweep(spec, progress=False)
+    finally:
+        ray.shutdown()
+    return spec
+
+
+def test_over_budget_configs_are_pruned_before_training(sweep):
+    import optuna
+
+    spec, state = load_state(sweep.storage_dir)
+    client = mlflow_client(state["tracking_uri"])
+    runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    assert len(runs) == 6
+    for run in runs:
+        params = json.loads(run.data.tags[PARAMS_TAG])
+        if params["data.seq_len"] == 256:  # estimate above the budget: never trained
+            assert run.data.tags[STATUS_TAG] == "pruned_memory" and run.info.status == "KILLED"
+            assert "exceeds memory_budget_gib 0.5" in run.data.tags[REASON_TAG]
+            assert not client.get_metric_history(run.info.run_id, "train_loss")
+        else:
+            assert run.data.tags[STATUS_TAG] == "finished"
+    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{spec.storage_dir / 'optuna.db'}")
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE"] * 3 + ["PRUNED"] * 3
+
+
+def finished_trial(sweep, method: str) -> str:
+    spec, state = load_state(sweep.storage_dir)
+    rows = collect_trials(spec, state)
+    return next(r["trial_id"] for r in rows if r["status"] == "finished" and r["params"]["optim.name"] == method)
+
+
+def tiny_swap(out_dir, token_cache, rank_key: str) -> list[str]:
+    """Overrides that run an exported config on CPU with the tiny model; method, schedule shape,
+    precision, checkpointing and 8-bit options stay as exported."""
+    return [
+        "model.name=tiny", "data.source=embedded", "data.max_tokens=300000", f"data.cache_dir={token_cache}",
+        "data.seq_len=32", "train.steps=4", "train.batch_size=8", "train.micro_batch_size=4", "train.device=cpu",
+        "train.eval_every=2", "train.eval_batches=1", "schedule.warmup_steps=1", f"{rank_key}=8",
+        f"output.dir={out_dir}",
+    ]  # fmt: skip
+
+
+def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(sweep, tmp_path, token_cache):
+    from ranktune.platform.cli import main
+    from ranktune.trainables.trainer import Trainer
+
+    trial = finished_trial(sweep, "relora")
+    out = tmp_path / "relora_7b.yaml"
+    assert main(["export", str(sweep.storage_dir), "--target", "7b", "--trial", trial, "--out", str(out)]) == 0
+
+    cfg = load_config(out)  # self-contained: loads without the sweep
+    assert cfg.model.name == "7b" and cfg.model.activation_checkpointing and cfg.train.precision == "bf16"
+    assert cfg.optim.name == "relora" and cfg.relora.base_precision == "int8"
+    assert cfg.relora.inner_optimizer == "adamw8bit" and cfg.relora.rank == 512  # 8 / 64 of the hidden size
+    assert cfg.train.batch_size * cfg.data.seq_len == 512 * 256 and cfg.train.steps == 150_000
+    assert cfg.relora.relora_every == 75_000  # every half of the run, as in the proxy (5 of 10 steps)
+    text = out.read_text()
+    assert "Verdict: fits:" in text and f"Launch: ranktune train {out}" in text
+
+    meta = build_model(cfg.model.llama_config(), device="meta")
+    assert count_parameters(meta) == count_parameters(build_model(model_config("7b"), device="meta"))
+    assert 6.7e9 < count_parameters(meta) < 6.8e9
+
+    memory = json.loads(out.with_suffix(".memory.json").read_text())
+    assert memory["fits"] and 0 < memory["headroom_bytes"] < 24 * GIB
+
+    _, state = load_state(sweep.storage_dir)
+    client = mlflow_client(state["tracking_uri"])
+    exported = {a.path for a in client.list_artifacts(state["parent_run_id"], "export")}
+    assert {"export/relora_7b.yaml", "export/relora_7b.memory.json"} <= exported
+    assert client.get_run(state["parent_run_id"]).data.tags["ranktune.export.7b.trial_id"] == trial
+    source = next(r for r in child_runs(client, state["experiment_id"], state["parent_run_id"])
+                  if r.data.tags["ranktune.trial_id"] == trial)  # fmt: skip
+    assert source.data.tags["ranktune.exported_to"].startswith("7b")
+
+    tiny = load_config(out, [*tiny_swap(tmp_path / "run", token_cache, "relora.rank"), "relora.relora_every=2"])
+    summary = Trainer(tiny, progress=False).fit()
+    assert summary["completed"] and summary["final_eval_loss"] < summary["initial_eval_loss"]
+
+
+def test_export_galore_refuses_at_paper_batch_and_fits_without_accumulation(sweep, tmp_path, token_cache, capsys):
+    from ranktune.platform.cli import main
+    from ranktune.trainables.trainer import Trainer
+
+    trial = finished_trial(sweep, "galore_adamw")
+    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(tmp_path / "no.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert "train.batch_size: 512 -> per-layer GaLore frees gradients only without accumulation" in err
+    assert not (tmp_path / "no.yaml").exists()
+
+    result = export_best(sweep.storage_dir, "7b", 24.0, tmp_path / "galore_7b.yaml", trial_id=trial,
+                         overrides=["train.batch_size=4"])  # fmt: skip
+    cfg = result.config
+    assert result.verdict.fits and cfg.optim.name == "galore_adamw8bit" and cfg.galore.per_layer
+    assert cfg.train.micro_batch_size == cfg.train.batch_size == 4 and cfg.train.grad_clip == 0
+    assert cfg.galore.rank in (512, 1024)  # 8 or 16 of 64 hidden -> 1/8 or 1/4 of 4096
+    tiny = load_config(result.config_path, tiny_swap(tmp_path / "run", token_cache, "galore.rank"))
+    summary = Trainer(tiny, progress=False).fit()
+    assert summary["completed"] and summary["final_eval_loss"] < summary["initial_eval_loss"]
+
+
+def test_export_refuses_without_a_finished_trial():
+    rows = [{"trial_id": "a", "status": "pruned_memory", "objective": None, "peak_memory_bytes": None}]
+    with pytest.raises(ConfigError, match="no trial that finished its budget"):
+        select_trial(rows, "min", None, "sweeps/x")
+
+
+def test_relative_rank_rule():
+    from ranktune.platform.export import target_rank
+
+    assert target_rank(128, 512, 4096, ScalingRules()) == 1024  # the paper's 60m -> 7b ranks
+    assert target_rank(128, 512, 4096, ScalingRules(rank="absolute")) == 128
+
+
+if __name__ == "__main__":
+    sys.exit(pytest.main([__file__, "-q"]))

@@ -1,0 +1,164 @@
+"""The memory estimator against what the trainer measures (tensor accounting), and its CLI."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from ranktune.platform.memory import GIB, estimate_memory, estimate_run, layer_activation_bytes_per_token
+from ranktune.trainables.callbacks import Callback
+from ranktune.trainables.trainer import Trainer
+
+TOLERANCE = 0.10
+
+# (label, overrides). Real tiny presets (2 x 128 and 4 x 256), vocab 32000, several steps each.
+CASES = [
+    ("adamw", ["optim.name=adamw"]),
+    ("adamw bf16", ["optim.name=adamw", "train.precision=bf16"]),
+    ("adamw8bit", ["optim.name=adamw8bit"]),
+    ("adafactor", ["optim.name=adafactor"]),
+    ("galore_adamw", ["optim.name=galore_adamw", "galore.rank=32"]),
+    ("galore_adamw tiny4", ["model.name=tiny4", "optim.name=galore_adamw", "galore.rank=64"]),
+    ("galore_adamw8bit", ["optim.name=galore_adamw8bit", "galore.rank=32"]),
+    ("galore_adamw8bit per-layer bf16", ["optim.name=galore_adamw8bit", "galore.rank=32", "galore.per_layer=true",
+                                         "train.grad_clip=0", "train.precision=bf16"]),
+    ("galore_adafactor", ["optim.name=galore_adafactor", "galore.rank=16"]),
+    ("relora after warm start", ["optim.name=relora", "relora.rank=16", "relora.warm_start_steps=1",
+                                 "relora.relora_every=2", "relora.restart_warmup_steps=1"]),
+    ("relora int8 base, 8-bit inner", ["optim.name=relora", "relora.rank=16", "relora.warm_start_steps=1",
+                                       "relora.relora_every=2", "relora.restart_warmup_steps=1",
+                                       "relora.base_precision=int8", "relora.inner_optimizer=adamw8bit"]),
+    ("lora bf16 base", ["optim.name=lora", "relora.rank=16", "relora.base_precision=bf16"]),
+]  # fmt: skip
+
+
+class LastLog(Callback):
+    def __init__(self) -> None:
+        self.metrics: dict = {}
+
+    def on_log(self, metrics) -> None:
+        self.metrics = dict(metrics)
+
+
+def measured(cfg) -> dict[str, float]:
+    log = LastLog()
+    trainer = Trainer(cfg, [log], progress=False)
+    trainer.fit()
+    m = log.metrics
+    categories = {k.split("/", 1)[1]: v for k, v in m.items() if k.startswith("optimizer_state_bytes/")}
+    return {"weights": m["parameter_bytes"], "gradients": m["gradient_bytes"], **categories}
+
+
+@pytest.mark.parametrize("label,overrides", CASES, ids=[c[0] for c in CASES])
+def test_estimate_matches_the_trainers_tensor_accounting(make_config, label, overrides):
+    cfg = make_config(
+        "model.name=tiny", "model.hidden_size=null", "model.intermediate_size=null", "model.num_heads=null",
+        "train.steps=3", "train.log_every=1", "train.eval_every=3", "schedule.warmup_steps=0", *overrides,
+    )  # fmt: skip
+    est = estimate_run(cfg, device="cpu").phases[-1]  # the phase the run ends in (ReLoRA: after wrapping)
+    got = measured(cfg)
+    expected = {"weights": est.weights, "gradients": est.gradients, **est.optimizer}
+    if cfg.galore.per_layer:
+        # Per-layer updates free each gradient in its hook: none is left when the loop measures.
+        assert got.pop("gradients") == 0
+        expected.pop("gradients")
+    assert set(got) == set(expected), (got, expected)
+    for category, value in got.items():
+        if value == 0:
+            assert expected[category] == 0, category
+            continue
+        ratio = expected[category] / value
+        print(f"{label:34s} {category:16s} measured {value:>11,d} estimated {expected[category]:>11,d} "
+              f"ratio {ratio:.4f}")  # fmt: skip
+        assert abs(ratio - 1) <= TOLERANCE, (category, value, expected[category])
+
+
+def test_per_layer_galore_keeps_one_gradient_alive(make_config):
+    """Measure the live gradients inside the backward of a per-layer run (hooks registered before the
+    method's run first and see every gradient that still exists)."""
+    from ranktune.trainables.model import build_model
+    from ranktune.trainables.optim import build_method
+
+    cfg = make_config(
+        "model.name=tiny", "model.hidden_size=null", "model.intermediate_size=null", "model.num_heads=null",
+        "optim.name=galore_adamw", "galore.rank=32", "galore.per_layer=true", "train.grad_clip=0",
+    )  # fmt: skip
+    model = build_model(cfg.model.llama_config())
+    peak = 0
+
+    def count_live(_param):
+        nonlocal peak
+        peak = max(peak, sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None))
+
+    for p in model.parameters():
+        p.register_post_accumulate_grad_hook(count_live)
+    method = build_method(model, cfg)
+    x = torch.randint(0, 32000, (cfg.train.micro_batch_size, cfg.data.seq_len))
+    for _ in range(2):
+        method.begin_step(1e-3)
+        method.begin_micro_batch(is_last=True)
+        model(x, x)[1].backward()
+        method.step()
+    est = estimate_memory(cfg, device="cpu")
+    assert peak > 0 and abs(est.gradients / peak - 1) <= TOLERANCE, (peak, est.gradients)
+
+
+def test_activation_formula_matches_saved_tensors():
+    """Bytes saved for backward by one decoder block, per token, as the estimator counts them."""
+    from ranktune.trainables.model import LlamaConfig, build_model
+
+    def saved_per_token(cfg: LlamaConfig, precision: str) -> float:
+        model = build_model(cfg)
+        if precision == "bf16":
+            model.to(torch.bfloat16)
+        weights = {t.untyped_storage().data_ptr() for t in [*model.parameters(), *model.buffers()]}
+        seen: dict[int, int] = {}
+
+        def pack(t):
+            ptr = t.untyped_storage().data_ptr()
+            if ptr not in weights:
+                seen[ptr] = max(seen.get(ptr, 0), t.untyped_storage().nbytes())
+            return t
+
+        x = torch.randint(0, cfg.vocab_size, (4, 64))
+        autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision != "fp32")
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), autocast:
+            model(x, x)
+        return sum(seen.values()) / x.numel()
+
+    for precision in ("fp32", "bf16"):
+        one, two = (LlamaConfig(128, 344, 4, layers, vocab_size=1000, max_seq_len=64) for layers in (1, 2))
+        per_layer = saved_per_token(two, precision) - saved_per_token(one, precision)
+        expected = layer_activation_bytes_per_token(one, precision)
+        assert abs(expected / per_layer - 1) <= TOLERANCE, (precision, per_layer, expected)
+
+
+def test_relora_warm_start_is_its_own_phase(make_config):
+    cfg = make_config("optim.name=relora", "relora.rank=8", "relora.warm_start_steps=5", "relora.relora_every=3",
+                      "relora.restart_warmup_steps=1")  # fmt: skip
+    run = estimate_run(cfg)
+    assert [p.phase.split(" ")[0] for p in run.phases] == ["warm", "LoRA"]
+    assert run.peak.phase.startswith("warm")  # full-rank moments outweigh the LoRA ones
+
+
+def test_estimate_cli_prints_the_table_and_the_verdict(tmp_path, capsys):
+    from ranktune.platform.cli import main
+
+    code = main(["estimate", "--set", "model.name=7b", "--set", "optim.name=galore_adamw8bit",
+                 "--set", "galore.rank=1024", "--set", "galore.per_layer=true", "--set", "train.grad_clip=0",
+                 "--set", "train.precision=bf16", "--set", "data.seq_len=256", "--set", "train.batch_size=1",
+                 "--set", "train.micro_batch_size=1", "--budget-gib", "24"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 0 and "optimizer state: projectors" in out and "fits:" in out
+    code = main(["estimate", "--set", "model.name=7b", "--set", "train.precision=bf16", "--set", "data.seq_len=256",
+                 "--set", "train.batch_size=1", "--set", "train.micro_batch_size=1"])  # fmt: skip
+    out = capsys.readouterr().out
+    assert code == 1 and "does not fit" in out  # full-rank AdamW at 7b needs far more than 24 GiB
+    assert main(["estimate", "--set", "optim.name=nope"]) == 2
+
+
+def test_7b_bf16_weights_are_13_5_gb():
+    from ranktune.trainables.config import config_from_dict
+
+    est = estimate_memory(config_from_dict({"model": {"name": "7b"}, "train": {"precision": "bf16"}}))
+    assert abs(est.weights / 1e9 - 13.48) < 0.05 and est.total > 60 * GIB
