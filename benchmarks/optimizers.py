@@ -133,17 +133,21 @@ def measure(label: str, sections: dict, args: argparse.Namespace) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="60m")
-    parser.add_argument("--seq-len", type=int, default=256)
+    parser.add_argument("--seq-len", type=int, default=128)
     parser.add_argument("--batch", type=int, default=2)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--only", nargs="*", help="labels of the rows to run (adamw always runs)")
+    parser.add_argument("--threads", type=int, default=2, help="torch CPU threads (fixed, so runs compare)")
     args = parser.parse_args()
-    torch.set_num_threads(torch.get_num_threads())
+    torch.set_num_threads(args.threads)
 
     rows = [r for r in ROWS if not args.only or r[0] in args.only or r[0] == "adamw"]
     results = [measure(label, sections, args) for label, sections in rows]
     ref = results[0]
-    print(f"model {args.model}, batch {args.batch} x seq {args.seq_len}, {args.steps} steps per row, CPU")
+    print(
+        f"model {args.model}, batch {args.batch} x seq {args.seq_len}, {args.steps} steps per row, "
+        f"CPU, {args.threads} threads"
+    )
     header = f"{'method':<28}{'state MiB':>11}{'x adamw':>9}{'trainable M':>13}{'step s':>9}{'x adamw':>9}  extras"
     print(header)
     print("-" * len(header))
