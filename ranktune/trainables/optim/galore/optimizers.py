@@ -71,7 +71,7 @@ def check_galore_group(group: dict[str, Any]) -> None:
 
 
 class GaLoreOptimizer(torch.optim.Optimizer):
-    """Shared projector handling; subclasses implement the inner update in `step`."""
+    """Shared projector handling and step loop; subclasses implement the inner update in `update`."""
 
     def __init__(self, params: Iterable, defaults: dict[str, Any]) -> None:
         super().__init__(params, defaults)
@@ -99,6 +99,25 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             self.svd_seconds += time.perf_counter() - start
             self.projector_updates += 1
         return project(grad, state)
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for group in self.param_groups:
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                state = self.state[p]
+                state.setdefault("step", 0)
+                self.update(p, self.low_rank_grad(p.grad, group, state), state, group)
+        return loss
+
+    def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        """Apply the inner optimizer's update to `p`, given its (possibly low-rank) gradient."""
+        raise NotImplementedError
 
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
@@ -134,39 +153,26 @@ class GaLoreAdamW(GaLoreOptimizer):
     ) -> None:
         super().__init__(params, {"lr": lr, "betas": betas, "eps": eps, "weight_decay": weight_decay})
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            beta1, beta2 = group["betas"]
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state.setdefault("step", 0)
-                grad = self.low_rank_grad(p.grad, group, state)
-                if "exp_avg" not in state:
-                    state["exp_avg"] = torch.zeros_like(grad)
-                    state["exp_avg_sq"] = torch.zeros_like(grad)
-                exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
-                state["step"] += 1
-                t = state["step"]
+    def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        beta1, beta2 = group["betas"]
+        lr, wd = group["lr"], group["weight_decay"]
+        if "exp_avg" not in state:
+            state["exp_avg"] = torch.zeros_like(grad)
+            state["exp_avg_sq"] = torch.zeros_like(grad)
+        exp_avg, exp_avg_sq = state["exp_avg"], state["exp_avg_sq"]
+        state["step"] += 1
+        t = state["step"]
 
-                exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
-                exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
-                denom = exp_avg_sq.sqrt().add_(group["eps"])
-                step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-                update = exp_avg / denom
-                if "rank" in group:
-                    update = project_back(update, state, group["scale"])
-                if wd > 0:
-                    p.mul_(1.0 - lr * wd)
-                p.add_(update, alpha=-step_size)
-        return loss
+        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
+        denom = exp_avg_sq.sqrt().add_(group["eps"])
+        step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
+        update = exp_avg / denom
+        if "rank" in group:
+            update = project_back(update, state, group["scale"])
+        if wd > 0:
+            p.mul_(1.0 - lr * wd)
+        p.add_(update, alpha=-step_size)
 
 
 @cache
@@ -230,34 +236,21 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
                 state["state2"], beta2, weight_decay=wd,
             )  # fmt: skip
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state.setdefault("step", 0)
-                grad = self.low_rank_grad(p.grad, group, state)
-                if "state1" not in state:
-                    self.init_moments(state, grad, group["min_8bit_size"])
-                state["step"] += 1
-                if "rank" not in group:
-                    self.adam_update(p, grad.contiguous(), state, group, lr, wd)
-                    continue
-                # bitsandbytes updates a tensor in place. Given zeros, lr 1 and no decay, it leaves the
-                # negated Adam direction there, in the low-rank space; that is what we project back.
-                direction = torch.zeros_like(grad).contiguous()
-                self.adam_update(direction, grad.contiguous(), state, group, lr=1.0, wd=0.0)
-                if wd > 0:
-                    p.mul_(1.0 - lr * wd)
-                p.add_(project_back(direction, state, group["scale"]), alpha=lr)
-        return loss
+    def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        if "state1" not in state:
+            self.init_moments(state, grad, group["min_8bit_size"])
+        state["step"] += 1
+        if "rank" not in group:
+            self.adam_update(p, grad.contiguous(), state, group, lr, wd)
+            return
+        # bitsandbytes updates a tensor in place. Given zeros, lr 1 and no decay, it leaves the
+        # negated Adam direction there, in the low-rank space; that is what we project back.
+        direction = torch.zeros_like(grad).contiguous()
+        self.adam_update(direction, grad.contiguous(), state, group, lr=1.0, wd=0.0)
+        if wd > 0:
+            p.mul_(1.0 - lr * wd)
+        p.add_(project_back(direction, state, group["scale"]), alpha=lr)
 
 
 class GaLoreAdafactor(GaLoreOptimizer):
@@ -280,53 +273,36 @@ class GaLoreAdafactor(GaLoreOptimizer):
         defaults = {"lr": lr, "beta2_decay": beta2_decay, "eps": eps, "d": d, "weight_decay": weight_decay}
         super().__init__(params, defaults)
 
-    @torch.no_grad()
-    def step(self, closure=None):
-        loss = None
-        if closure is not None:
-            with torch.enable_grad():
-                loss = closure()
-        for group in self.param_groups:
-            lr, wd = group["lr"], group["weight_decay"]
-            eps1, eps2 = group["eps"]
-            for p in group["params"]:
-                if p.grad is None:
-                    continue
-                state = self.state[p]
-                state.setdefault("step", 0)
-                grad = self.low_rank_grad(p.grad, group, state)
-                if "row_var" not in state and "variance" not in state:
-                    if grad.dim() > 1:
-                        state["row_var"] = grad.new_zeros(grad.shape[:-1] + (1,))
-                        state["col_var"] = grad.new_zeros(grad.shape[:-2] + (1,) + grad.shape[-1:])
-                    else:
-                        state["variance"] = torch.zeros_like(grad)
-                state["step"] += 1
-                t = state["step"]
-                tiny = torch.finfo(p.dtype).eps if eps1 is None else eps1
+    def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
+        lr, wd = group["lr"], group["weight_decay"]
+        eps1, eps2 = group["eps"]
+        if "row_var" not in state and "variance" not in state:
+            if grad.dim() > 1:
+                state["row_var"] = grad.new_zeros(grad.shape[:-1] + (1,))
+                state["col_var"] = grad.new_zeros(grad.shape[:-2] + (1,) + grad.shape[-1:])
+            else:
+                state["variance"] = torch.zeros_like(grad)
+        state["step"] += 1
+        t = state["step"]
+        tiny = torch.finfo(p.dtype).eps if eps1 is None else eps1
 
-                one_minus_beta2_t = t ** group["beta2_decay"]
-                rho_t = min(lr, 1.0 / math.sqrt(t))
-                alpha = max(eps2, p.norm(2).item() / math.sqrt(p.numel())) * rho_t
-                if wd != 0:
-                    p.mul_(1.0 - lr * wd)
+        one_minus_beta2_t = t ** group["beta2_decay"]
+        rho_t = min(lr, 1.0 / math.sqrt(t))
+        alpha = max(eps2, p.norm(2).item() / math.sqrt(p.numel())) * rho_t
+        if wd != 0:
+            p.mul_(1.0 - lr * wd)
 
-                if grad.dim() > 1:
-                    row_var, col_var = state["row_var"], state["col_var"]
-                    row_var.lerp_(
-                        torch.norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)), one_minus_beta2_t
-                    )
-                    col_var.lerp_(
-                        torch.norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)), one_minus_beta2_t
-                    )
-                    var_estimate = row_var @ col_var
-                    var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=tiny))
-                else:
-                    state["variance"].lerp_(grad * grad, one_minus_beta2_t)
-                    var_estimate = state["variance"].clone()
-                update = var_estimate.clamp_(min=tiny * tiny).rsqrt_().mul_(grad)
-                denom = max(1.0, update.norm(2).item() / (math.sqrt(update.numel()) * group["d"]))
-                if "rank" in group:
-                    update = project_back(update, state, group["scale"])
-                p.add_(update, alpha=-alpha / denom)
-        return loss
+        if grad.dim() > 1:
+            row_var, col_var = state["row_var"], state["col_var"]
+            row_var.lerp_(torch.norm(grad, dim=-1, keepdim=True).square_().div_(grad.size(-1)), one_minus_beta2_t)
+            col_var.lerp_(torch.norm(grad, dim=-2, keepdim=True).square_().div_(grad.size(-2)), one_minus_beta2_t)
+            var_estimate = row_var @ col_var
+            var_estimate.div_(row_var.mean(dim=-2, keepdim=True).clamp_(min=tiny))
+        else:
+            state["variance"].lerp_(grad * grad, one_minus_beta2_t)
+            var_estimate = state["variance"].clone()
+        update = var_estimate.clamp_(min=tiny * tiny).rsqrt_().mul_(grad)
+        denom = max(1.0, update.norm(2).item() / (math.sqrt(update.numel()) * group["d"]))
+        if "rank" in group:
+            update = project_back(update, state, group["scale"])
+        p.add_(update, alpha=-alpha / denom)
