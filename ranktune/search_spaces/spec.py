@@ -16,7 +16,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 
 from ranktune.search_spaces.presets import PRESETS
 from ranktune.search_spaces.space import SearchSpace, format_value
-from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
+from ranktune.trainables.config import (
+    ConfigError,
+    TrainConfig,
+    apply_overrides,
+    config_from_dict,
+    describe_validation_errors,
+    read_yaml_mapping,
+)
 
 
 class Strict(BaseModel):
@@ -138,14 +145,8 @@ def _yaml(value: Any) -> str:
 
 
 def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"sweep spec {str(p)!r} does not exist"])
-    try:
-        raw = yaml.safe_load(p.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError([f"sweep spec {str(p)!r} is not valid YAML: {exc}"]) from None
-    return spec_from_dict(apply_overrides(raw, list(overrides)), spec_dir=p.parent)
+    raw = read_yaml_mapping(path, "sweep spec")
+    return spec_from_dict(apply_overrides(raw, list(overrides)), spec_dir=Path(path).parent)
 
 
 def spec_from_dict(raw: dict[str, Any], spec_dir: str | Path = ".") -> SweepSpec:
@@ -153,7 +154,7 @@ def spec_from_dict(raw: dict[str, Any], spec_dir: str | Path = ".") -> SweepSpec
         spec = SweepSpec.model_validate({**raw, "spec_dir": str(spec_dir)})
         space = spec.search_space()
     except ValidationError as exc:
-        raise ConfigError([_describe(e) for e in exc.errors()]) from None
+        raise ConfigError(describe_validation_errors(exc, docs="docs/sweeps.md")) from None
     if spec.base and not (Path(spec.spec_dir) / spec.base).expanduser().is_file():
         raise ConfigError([f"base: {spec.base!r} -> an existing training config file"])
     spec = self_contained(spec)
@@ -173,13 +174,6 @@ def self_contained(spec: SweepSpec) -> SweepSpec:
             data["tokenizer"] = str(Path(data["tokenizer"]).expanduser().resolve())
     raw.get("train", {}).pop("steps", None)  # the budget sets it
     return spec.model_copy(update={"base": None, "base_overrides": raw, "spec_dir": str(Path(spec.spec_dir).resolve())})
-
-
-def _describe(err: dict[str, Any]) -> str:
-    field = ".".join(str(p) for p in err["loc"]) or "(root)"
-    if err["type"] == "extra_forbidden":
-        return f"{field}: unknown key"
-    return f"{field}: {err.get('input')!r} -> {err['msg']}"
 
 
 def validate_against_base(spec: SweepSpec, space: SearchSpace) -> None:

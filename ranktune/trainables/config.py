@@ -157,11 +157,30 @@ class TrainConfig(Section):
         return self.train.batch_size * self.data.seq_len
 
 
-def _describe_pydantic_error(err: dict[str, Any]) -> str:
-    field = ".".join(str(p) for p in err["loc"]) or "(root)"
-    if err["type"] == "extra_forbidden":
-        return f"{field}: unknown key (check the spelling; see docs/configuration.md)"
-    return f"{field}: {err.get('input')!r} -> {err['msg']}"
+def describe_validation_errors(exc: ValidationError, docs: str = "docs/configuration.md") -> list[str]:
+    """One `field: value -> what is allowed` line per pydantic error."""
+    problems = []
+    for err in exc.errors():
+        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        if err["type"] == "extra_forbidden":
+            problems.append(f"{field}: unknown key (check the spelling; see {docs})")
+        else:
+            problems.append(f"{field}: {err.get('input')!r} -> {err['msg']}")
+    return problems
+
+
+def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
+    """The mapping a YAML file holds; a missing file, bad YAML or a non-mapping is a ConfigError."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError([f"{what} {str(p)!r} does not exist"])
+    try:
+        raw = yaml.safe_load(p.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"{what} {str(p)!r} is not valid YAML: {exc}"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"{what} {str(p)!r} must hold a mapping of sections"])
+    return raw
 
 
 def parse_value(text: str) -> Any:
@@ -190,23 +209,13 @@ def config_from_dict(raw: dict[str, Any]) -> TrainConfig:
     try:
         cfg = TrainConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([_describe_pydantic_error(e) for e in exc.errors()]) from None
+        raise ConfigError(describe_validation_errors(exc)) from None
     check_config(cfg)
     return cfg
 
 
 def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> TrainConfig:
-    raw: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError([f"config file {str(p)!r} does not exist"])
-        try:
-            raw = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError([f"config file {str(p)!r} is not valid YAML: {exc}"]) from None
-        if not isinstance(raw, dict):
-            raise ConfigError([f"config file {str(p)!r} must hold a mapping of sections"])
+    raw = read_yaml_mapping(path, "config file") if path is not None else {}
     return config_from_dict(apply_overrides(raw, list(overrides)))
 
 
