@@ -169,8 +169,9 @@ def assert_in_shared_storage(storage: Path, client, runs) -> None:
     assert (storage / "mlflow.db").is_file()
     tune_trials = [d for d in (storage / "tune").iterdir() if d.is_dir() and (d / "result.json").is_file()]
     assert len(tune_trials) == len(runs)
-    for trial_dir in tune_trials:
-        assert list(trial_dir.glob("checkpoint_*/state.pt")), f"no checkpoint in {trial_dir}"
+    for run in runs:
+        trial_dir = storage / "trials" / run.data.tags[TRIAL_TAG]
+        assert list(trial_dir.glob("checkpoints/step_*.pt")), f"no checkpoint in {trial_dir}"
     for run in runs:
         assert run.info.artifact_uri.startswith((storage / "mlartifacts").as_uri())
         assert (Path(urlparse(run.info.artifact_uri).path) / "config.yaml").is_file()

@@ -9,7 +9,11 @@ restored Tune trial continues from the Train run's latest checkpoint.
 
 from __future__ import annotations
 
+import contextlib
+import os
+import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,11 +24,23 @@ from ranktune.trainables.config import TrainConfig
 CHECKPOINT_FILE = "state.pt"
 
 
+@contextlib.contextmanager
+def staged_checkpoint(checkpoint_file: str) -> Iterator[str]:
+    """A directory holding just this checkpoint as `state.pt`, for Ray to persist into storage."""
+    with tempfile.TemporaryDirectory() as staging:
+        target = Path(staging) / CHECKPOINT_FILE
+        try:
+            os.link(checkpoint_file, target)  # same filesystem: no copy of the weights
+        except OSError:
+            shutil.copy2(checkpoint_file, target)
+        yield staging
+
+
 def train_report(result: Metrics, checkpoint_file: str | None) -> None:
     """Every worker reports (Ray Train expects all ranks to); only rank 0 carries the checkpoint."""
     import ray.train
 
-    from ranktune.platform.trial import staged_checkpoint, with_node_id
+    from ranktune.platform.trial import with_node_id
 
     result = with_node_id(result)
     if checkpoint_file is None:
@@ -59,7 +75,7 @@ def train_worker(config: dict[str, Any]) -> None:
 
 
 def run_distributed_trial(spec: SweepSpec, cfg: TrainConfig, trial_name: str, gpus_per_worker: float) -> None:
-    from ray.train import RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -76,7 +92,11 @@ def run_distributed_trial(spec: SweepSpec, cfg: TrainConfig, trial_name: str, gp
             num_workers=spec.resources.num_workers, use_gpu=use_gpu, resources_per_worker=resources
         ),
         run_config=RunConfig(
-            name=trial_name, storage_path=str(spec.storage_dir / "train"), callbacks=[TuneReportCallback()]
+            name=trial_name,
+            storage_path=str(spec.storage_dir / "train"),
+            callbacks=[TuneReportCallback()],
+            # Ray Train saves its run state before deleting a superseded checkpoint: keeping one is safe.
+            checkpoint_config=CheckpointConfig(num_to_keep=1),
         ),
     )
     trainer.fit()

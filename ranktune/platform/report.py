@@ -13,7 +13,7 @@ from ranktune.search_spaces.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
-STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "pruned_memory": 3, "failed": 4}
+STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "pruned_memory": 3, "lost": 4, "failed": 5}
 
 
 def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:

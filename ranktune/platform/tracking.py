@@ -17,8 +17,9 @@ from ray.tune import Callback
 
 TRIAL_TAG = "ranktune.trial_id"
 SWEEP_TAG = "ranktune.sweep"
-STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed | pruned_memory
+STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed | pruned_memory | lost
 PRUNED_MEMORY = "pruned_memory"  # the trial's memory estimate exceeded the sweep's memory_budget_gib
+LOST = "lost"  # started, then its driver died before Tune's snapshot recorded it (see sweep.close_lost_runs)
 REASON_TAG = "ranktune.failure_reason"
 RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a checkpoint
 PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
@@ -138,7 +139,8 @@ class MlflowTrials(Callback):
         if "step" not in result:  # the empty final result of a trial that returned without training
             return
         run_id = self.run_id_for(trial)
-        if result.get("start_step", 0) > 0:
+        step = result["step"]
+        if 0 < result.get("start_step", 0) < step:  # continued training from a checkpoint
             self.client.set_tag(run_id, RESUMED_TAG, str(result["start_step"]))
         nodes = self._nodes.setdefault(run_id, [])
         if result.get("node_id") and result["node_id"] not in nodes:  # a new trial, or one moved after a failure
@@ -150,7 +152,6 @@ class MlflowTrials(Callback):
         for record in json.loads(result.get("log_history", "[]")):
             if record["step"] > newest:
                 metrics += [Metric(k, float(record[k]), stamp, record["step"]) for k in CURVE_KEYS if k in record]
-        step = result["step"]
         if step > newest or (step == 0 and newest < 0):
             metrics += [
                 Metric(k, float(result[k]), stamp, step) for k in EVAL_KEYS if k in result and math.isfinite(result[k])
@@ -168,7 +169,10 @@ class MlflowTrials(Callback):
             self.client.set_tag(run_id, REASON_TAG, reason)
             self.client.set_terminated(run_id, status="KILLED")
             return
-        stopped_early = last.get("step", 0) < self.steps_per_trial
+        # What MLflow already holds counts too: a trial restored after a driver crash may end with a
+        # last result older than the curve it had logged before the crash.
+        reached = max(last.get("step", 0), self._logged_step.get(run_id, -1))
+        stopped_early = reached < self.steps_per_trial
         self.client.set_tag(run_id, STATUS_TAG, "stopped_early" if stopped_early else "finished")
         self.log_final(run_id, last)
         self.client.set_terminated(run_id, status="KILLED" if stopped_early else "FINISHED")

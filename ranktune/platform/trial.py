@@ -7,20 +7,15 @@ Train `TorchTrainer` (DDP over gloo or NCCL) whose rank-0 reports reach Tune thr
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.callbacks import Callback, Metrics
 from ranktune.trainables.config import TrainConfig
-
-CHECKPOINT_FILE = "state.pt"
 
 
 def memory_rejection(spec: SweepSpec, cfg: TrainConfig, gpus_per_trial: float) -> str | None:
@@ -50,21 +45,27 @@ def trial_memory_rejection(spec_json: str, gpus_per_trial: float, params: dict[s
     return memory_rejection(spec, cfg, gpus_per_trial)
 
 
-def trial_train_config(spec: SweepSpec, params: dict[str, Any], work_dir: str | Path) -> TrainConfig:
-    """The trial's training config: base + sampled params, checkpoints at every evaluation.
+TRIALS_DIR = "trials"  # under the sweep's storage: one directory per trial, holding its checkpoints
 
-    ASHA stops and Ray restores trials only at reported results, so every evaluation comes with a
-    checkpoint; only the newest is kept in the trial's scratch directory (Tune persists the
-    reported ones into the sweep's storage).
+
+def trial_dir(spec: SweepSpec, trial_id: str) -> Path:
+    return spec.storage_dir / TRIALS_DIR / trial_id
+
+
+def trial_train_config(spec: SweepSpec, params: dict[str, Any], output_dir: str | Path) -> TrainConfig:
+    """The trial's training config: base + sampled params, a checkpoint at every evaluation.
+
+    ASHA stops trials, and a trial continues after a failure or a driver restart, only at reported
+    results, so every evaluation comes with a checkpoint; only the newest is kept.
     """
-    cfg = spec.trial_config(params, output_dir=Path(work_dir) / "run")
+    cfg = spec.trial_config(params, output_dir=Path(output_dir))
     cfg.output.checkpoint_every = cfg.train.eval_every
     cfg.output.keep_checkpoints = 1
     return cfg
 
 
 class ReportTo(Callback):
-    """Turns trainer events into Tune results: one result (and checkpoint) per evaluation.
+    """Turns trainer events into Tune results: one result per evaluation, with its checkpoint's path.
 
     Each result carries the `log` records since the previous one (`log_history`, a JSON string so
     Tune's CSV/TensorBoard loggers pass it through), so the driver can draw step-indexed training
@@ -76,6 +77,7 @@ class ReportTo(Callback):
         self.pending: list[Metrics] = []
         self.last_log: Metrics = {}
         self.start_step = 0
+        self.reported = False
 
     def on_train_start(self, info: Metrics) -> None:
         self.start_step = info["start_step"]  # > 0 when this run continues from a checkpoint
@@ -92,19 +94,20 @@ class ReportTo(Callback):
         result["log_history"] = json.dumps(self.pending)
         result["start_step"] = self.start_step
         self.pending = []
+        self.reported = True
         self.report(result, metrics.get("checkpoint"))
 
-
-@contextlib.contextmanager
-def staged_checkpoint(checkpoint_file: str) -> Iterator[str]:
-    """A directory holding just this checkpoint as `state.pt`, for Ray to persist into storage."""
-    with tempfile.TemporaryDirectory() as staging:
-        target = Path(staging) / CHECKPOINT_FILE
-        try:
-            os.link(checkpoint_file, target)  # same filesystem: no copy of the weights
-        except OSError:
-            shutil.copy2(checkpoint_file, target)
-        yield staging
+    def on_train_end(self, summary: Metrics) -> None:
+        # Restored from a checkpoint taken at the very last step (the driver died after the trial's
+        # final report but before Tune recorded it as finished): nothing was left to train, so no
+        # evaluation was reported. Report the final state once, or Tune would end the trial with an
+        # empty result and the sweep would count a finished trial as stopped early.
+        if self.reported or not summary["completed"]:
+            return
+        self.reported = True
+        final = {"step": summary["steps"], "tokens": summary["tokens"], "eval_loss": summary["final_eval_loss"],
+                 "eval_ppl": summary["final_eval_ppl"], "wall_time": summary["wall_time"]}  # fmt: skip
+        self.report({**final, "log_history": "[]", "start_step": self.start_step}, None)
 
 
 def with_node_id(result: Metrics) -> Metrics:
@@ -116,46 +119,47 @@ def with_node_id(result: Metrics) -> Metrics:
 
 
 def tune_report(result: Metrics, checkpoint_file: str | None) -> None:
+    """The checkpoint is already in the trial's directory in storage, where `run_trial` looks for it."""
     from ray import tune
 
-    result = with_node_id(result)
-    if checkpoint_file is None:
-        tune.report(result)
-        return
-    with staged_checkpoint(checkpoint_file) as staging:
-        tune.report(result, checkpoint=tune.Checkpoint.from_directory(staging))
+    tune.report(with_node_id(result))
 
 
 def run_trial(params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.0,
               prepare: Callable | None = None) -> None:  # fmt: skip
-    """Tune function trainable. `prepare(trainer, params)` runs before training (tests inject faults)."""
+    """Tune function trainable. `prepare(trainer, params)` runs before training (tests inject faults).
+
+    The trainer checkpoints straight into `storage/trials/<trial_id>/`, and a trial that Tune starts
+    again (after a node failure, a driver restart or a scheduler pause) continues from the newest
+    checkpoint there. Checkpoints are not handed to Tune: Tune deletes a trial's superseded
+    checkpoint before its experiment snapshot records the new one, so a driver killed in between
+    left a snapshot pointing at a deleted checkpoint and the trial failed on resume.
+    """
     import torch
     from ray import tune
 
-    from ranktune.trainables.checkpoint import load_checkpoint
     from ranktune.trainables.trainer import Trainer
 
     spec = SweepSpec.model_validate_json(spec_json)
-    # Scratch space outside the trial directory: Ray syncs the trial directory to storage in the
-    # background, and must not race the trainer rotating its checkpoint files.
-    with tempfile.TemporaryDirectory(prefix="ranktune-trial-") as work_dir:
-        cfg = trial_train_config(spec, params, work_dir)
-        if memory_rejection(spec, cfg, gpus_per_trial) is not None:
-            # Return without a result: Optuna records the trial as PRUNED (no value, no error) and
-            # the MLflow callback tags it pruned_memory with the reason.
-            return
-        if spec.resources.num_workers > 1:
-            from ranktune.platform.distributed import run_distributed_trial
+    trial_id = tune.get_context().get_trial_id()
+    if spec.resources.num_workers > 1:
+        from ranktune.platform.distributed import run_distributed_trial
 
-            run_distributed_trial(spec, cfg, tune.get_context().get_trial_id(), gpus_per_trial)
-            return
+        # Ray Train keeps, and resumes from, the checkpoints of its own run (storage/train/<trial_id>).
+        with tempfile.TemporaryDirectory(prefix="ranktune-trial-") as work_dir:
+            cfg = trial_train_config(spec, params, work_dir)
+            if memory_rejection(spec, cfg, gpus_per_trial) is None:
+                run_distributed_trial(spec, cfg, trial_id, gpus_per_trial)
+        return
 
-        torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
-        trainer = Trainer(cfg, [ReportTo(tune_report)], progress=False)
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is not None:  # restored after a failure, a driver restart, or a scheduler pause
-            with checkpoint.as_directory() as d:
-                trainer.load_state_dict(load_checkpoint(Path(d) / CHECKPOINT_FILE))
-        if prepare is not None:
-            prepare(trainer, params)
-        trainer.fit()
+    cfg = trial_train_config(spec, params, trial_dir(spec, trial_id))
+    if memory_rejection(spec, cfg, gpus_per_trial) is not None:
+        # Return without a result: Optuna records the trial as PRUNED (no value, no error) and
+        # the MLflow callback tags it pruned_memory with the reason.
+        return
+    torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
+    trainer = Trainer(cfg, [ReportTo(tune_report)], progress=False)
+    trainer.resume_from_latest()
+    if prepare is not None:
+        prepare(trainer, params)
+    trainer.fit()

@@ -1,0 +1,103 @@
+"""A trial restored after the driver died, seen by the trial adapter and by the MLflow callback.
+
+Tune snapshots its experiment state after each trial checkpoint, not when a trial finishes, so a
+driver killed between a trial's last report and the next snapshot leaves that trial "running" at
+its final checkpoint. On resume it is restored there with nothing left to train.
+"""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+from ranktune.platform.tracking import RESUMED_TAG, STATUS_TAG, MlflowTrials, child_runs, mlflow_client
+from ranktune.platform.trial import ReportTo
+from ranktune.trainables import Trainer
+
+
+def test_a_trial_restored_at_its_last_step_reports_its_final_state(make_config):
+    cfg = make_config("train.steps=10")
+    first_reports = []
+    Trainer(cfg, [ReportTo(lambda r, c: first_reports.append(r))], progress=False).fit()
+    assert [r["step"] for r in first_reports] == [0, 5, 10]  # one per evaluation, nothing extra at the end
+
+    restored_reports = []
+    restored = Trainer(cfg, [ReportTo(lambda r, c: restored_reports.append(r))], progress=False)
+    assert restored.resume_from_latest() and restored.step == 10
+    restored.fit()
+    assert len(restored_reports) == 1
+    final = restored_reports[0]
+    assert final["step"] == 10 and final["start_step"] == 10 and final["log_history"] == "[]"
+    assert final["eval_loss"] == first_reports[-1]["eval_loss"]  # same weights, same validation batches
+
+
+def fake_trial(trial_id: str, last_result: dict | None = None):
+    return SimpleNamespace(trial_id=trial_id, config={"optim.lr": 1e-3}, last_result=last_result, error_file=None)
+
+
+def result(step: int, start_step: int = 0) -> dict:
+    return {"step": step, "start_step": start_step, "eval_loss": 5.0 - step / 100, "eval_ppl": 100.0,
+            "log_history": "[]", "timestamp": 1.0}  # fmt: skip
+
+
+def test_a_finished_trial_stays_finished_across_a_driver_restart(tmp_path):
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment).info.run_id
+
+    def callback():  # a fresh instance per driver, as after `ranktune sweep --resume`
+        return MlflowTrials(uri, experiment, parent, "s", 40, lambda params: "optim:\n  lr: 0.001\n")
+
+    before_crash = callback()
+    finished, cut = fake_trial("t1"), fake_trial("t2")
+    for step in (0, 10, 20, 30, 40):
+        before_crash.on_trial_result(0, [], finished, result(step))
+    before_crash.on_trial_complete(0, [], fake_trial("t1", result(40)))
+    for step in (0, 10, 20):
+        before_crash.on_trial_result(0, [], cut, result(step))
+
+    after_restart = callback()
+    # Restored at step 40 with an empty final result (the failure CI saw before ReportTo reported
+    # the final state): MLflow's curve already reaches the budget, so it is still finished.
+    after_restart.on_trial_start(0, [], finished)
+    after_restart.on_trial_complete(0, [], fake_trial("t1", {"done": True}))
+    # Continued from its step-20 checkpoint: re-sent results are not logged twice, and it is tagged.
+    for step in (20, 30, 40):
+        after_restart.on_trial_result(0, [], cut, result(step, start_step=20))
+    after_restart.on_trial_complete(0, [], fake_trial("t2", result(40, start_step=20)))
+    # A third trial restored at its last step, re-reporting its final state: not "resumed".
+    last = fake_trial("t3")
+    after_restart.on_trial_result(0, [], last, result(40, start_step=40))
+    stopped = fake_trial("t4")
+    after_restart.on_trial_result(0, [], stopped, result(10))
+    after_restart.on_trial_complete(0, [], fake_trial("t4", result(10)))
+
+    runs = {r.data.tags["ranktune.trial_id"]: r for r in child_runs(client, experiment, parent)}
+    assert runs["t1"].data.tags[STATUS_TAG] == "finished" and runs["t1"].info.status == "FINISHED"
+    assert RESUMED_TAG not in runs["t1"].data.tags
+    assert runs["t2"].data.tags[STATUS_TAG] == "finished" and runs["t2"].data.tags[RESUMED_TAG] == "20"
+    steps = [m.step for m in client.get_metric_history(runs["t2"].info.run_id, "eval_loss")]
+    assert steps == [0, 10, 20, 30, 40]
+    assert RESUMED_TAG not in runs["t3"].data.tags
+    assert runs["t4"].data.tags[STATUS_TAG] == "stopped_early" and runs["t4"].info.status == "KILLED"
+
+
+def test_runs_left_open_by_a_dead_driver_are_closed_as_lost(tmp_path):
+    from ranktune.platform.sweep import close_lost_runs
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    callback = MlflowTrials(uri, experiment, parent, "s", 40, lambda params: "optim:\n  lr: 0.001\n")
+    callback.on_trial_result(0, [], fake_trial("done"), result(40))
+    callback.on_trial_complete(0, [], fake_trial("done", result(40)))
+    callback.on_trial_start(0, [], fake_trial("orphan"))  # started, then the driver died unsnapshotted
+
+    state = {"experiment_id": experiment, "parent_run_id": parent}
+    assert len(close_lost_runs(client, state)) == 1
+    runs = {r.data.tags["ranktune.trial_id"]: r for r in child_runs(client, experiment, parent)}
+    assert runs["orphan"].data.tags[STATUS_TAG] == "lost" and runs["orphan"].info.status == "KILLED"
+    assert "snapshot" in runs["orphan"].data.tags["ranktune.failure_reason"]
+    assert runs["done"].data.tags[STATUS_TAG] == "finished"
+    assert close_lost_runs(client, state) == []  # nothing left open
