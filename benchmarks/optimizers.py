@@ -160,6 +160,14 @@ def main() -> None:
             f"{r['trainable_params'] / 1e6:>13.2f}{r['median_step_s']:>9.3f}"
             f"{r['median_step_s'] / ref['median_step_s']:>9.2f}  {extras}"
         )
+    by_label = {r["method"]: r for r in results}
+    if {"galore_adamw", "galore_torch_adamw"} <= by_label.keys():
+        ratio = by_label["galore_adamw"]["median_step_s"] / by_label["galore_torch_adamw"]["median_step_s"]
+        print(f"galore_adamw median step vs public GaLoreAdamW: {ratio:.2f}x (target <= 1.0)")
+    if {"galore_adamw", "galore_adamw_randomized"} <= by_label.keys():
+        full, rand = (by_label[k]["extras"].get("proj_step_s") for k in ("galore_adamw", "galore_adamw_randomized"))
+        if full and rand:
+            print(f"randomized-SVD projector step vs full SVD: {rand / full:.2f}x (target <= 0.7)")
 
 
 if __name__ == "__main__":

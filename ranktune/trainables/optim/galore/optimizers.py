@@ -163,16 +163,20 @@ class GaLoreAdamW(GaLoreOptimizer):
         state["step"] += 1
         t = state["step"]
 
-        exp_avg.mul_(beta1).add_(grad, alpha=1.0 - beta1)
+        exp_avg.lerp_(grad, 1.0 - beta1)
         exp_avg_sq.mul_(beta2).addcmul_(grad, grad, value=1.0 - beta2)
         denom = exp_avg_sq.sqrt().add_(group["eps"])
         step_size = lr * math.sqrt(1.0 - beta2**t) / (1.0 - beta1**t)
-        update = exp_avg / denom
-        if "rank" in group:
-            update = project_back(update, state, group["scale"])
         if wd > 0:
             p.mul_(1.0 - lr * wd)
-        p.add_(update, alpha=-step_size)
+        # Fewer passes over full-size tensors than galore-torch (this step is memory-bound on CPU):
+        # unprojected weights (embeddings, head) divide inside addcdiv_, and GaLore's scale rides on
+        # the step size instead of multiplying the projected-back update.
+        if "rank" not in group:
+            p.addcdiv_(exp_avg, denom, value=-step_size)
+            return
+        low_rank_update = denom.reciprocal_().mul_(exp_avg)
+        p.add_(project_back(low_rank_update, state), alpha=-step_size * group["scale"])
 
 
 @cache
@@ -250,7 +254,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         self.adam_update(direction, grad.contiguous(), state, group, lr=1.0, wd=0.0)
         if wd > 0:
             p.mul_(1.0 - lr * wd)
-        p.add_(project_back(direction, state, group["scale"]), alpha=lr)
+        p.add_(project_back(direction, state), alpha=lr * group["scale"])
 
 
 class GaLoreAdafactor(GaLoreOptimizer):
@@ -304,5 +308,6 @@ class GaLoreAdafactor(GaLoreOptimizer):
         update = var_estimate.clamp_(min=tiny * tiny).rsqrt_().mul_(grad)
         denom = max(1.0, update.norm(2).item() / (math.sqrt(update.numel()) * group["d"]))
         if "rank" in group:
-            update = project_back(update, state, group["scale"])
-        p.add_(update, alpha=-alpha / denom)
+            p.add_(project_back(update, state), alpha=-alpha / denom * group["scale"])
+        else:
+            p.add_(update, alpha=-alpha / denom)

@@ -103,11 +103,12 @@ def project(grad: torch.Tensor, state: dict) -> torch.Tensor:
     return low
 
 
-def project_back(low: torch.Tensor, state: dict, scale: float) -> torch.Tensor:
-    """Low-rank update -> full-rank update, times GaLore's scale (alpha)."""
+def project_back(low: torch.Tensor, state: dict) -> torch.Tensor:
+    """Low-rank update -> full-rank update. GaLore's scale (alpha) is left to the caller, which folds
+    it into the step size rather than spend a pass over the full-size update on it."""
     full = low
     if "proj_left" in state:
         full = torch.matmul(state["proj_left"], full)
     if "proj_right" in state:
         full = torch.matmul(full, state["proj_right"])
-    return full * scale
+    return full
