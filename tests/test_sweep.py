@@ -209,3 +209,18 @@ def test_two_worker_ray_train_trial_on_cpu(tmp_path, token_cache, local_ray):
     client = mlflow_client(state["tracking_uri"])
     (run,) = child_runs(client, state["experiment_id"], state["parent_run_id"])
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")) == 10
+
+
+def test_hyperband_is_asynchronous_with_brackets_up_to_the_budget(tmp_path, token_cache):
+    from ray.tune.schedulers import AsyncHyperBandScheduler
+
+    from ranktune.platform.sweep import build_scheduler
+
+    raw = tiny_spec(tmp_path, token_cache, "hb", scheduler={"name": "hyperband", "reduction_factor": 3},
+                    space={"params": {"optim.lr": {"type": "choice", "values": [3e-3]}}},
+                    budget={"steps_per_trial": 90})  # fmt: skip
+    scheduler = build_scheduler(spec_from_dict(raw), eval_every=10)
+    # Grace periods 10, 30, 90: every bracket fits the 90-step budget, and no trial is ever paused.
+    assert isinstance(scheduler, AsyncHyperBandScheduler) and len(scheduler._brackets) == 3
+    asha = build_scheduler(spec_from_dict({**raw, "scheduler": {"name": "asha", "reduction_factor": 3}}), 10)
+    assert len(asha._brackets) == 1

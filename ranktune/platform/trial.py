@@ -65,7 +65,8 @@ def trial_train_config(spec: SweepSpec, params: dict[str, Any], output_dir: str 
 
 
 class ReportTo(Callback):
-    """Turns trainer events into Tune results: one result per evaluation, with its checkpoint's path.
+    """Turns trainer events into Tune results: one result per evaluation (`report` also gets the path
+    of the checkpoint written with it).
 
     Each result carries the `log` records since the previous one (`log_history`, a JSON string so
     Tune's CSV/TensorBoard loggers pass it through), so the driver can draw step-indexed training
