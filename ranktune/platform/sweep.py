@@ -53,6 +53,9 @@ def init_ray(address: str | None) -> None:
     # sweep, so snapshot more often (a small JSON file and the searcher's state: 3.5 ms median on
     # the 2-core CPU for a 3-trial sweep).
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", str(SNAPSHOT_PERIOD_S))
+    # Tune's new console output prints its own banner and a TensorBoard hint even at verbose=0; the
+    # sweep has its own progress lines and result table, so use the output that verbose=0 silences.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
     # The dashboard stays off for local runs; on a cluster it is the cluster's (bound by `ray start`).
