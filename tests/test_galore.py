@@ -99,19 +99,27 @@ def test_matches_public_galore_adamw_across_projector_updates(make_config, proj_
     assert max_relative_difference(ours, ref) < 1e-5
 
 
-def test_adafactor_inner_is_torch_adafactor_on_unprojected_parameters():
-    torch.manual_seed(0)
-    a, b = torch.randn(40, 24), torch.randn(17)
-    ours = [a.clone().requires_grad_(), b.clone().requires_grad_()]
-    ref = [a.clone().requires_grad_(), b.clone().requires_grad_()]
-    opt_ours = GaLoreAdafactor(ours, lr=1e-2, weight_decay=0.1)
-    opt_ref = torch.optim.Adafactor(ref, lr=1e-2, weight_decay=0.1, foreach=False)
-    for _ in range(4):
-        grads = [torch.randn_like(a), torch.randn_like(b)]
+def step_side_by_side(tensors, make_ours, make_ref, steps: int = 4):
+    """Two copies of `tensors`, each stepped `steps` times by its optimizer on the same random gradients."""
+    ours = [t.clone().requires_grad_() for t in tensors]
+    ref = [t.clone().requires_grad_() for t in tensors]
+    opt_ours, opt_ref = make_ours(ours), make_ref(ref)
+    for _ in range(steps):
+        grads = [torch.randn_like(t) for t in tensors]
         for params, opt in ((ours, opt_ours), (ref, opt_ref)):
             for p, g in zip(params, grads, strict=True):
                 p.grad = g.clone()
             opt.step()
+    return ours, ref, opt_ours
+
+
+def test_adafactor_inner_is_torch_adafactor_on_unprojected_parameters():
+    torch.manual_seed(0)
+    ours, ref, _ = step_side_by_side(
+        [torch.randn(40, 24), torch.randn(17)],
+        lambda ps: GaLoreAdafactor(ps, lr=1e-2, weight_decay=0.1),
+        lambda ps: torch.optim.Adafactor(ps, lr=1e-2, weight_decay=0.1, foreach=False),
+    )
     for p, q in zip(ours, ref, strict=True):
         torch.testing.assert_close(p, q, rtol=1e-6, atol=1e-7)
 
@@ -120,17 +128,11 @@ def test_8bit_inner_is_bitsandbytes_adamw8bit_on_unprojected_parameters():
     import bitsandbytes as bnb
 
     torch.manual_seed(0)
-    big, small = torch.randn(64, 128), torch.randn(64)  # 8-bit moments; fp32 moments (< 4096 values)
-    ours = [big.clone().requires_grad_(), small.clone().requires_grad_()]
-    ref = [big.clone().requires_grad_(), small.clone().requires_grad_()]
-    opt_ours = GaLoreAdamW8bit(ours, lr=1e-2, weight_decay=0.1)
-    opt_ref = bnb.optim.AdamW8bit(ref, lr=1e-2, weight_decay=0.1)
-    for _ in range(4):
-        grads = [torch.randn_like(big), torch.randn_like(small)]
-        for params, opt in ((ours, opt_ours), (ref, opt_ref)):
-            for p, g in zip(params, grads, strict=True):
-                p.grad = g.clone()
-            opt.step()
+    ours, ref, opt_ours = step_side_by_side(
+        [torch.randn(64, 128), torch.randn(64)],  # 8-bit moments; fp32 moments (< 4096 values)
+        lambda ps: GaLoreAdamW8bit(ps, lr=1e-2, weight_decay=0.1),
+        lambda ps: bnb.optim.AdamW8bit(ps, lr=1e-2, weight_decay=0.1),
+    )
     for p, q in zip(ours, ref, strict=True):
         assert torch.equal(p, q)
     assert opt_ours.state[ours[0]]["state1"].dtype == torch.uint8
