@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import time
+
 import pytest
 import torch
 
 from ranktune.platform.memory import GIB, estimate_memory, estimate_run, layer_activation_bytes_per_token
 from ranktune.trainables.callbacks import Callback
+from ranktune.trainables.config import ConfigError
 from ranktune.trainables.trainer import Trainer
 
 TOLERANCE = 0.10
@@ -29,6 +32,9 @@ CASES = [
                                        "relora.relora_every=2", "relora.restart_warmup_steps=1",
                                        "relora.base_precision=int8", "relora.inner_optimizer=adamw8bit"]),
     ("lora bf16 base", ["optim.name=lora", "relora.rank=16", "relora.base_precision=bf16"]),
+    # Patterns naming one layer: the estimate then counts layer by layer instead of one layer times n.
+    ("galore_adamw layer 1 only", ["optim.name=galore_adamw", "galore.rank=32",
+                                   "galore.target_modules=[layers.1.mlp.up_proj, layers.1.attn.q_proj]"]),
 ]  # fmt: skip
 
 
@@ -162,3 +168,26 @@ def test_7b_bf16_weights_are_13_5_gb():
 
     est = estimate_memory(config_from_dict({"model": {"name": "7b"}, "train": {"precision": "bf16"}}))
     assert abs(est.weights / 1e9 - 13.48) < 0.05 and est.total > 60 * GIB
+
+
+@pytest.mark.parametrize("method", ["adamw", "galore_adamw8bit", "relora"])
+def test_estimate_cost_does_not_grow_with_the_layer_count(make_config, method):
+    overrides = [f"optim.name={method}", "galore.rank=16", "relora.rank=16"]
+    # 1 and 2 layers first: they also pay the one-time costs (tokenizer, first model build).
+    one, two = (estimate_run(make_config(f"model.num_layers={n}", *overrides), device="cpu") for n in (1, 2))
+    start = time.perf_counter()
+    huge = estimate_run(make_config("model.num_layers=100000", *overrides), device="cpu")
+    elapsed = time.perf_counter() - start
+    # A guard against O(layers) work (100000 layers took over 300 s when every layer was built and
+    # walked; counted once and multiplied, config and estimate take about 0.1 s), not a benchmark.
+    assert elapsed < 5, elapsed
+    for i, phase in enumerate(huge.phases):
+        for field in ("weights", "gradients", "optimizer_state", "activations"):
+            per_layer = getattr(two.phases[i], field) - getattr(one.phases[i], field)
+            assert getattr(phase, field) == getattr(one.phases[i], field) + 99_999 * per_layer, (phase.phase, field)
+
+
+def test_estimate_refuses_an_absurd_model_by_its_fields(make_config):
+    with pytest.raises(ConfigError, match=r"model: [0-9.]+e\+17 parameters \(num_layers 1000000000,.* at most 1e\+15"):
+        estimate_run(make_config("model.num_layers=1000000000", "model.hidden_size=4096",
+                                 "model.intermediate_size=11008", "model.num_heads=32"))  # fmt: skip

@@ -28,16 +28,20 @@ freed during backward while gradients appear.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cache
 
 from ranktune.trainables.config import ConfigError, TrainConfig
 from ranktune.trainables.data import Tokenizer
 from ranktune.trainables.model import LlamaConfig, build_model
 from ranktune.trainables.optim import OPTIMIZERS, ParamShape, PhaseState
-from ranktune.trainables.optim.registry import Device
+from ranktune.trainables.optim.registry import LAYER_PREFIX, Device
+
+FIRST_LAYER = LAYER_PREFIX + "0."
 
 GIB = 2**30
+# 1000x the largest dense models trained so far: beyond it a figure means a typo, not a plan.
+MAX_PARAMETERS = 10**15
 DEFAULT_BUDGET_GIB = 24.0
 # CUDA context with cuBLAS / cuDNN handles and workspaces (about 0.5-0.8 GiB on recent GPUs with lazy
 # module loading) plus caching-allocator fragmentation. Counted on CUDA only: on CPU it is the
@@ -119,20 +123,23 @@ class RunEstimate:
 
 
 @cache
-def _model_layout(llama: LlamaConfig) -> tuple[tuple[str, tuple[int, ...], str], ...]:
-    """(name, shape, owning module's class) of every parameter of the model on the meta device."""
-    model = build_model(llama, "meta")
-    return tuple(
-        (f"{module_name}.{name}" if module_name else name, tuple(p.shape), type(module).__name__)
-        for module_name, module in model.named_modules()
-        for name, p in module.named_parameters(recurse=False)
-    )
+def _model_layout(llama: LlamaConfig) -> tuple[tuple[str, tuple[int, ...], str, int], ...]:
+    """(name, shape, owning module's class, count) of the model's parameters: the model is built on the
+    meta device with one decoder layer, whose tensors stand for all `num_layers` of them."""
+    model = build_model(replace(llama, num_layers=1), "meta")
+    layout = []
+    for module_name, module in model.named_modules():
+        for name, p in module.named_parameters(recurse=False):
+            full_name = f"{module_name}.{name}" if module_name else name
+            count = llama.num_layers if full_name.startswith(FIRST_LAYER) else 1
+            layout.append((full_name, tuple(p.shape), type(module).__name__, count))
+    return tuple(layout)
 
 
 def model_shapes(llama: LlamaConfig, precision: str) -> tuple[ParamShape, ...]:
     """The parameters the trainer builds, as the methods' `estimate_state` receives them."""
     value_bytes = weight_bytes_per_value(precision)
-    return tuple(ParamShape(name, shape, module, value_bytes) for name, shape, module in _model_layout(llama))
+    return tuple(ParamShape(n, shape, module, value_bytes, count) for n, shape, module, count in _model_layout(llama))
 
 
 @cache
@@ -213,6 +220,14 @@ def estimate_run(cfg: TrainConfig, device: Device = "cuda", overhead_gib: float 
         raise ConfigError([f"optim.name: {name!r} {reason} -> one of {counted}"])
     llama = cfg.model.llama_config(vocab_size=vocab_size(cfg))
     shapes = model_shapes(llama, cfg.train.precision)
+    parameters = sum(p.numel * p.count for p in shapes)
+    if parameters > MAX_PARAMETERS:
+        m = cfg.model
+        raise ConfigError([
+            f"model: {parameters:.3g} parameters (num_layers {llama.num_layers}, hidden_size {llama.hidden_size}, "
+            f"intermediate_size {llama.intermediate_size}) -> at most {MAX_PARAMETERS:.0e} for an estimate; "
+            f"check model.num_layers / model.hidden_size / model.intermediate_size of preset {m.name!r}"
+        ])  # fmt: skip
     if overhead_gib is None:
         overhead_gib = DEFAULT_CUDA_OVERHEAD_GIB if device == "cuda" else 0.0
     overhead = int(overhead_gib * GIB)

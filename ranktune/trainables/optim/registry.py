@@ -28,7 +28,11 @@ device (no memory allocated): for each tensor its name (`layers.0.attn.q_proj.we
 class name of the module that owns it (`Linear`, `Embedding`, `RMSNorm`: select targets by this and
 the name, as the method's own targeting rule does), the bytes per value it has in training
 (`value_bytes`: 4 in fp32 and bf16-mixed, 2 in bf16) and `count`, the number of the model's tensors
-the row stands for (decoder layers repeat the same tensors; a row with count 3 counts three times).
+the row stands for. Decoder layers repeat the same tensors, so each tensor of a layer comes once, named
+as in layer 0 (`layers.0.mlp.up_proj.weight`), with count = the number of layers: multiply what one
+tensor holds by `count`, and the estimate costs the same for 2 layers or 100000. A rule that picks
+tensors by a name pattern the layer index can change (a digit, `?` or `[` in the pattern, see
+`depends_on_layer_index`) must first call `expand_layers(shapes)` for one row per layer.
 
 Return one `PhaseState` per phase of the run whose memory differs (most methods have one; ReLoRA's
 full-rank warm start is a phase before its LoRA phase), in the order they happen. A phase gives:
@@ -59,7 +63,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Literal
 
 from ranktune.trainables.optim.base import Method
@@ -91,6 +95,29 @@ class ParamShape:
     @property
     def module_name(self) -> str:
         return self.name.rpartition(".")[0]
+
+
+LAYER_PREFIX = "layers."  # the decoder layers' tensors are named layers.<index>.<rest>
+
+
+def depends_on_layer_index(patterns: list[str]) -> bool:
+    """Whether a name pattern (a glob, or a dotted suffix) can match a tensor of one layer but not the
+    same tensor of another: only through a digit, `?` or `[` (any other character of the pattern has to
+    match a non-digit of the name, and a `*` absorbs an index of any length)."""
+    return any(ch.isdigit() or ch in "?[" for pattern in patterns for ch in pattern)
+
+
+def expand_layers(shapes: tuple[ParamShape, ...]) -> tuple[ParamShape, ...]:
+    """One row per decoder layer (`layers.0.x` with count n -> `layers.0.x` ... `layers.<n-1>.x`)."""
+    first = LAYER_PREFIX + "0."
+    expanded: list[ParamShape] = []
+    for p in shapes:
+        if p.count > 1 and p.name.startswith(first):
+            rest = p.name.removeprefix(first)
+            expanded += [replace(p, name=f"{LAYER_PREFIX}{i}.{rest}", count=1) for i in range(p.count)]
+        else:
+            expanded.append(p)
+    return tuple(expanded)
 
 
 @dataclass

@@ -27,7 +27,13 @@ from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.base import Method, decay_groups, tensor_bytes
 from ranktune.trainables.optim.baselines import full_rank_state, inner_state_bytes
 from ranktune.trainables.optim.lora import is_target, lora_layers, merge_lora_into_base, wrap_lora
-from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
+from ranktune.trainables.optim.registry import (
+    Device,
+    OptimizerEntry,
+    ParamShape,
+    PhaseState,
+    register,
+)
 from ranktune.trainables.optim.relora_reset import prune_moments_
 from ranktune.trainables.optim.relora_schedule import jagged_cosine, restart_steps, wrap_step
 
@@ -228,7 +234,8 @@ def check_relora(cfg) -> list[str]:
 def lora_state(shapes: tuple[ParamShape, ...], cfg, device: Device) -> PhaseState:
     """After wrapping: the frozen bases (training dtype, bf16, or int8 + one fp32 absmax per row), LoRA
     factors A (r, in) and B (out, r), inner-optimizer moments for the factors and the untargeted
-    tensors (embeddings, norms, head) only."""
+    tensors (embeddings, norms, head) only. check_lora allows only projection names as targets, which
+    pick the same tensors in every layer, so one layer's rows stand for all."""
     r = cfg.relora
     compute_bytes = 4 if cfg.train.precision == "fp32" else 2  # the dtype the forward runs in
     weights = temp = 0

@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import logging
 from collections import Counter
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -28,7 +29,15 @@ from ranktune.trainables.optim.base import Method, tensor_bytes
 from ranktune.trainables.optim.baselines import inner_state_bytes
 from ranktune.trainables.optim.galore.optimizers import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS, projected_sides
-from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
+from ranktune.trainables.optim.registry import (
+    Device,
+    OptimizerEntry,
+    ParamShape,
+    PhaseState,
+    depends_on_layer_index,
+    expand_layers,
+    register,
+)
 
 log = logging.getLogger(__name__)
 
@@ -222,6 +231,8 @@ def check_galore(cfg, inner: str) -> list[str]:
         llama = cfg.model.llama_config()
     except (KeyError, ValueError):
         return problems  # the model section's own problems are reported by check_config
+    if not depends_on_layer_index(g.target_modules):
+        llama = replace(llama, num_layers=1)  # every layer is targeted alike: one stands for all
     targets = targeted_linears(build_model(llama, "meta"), g.target_modules)
     if not targets:
         problems.append(
@@ -256,6 +267,8 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
     """What GaLoreMethod allocates: the inner state on the projected gradient plus the projector for
     every targeted Linear (the same `name_matches` rule), the plain inner state for the rest."""
     g = cfg.galore
+    if depends_on_layer_index(g.target_modules):
+        shapes = expand_layers(shapes)
     moments = projectors = regular = temp = 0
     for p in shapes:
         e = p.value_bytes
