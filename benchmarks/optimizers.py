@@ -3,8 +3,8 @@
     python benchmarks/optimizers.py                 # 60m model, every row
     python benchmarks/optimizers.py --model tiny --steps 4 --only adamw galore_adamw
 
-Every row runs the same loop the trainer runs (begin_step / backward / step / end_step) on random
-tokens, so method-specific work (GaLore's SVD, ReLoRA's merge) is inside the timed steps. A method
+Every row times the trainer's own `Trainer.train_step` on random tokens, so method-specific work
+(GaLore's SVD, ReLoRA's merge) is inside the timed steps. A method
 may expose `benchmark_extras()` returning extra figures (e.g. SVD seconds, merge+reset seconds).
 """
 
@@ -12,14 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import tempfile
 import time
 
 import torch
 
 from ranktune.trainables.config import config_from_dict
-from ranktune.trainables.model import build_model
-from ranktune.trainables.optim import OptimizerEntry, TorchOptimizerMethod, build_method, register
+from ranktune.trainables.optim import OptimizerEntry, TorchOptimizerMethod, register
 from ranktune.trainables.optim.galore.method import targeted_linears
+from ranktune.trainables.trainer import Trainer
 
 # (label, config overrides). AdamW first: every ratio is against it.
 ROWS: list[tuple[str, dict]] = [
@@ -88,30 +89,27 @@ def build_galore_torch_adamw(model, cfg) -> TorchOptimizerMethod:
 register("galore_torch_adamw", OptimizerEntry(build=build_galore_torch_adamw, description="public galore-torch"))
 
 
-def measure(label: str, sections: dict, args: argparse.Namespace) -> dict:
+def measure(label: str, sections: dict, args: argparse.Namespace, output_dir: str) -> dict:
     raw = {
         "model": {"name": args.model},
         "data": {"seq_len": args.seq_len},
-        "train": {"steps": 10_000, "batch_size": args.batch, "micro_batch_size": args.batch, "device": "cpu"},
-    }
+        "schedule": {"name": "constant", "warmup_steps": 0},  # every row at the configured LR
+        "train": {"steps": 10_000, "batch_size": args.batch, "micro_batch_size": args.batch, "device": "cpu",
+                  "seed": 0},
+        "output": {"dir": output_dir},
+    }  # fmt: skip
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
-    cfg = config_from_dict(raw)
-    torch.manual_seed(0)
-    model = build_model(cfg.model.llama_config(), "cpu")
-    method = build_method(model, cfg)
+    trainer = Trainer(config_from_dict(raw), progress=False)
+    method = trainer.method
     gen = torch.Generator().manual_seed(0)
     times = []
-    for step in range(args.steps):
-        x = torch.randint(0, model.cfg.vocab_size, (args.batch, args.seq_len + 1), generator=gen)
+    for _ in range(args.steps):
+        x = torch.randint(0, trainer.llama_cfg.vocab_size, (args.batch, args.seq_len + 1), generator=gen)
         start = time.perf_counter()
-        method.begin_step(cfg.optim.lr)
-        method.begin_micro_batch(is_last=True)
-        _, loss = model(x[:, :-1], x[:, 1:])
-        loss.backward()
-        method.step()
-        method.end_step(step + 1)
+        trainer.train_step([(x[:, :-1], x[:, 1:])])
         times.append(time.perf_counter() - start)
+    cfg = trainer.cfg
     state = method.state_bytes()
     # GaLore recomputes its projectors at updates 0, T, 2T, ...: time those steps apart from the rest.
     gap = cfg.galore.update_proj_gap if cfg.optim.name.startswith("galore") else 0
@@ -142,7 +140,8 @@ def main() -> None:
     torch.set_num_threads(args.threads)
 
     rows = [r for r in ROWS if not args.only or r[0] in args.only or r[0] == "adamw"]
-    results = [measure(label, sections, args) for label, sections in rows]
+    with tempfile.TemporaryDirectory(prefix="ranktune-bench-") as output_dir:  # nothing is written there
+        results = [measure(label, sections, args, output_dir) for label, sections in rows]
     ref = results[0]
     print(
         f"model {args.model}, batch {args.batch} x seq {args.seq_len}, {args.steps} steps per row, "

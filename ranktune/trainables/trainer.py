@@ -1,5 +1,10 @@
 """The training loop: one `Trainer` owns model, data, method (optimizer), schedule and checkpoints.
 
+    trainer.train_step(micro_batches)   one optimizer update: forward/backward per micro-batch (DDP
+                                        syncs on the last), then the method's step
+    trainer.fit()                       train_step until train.steps, logging, evaluating and
+                                        checkpointing when should_log / should_eval / should_save say
+
 Independent of Ray and MLflow: everything it has to say goes through `Callback`s.
 """
 
@@ -8,13 +13,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import resource
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch.nn.parallel import DistributedDataParallel
 
 from ranktune.trainables.callbacks import Callback, Metrics
 from ranktune.trainables.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
@@ -22,42 +27,22 @@ from ranktune.trainables.config import ConfigError, TrainConfig
 from ranktune.trainables.data import ShuffledBatches, TokenBlocks, prepare_tokens, validation_indices
 from ranktune.trainables.model import build_model, count_parameters
 from ranktune.trainables.optim import build_method, build_schedule
+from ranktune.trainables.runtime import (
+    distributed_rank_and_size,
+    gradient_bytes,
+    mean_over_ranks,
+    parameter_bytes,
+    peak_memory_bytes,
+    resolve_device,
+)
+
+MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (B, T)
 
 log = logging.getLogger(__name__)
 
 
 class TrainingDiverged(RuntimeError):
     pass
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def peak_memory_bytes(device: torch.device) -> int:
-    """CUDA peak allocated on GPU; on CPU the process's peak resident set size."""
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device)
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-
-
-def distributed_rank_and_size() -> tuple[int, int]:
-    """(rank, world size) of an initialised torch.distributed process group, else (0, 1)."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def parameter_bytes(model: torch.nn.Module) -> int:
-    return sum(p.numel() * p.element_size() for p in model.parameters())
-
-
-def gradient_bytes(model: torch.nn.Module) -> int:
-    return sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
 
 
 class Trainer:
@@ -110,7 +95,7 @@ class Trainer:
         return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def training_forward(self) -> torch.nn.Module:
-        """The module to train through: the model, or a DDP wrapper of it when distributed.
+        """The module to train through: the model, or its DDP wrapper when distributed.
 
         DDP is rebuilt when the set of trainable parameters changes (ReLoRA wraps layers after its
         warm start), since DDP registers its gradient buckets once, at construction."""
@@ -118,15 +103,17 @@ class Trainer:
             return self.forward
         params = tuple(id(p) for p in self.model.parameters() if p.requires_grad)
         if self._ddp is None or params != self._ddp_params:
-            from torch.nn.parallel import DistributedDataParallel
-
-            # Ray Train gives each worker its own GPU as cuda:0 (CUDA_VISIBLE_DEVICES).
-            device_ids = None
-            if self.device.type == "cuda":
-                device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
-            self._ddp = DistributedDataParallel(self.model, device_ids=device_ids)
+            self._ddp = self.wrap_ddp()
             self._ddp_params = params
         return self._ddp
+
+    def wrap_ddp(self) -> DistributedDataParallel:
+        """The one place the model is wrapped for data parallelism."""
+        # Ray Train gives each worker its own GPU as cuda:0 (CUDA_VISIBLE_DEVICES).
+        device_ids = None
+        if self.device.type == "cuda":
+            device_ids = [self.device.index if self.device.index is not None else torch.cuda.current_device()]
+        return DistributedDataParallel(self.model, device_ids=device_ids)
 
     def local_slice(self, indices):
         mb = self.cfg.train.micro_batch_size
@@ -194,13 +181,6 @@ class Trainer:
         log.info("resumed from %s (step %d)", path, self.step)
         return True
 
-    def _mean_over_ranks(self, value: float) -> float:
-        import torch.distributed as dist
-
-        t = torch.tensor([value], dtype=torch.float64, device=self.device)
-        dist.all_reduce(t)
-        return t.item() / self.world_size
-
     def memory_metrics(self) -> Metrics:
         by_category = self.method.state_bytes()
         metrics = {f"optimizer_state_bytes/{k}": v for k, v in by_category.items()}
@@ -215,23 +195,59 @@ class Trainer:
 
     # ------------------------------------------------------------------ loop
 
-    def fit(self) -> Metrics:
-        cfg, t = self.cfg, self.cfg.train
+    def next_micro_batches(self) -> Iterator[MicroBatch]:
+        """This rank's micro-batches of the next optimizer step, drawn as they are consumed."""
+        for _ in range(self.grad_accum_steps):
+            yield self._to_device(*self.train_blocks.batch(self.local_slice(self.batches.next_indices())))
+
+    def train_step(self, micro_batches: Iterable[MicroBatch], measure_gradients: bool = False) -> Metrics:
+        """One optimizer update over `micro_batches` (grad_accum_steps of them; the loss is their mean);
+        returns the step's metrics. `measure_gradients` adds `gradient_bytes`, counted before the method
+        frees the gradients."""
+        lr = self.schedule(self.step)
+        self.method.begin_step(lr)
+        forward = self.training_forward()
         accum = self.grad_accum_steps
-        total_params = count_parameters(self.model)
-        self._emit(
-            "on_train_start",
-            {
-                "start_step": self.step,
-                "total_steps": t.steps,
-                "parameters": total_params,
-                "trainable_parameters": sum(p.numel() for p in self.method.trainable_parameters()),
-                "tokens_per_step": cfg.tokens_per_step,
-                "train_blocks": len(self.train_blocks),
-                "val_blocks": len(self.val_blocks),
-                "device": str(self.device),
-            },
-        )
+        loss_sum, micro = 0.0, -1
+        for micro, (x, y) in enumerate(micro_batches):
+            is_last = micro == accum - 1
+            self.method.begin_micro_batch(is_last=is_last)
+            # Under DDP, gradients are all-reduced once per step: on the last micro-batch only.
+            sync = contextlib.nullcontext() if is_last or self.world_size == 1 else forward.no_sync()
+            with sync:
+                with self.autocast():
+                    _, loss = forward(x, y)
+                (loss / accum).backward()
+            loss_sum += loss.item()
+        if micro + 1 != accum:
+            raise ValueError(f"train_step got {micro + 1} micro-batches, expected grad_accum_steps = {accum}")
+        if self.world_size > 1:  # report the loss of the whole global batch, the same on every rank
+            loss_sum = mean_over_ranks(loss_sum, self.device)
+        grads = {"gradient_bytes": gradient_bytes(self.model)} if measure_gradients else {}
+        stats = self.method.step()
+        self.step += 1
+        stats.update(self.method.end_step(self.step))
+        train_loss = loss_sum / accum
+        if not math.isfinite(train_loss):
+            raise TrainingDiverged(f"diverged at step {self.step}: train loss is {train_loss}")
+        self.tokens_seen += self.cfg.tokens_per_step
+        return {"step": self.step, "tokens": self.tokens_seen, "train_loss": train_loss, "lr": lr, **stats, **grads}
+
+    # Decisions after `step` updates (the last step always logs, evaluates and checkpoints).
+
+    def should_log(self, step: int) -> bool:
+        return step % self.cfg.train.log_every == 0 or step == self.cfg.train.steps
+
+    def should_eval(self, step: int) -> bool:
+        return step % self.cfg.train.eval_every == 0 or step == self.cfg.train.steps
+
+    def should_save(self, step: int) -> bool:
+        every = self.cfg.output.checkpoint_every
+        return step == self.cfg.train.steps or bool(every and step % every == 0)
+
+    def fit(self) -> Metrics:
+        """Train until train.steps (or a stop request); returns the run's summary."""
+        self._emit("on_train_start", self.start_info())
         first_eval = None
         if self.step == 0:
             first_eval = self.evaluate()
@@ -240,64 +256,32 @@ class Trainer:
         self.model.train()
         interval_start, interval_tokens = time.perf_counter(), 0
         last_eval: Metrics = {}
-        while self.step < t.steps:
+        while self.step < self.cfg.train.steps:
             step_start = time.perf_counter()
-            lr = self.schedule(self.step)
-            self.method.begin_step(lr)
-            loss_sum = 0.0
-            grad_bytes = 0
-            log_now = (self.step + 1) % t.log_every == 0 or self.step + 1 == t.steps
-            forward = self.training_forward()
-            for micro in range(accum):
-                x, y = self._to_device(*self.train_blocks.batch(self.local_slice(self.batches.next_indices())))
-                is_last = micro == accum - 1
-                self.method.begin_micro_batch(is_last=is_last)
-                # Under DDP, gradients are all-reduced once per step: on the last micro-batch only.
-                sync = contextlib.nullcontext() if is_last or self.world_size == 1 else forward.no_sync()
-                with sync:
-                    with self.autocast():
-                        _, loss = forward(x, y)
-                    (loss / accum).backward()
-                loss_sum += loss.item()
-            if self.world_size > 1:  # report the loss of the whole global batch, the same on every rank
-                loss_sum = self._mean_over_ranks(loss_sum)
-            if log_now:
-                grad_bytes = gradient_bytes(self.model)  # before the method frees them
-            stats = self.method.step()
-            self.step += 1
-            stats.update(self.method.end_step(self.step))
-            train_loss = loss_sum / accum
-            if not math.isfinite(train_loss):
-                raise TrainingDiverged(f"diverged at step {self.step}: train loss is {train_loss}")
-            self.tokens_seen += cfg.tokens_per_step
-            interval_tokens += cfg.tokens_per_step
+            log_this_step = self.should_log(self.step + 1)  # known before the step: gradients are counted in it
+            metrics = self.train_step(self.next_micro_batches(), measure_gradients=log_this_step)
+            interval_tokens += self.cfg.tokens_per_step
             self.elapsed += time.perf_counter() - step_start
-
-            metrics = {"step": self.step, "tokens": self.tokens_seen, "train_loss": train_loss, "lr": lr, **stats}
+            gradients = metrics.pop("gradient_bytes", None)
             self._emit("on_step", metrics)
-            if log_now:
+            if log_this_step:
                 now = time.perf_counter()
+                throughput = interval_tokens / max(now - interval_start, 1e-9)
                 metrics.update(
-                    tokens_per_s=interval_tokens / max(now - interval_start, 1e-9),
-                    wall_time=self.elapsed,
-                    gradient_bytes=grad_bytes,
-                    **self.memory_metrics(),
+                    tokens_per_s=throughput, wall_time=self.elapsed, gradient_bytes=gradients, **self.memory_metrics()
                 )
                 self._emit("on_log", metrics)
                 interval_start, interval_tokens = now, 0
-
-            is_last = self.step == t.steps
-            ckpt_due = is_last or (cfg.output.checkpoint_every and self.step % cfg.output.checkpoint_every == 0)
-            if self.step % t.eval_every == 0 or is_last:
+            if self.should_eval(self.step):
                 last_eval = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
-                path = self.save() if ckpt_due else None
+                path = self.save() if self.should_save(self.step) else None
                 if path is not None:
                     last_eval["checkpoint"] = str(path)
                 self._emit("on_eval", last_eval)
                 interval_start = time.perf_counter()  # evaluation time is not training throughput
-            elif ckpt_due:
+            elif self.should_save(self.step):
                 self.save()
-            if self.stop_requested and not is_last:
+            if self.stop_requested and self.step < self.cfg.train.steps:
                 path = self.save()
                 log.warning("stopped at step %d on request; checkpoint %s (resume with --resume)", self.step, path)
                 break
@@ -308,7 +292,7 @@ class Trainer:
             "steps": self.step,
             "tokens": self.tokens_seen,
             "wall_time": self.elapsed,
-            "completed": self.step >= t.steps,
+            "completed": self.step >= self.cfg.train.steps,
             "final_eval_loss": last_eval["eval_loss"],
             "final_eval_ppl": last_eval["eval_ppl"],
             **({"initial_eval_loss": first_eval["eval_loss"]} if first_eval else {}),
@@ -316,3 +300,15 @@ class Trainer:
         }
         self._emit("on_train_end", summary)
         return summary
+
+    def start_info(self) -> Metrics:
+        return {
+            "start_step": self.step,
+            "total_steps": self.cfg.train.steps,
+            "parameters": count_parameters(self.model),
+            "trainable_parameters": sum(p.numel() for p in self.method.trainable_parameters()),
+            "tokens_per_step": self.cfg.tokens_per_step,
+            "train_blocks": len(self.train_blocks),
+            "val_blocks": len(self.val_blocks),
+            "device": str(self.device),
+        }
