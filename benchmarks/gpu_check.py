@@ -26,11 +26,14 @@ import copy
 import gc
 import json
 import platform
+import sys
 import tempfile
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +104,7 @@ class Row:
 # ------------------------------------------------------------------------------------------- configs
 
 
+@cache
 def bitsandbytes_problem() -> str | None:
     """Why bitsandbytes cannot be used here, or None."""
     try:
@@ -297,7 +301,7 @@ def run_training_row(row: Row, device: torch.device, warmup: int, stop_at: float
     if "footprint_bytes" in result:
         result["footprint_ratio"] = estimate.total / result["footprint_bytes"]
     if row.kind == "7b":
-        budget = DEFAULT_BUDGET_GIB * GIB
+        budget = int(DEFAULT_BUDGET_GIB * GIB)
         result["budget_bytes"] = budget
         result["estimate_fits_budget"] = estimate.total <= budget
         if "footprint_bytes" in result:
@@ -480,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         "scale": "every model row is the tiny model (64 hidden, 2 layers)" if args.smoke else "paper shapes",
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    free_memory(device)  # and after every row: each row starts from an empty allocator with fresh peaks
     only = [s for s in args.only.split(",") if s]
     failed = False
     with tempfile.TemporaryDirectory() as run_dir:
@@ -494,7 +499,6 @@ def main(argv: list[str] | None = None) -> int:
                 reason = f"time guard: {left:.0f} s left, row expected to take ~{row.expected_s:.0f} s"
                 row.result = {"status": "skipped", "reason": reason}
             else:
-                free_memory(device)
                 t0 = time.perf_counter()
                 try:
                     if row.kind == "sdpa":
@@ -506,7 +510,10 @@ def main(argv: list[str] | None = None) -> int:
                 except Exception as exc:  # one row's failure (e.g. out of memory) must not lose the others
                     failed = True
                     message = str(exc).splitlines()[0] if str(exc) else ""
-                    row.result = {"status": "failed", "reason": f"{type(exc).__name__}: {message}"}
+                    # The whole traceback: a device run is one shot, its failures must be fixable from the output.
+                    row.result = {"status": "failed", "reason": f"{type(exc).__name__}: {message}",
+                                  "traceback": traceback.format_exc()}  # fmt: skip
+                    print(row.result["traceback"], file=sys.stderr, flush=True)
                 row.result["wall_s"] = time.perf_counter() - t0
                 free_memory(device)
             print(f"[{time.perf_counter() - started:6.1f} s] {row.label}: {row.result['status']}", flush=True)

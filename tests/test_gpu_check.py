@@ -82,6 +82,25 @@ def test_time_guard_skips_rows_that_would_overrun(tmp_path):
         assert r["status"] == "skipped" and r["reason"].startswith("time guard:"), r
 
 
+def test_a_failing_row_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    gpu_check = load_gpu_check()
+    real = gpu_check.run_training_row
+
+    def out_of_memory_on_8bit(row, *args):
+        if "8bit" in row.label:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB\nmore detail")
+        return real(row, *args)
+
+    monkeypatch.setattr(gpu_check, "run_training_row", out_of_memory_on_8bit)
+    rc = gpu_check.main(["--smoke", "--device", "cpu", "--out", str(tmp_path), "--only", "60m adamw"])
+    rows = {r["label"]: r for r in json.loads((tmp_path / "gpu_check.json").read_text())["rows"]}
+    assert rc == 1
+    assert rows["60m adamw8bit"]["status"] == "failed"
+    assert rows["60m adamw8bit"]["reason"] == "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB"
+    assert "out_of_memory_on_8bit" in rows["60m adamw8bit"]["traceback"]
+    assert rows["60m adamw"]["status"] == "ok" and rows["60m adamw"]["tokens_per_s"] > 0
+
+
 def test_step_clock_stops_the_trainer_past_its_deadline():
     import torch
 
