@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import math
 import warnings
 
 import pytest
 import torch
+from test_galore import Record, StopAt
 
+from ranktune.trainables import Trainer
+from ranktune.trainables.config import ConfigError
 from ranktune.trainables.optim.apollo import ApolloAdamW, FiraAdamW
 from ranktune.trainables.optim.apollo.random_projector import next_seed, random_projector
 
@@ -232,3 +236,87 @@ def test_bad_param_group_is_refused_by_the_optimizer(cls, group, message):
     w = torch.nn.Parameter(torch.zeros(16, 32))
     with pytest.raises(ValueError, match=message):
         cls([{"params": [w], **group}])
+
+
+# ------------------------------------------------------------------------- as training methods
+
+METHOD_OVERRIDES = {
+    "apollo_adamw": ("optim.name=apollo_adamw", "apollo.rank=8", f"apollo.update_proj_gap={GAP}"),
+    "apollo_mini": ("optim.name=apollo_mini", f"apollo_mini.update_proj_gap={GAP}"),
+    "fira_adamw": ("optim.name=fira_adamw", "fira.rank=8", f"fira.update_proj_gap={GAP}"),
+}
+SECTION = {"apollo_adamw": "apollo", "apollo_mini": "apollo_mini", "fira_adamw": "fira"}
+
+
+@pytest.mark.parametrize("name", ["apollo_adamw", "fira_adamw"])
+def test_per_layer_with_accumulation_equals_whole_model(make_config, caplog, name):
+    """Full gradients accumulate in .grad and the hooks update on the last micro-batch; APOLLO's seeds
+    follow the whole-model positions, so both modes draw the same projectors."""
+    section = SECTION[name]
+    common = (*METHOD_OVERRIDES[name], f"{section}.per_tensor_clip=0.5", "train.grad_clip=0",
+              f"train.steps={2 * GAP + 3}", "train.batch_size=8", "train.micro_batch_size=4")  # fmt: skip
+    whole, per_layer = Record(), Record()
+    with caplog.at_level(logging.INFO, logger="ranktune.trainables.optim.apollo.method"):
+        a = Trainer(make_config(*common), callbacks=[whole], progress=False)
+    assert "14 matrices" in caplog.text  # 2 layers x (q, k, v, o, gate, up, down)
+    b = Trainer(make_config(*common, f"{section}.per_layer=true"), callbacks=[per_layer], progress=False)
+    a.fit()
+    b.fit()
+    for (param, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
+        assert torch.equal(pa, pb), param
+    prefix = name.split("_")[0]
+    assert [s[f"{prefix}/projector_updates"] for s in per_layer.steps] == [14, 14, 14, 28, 28, 28, 42, 42, 42]
+    assert whole.logs[-1]["optimizer_state_bytes"] == per_layer.logs[-1]["optimizer_state_bytes"]
+
+
+@pytest.mark.parametrize("overrides", [(), ("apollo_adamw", "per_layer"), ("apollo_mini",), ("fira_adamw",)],
+                         ids=["apollo-seed", "apollo-per-layer", "apollo-mini", "fira"])  # fmt: skip
+def test_resume_mid_gap_continues_exactly(make_config, tmp_path, overrides):
+    name = overrides[0] if overrides else "apollo_adamw"
+    section = SECTION[name]
+    extra = (f"{section}.per_layer=true", "train.grad_clip=0") if "per_layer" in overrides else ()
+    gap, steps = 4, 11  # projector updates at 0, 4, 8; stop after update 6, in the middle of a gap
+    common = (*METHOD_OVERRIDES[name], *extra, f"{section}.update_proj_gap={gap}", f"train.steps={steps}",
+              "output.checkpoint_every=0", "train.eval_every=100")  # fmt: skip
+    straight = Record()
+    a = Trainer(make_config(*common, f"output.dir={tmp_path / 'a'}"), callbacks=[straight], progress=False)
+    a.fit()
+
+    first, second = Record(), Record()
+    stop = StopAt(6)
+    b = Trainer(make_config(*common, f"output.dir={tmp_path / 'b'}"), callbacks=[first, stop], progress=False)
+    stop.trainer = b
+    b.fit()
+    assert b.step == 6
+    c = Trainer(make_config(*common, f"output.dir={tmp_path / 'b'}"), callbacks=[second], progress=False)
+    assert c.resume_from_latest()
+    c.fit()
+
+    losses = [s["train_loss"] for s in straight.steps]
+    assert [s["train_loss"] for s in first.steps + second.steps] == losses
+    prefix = name.split("_")[0]
+    assert second.steps[-1][f"{prefix}/projector_updates"] == straight.steps[-1][f"{prefix}/projector_updates"]
+    for pa, pc in zip(a.model.parameters(), c.model.parameters(), strict=True):
+        assert torch.equal(pa, pc)
+
+
+@pytest.mark.parametrize(
+    "overrides, field",
+    [
+        (("optim.name=apollo_adamw", "apollo.rank=0"), "apollo.rank: 0"),
+        (("optim.name=apollo_adamw", "apollo.rank=65"), "apollo.rank: 65 -> at most 64"),  # q_proj is 64x64
+        (("optim.name=fira_adamw", "fira.rank=65"), "fira.rank: 65 -> at most 64"),
+        (("optim.name=apollo_adamw", "apollo.rank=8", "apollo.scale_type=row"), "apollo.scale_type: 'row'"),
+        (("optim.name=apollo_mini", "apollo_mini.proj=hadamard"), "apollo_mini.proj: 'hadamard'"),
+        (("optim.name=fira_adamw", "fira.rank=8", "fira.proj_type=full"), "fira.scale_type: 'channel' -> 'tensor'"),
+        (("optim.name=apollo_adamw", "apollo.rank=8", "apollo.norm_growth_limit=0.5"), "apollo.norm_growth_limit"),
+        (("optim.name=apollo_mini", "apollo_mini.per_layer=true", "train.grad_clip=1.0"),
+         "train.grad_clip: 1.0 -> 0 with apollo_mini.per_layer"),
+        (("optim.name=fira_adamw", "fira.rank=8", "fira.target_modules=[attention]"),
+         "fira.target_modules: ['attention'] -> patterns matching"),
+    ],
+)  # fmt: skip
+def test_bad_config_is_refused_with_the_field(make_config, overrides, field):
+    with pytest.raises(ConfigError) as err:
+        make_config(*overrides)
+    assert any(p.startswith(field) for p in err.value.problems), err.value.problems

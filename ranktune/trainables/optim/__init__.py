@@ -44,7 +44,7 @@ def build_method(model: nn.Module, cfg: TrainConfig) -> Method:
 
 
 # Importing the modules registers their entries.
-from ranktune.trainables.optim import baselines, galore, relora  # noqa: E402,F401
+from ranktune.trainables.optim import apollo, baselines, galore, relora  # noqa: E402,F401
 
 __all__ = [
     "OPTIMIZERS",

@@ -7,9 +7,12 @@ of a full-rank gradient update.
                        {"params": others}], lr=1e-2)
 
 Modules: `random_projector` (APOLLO's seeded Gaussian projector), `optimizers` (the torch optimizers,
-on GaLore's projector and step loop). See docs/apollo.md.
+on GaLore's projector and step loop), `method` (the `apollo_adamw` / `apollo_mini` / `fira_adamw`
+training methods, registered on import). See docs/apollo.md.
 """
 
+from ranktune.trainables.optim.apollo import method  # noqa: F401  (registers the methods)
+from ranktune.trainables.optim.apollo.method import ScaledGradientMethod
 from ranktune.trainables.optim.apollo.optimizers import ApolloAdamW, FiraAdamW
 
-__all__ = ["ApolloAdamW", "FiraAdamW"]
+__all__ = ["ApolloAdamW", "FiraAdamW", "ScaledGradientMethod"]
