@@ -19,6 +19,7 @@ by `train.seed`: per-layer and whole-model mode draw the same matrices.
 from __future__ import annotations
 
 import logging
+import math
 from collections import Counter
 from functools import partial
 from typing import Any
@@ -27,11 +28,11 @@ import torch
 from torch import nn
 
 from ranktune.trainables.model import build_model
-from ranktune.trainables.optim import OptimizerEntry, register
 from ranktune.trainables.optim.apollo.optimizers import ApolloAdamW, FiraAdamW
 from ranktune.trainables.optim.base import Method, tensor_bytes
-from ranktune.trainables.optim.galore.method import targeted_linears
+from ranktune.trainables.optim.galore.method import low_rank_shape, name_matches, targeted_linears
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS
+from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
 
 log = logging.getLogger(__name__)
 
@@ -241,6 +242,61 @@ def build_scaled_gradient(model: nn.Module, cfg, name: str) -> ScaledGradientMet
     return ScaledGradientMethod(model, cfg, name)
 
 
+LIMITER_NORM_BYTES = 4  # `limited_norm`: a 0-d tensor in fp32 (the norm dtype for fp32, bf16 and fp16 weights)
+
+
+def estimate_scaled_gradient(shapes: tuple[ParamShape, ...], cfg, device: Device, name: str) -> list[PhaseState]:
+    """What ScaledGradientMethod allocates, by the same targeting rule and state_bytes() categories.
+
+    Per targeted (m, n) matrix: exp_avg and exp_avg_sq on the projected gradient, in the gradient dtype
+    (2 r max(m, n) values for std), plus the limiter's fp32 norm; the projector, in the gradient dtype,
+    unless APOLLO regenerates it from its seed (`proj_storage: seed`; the seed is a Python int). Plain
+    AdamW for the rest: exp_avg and exp_avg_sq, the step an int. Per-layer mode frees each gradient in
+    its hook, but the update needs the full gradient, so with gradient accumulation the full gradients
+    of every tensor are kept between micro-batches (the estimator counts them all then).
+    """
+    s, cls = section_of(cfg, name), METHODS[name][0]
+    svd = cls is FiraAdamW or s.proj == "svd"
+    keeps_projector = svd or s.proj_storage == "matrix"
+    moments = projectors = regular = temp = 0
+    for p in shapes:
+        e = p.value_bytes
+        if p.module == "Linear" and any(name_matches(p.module_name, pat) for pat in s.target_modules):
+            low, projector = low_rank_shape(p.shape, s.rank, s.proj_type)
+            low_values = math.prod(low)
+            limiter = LIMITER_NORM_BYTES if s.norm_growth_limit is not None else 0
+            moments += (2 * low_values * e + limiter) * p.count
+            projectors += (projector * e if keeps_projector else 0) * p.count
+            m, n = p.shape
+            # The projected gradient and the Adam direction; a regenerated projector (drawn in fp32).
+            step = 2 * low_values * e + (0 if keeps_projector else projector * (4 + e))
+            if cls is FiraAdamW:
+                step += m * n * e  # the out-of-subspace residual, full size
+            if svd:
+                k = min(m, n)
+                step = max(step, (m * n + m * k + k * n + k) * 4)  # fp32 copy of the gradient and its thin SVD
+            temp = max(temp, step)
+        else:
+            regular += 2 * p.numel * e * p.count
+            temp = max(temp, p.numel * e)  # sqrt(v) + eps; addcdiv_ writes the weight in place
+    notes = []
+    if s.per_layer and cfg.grad_accum_steps > 1:
+        notes.append(
+            f"{name} updates with the full-rank gradient: per-layer mode with accumulation keeps full "
+            "gradients (GaLore's low-rank accumulation does not apply)"
+        )
+    state = PhaseState(
+        phase=name,
+        weights=sum(p.numel * p.count * p.value_bytes for p in shapes),
+        trainable=shapes,
+        optimizer={"moments": moments, "projectors": projectors, "regular_params": regular},
+        step_temporaries=temp,
+        one_gradient_at_a_time=s.per_layer,
+        notes=notes,
+    )
+    return [state]
+
+
 for _name, _description in [
     ("apollo_adamw", "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient"),
     ("apollo_mini", "APOLLO-Mini: APOLLO at rank 1 with one scale per matrix (SGD-like memory)"),
@@ -251,6 +307,7 @@ for _name, _description in [
         OptimizerEntry(
             build=partial(build_scaled_gradient, name=_name),
             check=partial(check_scaled_gradient, name=_name),
+            estimate_state=partial(estimate_scaled_gradient, name=_name),
             description=_description,
         ),
     )
