@@ -395,3 +395,41 @@ def test_per_layer_keeps_full_gradients_only_with_accumulation(make_config, micr
     all_grads = sum(p.numel() * p.element_size() for p in model.parameters())
     assert (est.gradients == all_grads) == (micro_batches > 1)
     assert peak > 0 and abs(est.gradients / peak - 1) <= TOLERANCE, (peak, est.gradients)
+
+
+# ------------------------------------------------------------------------------------- export
+
+
+@pytest.mark.parametrize(
+    "name, proxy, expected, budget",
+    [
+        # rank 256 at 7b (the paper), scale * rank / hidden kept: 1 * (4096 / 256) / (128 / 32) = 4
+        ("apollo_adamw", ("apollo.rank=32",), {"rank": 256, "scale": 4.0}, 24),
+        ("apollo_mini", (), {"rank": 1, "scale": 128.0}, 24),  # the paper's Mini setting at every size
+        # GaLore's relative rank rule; rank 1024 with bf16 moments and projectors needs more than 24 GiB
+        ("fira_adamw", ("fira.rank=32",), {"rank": 1024, "scale": 1.0}, 32),
+    ],
+)
+def test_export_to_7b_maps_rank_and_scale_and_goes_per_layer(make_config, name, proxy, expected, budget):
+    from ranktune.platform.export import ScalingRules, fit_micro_batch, map_to_target
+
+    section = SECTION[name]
+    cfg = make_config(*TINY, f"optim.name={name}", *proxy, "train.grad_clip=1.0")
+    raw = map_to_target(cfg, "7b", ScalingRules())
+    assert {k: raw[section][k] for k in expected} == expected
+    assert raw[section]["per_layer"] and raw[section]["per_tensor_clip"] == 1.0 and raw["train"]["grad_clip"] == 0
+    # The paper's 512 sequences per step need accumulation, which keeps 7b's full gradients (13.5 GB in
+    # bf16): refused, naming the batch size; 8 sequences in one micro-batch fit.
+    with pytest.raises(ConfigError) as err:
+        fit_micro_batch(raw, [], ScalingRules(), budget_gib=budget)
+    assert any(p.startswith(f"train.batch_size: 512 -> per-layer {name}") for p in err.value.problems)
+    target, run = fit_micro_batch(raw, ["train.batch_size=8"], ScalingRules(), budget_gib=budget)
+    assert target.train.micro_batch_size == 8 and run.total < (budget - 1) * 2**30
+
+
+def test_export_scale_rule_same_keeps_the_proxy_scale(make_config):
+    from ranktune.platform.export import ScalingRules, map_to_target
+
+    cfg = make_config(*TINY, "optim.name=apollo_adamw", "apollo.rank=32", "apollo.scale=2.0")
+    raw = map_to_target(cfg, "7b", ScalingRules(apollo_scale="same", apollo_rank=None))
+    assert raw["apollo"]["scale"] == 2.0 and raw["apollo"]["rank"] == 1024  # rank by the relative rule
