@@ -1,7 +1,7 @@
 """Optimizer-state bytes, trainable parameters and median step time per method, as ratios to AdamW.
 
     python benchmarks/optimizers.py                 # 60m model, every row
-    python benchmarks/optimizers.py --model tiny --steps 4 --only adamw galore_adamw
+    python benchmarks/optimizers.py --model tiny --steps 4 --only adamw galore_adamw apollo_adamw
 
 Every row times the trainer's own `Trainer.train_step` on random tokens, so method-specific work
 (GaLore's SVD, ReLoRA's merge) is inside the timed steps. A method
@@ -52,6 +52,15 @@ ROWS: list[tuple[str, dict]] = [
             "train": {"grad_clip": 0.0},
         },
     ),
+    # APOLLO (rank 128 = the 60m paper's d/4, random projector regenerated from its seed, and stored),
+    # APOLLO-Mini (rank 1) and Fira (rank 128, SVD), projector updates at steps 3 and 6 as for GaLore.
+    ("apollo_adamw", {"optim": {"name": "apollo_adamw"}, "apollo": {"rank": 128, "update_proj_gap": 3}}),
+    (
+        "apollo_adamw_stored",
+        {"optim": {"name": "apollo_adamw"}, "apollo": {"rank": 128, "update_proj_gap": 3, "proj_storage": "matrix"}},
+    ),
+    ("apollo_mini", {"optim": {"name": "apollo_mini"}, "apollo_mini": {"update_proj_gap": 3}}),
+    ("fira_adamw", {"optim": {"name": "fira_adamw"}, "fira": {"rank": 128, "update_proj_gap": 3}}),
     # The public galore-torch GaLoreAdamW on the same targets (registered below; benchmark-only dependency).
     ("galore_torch_adamw", {"optim": {"name": "galore_torch_adamw"}, "galore": {"rank": 128, "update_proj_gap": 3}}),
     # ReLoRA at the paper's 60m rank (128). relora_every 3 puts merge+reset inside the timed steps
@@ -111,8 +120,9 @@ def measure(label: str, sections: dict, args: argparse.Namespace, output_dir: st
         times.append(time.perf_counter() - start)
     cfg = trainer.cfg
     state = method.state_bytes()
-    # GaLore recomputes its projectors at updates 0, T, 2T, ...: time those steps apart from the rest.
-    gap = cfg.galore.update_proj_gap if cfg.optim.name.startswith("galore") else 0
+    # GaLore, APOLLO and Fira recompute their projectors at updates 0, T, 2T, ...: time those steps apart.
+    section = next((s for s in ("galore", "apollo_mini", "apollo", "fira") if cfg.optim.name.startswith(s)), None)
+    gap = getattr(cfg, section).update_proj_gap if section else 0
     proj_steps = [t for i, t in enumerate(times) if i and gap and i % gap == 0]
     other_steps = [t for i, t in enumerate(times) if i and not (gap and i % gap == 0)]
     row = {
@@ -167,6 +177,10 @@ def main() -> None:
         full, rand = (by_label[k]["extras"].get("proj_step_s") for k in ("galore_adamw", "galore_adamw_randomized"))
         if full and rand:
             print(f"randomized-SVD projector step vs full SVD: {rand / full:.2f}x (target <= 0.7)")
+    if {"galore_adamw", "apollo_adamw"} <= by_label.keys():
+        svd, random = (by_label[k]["extras"].get("proj_step_s") for k in ("galore_adamw", "apollo_adamw"))
+        if svd and random:
+            print(f"APOLLO projector-update step (random draw) vs GaLore's (SVD): {random / svd:.2f}x")
 
 
 if __name__ == "__main__":

@@ -28,6 +28,8 @@ from ranktune.platform.memory import MemoryEstimate, RunEstimate, Verdict, estim
 from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
 from ranktune.trainables.model import MODEL_PRESETS
 
+# The config section of each method that updates with the scaled full-rank gradient (docs/apollo.md).
+SCALED_GRADIENT_SECTIONS = {"apollo_adamw": "apollo", "apollo_mini": "apollo_mini", "fira_adamw": "fira"}
 # Paper training lengths (GaLore table), used when the rules give no step count.
 PAPER_STEPS = {"60m": 10_000, "130m": 20_000, "350m": 60_000, "1b": 100_000, "7b": 150_000}
 
@@ -58,6 +60,13 @@ class ScalingRules(BaseModel):
     min_headroom_gib: float = Field(default=1.0, ge=0)
     activation_checkpointing: bool = True
     relora_base_precision: Literal["int8", "bf16"] = "int8"
+    # APOLLO's rank at the target: a number (the paper: 256 at 7b), or None for the `rank` rule.
+    apollo_rank: int | None = Field(default=256, ge=1)
+    # APOLLO's scale: "hidden_over_rank" keeps scale * rank / hidden (the paper's alpha = sqrt(n / r)
+    # compensation, so scale grows with model size at a fixed rank); "same" keeps the proxy's value.
+    # APOLLO-Mini's paper runs use scale 128 at every size, hence its own rule, "same" by default.
+    apollo_scale: Literal["hidden_over_rank", "same"] = "hidden_over_rank"
+    apollo_mini_scale: Literal["hidden_over_rank", "same"] = "same"
     data_source: Literal["c4", "proxy"] = "c4"  # c4: streamed, max_tokens = steps x tokens per step
 
 
@@ -145,6 +154,22 @@ def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[
         if proxy.train.grad_clip > 0 and not proxy.galore.per_tensor_clip:
             g["per_tensor_clip"] = proxy.train.grad_clip
         train["grad_clip"] = 0.0
+    elif name in SCALED_GRADIENT_SECTIONS:
+        section = SCALED_GRADIENT_SECTIONS[name]
+        a, pa = raw[section], getattr(proxy, section)
+        if name == "apollo_adamw" and rules.apollo_rank is not None:
+            a["rank"] = rules.apollo_rank
+        elif name != "apollo_mini":  # APOLLO-Mini stays at its proxy rank (1)
+            a["rank"] = target_rank(pa.rank, proxy_hidden, target_hidden, rules)
+        scale_rule = {"apollo_adamw": rules.apollo_scale, "apollo_mini": rules.apollo_mini_scale}.get(name, "same")
+        if scale_rule == "hidden_over_rank":
+            a["scale"] = pa.scale * (target_hidden / a["rank"]) / (proxy_hidden / pa.rank)
+        a["per_layer"] = True  # the update needs the full gradient, but only one at a time without accumulation
+        if rules.update_proj_gap is not None:
+            a["update_proj_gap"] = rules.update_proj_gap
+        if proxy.train.grad_clip > 0 and not pa.per_tensor_clip:
+            a["per_tensor_clip"] = proxy.train.grad_clip
+        train["grad_clip"] = 0.0
     elif name in ("relora", "lora"):
         r, pr = raw["relora"], proxy.relora
         r["rank"] = target_rank(pr.rank, proxy_hidden, target_hidden, rules)
@@ -190,9 +215,12 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float) -> list[
     if name in ("adamw", "adamw8bit", "adafactor"):
         problems.append(f"optim.name: {name!r} -> full-rank state does not fit; export a galore_* or relora trial "
                         "(ranktune export --trial ID)")  # fmt: skip
-    if name.startswith("galore_") and cfg.galore.per_layer and cfg.grad_accum_steps > 1:
+    per_layer = (name.startswith("galore_") and cfg.galore.per_layer) or (
+        name in SCALED_GRADIENT_SECTIONS and getattr(cfg, SCALED_GRADIENT_SECTIONS[name]).per_layer
+    )
+    if per_layer and cfg.grad_accum_steps > 1:
         problems.append(
-            f"train.batch_size: {cfg.train.batch_size} -> per-layer GaLore frees gradients only without "
+            f"train.batch_size: {cfg.train.batch_size} -> per-layer {name} frees gradients only without "
             f"accumulation (here {gib(peak.gradients)} of full gradients stay alive between micro-batches); "
             f"use --set train.batch_size=N with N small enough that N sequences fit in one micro-batch "
             "(fewer tokens per step than the paper's 131k)"

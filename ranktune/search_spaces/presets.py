@@ -14,6 +14,12 @@ GALORE = {
     "update_proj_gap": {"type": "int", "low": 50, "high": 500, "step": 50},
     "scale": {"type": "uniform", "low": 0.1, "high": 0.5},
 }
+APOLLO = {
+    "rank": RANK,
+    "update_proj_gap": {"type": "int", "low": 50, "high": 500, "step": 50},
+    "scale": {"type": "loguniform", "low": 0.25, "high": 4.0},  # the update is sqrt(scale) x the scaled gradient
+    "scale_type": {"type": "choice", "values": ["channel", "tensor"]},
+}
 RELORA = {
     "rank": RANK,
     "relora_every": {"type": "int", "low": 200, "high": 2000, "step": 200},
@@ -33,6 +39,11 @@ PRESETS: dict[str, dict[str, Any]] = {
         "params": {"optim.lr": LR, "schedule.warmup_steps": {"type": "int", "low": 0, "high": 200, "step": 20},
                    **_section("galore", GALORE)},
     },
+    "apollo": {
+        "fixed": {"optim.name": "apollo_adamw"},
+        "params": {"optim.lr": LR, "schedule.warmup_steps": {"type": "int", "low": 0, "high": 200, "step": 20},
+                   **_section("apollo", APOLLO)},
+    },
     "relora": {
         "fixed": {"optim.name": "relora"},
         "params": {"optim.lr": LR, **_section("relora", RELORA)},
@@ -46,6 +57,9 @@ PRESETS: dict[str, dict[str, Any]] = {
                 "adamw": {},
                 "adamw8bit": {},
                 "galore_adamw": _section("galore", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"]}),
+                "fira_adamw": _section("fira", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"]}),
+                "apollo_adamw": _section("apollo", {"rank": RANK, "update_proj_gap": APOLLO["update_proj_gap"]}),
+                "apollo_mini": _section("apollo_mini", {"scale": {"type": "loguniform", "low": 32.0, "high": 512.0}}),
                 "relora": _section("relora", {"rank": RANK, "relora_every": RELORA["relora_every"],
                                               "warm_start_steps": RELORA["warm_start_steps"]}),
                 "lora": _section("relora", {"rank": RANK}),

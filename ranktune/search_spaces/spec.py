@@ -31,7 +31,7 @@ class Strict(BaseModel):
 
 
 class SpaceSection(Strict):
-    preset: Literal["galore", "relora", "compare"] | None = None
+    preset: Literal["galore", "apollo", "relora", "compare"] | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
     branches: dict[str, Any] | None = None  # replaces the preset's branches when given

@@ -101,6 +101,43 @@ class GaLoreSection(Section):
     svd_power_iters: int = Field(default=2, ge=0)
 
 
+class ScaledGradientSection(Section):
+    """Keys APOLLO and Fira share (see docs/apollo.md); they match apollo-torch's / fira's param groups."""
+
+    rank: int = Field(default=128, ge=1)
+    update_proj_gap: int = Field(default=200, ge=1)  # T, counted in optimizer updates
+    scale: float = Field(default=1.0, gt=0.0)  # APOLLO: the update times sqrt(scale); Fira: alpha
+    scale_type: Literal["channel", "tensor"] = "channel"  # one norm ratio per channel or per matrix
+    proj_type: Literal["std", "reverse_std", "left", "right", "full"] = "std"
+    # Fira's norm-growth limiter gamma: an update's norm grows at most this factor per step; null: off.
+    norm_growth_limit: float | None = Field(default=1.01, ge=1.0)
+    target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MLP_LINEARS))
+    per_layer: bool = False  # update each weight in its gradient hook (full gradients accumulate in .grad)
+    per_tensor_clip: float = Field(default=0.0, ge=0.0)  # per-tensor grad-norm clip (both modes)
+    svd: Literal["full", "randomized"] = "full"  # SVD projectors (Fira; APOLLO with proj: svd)
+    svd_oversample: int = Field(default=8, ge=0)
+    svd_power_iters: int = Field(default=2, ge=0)
+
+
+class ApolloSection(ScaledGradientSection):
+    """Used by apollo_adamw."""
+
+    proj: Literal["random", "svd"] = "random"
+    proj_storage: Literal["seed", "matrix"] = "seed"  # random projector regenerated from its seed, or kept
+
+
+class ApolloMiniSection(ApolloSection):
+    """Used by apollo_mini: APOLLO at rank 1 with one ratio per matrix, scale 128 (the paper's setting)."""
+
+    rank: int = Field(default=1, ge=1)
+    scale: float = Field(default=128.0, gt=0.0)
+    scale_type: Literal["channel", "tensor"] = "tensor"
+
+
+class FiraSection(ScaledGradientSection):
+    """Used by fira_adamw (SVD projector only)."""
+
+
 class ReLoRASection(Section):
     """Used by the relora / lora methods (see docs/relora.md)."""
 
@@ -151,6 +188,9 @@ class TrainConfig(Section):
     schedule: ScheduleSection = Field(default_factory=ScheduleSection)
     galore: GaLoreSection = Field(default_factory=GaLoreSection)
     relora: ReLoRASection = Field(default_factory=ReLoRASection)
+    apollo: ApolloSection = Field(default_factory=ApolloSection)
+    apollo_mini: ApolloMiniSection = Field(default_factory=ApolloMiniSection)
+    fira: FiraSection = Field(default_factory=FiraSection)
     train: TrainSection = Field(default_factory=TrainSection)
     output: OutputSection = Field(default_factory=OutputSection)
 
