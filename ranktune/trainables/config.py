@@ -96,6 +96,8 @@ class GaLoreSection(Section):
     svd: Literal["full", "randomized"] = "full"
     svd_oversample: int = Field(default=8, ge=0)
     svd_power_iters: int = Field(default=2, ge=0)
+    # Projector storage: the gradient's dtype, or int8 codes + one fp32 absmax per singular vector.
+    projector_dtype: Literal["same", "int8"] = "same"
 
 
 class ReLoRASection(Section):

@@ -93,6 +93,7 @@ class GaLoreMethod(Method):
             "svd": g.svd,
             "svd_oversample": g.svd_oversample,
             "svd_power_iters": g.svd_power_iters,
+            "projector_dtype": g.projector_dtype,
         }
         # nanoGPT's decay rule for the rest: 2-D weights decay, 1-D (norms) do not.
         groups = [

@@ -5,7 +5,8 @@ move over unchanged:
 
     {"params": matrices, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
 
-plus our own optional keys `svd` ("full" | "randomized"), `svd_oversample`, `svd_power_iters`.
+plus our own optional keys `svd` ("full" | "randomized"), `svd_oversample`, `svd_power_iters`,
+`projector_dtype` ("same" | "int8").
 Groups without `rank` get the plain inner optimizer. For each projected matrix, every
 `update_proj_gap` updates (counted in optimizer updates, from 0) the projector is recomputed from the
 current gradient; the inner moments live in the low-rank space and are kept when the projector
@@ -31,6 +32,7 @@ import torch
 
 from ranktune.trainables.optim.galore.projector import (
     PROJ_TYPES,
+    PROJECTOR_DTYPES,
     PROJECTOR_KEYS,
     SVD_METHODS,
     project,
@@ -46,6 +48,7 @@ GALORE_GROUP_DEFAULTS = {
     "svd": "full",
     "svd_oversample": 8,
     "svd_power_iters": 2,
+    "projector_dtype": "same",
 }
 
 
@@ -62,6 +65,8 @@ def check_galore_group(group: dict[str, Any]) -> None:
         raise ValueError(f"scale: {group['scale']!r} -> a number > 0")
     if group["proj_type"] not in PROJ_TYPES:
         raise ValueError(f"proj_type: {group['proj_type']!r} -> one of {list(PROJ_TYPES)}")
+    if group["projector_dtype"] not in PROJECTOR_DTYPES:
+        raise ValueError(f"projector_dtype: {group['projector_dtype']!r} -> one of {list(PROJECTOR_DTYPES)}")
     if group["svd"] not in SVD_METHODS:
         raise ValueError(f"svd: {group['svd']!r} -> one of {list(SVD_METHODS)}")
     for p in group["params"]:
