@@ -17,9 +17,12 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ranktune.platform.reporting import ReportTo, with_node_id
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.callbacks import Metrics
+from ranktune.trainables.checkpoint import load_checkpoint
 from ranktune.trainables.config import TrainConfig
+from ranktune.trainables.trainer import Trainer
 
 CHECKPOINT_FILE = "state.pt"
 
@@ -40,8 +43,6 @@ def train_report(result: Metrics, checkpoint_file: str | None) -> None:
     """Every worker reports (Ray Train expects all ranks to); only rank 0 carries the checkpoint."""
     import ray.train
 
-    from ranktune.platform.trial import with_node_id
-
     result = with_node_id(result)
     if checkpoint_file is None:
         ray.train.report(result)
@@ -54,11 +55,6 @@ def train_worker(config: dict[str, Any]) -> None:
     """Runs on every Ray Train worker, inside the process group Ray set up (gloo on CPU, NCCL on GPU)."""
     import ray.train
     import torch
-
-    from ranktune.platform.trial import ReportTo
-    from ranktune.trainables.checkpoint import load_checkpoint
-    from ranktune.trainables.config import TrainConfig
-    from ranktune.trainables.trainer import Trainer
 
     torch.set_num_threads(max(1, int(config["cpus_per_worker"])))
     rank = ray.train.get_context().get_world_rank()

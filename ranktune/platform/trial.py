@@ -2,20 +2,23 @@
 
 One worker: the trainer runs right here in the Tune trial. Several workers: the trial starts a Ray
 Train `TorchTrainer` (DDP over gloo or NCCL) whose rank-0 reports reach Tune through Ray's
-`TuneReportCallback` (see `distributed.py`).
+`TuneReportCallback` (see `distributed.py`). Both report through `reporting.ReportTo`.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ranktune.platform.distributed import run_distributed_trial
+from ranktune.platform.memory import estimate_memory, gib, verdict
+from ranktune.platform.reporting import ReportTo, with_node_id
 from ranktune.search_spaces.spec import SweepSpec
-from ranktune.trainables.callbacks import Callback, Metrics
+from ranktune.trainables.callbacks import Metrics
 from ranktune.trainables.config import TrainConfig
+from ranktune.trainables.trainer import Trainer
 
 
 def memory_rejection(spec: SweepSpec, cfg: TrainConfig, gpus_per_trial: float) -> str | None:
@@ -26,8 +29,6 @@ def memory_rejection(spec: SweepSpec, cfg: TrainConfig, gpus_per_trial: float) -
     """
     if spec.memory_budget_gib is None:
         return None
-    from ranktune.platform.memory import estimate_memory, gib, verdict
-
     estimate = estimate_memory(cfg, device="cuda" if gpus_per_trial > 0 else "cpu")
     if verdict(estimate, spec.memory_budget_gib).fits:
         return None
@@ -64,61 +65,6 @@ def trial_train_config(spec: SweepSpec, params: dict[str, Any], output_dir: str 
     return cfg
 
 
-class ReportTo(Callback):
-    """Turns trainer events into Tune results: one result per evaluation (`report` also gets the path
-    of the checkpoint written with it).
-
-    Each result carries the `log` records since the previous one (`log_history`, a JSON string so
-    Tune's CSV/TensorBoard loggers pass it through), so the driver can draw step-indexed training
-    curves without a result per step (ASHA only sees evaluations).
-    """
-
-    def __init__(self, report: Callable[[Metrics, str | None], None]) -> None:
-        self.report = report
-        self.pending: list[Metrics] = []
-        self.last_log: Metrics = {}
-        self.start_step = 0
-        self.reported = False
-
-    def on_train_start(self, info: Metrics) -> None:
-        self.start_step = info["start_step"]  # > 0 when this run continues from a checkpoint
-
-    def on_log(self, metrics: Metrics) -> None:
-        keep = ("step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes",
-                "optimizer_state_bytes", "parameter_bytes", "gradient_bytes", "wall_time")  # fmt: skip
-        record = {k: metrics[k] for k in keep if k in metrics}
-        self.pending.append(record)
-        self.last_log = record
-
-    def on_eval(self, metrics: Metrics) -> None:
-        result = {**self.last_log, **{k: v for k, v in metrics.items() if k != "checkpoint"}}
-        result["log_history"] = json.dumps(self.pending)
-        result["start_step"] = self.start_step
-        self.pending = []
-        self.reported = True
-        self.report(result, metrics.get("checkpoint"))
-
-    def on_train_end(self, summary: Metrics) -> None:
-        # Restored from a checkpoint taken at the very last step (the driver died after the trial's
-        # final report but before Tune recorded it as finished): nothing was left to train, so no
-        # evaluation was reported. Report the final state once, or Tune would end the trial with an
-        # empty result and the sweep would count a finished trial as stopped early.
-        if self.reported or not summary["completed"]:
-            return
-        self.reported = True
-        final = {"step": summary["steps"], "tokens": summary["tokens"], "eval_loss": summary["final_eval_loss"],
-                 "eval_ppl": summary["final_eval_ppl"], "wall_time": summary["wall_time"]}  # fmt: skip
-        self.report({**final, "log_history": "[]", "start_step": self.start_step}, None)
-
-
-def with_node_id(result: Metrics) -> Metrics:
-    """The result plus the Ray node it was computed on: MLflow then shows where each trial ran, and
-    where it continued after its node failed."""
-    import ray
-
-    return {**result, "node_id": ray.get_runtime_context().get_node_id()}
-
-
 def tune_report(result: Metrics, checkpoint_file: str | None) -> None:
     """The checkpoint is already in the trial's directory in storage, where `run_trial` looks for it."""
     from ray import tune
@@ -139,13 +85,9 @@ def run_trial(params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.
     import torch
     from ray import tune
 
-    from ranktune.trainables.trainer import Trainer
-
     spec = SweepSpec.model_validate_json(spec_json)
     trial_id = tune.get_context().get_trial_id()
     if spec.resources.num_workers > 1:
-        from ranktune.platform.distributed import run_distributed_trial
-
         # Ray Train keeps, and resumes from, the checkpoints of its own run (storage/train/<trial_id>).
         with tempfile.TemporaryDirectory(prefix="ranktune-trial-") as work_dir:
             cfg = trial_train_config(spec, params, work_dir)

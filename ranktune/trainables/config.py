@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ranktune.trainables.model import MODEL_PRESETS, LlamaConfig, model_config
+from ranktune.trainables.optim import OPTIMIZERS
 
 
 class ConfigError(ValueError):
@@ -226,8 +227,6 @@ def load_config(path: str | os.PathLike | None, overrides: list[str] = ()) -> Tr
 
 def check_config(cfg: TrainConfig) -> None:
     """Cross-field checks that pydantic's per-field validation cannot express."""
-    from ranktune.trainables.optim import OPTIMIZERS  # late import: the registry imports this module
-
     problems: list[str] = []
     if cfg.model.name not in MODEL_PRESETS:
         problems.append(f"model.name: {cfg.model.name!r} -> one of {sorted(MODEL_PRESETS)}")

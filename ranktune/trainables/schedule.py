@@ -34,11 +34,3 @@ def section_schedule(cfg) -> Schedule:
     if s.name == "constant":
         return constant_with_warmup(cfg.optim.lr, s.warmup_steps)
     return cosine_with_warmup(cfg.optim.lr, cfg.train.steps, s.warmup_steps, s.min_lr_ratio)
-
-
-def build_schedule(cfg) -> Schedule:
-    """The run's schedule: the optimizer's own (e.g. ReLoRA's jagged cosine) or the `schedule:` section."""
-    from ranktune.trainables.optim import OPTIMIZERS
-
-    entry = OPTIMIZERS[cfg.optim.name]
-    return entry.schedule(cfg) if entry.schedule is not None else section_schedule(cfg)

@@ -21,8 +21,7 @@ from ranktune.trainables.checkpoint import latest_checkpoint, load_checkpoint, r
 from ranktune.trainables.config import ConfigError, TrainConfig
 from ranktune.trainables.data import ShuffledBatches, TokenBlocks, prepare_tokens, validation_indices
 from ranktune.trainables.model import build_model, count_parameters
-from ranktune.trainables.optim import build_method
-from ranktune.trainables.schedule import build_schedule
+from ranktune.trainables.optim import build_method, build_schedule
 
 log = logging.getLogger(__name__)
 

@@ -1,13 +1,26 @@
-"""Full-rank baselines: AdamW (torch), 8-bit AdamW (bitsandbytes blockwise states), Adafactor (torch)."""
+"""Full-rank baselines: AdamW (torch), 8-bit AdamW (bitsandbytes blockwise states), Adafactor (torch).
+
+What each keeps per parameter (the `estimate_state` of its entry, and of inner optimizers elsewhere):
+
+    adamw      exp_avg + exp_avg_sq in the parameter dtype, plus a 0-d fp32 `step` tensor
+    adamw8bit  bitsandbytes: uint8 codes + one fp32 absmax per block for both moments, fp32 moments
+               for small tensors, one pair of code maps per optimizer (see eightbit.py)
+    adafactor  torch: a row (m) and a column (n) second moment per matrix, the full second moment for
+               vectors, no first moment, a 0-d fp32 `step`
+"""
 
 from __future__ import annotations
 
-import importlib.util
+import math
+from collections.abc import Iterable
 
 import torch
 
-from ranktune.trainables.optim import OptimizerEntry, register
+from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.base import TorchOptimizerMethod, decay_groups
+from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
+
+STEP_TENSOR_BYTES = 4  # torch AdamW / Adafactor keep `step` as a 0-d fp32 tensor per parameter
 
 
 def build_adamw(model, cfg) -> TorchOptimizerMethod:
@@ -16,18 +29,12 @@ def build_adamw(model, cfg) -> TorchOptimizerMethod:
     return TorchOptimizerMethod(model, opt, cfg.train.grad_clip)
 
 
-def bitsandbytes_missing() -> list[str]:
-    if importlib.util.find_spec("bitsandbytes") is None:
-        return ["optim.name: 8-bit states need bitsandbytes -> pip install bitsandbytes, or use adamw"]
-    return []
-
-
 def build_adamw8bit(model, cfg) -> TorchOptimizerMethod:
-    import bitsandbytes as bnb
+    import bitsandbytes as bnb  # optional dependency: only runs that use it need it installed
 
     o = cfg.optim
-    # bitsandbytes keeps tensors under 4096 elements (norms) in 32-bit state; matrices get 8-bit
-    # blockwise-quantised moments. Runs on CPU and CUDA.
+    # bitsandbytes keeps small tensors (norms) in 32-bit state; matrices get 8-bit blockwise-quantised
+    # moments. Runs on CPU and CUDA.
     opt = bnb.optim.AdamW8bit(decay_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
     return TorchOptimizerMethod(model, opt, cfg.train.grad_clip)
 
@@ -39,11 +46,72 @@ def build_adafactor(model, cfg) -> TorchOptimizerMethod:
     return TorchOptimizerMethod(model, opt, cfg.train.grad_clip)
 
 
-register("adamw", OptimizerEntry(build=build_adamw, description="torch AdamW, fp32 moments"))
+# ---------------------------------------------------------------------------------- memory accounting
+
+
+def inner_state_bytes(inner: str, shape: tuple[int, ...], value_bytes: int, step_tensor: bool) -> int:
+    """State of one tensor under `inner` (adamw / adamw8bit / adafactor); `step_tensor`: torch's
+    optimizers keep a 0-d fp32 step per tensor (GaLore's optimizers keep a plain int)."""
+    n = math.prod(shape)
+    step = STEP_TENSOR_BYTES if step_tensor else 0
+    if inner == "adamw":
+        return 2 * n * value_bytes + step
+    if inner == "adamw8bit":
+        return eightbit.adam_state_bytes(n)
+    values = shape[0] + shape[1] if len(shape) == 2 else n
+    return values * value_bytes + step
+
+
+def full_rank_state(inner: str, params: Iterable[ParamShape], device: Device, phase: str) -> PhaseState:
+    """One torch / bitsandbytes optimizer over every parameter (also ReLoRA's full-rank warm start)."""
+    params = tuple(params)
+    e = max(p.value_bytes for p in params)
+    largest = max(p.numel for p in params) * e
+    state = sum(inner_state_bytes(inner, p.shape, p.value_bytes, step_tensor=True) * p.count for p in params)
+    if inner == "adamw":
+        # torch's foreach AdamW (the default on CUDA) allocates sqrt(exp_avg_sq) for all tensors at once.
+        temp = sum(p.numel * p.count * p.value_bytes for p in params) if device == "cuda" else largest
+    elif inner == "adamw8bit":
+        state += eightbit.QMAPS_BYTES
+        temp = 0  # fused in-place kernel
+    else:
+        temp = 2 * largest  # row_var @ col_var and the update, one matrix at a time
+    return PhaseState(
+        phase=phase,
+        weights=sum(p.numel * p.count * p.value_bytes for p in params),
+        trainable=params,
+        optimizer={"moments": state},
+        step_temporaries=temp,
+    )
+
+
+def estimate_full_rank(inner: str):
+    def estimate_state(shapes: tuple[ParamShape, ...], cfg, device: Device) -> list[PhaseState]:
+        return [full_rank_state(inner, shapes, device, "full-rank")]
+
+    return estimate_state
+
+
+register(
+    "adamw",
+    OptimizerEntry(
+        build=build_adamw, estimate_state=estimate_full_rank("adamw"), description="torch AdamW, fp32 moments"
+    ),
+)
 register(
     "adamw8bit",
     OptimizerEntry(
-        build=build_adamw8bit, check=lambda cfg: bitsandbytes_missing(), description="bitsandbytes 8-bit AdamW"
+        build=build_adamw8bit,
+        check=lambda cfg: eightbit.bitsandbytes_missing(),
+        estimate_state=estimate_full_rank("adamw8bit"),
+        description="bitsandbytes 8-bit AdamW",
     ),
 )
-register("adafactor", OptimizerEntry(build=build_adafactor, description="torch Adafactor, factored moments"))
+register(
+    "adafactor",
+    OptimizerEntry(
+        build=build_adafactor,
+        estimate_state=estimate_full_rank("adafactor"),
+        description="torch Adafactor, factored moments",
+    ),
+)

@@ -15,7 +15,6 @@ lora.py, relora_reset.py and relora_schedule.py; this module owns the when and t
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import time
 from pathlib import Path
@@ -24,9 +23,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from ranktune.trainables.optim import OptimizerEntry, register
+from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.base import Method, decay_groups, tensor_bytes
+from ranktune.trainables.optim.baselines import full_rank_state, inner_state_bytes
 from ranktune.trainables.optim.lora import is_target, lora_layers, merge_lora_into_base, wrap_lora
+from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
 from ranktune.trainables.optim.relora_reset import prune_moments_
 from ranktune.trainables.optim.relora_schedule import jagged_cosine, restart_steps, wrap_step
 
@@ -40,7 +41,7 @@ def build_inner_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
     o = cfg.optim
     groups = decay_groups(model, o.weight_decay)
     if cfg.relora.inner_optimizer == "adamw8bit":
-        import bitsandbytes as bnb
+        import bitsandbytes as bnb  # optional dependency: only 8-bit runs need it installed
 
         return bnb.optim.AdamW8bit(groups, lr=o.lr, betas=o.betas, eps=o.eps)
     return torch.optim.AdamW(groups, lr=o.lr, betas=o.betas, eps=o.eps)
@@ -202,7 +203,7 @@ def check_lora(cfg) -> list[str]:
             f"layer ({smallest})"
         )
     needs_bnb = r.inner_optimizer == "adamw8bit" or r.base_precision == "int8"
-    if needs_bnb and importlib.util.find_spec("bitsandbytes") is None:
+    if needs_bnb and eightbit.bitsandbytes_missing():
         problems.append(
             "relora.inner_optimizer / relora.base_precision: 8-bit needs bitsandbytes -> pip install "
             "bitsandbytes, or use inner_optimizer: adamw and base_precision: same|bf16"
@@ -221,12 +222,78 @@ def check_relora(cfg) -> list[str]:
     return problems
 
 
+# -------------------------------------------------------------------- memory accounting
+
+
+def lora_state(shapes: tuple[ParamShape, ...], cfg, device: Device) -> PhaseState:
+    """After wrapping: the frozen bases (training dtype, bf16, or int8 + one fp32 absmax per row), LoRA
+    factors A (r, in) and B (out, r), inner-optimizer moments for the factors and the untargeted
+    tensors (embeddings, norms, head) only."""
+    r = cfg.relora
+    compute_bytes = 4 if cfg.train.precision == "fp32" else 2  # the dtype the forward runs in
+    weights = temp = 0
+    lora: list[ParamShape] = []
+    others: list[ParamShape] = []
+    largest_target = 0
+    for p in shapes:
+        if p.module == "Linear" and is_target(p.module_name, r.target_modules):  # wrap_lora's rule
+            out_f, in_f = p.shape
+            if r.base_precision == "int8":
+                weights += (p.numel + out_f * 4) * p.count  # int8 rows + fp32 absmax per output row
+                temp = max(temp, p.numel * (4 + compute_bytes))
+            else:
+                weights += p.numel * (2 if r.base_precision == "bf16" else p.value_bytes) * p.count
+                if r.base_precision == "bf16" and p.value_bytes != 2:
+                    temp = max(temp, p.numel * p.value_bytes)  # re-materialised in the compute dtype, one at a time
+            module = p.module_name
+            lora += [
+                ParamShape(f"{module}.lora_A", (r.rank, in_f), "LoRALinear", p.value_bytes, p.count),
+                ParamShape(f"{module}.lora_B", (out_f, r.rank), "LoRALinear", p.value_bytes, p.count),
+            ]
+            largest_target = max(largest_target, p.numel)
+        else:
+            others.append(p)
+    trainable = tuple(lora + others)
+    weights += sum(p.numel * p.count * p.value_bytes for p in trainable)
+    inner = r.inner_optimizer
+    lora_moments = sum(inner_state_bytes(inner, p.shape, p.value_bytes, step_tensor=True) * p.count for p in lora)
+    other_moments = sum(inner_state_bytes(inner, p.shape, p.value_bytes, step_tensor=True) * p.count for p in others)
+    if inner == "adamw8bit":
+        other_moments += eightbit.QMAPS_BYTES
+    elif device == "cuda":
+        temp = max(temp, sum(p.numel * p.count * p.value_bytes for p in trainable))  # foreach AdamW
+    if cfg.optim.name == "relora":
+        # A restart merges in fp32: the base, B A and the sum, one layer at a time (not during backward).
+        temp = max(temp, 3 * largest_target * 4)
+    return PhaseState(
+        phase="LoRA",
+        weights=weights,
+        trainable=trainable,
+        optimizer={"lora_moments": lora_moments, "other_moments": other_moments},
+        step_temporaries=temp,
+        saved_values_per_token=7 * r.rank,  # A x, the (B, T, r) input of each LoRA B factor
+    )
+
+
+def estimate_lora(shapes: tuple[ParamShape, ...], cfg, device: Device) -> list[PhaseState]:
+    """A full-rank warm-start phase (when trained in this run), then the LoRA phase."""
+    r = cfg.relora
+    phases = []
+    if r.warm_start_steps > 0 and not r.warm_start_checkpoint:
+        warm = full_rank_state(r.inner_optimizer, shapes, device, f"warm start (full-rank, {r.warm_start_steps} steps)")
+        warm.optimizer = {"lora_moments": 0, "other_moments": warm.optimizer["moments"]}
+        phases.append(warm)
+    phases.append(lora_state(shapes, cfg, device))
+    return phases
+
+
 register(
     "relora",
     OptimizerEntry(
         build=lambda model, cfg: ReLoRAMethod(model, cfg, restarts=True),
         check=check_relora,
         schedule=jagged_cosine,
+        estimate_state=estimate_lora,
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
     ),
 )
@@ -236,6 +303,7 @@ register(
         build=lambda model, cfg: ReLoRAMethod(model, cfg, restarts=False),
         check=check_lora,
         schedule=jagged_cosine,
+        estimate_state=estimate_lora,
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
     ),
 )

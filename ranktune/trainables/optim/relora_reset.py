@@ -10,13 +10,13 @@ The per-parameter step count is kept, as in the reference: Adam's bias correctio
 first updates after a restart are large (m/sqrt(v) ~ 3 per entry for pruned entries), which is why
 the LR re-warms from 0.
 
-8-bit AdamW (bitsandbytes) keeps each moment as uint8 codes with one fp32 absmax per 256-element block
+8-bit AdamW (bitsandbytes) keeps each moment as uint8 codes with one fp32 absmax per block (eightbit.py)
 and a fixed code book (signed dynamic map for the first moment, unsigned for the second). Pruning
 there is: dequantize the block-wise codes to fp32, prune exactly as above, requantize into the same
 buffers (fresh per-block absmax). Both dynamic maps contain an exact 0, and pruned entries are
 given that code explicitly, so they decode to exactly 0; survivors keep their value up to 8-bit rounding, and
 usually gain precision, since their block's absmax now comes from survivors only. Tensors below
-bitsandbytes' min_8bit_size (4096 elements) hold fp32 moments and are pruned directly.
+bitsandbytes' min_8bit_size (eightbit.MIN_8BIT_SIZE) hold fp32 moments and are pruned directly.
 """
 
 from __future__ import annotations
@@ -26,12 +26,13 @@ from typing import Literal
 
 import torch
 
+from ranktune.trainables.optim import eightbit
+
 ResetMode = Literal["magnitude", "random", "full"]
 
 # torch AdamW names its moments exp_avg / exp_avg_sq; bitsandbytes calls them state1 / state2.
 _TORCH_MOMENTS = ("exp_avg", "exp_avg_sq")
 _BNB_MOMENTS = (("state1", "absmax1", "qmap1"), ("state2", "absmax2", "qmap2"))
-_BNB_BLOCKSIZE = 256  # bitsandbytes' block size for 8-bit optimizer states
 
 
 def keep_count(numel: int, reset_ratio: float) -> int:
@@ -62,9 +63,9 @@ def _prune_bnb_8bit_(state: dict, reset_ratio: float, mode: ResetMode, generator
 
     for codes_key, absmax_key, qmap_key in _BNB_MOMENTS:
         codes, absmax, qmap = state[codes_key], state[absmax_key], state[qmap_key]
-        values = bnbf.dequantize_blockwise(codes, absmax=absmax, code=qmap, blocksize=_BNB_BLOCKSIZE)
+        values = bnbf.dequantize_blockwise(codes, absmax=absmax, code=qmap, blocksize=eightbit.BLOCK)
         prune_(values, reset_ratio, mode, generator)
-        new_codes, quant = bnbf.quantize_blockwise(values, code=qmap, blocksize=_BNB_BLOCKSIZE)
+        new_codes, quant = bnbf.quantize_blockwise(values, code=qmap, blocksize=eightbit.BLOCK)
         # bitsandbytes' CPU quantizer maps 0 to a small non-zero code (1e-5 x absmax); write the code
         # of the map's exact 0 for pruned entries so they really decode to 0 on every device.
         new_codes[values == 0] = int((qmap == 0).nonzero()[0])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ranktune.trainables.optim.registry import build_schedule
 from ranktune.trainables.schedule import section_schedule
 
 
@@ -59,15 +60,13 @@ def jagged_cosine(cfg) -> Callable[[int], float]:
 
 def schedule_points(cfg) -> list[tuple[int, float]]:
     """(step index, LR) for every step of the run, from the method's registered schedule."""
-    from ranktune.trainables.schedule import build_schedule
-
     lr_at = build_schedule(cfg)
     return [(step, lr_at(step)) for step in range(cfg.train.steps)]
 
 
 def plot_schedule(cfg, path: str) -> str:
     """Write a PNG of the run's LR schedule (restarts marked) to `path`; returns the path."""
-    import matplotlib
+    import matplotlib  # optional and slow to import: only the `schedule --plot` command needs it
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

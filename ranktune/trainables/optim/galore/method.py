@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from ranktune.trainables.model import build_model
-from ranktune.trainables.optim import OptimizerEntry, register
+from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.base import Method, tensor_bytes
-from ranktune.trainables.optim.baselines import bitsandbytes_missing
+from ranktune.trainables.optim.baselines import inner_state_bytes
 from ranktune.trainables.optim.galore.optimizers import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreOptimizer
-from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS
+from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS, projected_sides
+from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
 
 log = logging.getLogger(__name__)
 
@@ -219,7 +220,7 @@ class GaLoreMethod(Method):
 
         Per (m, n) matrix: a projector of r * min(m, n) values, and the inner optimizer's state on an
         r x max(m, n) gradient: AdamW 2 values per element, 8-bit AdamW 2 bytes per element plus an
-        fp32 scale per block of 256, Adafactor one row and one column, r + max(m, n) values.
+        fp32 scale per block (eightbit.py), Adafactor one row and one column, r + max(m, n) values.
         """
         if self.galore.proj_type != "std":
             return None
@@ -231,11 +232,11 @@ class GaLoreMethod(Method):
             if self.inner == "adamw":
                 moments = 2 * r * large * size
             elif self.inner == "adamw8bit":
-                n = r * large
-                moments = 2 * (n + 4 * math.ceil(n / 256)) if n >= 4096 else 2 * n * 4
+                moments = eightbit.adam_state_bytes(r * large)
             else:
                 moments = (r + large) * size
-            total += moments + r * small * size
+            projector = r * small + 4 * r if self.galore.projector_dtype == "int8" else r * small * size
+            total += moments + projector
         return total
 
     def benchmark_extras(self) -> dict[str, float]:
@@ -257,6 +258,8 @@ class GaLoreMethod(Method):
         for opt in self.optimizers:
             for p, state in opt.state.items():
                 for key, value in state.items():
+                    if key == "grad_accum":
+                        continue  # a gradient (counted as such), not optimizer state
                     if key in PROJECTOR_KEYS:
                         by_category["projectors"] += tensor_bytes(value)
                     elif id(p) in self.projected_ids:
@@ -296,7 +299,7 @@ def all_reduce_mean(t: torch.Tensor, world: int) -> None:
 def check_galore(cfg, inner: str) -> list[str]:
     """Problems a run would hit, as `field: value -> what is allowed` lines."""
     g = cfg.galore
-    problems = bitsandbytes_missing() if inner == "adamw8bit" else []
+    problems = eightbit.bitsandbytes_missing() if inner == "adamw8bit" else []
     problems += check_clip_and_accumulation(cfg)
     try:
         llama = cfg.model.llama_config()
@@ -324,6 +327,65 @@ def build_galore(model: nn.Module, cfg, inner: str) -> GaLoreMethod:
     return GaLoreMethod(model, cfg, inner)
 
 
+def low_rank_shape(shape: tuple[int, int], rank: int, proj_type: str) -> tuple[tuple[int, int], int]:
+    """(shape of the projected gradient, projector values) for one (m, n) matrix."""
+    m, n = shape
+    left, right = projected_sides(shape, proj_type)
+    low = (rank if left else m, rank if right else n)
+    return low, (m * rank if left else 0) + (rank * n if right else 0)
+
+
+def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: str) -> list[PhaseState]:
+    """What GaLoreMethod allocates: the inner state on the projected gradient plus the projector for
+    every targeted Linear (the same `name_matches` rule), the plain inner state for the rest."""
+    g = cfg.galore
+    moments = projectors = regular = temp = accumulators = 0
+    for p in shapes:
+        e = p.value_bytes
+        if p.module == "Linear" and any(name_matches(p.module_name, pat) for pat in g.target_modules):
+            low, projector = low_rank_shape(p.shape, g.rank, g.proj_type)
+            moments += inner_state_bytes(inner, low, e, step_tensor=False) * p.count
+            accumulators += math.prod(low) * e * p.count  # grad_accum, in the gradient dtype
+            m, n = p.shape
+            k = min(m, n)
+            svd = (m * n + m * k + k * n + k) * 4  # fp32 copy of the gradient and its thin SVD
+            if g.projector_dtype == "int8":
+                # int8 codes + one fp32 absmax per singular vector; dequantized one projector at a time.
+                projectors += (projector + 4 * g.rank * sum(projected_sides(p.shape, g.proj_type))) * p.count
+                temp = max(temp, svd + m * n * e + projector * e)
+            else:
+                projectors += projector * e * p.count  # stored in the gradient dtype
+                temp = max(temp, svd + m * n * e)  # plus the projected-back full-rank update
+        else:
+            regular += inner_state_bytes(inner, p.shape, e, step_tensor=False) * p.count
+            accumulators += p.numel * e * p.count
+            if inner != "adamw8bit":
+                temp = max(temp, 2 * p.numel * e)  # sqrt(v) + update (AdamW) or var estimate (Adafactor)
+    gradient_bytes, notes = None, []
+    accum = cfg.grad_accum_steps
+    if g.per_layer and g.accumulation == "low_rank" and (accum > 1 or cfg.train.grad_clip > 0):
+        # Every accumulator is alive from the first micro-batch (or, deferred for global clipping, at
+        # the end of backward), plus the one full gradient being projected or added.
+        in_flight = max(p.numel * p.value_bytes for p in shapes)
+        gradient_bytes = accumulators + in_flight
+        notes.append(
+            f"per-layer updates, low-rank accumulation over {accum} micro-batches"
+            f"{' with deferred global clipping' if cfg.train.grad_clip > 0 else ''}: accumulators "
+            f"{accumulators / 2**30:.2f} GiB + one full gradient in flight {in_flight / 2**30:.2f} GiB"
+        )
+    state = PhaseState(
+        phase="galore",
+        weights=sum(p.numel * p.count * p.value_bytes for p in shapes),
+        trainable=shapes,
+        optimizer={"moments": moments, "projectors": projectors, "regular_params": regular},
+        step_temporaries=temp,
+        one_gradient_at_a_time=g.per_layer,
+        gradient_bytes=gradient_bytes,
+        notes=notes,
+    )
+    return [state]
+
+
 for _inner, _description in [
     ("adamw", "GaLore: low-rank gradient projection, AdamW inner (fp32 moments)"),
     ("adamw8bit", "GaLore: low-rank gradient projection, bitsandbytes 8-bit AdamW inner"),
@@ -334,6 +396,7 @@ for _inner, _description in [
         OptimizerEntry(
             build=partial(build_galore, inner=_inner),
             check=partial(check_galore, inner=_inner),
+            estimate_state=partial(estimate_galore, inner=_inner),
             description=_description,
         ),
     )

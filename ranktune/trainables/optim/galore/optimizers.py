@@ -30,6 +30,7 @@ from typing import Any
 
 import torch
 
+from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.galore.projector import (
     PROJ_TYPES,
     PROJECTOR_DTYPES,
@@ -251,7 +252,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
     than `min_8bit_size` elements keep fp32 moments, as bitsandbytes does.
     """
 
-    BLOCK_SIZE = 256  # bitsandbytes' blockwise optimizers quantize in blocks of 256 values
+    BLOCK_SIZE = eightbit.BLOCK
 
     def __init__(
         self,
@@ -260,7 +261,7 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         betas: tuple[float, float] = (0.9, 0.999),
         eps: float = 1e-8,
         weight_decay: float = 0.0,
-        min_8bit_size: int = 4096,
+        min_8bit_size: int = eightbit.MIN_8BIT_SIZE,
     ) -> None:
         import bitsandbytes.functional  # noqa: F401  (fail here, not at the first step, if missing)
 

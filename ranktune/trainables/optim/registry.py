@@ -1,0 +1,161 @@
+"""Optimization methods by name: the registry the trainer, the config checks and the memory estimator look up.
+
+A method module registers itself when imported (`ranktune.trainables.optim` imports the built-in ones):
+
+    register("my_method", OptimizerEntry(build=..., check=..., estimate_state=..., description="..."))
+
+`register` refuses a name that is already taken; `unregister` removes one (tests). This module imports
+only leaf modules of ranktune (the `Method` base and the pure schedule functions), so any method module
+can import it without an import circle.
+
+An entry holds:
+
+    build(model, cfg) -> Method          the method for a model built from `cfg` (a TrainConfig)
+    check(cfg) -> list[str]              problems a run would hit, as `field: value -> what is allowed`
+                                         lines (default: none)
+    schedule(cfg) -> (step -> LR)        the method's own LR schedule; None uses the `schedule:` section
+    estimate_state(shapes, cfg, device)  what the method holds in memory, for `ranktune estimate` and
+                                         the sweep's memory budget; None: the estimator refuses the method
+    description                          one line for listings
+
+The `estimate_state` contract
+-----------------------------
+    estimate_state(shapes: tuple[ParamShape, ...], cfg: TrainConfig, device: "cuda" | "cpu")
+        -> list[PhaseState]
+
+`shapes` are the model's parameters as the trainer builds them, derived from the model on the `meta`
+device (no memory allocated): for each tensor its name (`layers.0.attn.q_proj.weight`), shape, the
+class name of the module that owns it (`Linear`, `Embedding`, `RMSNorm`: select targets by this and
+the name, as the method's own targeting rule does), the bytes per value it has in training
+(`value_bytes`: 4 in fp32 and bf16-mixed, 2 in bf16) and `count`, the number of the model's tensors
+the row stands for (decoder layers repeat the same tensors; a row with count 3 counts three times).
+
+Return one `PhaseState` per phase of the run whose memory differs (most methods have one; ReLoRA's
+full-rank warm start is a phase before its LoRA phase), in the order they happen. A phase gives:
+
+    phase             its label in the estimate table
+    weights           bytes of every weight tensor the phase keeps, trainable or frozen
+    trainable         the tensors that get a gradient (the estimator counts their gradients in their
+                      `value_bytes`), as ParamShape rows
+    optimizer         bytes of optimizer state by category, with EXACTLY the keys the method's
+                      `Method.state_bytes()` returns (tests compare the two key by key, within 10%)
+    step_temporaries  the largest transient buffer of one optimizer step (e.g. torch's foreach AdamW
+                      allocates sqrt(v) for all tensors at once on CUDA), 0 if none
+    saved_values_per_token
+                      extra values per token and decoder layer the method saves for backward, in the
+                      activation dtype (LoRA: A x for each wrapped projection), 0 if none
+    one_gradient_at_a_time
+                      True when the method updates each tensor in its gradient hook and frees the
+                      gradient at once (the estimator then counts one gradient, or all of them with
+                      gradient accumulation)
+    gradient_bytes    peak bytes of gradients and accumulators when the method keeps them itself
+                      (replaces the estimator's count), None otherwise
+    notes             lines printed under the table
+
+Write the estimate next to the code that allocates the state, from the same constants (e.g.
+`ranktune.trainables.optim.eightbit` for bitsandbytes' layout), so that the two change together.
+Activations, logits, autocast copies and the fixed overhead are the estimator's (platform/memory.py).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Literal
+
+from ranktune.trainables.optim.base import Method
+from ranktune.trainables.schedule import Schedule, section_schedule
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from ranktune.trainables.config import TrainConfig
+
+Device = Literal["cuda", "cpu"]
+
+
+@dataclass(frozen=True)
+class ParamShape:
+    """One parameter tensor of the model as the memory estimator sees it (see the module docstring)."""
+
+    name: str
+    shape: tuple[int, ...]
+    module: str  # class name of the owning module: Linear, Embedding, RMSNorm
+    value_bytes: int  # bytes per value in training
+    count: int = 1  # how many of the model's tensors this row stands for
+
+    @property
+    def numel(self) -> int:
+        """Values of one tensor (multiply by `count` for all of them)."""
+        return math.prod(self.shape)
+
+    @property
+    def module_name(self) -> str:
+        return self.name.rpartition(".")[0]
+
+
+@dataclass
+class PhaseState:
+    """What one phase of a run holds besides activations (see the module docstring)."""
+
+    phase: str
+    weights: int
+    trainable: tuple[ParamShape, ...]
+    optimizer: dict[str, int]
+    step_temporaries: int = 0
+    saved_values_per_token: int = 0
+    one_gradient_at_a_time: bool = False
+    # Peak bytes of gradients plus gradient accumulators, for a method that holds them itself (per-layer
+    # GaLore's low-rank accumulators); None lets the estimator count the trainable tensors' gradients.
+    gradient_bytes: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def _no_problems(cfg: TrainConfig) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class OptimizerEntry:
+    build: Callable[[nn.Module, TrainConfig], Method]
+    check: Callable[[TrainConfig], list[str]] = _no_problems
+    # Returns step -> LR for the whole run; None uses the `schedule:` section (cosine / constant).
+    schedule: Callable[[TrainConfig], Schedule] | None = None
+    description: str = ""
+    estimate_state: Callable[[tuple[ParamShape, ...], TrainConfig, Device], list[PhaseState]] | None = None
+
+
+OPTIMIZERS: dict[str, OptimizerEntry] = {}
+
+
+def register(name: str, entry: OptimizerEntry) -> None:
+    """Make `entry` available as `optim.name: <name>`; a name can be registered once."""
+    if name in OPTIMIZERS:
+        raise ValueError(
+            f"optimizer {name!r} is already registered ({OPTIMIZERS[name].description or 'no description'}); "
+            "pick another name, or unregister the existing entry first"
+        )
+    OPTIMIZERS[name] = entry
+
+
+def unregister(name: str) -> OptimizerEntry:
+    """Remove a registered method (returns its entry)."""
+    return OPTIMIZERS.pop(name)
+
+
+def lookup(name: str) -> OptimizerEntry:
+    try:
+        return OPTIMIZERS[name]
+    except KeyError:
+        raise ValueError(f"optim.name: {name!r} -> one of {sorted(OPTIMIZERS)}") from None
+
+
+def build_method(model: nn.Module, cfg: TrainConfig) -> Method:
+    return lookup(cfg.optim.name).build(model, cfg)
+
+
+def build_schedule(cfg: TrainConfig) -> Schedule:
+    """The run's schedule: the optimizer's own (e.g. ReLoRA's jagged cosine) or the `schedule:` section."""
+    entry = lookup(cfg.optim.name)
+    return entry.schedule(cfg) if entry.schedule is not None else section_schedule(cfg)
