@@ -138,8 +138,6 @@ def test_low_rank_accumulators_match_the_estimate(make_config, clip):
             (model(x, x)[1] / 2).backward()
         method.step()
     est = estimate_memory(cfg, device="cpu")
-    full = sum(p.numel() * p.element_size() for p in model.parameters())
-    assert peak < 0.8 * full  # the accumulators are smaller than the full gradients
     assert abs(est.gradients / peak - 1) <= TOLERANCE, (peak, est.gradients)
 
 
