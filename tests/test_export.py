@@ -130,23 +130,35 @@ def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(sweep, tmp_path, token_ca
     assert summary["completed"] and summary["final_eval_loss"] < summary["initial_eval_loss"]
 
 
-def test_export_galore_refuses_at_paper_batch_and_fits_without_accumulation(sweep, tmp_path, token_cache, capsys):
+def test_export_galore_keeps_the_paper_batch_and_global_clip(sweep, tmp_path, token_cache, capsys):
     from ranktune.platform.cli import main
     from ranktune.trainables.trainer import Trainer
 
-    trial = finished_trial(sweep, "galore_adamw")
-    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(tmp_path / "no.yaml")]) == 2
-    err = capsys.readouterr().err
-    assert "train.batch_size: 512 -> per-layer GaLore frees gradients only without accumulation" in err
-    assert not (tmp_path / "no.yaml").exists()
+    spec, state = load_state(sweep.storage_dir)
+    trial = next(r["trial_id"] for r in collect_trials(spec, state) if r["status"] == "finished"
+                 and r["params"]["optim.name"] == "galore_adamw" and r["params"]["galore.rank"] == 16)  # fmt: skip
+    out = tmp_path / "galore_7b.yaml"
+    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(out)]) == 0
+    cfg = load_config(out)
+    assert cfg.optim.name == "galore_adamw8bit" and cfg.galore.per_layer and cfg.galore.accumulation == "low_rank"
+    assert cfg.galore.rank == 1024  # 16 of 64 hidden -> 1/4 of 4096, the paper's 7b rank
+    assert cfg.tokens_per_step == 512 * 256 and cfg.grad_accum_steps > 1  # real accumulation
+    assert cfg.train.grad_clip == 1.0 and cfg.galore.per_tensor_clip == 0  # the proxy's global clip, unchanged
+    assert cfg.data.max_tokens == cfg.train.steps * cfg.tokens_per_step
+    capsys.readouterr()
+    assert main(["estimate", str(out), "--budget-gib", "24"]) == 0
+    assert "fits:" in capsys.readouterr().out
+    memory = json.loads(out.with_suffix(".memory.json").read_text())
+    assert memory["fits"] and memory["headroom_bytes"] >= 1 * GIB
 
-    result = export_best(sweep.storage_dir, "7b", 24.0, tmp_path / "galore_7b.yaml", trial_id=trial,
-                         overrides=["train.batch_size=4"])  # fmt: skip
-    cfg = result.config
-    assert result.verdict.fits and cfg.optim.name == "galore_adamw8bit" and cfg.galore.per_layer
-    assert cfg.train.micro_batch_size == cfg.train.batch_size == 4 and cfg.train.grad_clip == 0
-    assert cfg.galore.rank in (512, 1024)  # 8 or 16 of 64 hidden -> 1/8 or 1/4 of 4096
-    tiny = load_config(result.config_path, tiny_swap(tmp_path / "run", token_cache, "galore.rank"))
+    # data.max_tokens follows the file's own steps x tokens per step, also after overrides.
+    shorter = export_best(sweep.storage_dir, "7b", 24.0, tmp_path / "short.yaml", trial_id=trial,
+                          overrides=["train.steps=1000", "train.batch_size=256"])  # fmt: skip
+    assert shorter.config.data.max_tokens == 1000 * 256 * 256
+
+    # The tiny swap keeps accumulation (batch 8 in micro-batches of 4) and the global clip.
+    tiny = load_config(out, tiny_swap(tmp_path / "run", token_cache, "galore.rank"))
+    assert tiny.grad_accum_steps == 2 and tiny.train.grad_clip == 1.0
     summary = Trainer(tiny, progress=False).fit()
     assert summary["completed"] and summary["final_eval_loss"] < summary["initial_eval_loss"]
 

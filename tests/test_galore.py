@@ -160,7 +160,10 @@ def test_per_layer_equals_whole_model_and_reports_metrics(make_config, caplog):
     with caplog.at_level(logging.INFO, logger="ranktune.trainables.optim.galore.method"):
         a = Trainer(make_config(*common), callbacks=[whole], progress=False)
     assert "projecting 14 matrices" in caplog.text  # 2 layers x (q, k, v, o, gate, up, down)
-    b = Trainer(make_config(*common, "galore.per_layer=true"), callbacks=[per_layer], progress=False)
+    # accumulation: full clips the full gradient per tensor, as the whole-model run does (low_rank
+    # clips what the inner optimizer sees; tests/test_galore_accumulation.py covers it).
+    b = Trainer(make_config(*common, "galore.per_layer=true", "galore.accumulation=full"), callbacks=[per_layer],
+                progress=False)  # fmt: skip
     a.fit()
     b.fit()
     for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
@@ -214,13 +217,18 @@ class StopAt(Callback):
 
 @pytest.mark.parametrize(
     "overrides",
-    [("optim.name=galore_adamw",), ("optim.name=galore_adamw8bit", "galore.per_layer=true", "galore.svd=randomized")],
-    ids=["adamw", "adamw8bit-per-layer-randomized"],
+    [
+        ("optim.name=galore_adamw",),
+        ("optim.name=galore_adamw8bit", "galore.per_layer=true", "galore.svd=randomized"),
+        # Low-rank accumulators over 2 micro-batches, the update deferred for global clipping.
+        ("optim.name=galore_adamw", "galore.per_layer=true", "train.micro_batch_size=4", "train.grad_clip=0.5"),
+    ],
+    ids=["adamw", "adamw8bit-per-layer-randomized", "adamw-per-layer-low-rank-accumulation-clipped"],
 )
 def test_resume_mid_gap_continues_exactly(make_config, tmp_path, overrides):
     gap, steps = 4, 11  # projector updates at 0, 4, 8; stop after update 6, in the middle of a gap
-    common = (*overrides, "galore.rank=8", f"galore.update_proj_gap={gap}", "train.grad_clip=0",
-              f"train.steps={steps}", "output.checkpoint_every=0", "train.eval_every=100")  # fmt: skip
+    common = ("galore.rank=8", f"galore.update_proj_gap={gap}", "train.grad_clip=0", f"train.steps={steps}",
+              "output.checkpoint_every=0", "train.eval_every=100", *overrides)  # fmt: skip
     straight = Record()
     a = Trainer(make_config(*common, f"output.dir={tmp_path / 'a'}"), callbacks=[straight], progress=False)
     a.fit()
@@ -313,7 +321,10 @@ def test_state_bytes_match_the_analytic_count(make_config):
         (("galore.rank=65",), "galore.rank: 65 -> at most 64"),  # hidden 64: q_proj is 64x64
         (("galore.update_proj_gap=0",), "galore.update_proj_gap: 0"),
         (("galore.proj_type=diagonal",), "galore.proj_type: 'diagonal'"),
-        (("galore.per_layer=true", "train.grad_clip=1.0"), "train.grad_clip: 1.0 -> 0 with galore.per_layer"),
+        (
+            ("galore.per_layer=true", "galore.accumulation=full", "train.grad_clip=1.0"),
+            "train.grad_clip: 1.0 -> 0 with galore.per_layer",
+        ),  # fmt: skip
         (("galore.target_modules=[attention]",), "galore.target_modules: ['attention'] -> patterns matching"),
     ],
 )

@@ -5,8 +5,9 @@
 1. pick the best finished trial (objective, then lower peak memory on ties; report.pick_best);
 2. map its hyperparameters from the proxy to the target with `ScalingRules` (docs/export.md);
 3. apply the single-GPU memory settings: bf16 weights, activation checkpointing, 8-bit GaLore with
-   per-layer updates or ReLoRA with an int8 frozen base and 8-bit moments, the paper's tokens per
-   step (512 x 256) split into the largest micro-batch whose estimate fits the budget;
+   per-layer updates and low-rank gradient accumulation (the proxy's global clip kept; int8 projectors
+   when needed) or ReLoRA with an int8 frozen base and 8-bit moments, the paper's tokens per step
+   (512 x 256) split into the largest micro-batch whose estimate fits the budget;
 4. write the config (with the estimate and launch command as a header), log both on the sweep's
    MLflow parent run and tag the source trial's run. Refuse, naming the setting to change, when no
    trial finished or nothing fits.
@@ -148,12 +149,11 @@ def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[
         raw["optim"]["name"] = "galore_adamw8bit"
         g["rank"] = target_rank(proxy.galore.rank, proxy_hidden, target_hidden, rules)
         g["per_layer"] = True
+        # Low-rank accumulators keep the paper's tokens per step without full gradients, and defer the
+        # update so the proxy's global-norm clip (train.grad_clip, unchanged) still applies.
+        g["accumulation"] = "low_rank"
         if rules.update_proj_gap is not None:
             g["update_proj_gap"] = rules.update_proj_gap
-        # Per-layer updates cannot clip the global norm; the proxy's global clip becomes a per-tensor one.
-        if proxy.train.grad_clip > 0 and not proxy.galore.per_tensor_clip:
-            g["per_tensor_clip"] = proxy.train.grad_clip
-        train["grad_clip"] = 0.0
     elif name in SCALED_GRADIENT_SECTIONS:
         section = SCALED_GRADIENT_SECTIONS[name]
         a, pa = raw[section], getattr(proxy, section)
@@ -191,16 +191,33 @@ def micro_batch_candidates(batch_size: int, largest: int) -> list[int]:
 def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
                     budget_gib: float) -> tuple[TrainConfig, RunEstimate]:  # fmt: skip
     """The config with the largest micro-batch that fits; a user-given micro-batch is kept as is."""
-    fixed = any(o.split("=", 1)[0].strip() == "train.micro_batch_size" for o in overrides)
-    cfg = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
-    candidates = [cfg.train.micro_batch_size] if fixed else micro_batch_candidates(
-        cfg.train.batch_size, rules.max_micro_batch_size)  # fmt: skip
-    for mb in candidates:
-        trial = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": mb})})
-        run = estimate_run(trial)
-        if verdict(run, budget_gib - rules.min_headroom_gib).fits:
-            return config_from_dict(trial.model_dump(mode="json")), run
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    fixed = "train.micro_batch_size" in keys
+    merged = apply_overrides(copy.deepcopy(raw), overrides)
+    if rules.data_source == "c4" and "data.max_tokens" not in keys:
+        # Steps x tokens per step of this file, after the user's overrides of either.
+        t = merged["train"]
+        merged["data"]["max_tokens"] = t["steps"] * t["batch_size"] * merged["data"]["seq_len"]
+    for saving in memory_savings(merged, keys):
+        cfg = config_from_dict(apply_overrides(copy.deepcopy(merged), saving))
+        candidates = [cfg.train.micro_batch_size] if fixed else micro_batch_candidates(
+            cfg.train.batch_size, rules.max_micro_batch_size)  # fmt: skip
+        for mb in candidates:
+            trial = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": mb})})
+            run = estimate_run(trial)
+            if verdict(run, budget_gib - rules.min_headroom_gib).fits:
+                return config_from_dict(trial.model_dump(mode="json")), run
     raise ConfigError(does_not_fit(trial, run, budget_gib))
+
+
+def memory_savings(raw: dict[str, Any], user_keys: set[str]) -> list[list[str]]:
+    """Settings to try in turn, cheapest in accuracy first: none, then the method's memory options.
+
+    GaLore: int8 projectors (half the bytes of bf16 ones; see docs/galore.md for their cost)."""
+    savings: list[list[str]] = [[]]
+    if raw["optim"]["name"].startswith("galore_") and "galore.projector_dtype" not in user_keys:
+        savings.append(["galore.projector_dtype=int8"])
+    return savings
 
 
 def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float) -> list[str]:
@@ -215,10 +232,12 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float) -> list[
     if name in ("adamw", "adamw8bit", "adafactor"):
         problems.append(f"optim.name: {name!r} -> full-rank state does not fit; export a galore_* or relora trial "
                         "(ranktune export --trial ID)")  # fmt: skip
-    per_layer = (name.startswith("galore_") and cfg.galore.per_layer) or (
+    # Per-layer methods that need full gradients keep them alive between micro-batches; GaLore's
+    # low-rank accumulation does not.
+    full_accumulation = (name.startswith("galore_") and cfg.galore.per_layer and cfg.galore.accumulation == "full") or (
         name in SCALED_GRADIENT_SECTIONS and getattr(cfg, SCALED_GRADIENT_SECTIONS[name]).per_layer
     )
-    if per_layer and cfg.grad_accum_steps > 1:
+    if full_accumulation and cfg.grad_accum_steps > 1:
         problems.append(
             f"train.batch_size: {cfg.train.batch_size} -> per-layer {name} frees gradients only without "
             f"accumulation (here {gib(peak.gradients)} of full gradients stay alive between micro-batches); "

@@ -243,7 +243,9 @@ def phase_estimate(
     """A method's phase plus what every method has: gradients, activations, logits, autocast copies."""
     notes = list(state.notes)
     grads = sum(p.numel * p.count * p.value_bytes for p in state.trainable)
-    if state.one_gradient_at_a_time:
+    if state.gradient_bytes is not None:
+        grads = state.gradient_bytes
+    elif state.one_gradient_at_a_time:
         accum = cfg.grad_accum_steps
         if accum == 1:
             grads = max(p.numel * p.value_bytes for p in state.trainable)

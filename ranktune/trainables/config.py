@@ -96,9 +96,14 @@ class GaLoreSection(Section):
     target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MLP_LINEARS))
     per_layer: bool = False  # update each weight in its gradient hook (full grads never coexist)
     per_tensor_clip: float = Field(default=0.0, ge=0.0)  # per-tensor grad-norm clip (per-layer mode)
+    # Per-layer mode with gradient accumulation: low_rank sums projected gradients in the optimizer
+    # state (full gradients freed per micro-batch); full sums them in .grad (no global clipping).
+    accumulation: Literal["low_rank", "full"] = "low_rank"
     svd: Literal["full", "randomized"] = "full"
     svd_oversample: int = Field(default=8, ge=0)
     svd_power_iters: int = Field(default=2, ge=0)
+    # Projector storage: the gradient's dtype, or int8 codes + one fp32 absmax per singular vector.
+    projector_dtype: Literal["same", "int8"] = "same"
 
 
 class ScaledGradientSection(Section):

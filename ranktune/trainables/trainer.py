@@ -101,6 +101,16 @@ class Trainer:
         warm start), since DDP registers its gradient buckets once, at construction."""
         if self.world_size == 1:
             return self.forward
+        if getattr(self.method, "syncs_gradients", False):
+            # The method's gradient hooks average across ranks themselves (per-layer GaLore); DDP's
+            # buckets would reduce gradients those hooks already freed. Start from rank 0's weights.
+            if self._ddp_params != ("broadcast",):
+                import torch.distributed as dist
+
+                for tensor in self.model.state_dict().values():
+                    dist.broadcast(tensor, src=0)
+                self._ddp_params = ("broadcast",)
+            return self.forward
         params = tuple(id(p) for p in self.model.parameters() if p.requires_grad)
         if self._ddp is None or params != self._ddp_params:
             self._ddp = self.wrap_ddp()
@@ -213,7 +223,7 @@ class Trainer:
             is_last = micro == accum - 1
             self.method.begin_micro_batch(is_last=is_last)
             # Under DDP, gradients are all-reduced once per step: on the last micro-batch only.
-            sync = contextlib.nullcontext() if is_last or self.world_size == 1 else forward.no_sync()
+            sync = forward.no_sync() if not is_last and forward is self._ddp else contextlib.nullcontext()
             with sync:
                 with self.autocast():
                     _, loss = forward(x, y)

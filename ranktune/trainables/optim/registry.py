@@ -52,6 +52,8 @@ full-rank warm start is a phase before its LoRA phase), in the order they happen
                       True when the method updates each tensor in its gradient hook and frees the
                       gradient at once (the estimator then counts one gradient, or all of them with
                       gradient accumulation)
+    gradient_bytes    peak bytes of gradients and accumulators when the method keeps them itself
+                      (replaces the estimator's count), None otherwise
     notes             lines printed under the table
 
 Write the estimate next to the code that allocates the state, from the same constants (e.g.
@@ -131,6 +133,9 @@ class PhaseState:
     step_temporaries: int = 0
     saved_values_per_token: int = 0
     one_gradient_at_a_time: bool = False
+    # Peak bytes of gradients plus gradient accumulators, for a method that holds them itself (per-layer
+    # GaLore's low-rank accumulators); None lets the estimator count the trainable tensors' gradients.
+    gradient_bytes: int | None = None
     notes: list[str] = field(default_factory=list)
 
 

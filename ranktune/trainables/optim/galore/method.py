@@ -4,17 +4,23 @@ One rule picks the projected weights: every `nn.Linear` whose module name matche
 `galore.target_modules` (a name suffix such as `q_proj`, or a glob such as `layers.*.mlp.*`). Everything
 else (embeddings, norms, the output head) gets the plain inner optimizer. The decision is logged.
 
-Per-layer mode (`galore.per_layer: true`) gives every parameter its own optimizer and steps it inside
-a post-accumulate-grad hook, freeing the gradient at once, so full gradients never all exist together.
-With gradient accumulation the hooks only update on the last micro-batch (gradients accumulate in
-`.grad` before that); global-norm clipping needs every gradient at once and is refused, per-tensor
-clipping (`galore.per_tensor_clip`) is offered instead.
+Per-layer mode (`galore.per_layer: true`) gives every parameter its own optimizer and works inside a
+post-accumulate-grad hook, freeing the gradient at once, so full gradients never all exist together.
+With `galore.accumulation: low_rank` (the default) the hook projects each micro-batch's gradient and
+sums it into a low-rank accumulator held in the optimizer state; after the last micro-batch the inner
+optimizer steps on it, in the hook, or, with global-norm clipping (`train.grad_clip`), in `step()`
+once every accumulator is complete. `galore.accumulation: full` keeps the older rule: gradients sum
+in `.grad` and the hooks update on the last micro-batch only; global clipping is refused there.
+Under torch.distributed the hooks average the accumulators across ranks themselves (the model is
+not wrapped in DDP): the low-rank ones, r / min(m, n) of a full gradient's bytes, and on refresh
+steps the full gradient the projector is taken from, so every rank computes the same projector.
 """
 
 from __future__ import annotations
 
 import fnmatch
 import logging
+import math
 from collections import Counter
 from dataclasses import replace
 from functools import partial
@@ -27,7 +33,7 @@ from ranktune.trainables.model import build_model
 from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.base import Method, tensor_bytes
 from ranktune.trainables.optim.baselines import inner_state_bytes
-from ranktune.trainables.optim.galore.optimizers import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit
+from ranktune.trainables.optim.galore.optimizers import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreOptimizer
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS, projected_sides
 from ranktune.trainables.optim.registry import (
     Device,
@@ -67,12 +73,22 @@ def inner_kwargs(inner: str, cfg) -> dict[str, Any]:
 class GaLoreMethod(Method):
     def __init__(self, model: nn.Module, cfg, inner: str) -> None:
         g, o = cfg.galore, cfg.optim
-        if g.per_layer and cfg.train.grad_clip > 0:
-            raise ValueError("train.grad_clip must be 0 with galore.per_layer; use galore.per_tensor_clip")
+        problems = check_clip_and_accumulation(cfg)
+        if problems:
+            raise ValueError("; ".join(problems))
         self.model = model
         self.grad_clip = cfg.train.grad_clip
         self.per_layer = g.per_layer
         self.per_tensor_clip = g.per_tensor_clip
+        self.low_rank_accumulation = g.per_layer and g.accumulation == "low_rank"
+        # Global clipping needs every accumulator complete, so the update waits for step().
+        self.deferred_update = self.low_rank_accumulation and self.grad_clip > 0
+        self.world_size = world_size()
+        if g.per_layer and self.world_size > 1 and not self.low_rank_accumulation:
+            raise ValueError(
+                "galore.accumulation: 'full' -> 'low_rank' with galore.per_layer under torch.distributed "
+                f"({self.world_size} processes): the full-accumulation hooks update before DDP reduces"
+            )
 
         targets = targeted_linears(model, g.target_modules)
         projected = [m.weight for m in targets.values() if m.weight.requires_grad]
@@ -87,6 +103,7 @@ class GaLoreMethod(Method):
             "svd": g.svd,
             "svd_oversample": g.svd_oversample,
             "svd_power_iters": g.svd_power_iters,
+            "projector_dtype": g.projector_dtype,
         }
         # nanoGPT's decay rule for the rest: 2-D weights decay, 1-D (norms) do not.
         groups = [
@@ -105,7 +122,8 @@ class GaLoreMethod(Method):
                 for p in group["params"]:
                     opt = make([{**group, "params": [p]}])
                     self.optimizers.append(opt)
-                    self.hook_handles.append(p.register_post_accumulate_grad_hook(partial(self.update_in_hook, opt)))
+                    hook = self.accumulate_in_hook if self.low_rank_accumulation else self.update_in_hook
+                    self.hook_handles.append(p.register_post_accumulate_grad_hook(partial(hook, opt)))
         else:
             self.optimizers = [make(groups)]
         self.log_targeting(inner, targets, rest)
@@ -131,8 +149,13 @@ class GaLoreMethod(Method):
     def begin_micro_batch(self, is_last: bool) -> None:
         self.is_last_micro_batch = is_last
 
+    @property
+    def syncs_gradients(self) -> bool:
+        """True when the hooks average gradients across ranks themselves: the loop must not wrap in DDP."""
+        return self.low_rank_accumulation
+
     def update_in_hook(self, opt: torch.optim.Optimizer, param: nn.Parameter) -> None:
-        """Post-accumulate-grad hook: update this parameter now and free its gradient."""
+        """Post-accumulate-grad hook (`accumulation: full`): update this parameter now and free its gradient."""
         if not self.is_last_micro_batch:
             return  # gradient accumulation: the gradient keeps summing in param.grad
         if self.per_tensor_clip > 0:
@@ -140,9 +163,46 @@ class GaLoreMethod(Method):
         opt.step()  # its LR was set with every other optimizer's in begin_step
         opt.zero_grad(set_to_none=True)
 
+    def accumulate_in_hook(self, opt: GaLoreOptimizer, param: nn.Parameter) -> None:
+        """Post-accumulate-grad hook (`accumulation: low_rank`): project and accumulate, update after the last."""
+        if self.world_size > 1 and "rank" in opt.param_groups[0] and self.projector_refresh_pending(opt, param):
+            # Every rank must take the SVD of the same gradient: the global first micro-batch's.
+            all_reduce_mean(param.grad, self.world_size)
+        opt.accumulate(param)
+        if not self.is_last_micro_batch:
+            return
+        if self.world_size > 1:
+            for accum in opt.accumulators():
+                all_reduce_mean(accum, self.world_size)
+        if self.deferred_update:
+            return  # step() clips by the global norm of all accumulators, then updates
+        opt.step_accumulated(self.per_tensor_scale(opt))
+
+    @staticmethod
+    def projector_refresh_pending(opt: GaLoreOptimizer, param: nn.Parameter) -> bool:
+        state = opt.state[param]
+        return "grad_accum" not in state and opt.refresh_due(opt.param_groups[0], {"step": 0, **state})
+
+    def per_tensor_scale(self, opt: GaLoreOptimizer) -> float:
+        """clip_grad_norm_'s factor for `galore.per_tensor_clip` applied to one parameter's accumulator."""
+        if self.per_tensor_clip <= 0:
+            return 1.0
+        squares = opt.accumulated_sq_norm()
+        norm = float(squares.sqrt()) if squares is not None else 0.0
+        return min(1.0, self.per_tensor_clip / (norm + 1e-6))
+
     def step(self) -> dict[str, float]:
         stats: dict[str, float] = {}
-        if not self.per_layer:
+        if self.deferred_update:
+            scales = [self.per_tensor_scale(opt) for opt in self.optimizers]
+            squares = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
+                       if (sq := opt.accumulated_sq_norm()) is not None]  # fmt: skip
+            total_norm = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+            clip = min(1.0, self.grad_clip / (total_norm + 1e-6))  # the factor clip_grad_norm_ uses
+            for opt, scale in zip(self.optimizers, scales, strict=True):
+                opt.step_accumulated(scale * clip)
+            stats["grad_norm"] = total_norm
+        elif not self.per_layer:
             if self.per_tensor_clip > 0:
                 for p in self.trainable_parameters():
                     if p.grad is not None:
@@ -184,7 +244,8 @@ class GaLoreMethod(Method):
                 moments = eightbit.adam_state_bytes(r * large)
             else:
                 moments = (r + large) * size
-            total += moments + r * small * size
+            projector = r * small + 4 * r if self.galore.projector_dtype == "int8" else r * small * size
+            total += moments + projector
         return total
 
     def benchmark_extras(self) -> dict[str, float]:
@@ -206,6 +267,8 @@ class GaLoreMethod(Method):
         for opt in self.optimizers:
             for p, state in opt.state.items():
                 for key, value in state.items():
+                    if key == "grad_accum":
+                        continue  # a gradient (counted as such), not optimizer state
                     if key in PROJECTOR_KEYS:
                         by_category["projectors"] += tensor_bytes(value)
                     elif id(p) in self.projected_ids:
@@ -218,15 +281,35 @@ class GaLoreMethod(Method):
 # ---------------------------------------------------------------------- registry entries
 
 
+def check_clip_and_accumulation(cfg) -> list[str]:
+    g = cfg.galore
+    if g.per_layer and g.accumulation == "full" and cfg.train.grad_clip > 0:
+        return [
+            f"train.grad_clip: {cfg.train.grad_clip} -> 0 with galore.per_layer: true and galore.accumulation: full "
+            "(global-norm clipping needs every gradient at once, these hooks free each one as it arrives); use "
+            "galore.accumulation: low_rank or galore.per_tensor_clip"
+        ]
+    return []
+
+
+def world_size() -> int:
+    import torch.distributed as dist
+
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def all_reduce_mean(t: torch.Tensor, world: int) -> None:
+    import torch.distributed as dist
+
+    dist.all_reduce(t)
+    t.div_(world)
+
+
 def check_galore(cfg, inner: str) -> list[str]:
     """Problems a run would hit, as `field: value -> what is allowed` lines."""
     g = cfg.galore
     problems = eightbit.bitsandbytes_missing() if inner == "adamw8bit" else []
-    if g.per_layer and cfg.train.grad_clip > 0:
-        problems.append(
-            f"train.grad_clip: {cfg.train.grad_clip} -> 0 with galore.per_layer: true (global-norm clipping needs "
-            "every gradient at once, per-layer updates free each one as it arrives); use galore.per_tensor_clip"
-        )
+    problems += check_clip_and_accumulation(cfg)
     try:
         llama = cfg.model.llama_config()
     except (KeyError, ValueError):
@@ -269,21 +352,40 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
     g = cfg.galore
     if depends_on_layer_index(g.target_modules):
         shapes = expand_layers(shapes)
-    moments = projectors = regular = temp = 0
+    moments = projectors = regular = temp = accumulators = 0
     for p in shapes:
         e = p.value_bytes
         if p.module == "Linear" and any(name_matches(p.module_name, pat) for pat in g.target_modules):
             low, projector = low_rank_shape(p.shape, g.rank, g.proj_type)
             moments += inner_state_bytes(inner, low, e, step_tensor=False) * p.count
-            projectors += projector * e * p.count  # stored in the gradient dtype
+            accumulators += math.prod(low) * e * p.count  # grad_accum, in the gradient dtype
             m, n = p.shape
             k = min(m, n)
             svd = (m * n + m * k + k * n + k) * 4  # fp32 copy of the gradient and its thin SVD
-            temp = max(temp, svd + m * n * e)  # plus the projected-back full-rank update
+            if g.projector_dtype == "int8":
+                # int8 codes + one fp32 absmax per singular vector; dequantized one projector at a time.
+                projectors += (projector + 4 * g.rank * sum(projected_sides(p.shape, g.proj_type))) * p.count
+                temp = max(temp, svd + m * n * e + projector * e)
+            else:
+                projectors += projector * e * p.count  # stored in the gradient dtype
+                temp = max(temp, svd + m * n * e)  # plus the projected-back full-rank update
         else:
             regular += inner_state_bytes(inner, p.shape, e, step_tensor=False) * p.count
+            accumulators += p.numel * e * p.count
             if inner != "adamw8bit":
                 temp = max(temp, 2 * p.numel * e)  # sqrt(v) + update (AdamW) or var estimate (Adafactor)
+    gradient_bytes, notes = None, []
+    accum = cfg.grad_accum_steps
+    if g.per_layer and g.accumulation == "low_rank" and (accum > 1 or cfg.train.grad_clip > 0):
+        # Every accumulator is alive from the first micro-batch (or, deferred for global clipping, at
+        # the end of backward), plus the one full gradient being projected or added.
+        in_flight = max(p.numel * p.value_bytes for p in shapes)
+        gradient_bytes = accumulators + in_flight
+        notes.append(
+            f"per-layer updates, low-rank accumulation over {accum} micro-batches"
+            f"{' with deferred global clipping' if cfg.train.grad_clip > 0 else ''}: accumulators "
+            f"{accumulators / 2**30:.2f} GiB + one full gradient in flight {in_flight / 2**30:.2f} GiB"
+        )
     state = PhaseState(
         phase="galore",
         weights=sum(p.numel * p.count * p.value_bytes for p in shapes),
@@ -291,6 +393,8 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
         optimizer={"moments": moments, "projectors": projectors, "regular_params": regular},
         step_temporaries=temp,
         one_gradient_at_a_time=g.per_layer,
+        gradient_bytes=gradient_bytes,
+        notes=notes,
     )
     return [state]
 

@@ -5,7 +5,8 @@ move over unchanged:
 
     {"params": matrices, "rank": 128, "update_proj_gap": 200, "scale": 0.25, "proj_type": "std"}
 
-plus our own optional keys `svd` ("full" | "randomized"), `svd_oversample`, `svd_power_iters`.
+plus our own optional keys `svd` ("full" | "randomized"), `svd_oversample`, `svd_power_iters`,
+`projector_dtype` ("same" | "int8").
 Groups without `rank` get the plain inner optimizer. For each projected matrix, every
 `update_proj_gap` updates (counted in optimizer updates, from 0) the projector is recomputed from the
 current gradient; the inner moments live in the low-rank space and are kept when the projector
@@ -32,6 +33,8 @@ import torch
 from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.galore.projector import (
     PROJ_TYPES,
+    PROJECTOR_DTYPES,
+    PROJECTOR_KEYS,
     SVD_METHODS,
     project,
     project_back,
@@ -46,6 +49,7 @@ GALORE_GROUP_DEFAULTS = {
     "svd": "full",
     "svd_oversample": 8,
     "svd_power_iters": 2,
+    "projector_dtype": "same",
 }
 
 
@@ -62,6 +66,8 @@ def check_galore_group(group: dict[str, Any]) -> None:
         raise ValueError(f"scale: {group['scale']!r} -> a number > 0")
     if group["proj_type"] not in PROJ_TYPES:
         raise ValueError(f"proj_type: {group['proj_type']!r} -> one of {list(PROJ_TYPES)}")
+    if group["projector_dtype"] not in PROJECTOR_DTYPES:
+        raise ValueError(f"projector_dtype: {group['projector_dtype']!r} -> one of {list(PROJECTOR_DTYPES)}")
     if group["svd"] not in SVD_METHODS:
         raise ValueError(f"svd: {group['svd']!r} -> one of {list(SVD_METHODS)}")
     for p in group["params"]:
@@ -92,14 +98,64 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         """
         if "rank" not in group:
             return grad
-        if state["step"] % group["update_proj_gap"] == 0 or not any(k in state for k in ("proj_left", "proj_right")):
-            start = time.perf_counter()
-            update_projector(state, grad, group)
-            if grad.is_cuda:
-                torch.cuda.synchronize(grad.device)  # otherwise we time the kernel launch, not the SVD
-            self.svd_seconds += time.perf_counter() - start
-            self.projector_updates += 1
+        if self.refresh_due(group, state):
+            self.refresh_projector(grad, group, state)
         return project(grad, state)
+
+    @staticmethod
+    def refresh_due(group: dict[str, Any], state: dict[str, Any]) -> bool:
+        return state["step"] % group["update_proj_gap"] == 0 or not any(k in state for k in PROJECTOR_KEYS)
+
+    def refresh_projector(self, grad: torch.Tensor, group: dict[str, Any], state: dict[str, Any]) -> None:
+        start = time.perf_counter()
+        update_projector(state, grad, group)
+        if grad.is_cuda:
+            torch.cuda.synchronize(grad.device)  # otherwise we time the kernel launch, not the SVD
+        self.svd_seconds += time.perf_counter() - start
+        self.projector_updates += 1
+
+    # -------------------------------------------------- low-rank gradient accumulation (per-layer mode)
+    #
+    # Each micro-batch's gradient is projected as soon as it exists and summed into state["grad_accum"]
+    # (r x max(m, n) for a projected matrix, the full gradient for the rest); `.grad` is freed at once.
+    # Projection is linear, so between projector refreshes the update equals the one of the summed
+    # full gradient. On a refresh step the first micro-batch's gradient (the accumulator is still
+    # empty then) gives the new projector. The accumulator is optimizer state: a state_dict taken
+    # between micro-batches resumes exactly.
+
+    @torch.no_grad()
+    def accumulate(self, p: torch.Tensor) -> None:
+        """Add `p.grad`, as the next update will see it, to p's accumulator and free `p.grad`."""
+        group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
+        state = self.state[p]
+        state.setdefault("step", 0)
+        if "grad_accum" not in state:
+            low = self.low_rank_grad(p.grad, group, state)  # refreshes the projector when due
+            state["grad_accum"] = low  # unprojected: the gradient tensor itself, no copy
+        else:
+            state["grad_accum"].add_(project(p.grad, state) if "rank" in group else p.grad)
+        p.grad = None
+
+    def accumulated_sq_norm(self) -> torch.Tensor | None:
+        """Sum of squares (at least fp32) of every accumulator, i.e. of what the inner optimizers will see."""
+        squares = [a.to(torch.promote_types(a.dtype, torch.float32)).square().sum() for a in self.accumulators()]
+        return torch.stack(squares).sum() if squares else None
+
+    def accumulators(self) -> list[torch.Tensor]:
+        return [state["grad_accum"] for state in self.state.values() if "grad_accum" in state]
+
+    @torch.no_grad()
+    def step_accumulated(self, grad_scale: float = 1.0) -> None:
+        """Update every parameter with its accumulated (low-rank) gradient times `grad_scale`; empty them."""
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                accum = state.pop("grad_accum", None)
+                if accum is None:
+                    continue
+                if grad_scale != 1.0:
+                    accum.mul_(grad_scale)
+                self.update(p, accum, state, group)
 
     @torch.no_grad()
     def step(self, closure=None):

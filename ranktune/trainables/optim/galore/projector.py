@@ -12,6 +12,10 @@ saved and restored with the optimizer (the public galore-torch keeps a Python ob
     reverse_std  the larger side
     left, right  always that side
     full         both sides (moments r * r)
+
+`projector_dtype: int8` (Q-GaLore keeps projectors in low bits) stores each singular vector as int8
+codes with one fp32 absmax, `proj_left_absmax` (r,) / `proj_right_absmax` (r,): half the bytes of a
+bf16 projector. Projection dequantizes one projector at a time.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ import torch
 
 PROJ_TYPES = ("std", "reverse_std", "left", "right", "full")
 SVD_METHODS = ("full", "randomized")
-PROJECTOR_KEYS = ("proj_left", "proj_right")
+PROJECTOR_DTYPES = ("same", "int8")
+PROJECTOR_KEYS = ("proj_left", "proj_right", "proj_left_absmax", "proj_right_absmax")
 
 
 def projected_sides(shape: torch.Size | tuple[int, ...], proj_type: str) -> tuple[bool, bool]:
@@ -87,19 +92,40 @@ def update_projector(state: dict, grad: torch.Tensor, group: dict) -> None:
     )
     # Stored in the gradient's dtype (bf16 weights keep bf16 projectors), as galore-torch does, and
     # copied out of the SVD's factors: a slice would keep all min(m, n) singular vectors alive.
+    int8 = group.get("projector_dtype", "same") == "int8"
     if left:
-        state["proj_left"] = u.to(grad.dtype, copy=True, memory_format=torch.contiguous_format)
+        store(state, "proj_left", u, grad.dtype, vector_dim=0, int8=int8)
     if right:
-        state["proj_right"] = vh.to(grad.dtype, copy=True, memory_format=torch.contiguous_format)
+        store(state, "proj_right", vh, grad.dtype, vector_dim=1, int8=int8)
+
+
+def store(state: dict, key: str, factor: torch.Tensor, dtype: torch.dtype, vector_dim: int, int8: bool) -> None:
+    """Keep a projector factor in `dtype`, or as int8 codes with one absmax per singular vector."""
+    if not int8:
+        state[key] = factor.to(dtype, copy=True, memory_format=torch.contiguous_format)
+        return
+    absmax = factor.abs().amax(dim=vector_dim, keepdim=True).clamp_(min=torch.finfo(torch.float32).tiny)
+    state[key] = torch.round(factor / absmax * 127).to(torch.int8).contiguous()
+    state[f"{key}_absmax"] = absmax.reshape(-1).float().contiguous()
+
+
+def projector(state: dict, key: str, dtype: torch.dtype) -> torch.Tensor:
+    """A projector factor in `dtype`, dequantized when it is stored as int8."""
+    factor = state[key]
+    if factor.dtype != torch.int8:
+        return factor
+    absmax = state[f"{key}_absmax"]
+    scale = absmax[None, :] if key == "proj_left" else absmax[:, None]  # one per singular vector
+    return factor.to(dtype) * (scale / 127).to(dtype)
 
 
 def project(grad: torch.Tensor, state: dict) -> torch.Tensor:
     """Full-rank gradient -> its coordinates in the projector's subspace."""
     low = grad
     if "proj_left" in state:
-        low = torch.matmul(state["proj_left"].t(), low)
+        low = torch.matmul(projector(state, "proj_left", grad.dtype).t(), low)
     if "proj_right" in state:
-        low = torch.matmul(low, state["proj_right"].t())
+        low = torch.matmul(low, projector(state, "proj_right", grad.dtype).t())
     return low
 
 
@@ -108,7 +134,7 @@ def project_back(low: torch.Tensor, state: dict) -> torch.Tensor:
     it into the step size rather than spend a pass over the full-size update on it."""
     full = low
     if "proj_left" in state:
-        full = torch.matmul(state["proj_left"], full)
+        full = torch.matmul(projector(state, "proj_left", low.dtype), full)
     if "proj_right" in state:
-        full = torch.matmul(full, state["proj_right"])
+        full = torch.matmul(full, projector(state, "proj_right", low.dtype))
     return full
