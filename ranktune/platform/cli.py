@@ -27,13 +27,30 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ranktune.trainables.callbacks import JsonlMetrics, RichProgress
-    from ranktune.trainables.checkpoint import latest_checkpoint
+    from ranktune.platform.locks import own_directory
     from ranktune.trainables.config import load_config
-    from ranktune.trainables.trainer import Trainer
 
     cfg = load_config(args.config, args.overrides)
-    out = Path(cfg.output.dir)
+    with own_directory(Path(cfg.output.dir), "output.dir", "training run") as out:
+        return _train(args, cfg, out)
+
+
+def _clear_run(out: Path) -> None:
+    """Empty a run directory for --overwrite, keeping the ownership lock the caller holds."""
+    from ranktune.platform.locks import LOCK_FILE, OWNER_FILE
+
+    for entry in out.iterdir():
+        if entry.name in (LOCK_FILE, OWNER_FILE):
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _train(args: argparse.Namespace, cfg, out: Path) -> int:
+    from ranktune.trainables.callbacks import JsonlMetrics, RichProgress
+    from ranktune.trainables.checkpoint import check_resume_compatible, latest_checkpoint, load_latest_checkpoint
+    from ranktune.trainables.config import ConfigError
+    from ranktune.trainables.trainer import Trainer
+
     if latest_checkpoint(out) is not None and not args.resume:
         if not args.overwrite:
             print(
@@ -42,17 +59,25 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_BAD_INPUT
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        _clear_run(out)
+    # Everything a resume needs is checked before the run directory is written to.
+    resumed = load_latest_checkpoint(out) if args.resume else None
+    if resumed is not None:
+        problems = check_resume_compatible(cfg.model_dump(mode="json"), resumed[1]["config"], resumed[0])
+        if problems:
+            raise ConfigError(problems)
+    elif args.resume:
+        print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting at step 0", file=sys.stderr)
     (out / "config.yaml").write_text(_dump_yaml(cfg.model_dump(mode="json")))
 
     metrics_file = JsonlMetrics(out / "metrics.jsonl")
     progress = RichProgress() if not args.quiet else None
     trainer = Trainer(cfg, callbacks=[metrics_file, *([progress] if progress else [])], progress=not args.quiet)
-    if args.resume and trainer.resume_from_latest():
+    if resumed is not None:
+        trainer.load_state_dict(resumed[1])
         metrics_file.truncate_after(trainer.step)
-        print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
-    elif out.joinpath("metrics.jsonl").exists() and trainer.step == 0:
+        print(f"resuming {out} at step {trainer.step} from {resumed[0].name}", file=sys.stderr)
+    elif out.joinpath("metrics.jsonl").exists():
         out.joinpath("metrics.jsonl").unlink()
 
     def request_stop(signum, frame):  # finish the step, checkpoint, exit; a second Ctrl-C kills
@@ -314,6 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ranktune.trainables.checkpoint import CheckpointError
     from ranktune.trainables.config import ConfigError
     from ranktune.trainables.trainer import TrainingDiverged
 
@@ -325,9 +351,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one problem: one line; several: one line each under a heading
+        print(f"error: {exc.problems[0]}" if len(exc.problems) == 1 else f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except TrainingDiverged as exc:
         print(f"error: {exc} (lower optim.lr, raise schedule.warmup_steps or enable train.grad_clip)", file=sys.stderr)
         return 1
