@@ -29,8 +29,10 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from ranktune.platform.locks import own_directory
     from ranktune.trainables.config import load_config
+    from ranktune.trainables.data import check_data_inputs
 
     cfg = load_config(args.config, args.overrides)
+    check_data_inputs(cfg.data)
     with own_directory(Path(cfg.output.dir), "output.dir", "training run") as out:
         return _train(args, cfg, out)
 

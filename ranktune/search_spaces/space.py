@@ -43,6 +43,8 @@ class Param(BaseModel):
             raise ValueError(f"{self.type} needs `low` and `high`")
         if self.values is not None:
             raise ValueError(f"{self.type} takes low/high, not `values`")
+        if self.low == self.high:
+            raise ValueError(f"low == high ({self.low:g}): for a constant setting put it under space.fixed instead")
         if not self.low < self.high:
             raise ValueError(f"empty range: low={self.low} must be below high={self.high}")
         if self.type == "loguniform" and self.low <= 0:
