@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -138,6 +139,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ranktune.platform.sweep import load_state, resume_sweep, run_sweep
     from ranktune.search_spaces.spec import load_spec
 
+    if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if args.resume:
         summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet)
     elif args.spec:
@@ -150,9 +153,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("error: give a sweep spec, or --resume SWEEP_DIR", file=sys.stderr)
         return EXIT_BAD_INPUT
     spec, state = load_state(summary["storage"])
-    render_table(spec, collect_trials(spec, state))
+    rows = collect_trials(spec, state)
+    render_table(spec, rows)
     _print_outcome(summary)
-    return 0
+    return sweep_exit_code(rows)
+
+
+def sweep_exit_code(rows: list[dict]) -> int:
+    """0 when some trial trained to the end of its budget (or was stopped early by the scheduler), else 1
+    with one line per trial and its reason (the traceback is in the trial's MLflow error.txt)."""
+    if any(r["status"] in ("finished", "stopped_early") for r in rows):
+        return 0
+    print(f"error: no trial finished ({len(rows)} started)", file=sys.stderr)
+    for r in rows:
+        print(
+            f"  trial {r['trial_id']} {r['status']}: {r['failure_reason'] or '(no reason recorded)'}", file=sys.stderr
+        )
+    return 1
 
 
 def _print_outcome(summary: dict) -> None:
@@ -182,8 +199,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     from ranktune.platform.sweep import load_state
 
     spec, state = load_state(args.sweep_dir)
@@ -199,10 +214,37 @@ def cmd_ui(args: argparse.Namespace) -> int:
     artifacts = spec.storage_dir / "mlartifacts"
     if artifacts.is_dir():
         cmd += ["--default-artifact-root", artifacts.as_uri()]
+    return run_process_group(cmd)
+
+
+def run_process_group(cmd: list[str], grace_s: float = 10.0) -> int:
+    """Run `cmd` in its own process group until it exits; SIGINT/SIGTERM here stop the whole group
+    (`mlflow ui` forks gunicorn/uvicorn workers that would otherwise keep listening)."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                rc = proc.wait(timeout=grace_s if stopping else None)
+                break
+            except subprocess.TimeoutExpired:  # asked to stop and still running: no more waiting
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
+            os.killpg(proc.pid, signal.SIGKILL)
+    return 0 if stopping else rc
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
