@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import yaml
@@ -146,3 +147,62 @@ def test_resume_after_a_truncated_newest_checkpoint_falls_back(cli, config_file,
     rc, _, err = cli("train", path, "--resume", "--quiet", "--set", "train.steps=6")
     assert rc == 0, err
     assert "at step 2 from step_00000002.pt" in err
+
+
+# ----------------------------------------------------------------------- bad input: exit 2, one line (items 12, 14)
+
+
+@pytest.fixture
+def bad_files(tmp_path):
+    (tmp_path / "binary.yaml").write_bytes(b"\x89PNG\r\n\x1a\n\x00\xff\xfe")
+    (tmp_path / "list.yaml").write_text("- a\n- b\n")
+    (tmp_path / "latin1.txt").write_bytes("caf\xe9\n".encode("latin-1"))
+    (tmp_path / "fake.model").write_bytes(b"not a sentencepiece model")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "spec_list_base.yaml").write_text("base: list.yaml\nspace: {preset: galore}\n")
+    (tmp_path / "spec_binary_base.yaml").write_text("base: binary.yaml\nspace: {preset: galore}\n")
+    (tmp_path / "empty_spec.yaml").write_text("")
+    (tmp_path / "branch_typo.yaml").write_text(
+        "space:\n  params: {optim.lr: {type: loguniform, low: 1.0e-3, high: 1.0e-2}}\n"
+        "  branches: {key: optim.nmae, choices: {adamw: {}}}\n"
+    )
+    (tmp_path / "branch_lr.yaml").write_text("space:\n  preset: galore\n  branches: {key: optim.lr, choices: {a: {}}}")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "argv,expected",
+    [
+        (["config", "{d}/binary.yaml"], "config file '{d}/binary.yaml' is not UTF-8 text"),
+        (["config", "{d}"], "config file '{d}' is a directory -> a YAML file"),
+        (["config", "--set", "optim.betas=[0.9,"], "override optim.betas: value '[0.9,' is not valid YAML"),
+        (["config", "--set", "optim.betas=[2,0.9]"], "optim.betas.0: 2 -> Input should be less than 1"),
+        (["estimate", "--set", "model.hidden_size=1000000000"], "model.hidden_size: 1000000000 -> Input"),
+        (["train", "--set", "data.source=files", "--set", "data.files=[{d}/latin1.txt]"],
+         "data.files: '{d}/latin1.txt' -> UTF-8 text (byte 3 is not valid UTF-8)"),
+        (["train", "--set", "data.tokenizer={d}/fake.model"], "data.tokenizer: '{d}/fake.model' -> a SentencePiece"),
+        (["train", "--set", "output.dir={d}/afile"], "output.dir: '{d}/afile' -> a directory (it is an existing file)"),
+        (["train", "--set", "output.dir=/proc/ranktune-run"], "output.dir: '/proc/ranktune-run' -> a writable"),
+        (["sweep", "{d}/spec_list_base.yaml"], "base config '{d}/list.yaml' holds a list -> a mapping of sections"),
+        (["sweep", "{d}/spec_binary_base.yaml"], "base config '{d}/binary.yaml' is not UTF-8 text"),
+        (["sweep", "{d}/empty_spec.yaml"], "space: missing -> required"),
+        (["sweep", "{d}/branch_typo.yaml"], "space branches.key optim.nmae: optim.nmae: unknown key"),
+        (["sweep", "{d}/branch_lr.yaml"], "space: ['optim.lr'] appear more than once among fixed"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_refused_with_exit_2_in_one_line(cli, bad_files, argv, expected, token_cache):
+    argv = [a.format(d=bad_files) for a in argv]
+    if argv[0] == "train":
+        argv += ["--set", f"data.cache_dir={token_cache}/bad-input", "--quiet"]
+    rc, _, err = cli(*argv)
+    assert rc == 2, err
+    [line] = error_lines(err)
+    assert line.startswith("error: ") and expected.format(d=bad_files) in line
+    assert not list(Path(token_cache).rglob("*.tmp"))  # no half-written token files
+
+
+def test_an_empty_config_file_says_every_setting_is_a_default(cli, tmp_path, caplog):
+    (tmp_path / "empty.yaml").write_text("")
+    with caplog.at_level(logging.WARNING):
+        rc, _, _ = cli("config", tmp_path / "empty.yaml")
+    assert rc == 0 and "is empty: every setting takes its default" in caplog.text
