@@ -130,6 +130,10 @@ class SweepSpec(Strict):
                 raw.setdefault(section, {}).update(values)
             else:
                 raw[section] = values
+        bad = [f"base config: {k}: {v!r} -> a mapping of that section's settings" for k, v in raw.items()
+               if not isinstance(v, dict)]  # fmt: skip
+        if bad:
+            raise ConfigError(bad)
         raw.setdefault("train", {})["steps"] = self.budget.steps_per_trial
         return raw
 
