@@ -40,7 +40,7 @@ def test_defaults_load_and_overrides_apply(tmp_path):
         ("optim: {name: sgd}\n", [], "optim.name: 'sgd' -> one of"),
         ("schedule: {warmup_steps: 500}\ntrain: {steps: 100}\n", [], "schedule.warmup_steps: 500 -> fewer than"),
         ("train: {precision: fp8}\n", [], "train.precision: 'fp8'"),
-        ("- a\n- b\n", [], "must hold a mapping"),
+        ("- a\n- b\n", [], "holds a list -> a mapping of sections"),
     ],
 )
 def test_bad_input_names_field_value_and_allowed(tmp_path, text, overrides, expected):

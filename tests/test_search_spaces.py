@@ -59,7 +59,8 @@ def test_unknown_parameter_name_is_named():
 @pytest.mark.parametrize(
     "param,expected",
     [
-        ({"type": "uniform", "low": 0.5, "high": 0.5}, "empty range"),
+        ({"type": "uniform", "low": 0.5, "high": 0.5}, "for a constant setting put it under space.fixed"),
+        ({"type": "uniform", "low": 0.6, "high": 0.5}, "empty range"),
         ({"type": "loguniform", "low": 0.0, "high": 1.0}, "loguniform needs low > 0"),
         ({"type": "choice", "values": []}, "non-empty `values`"),
         ({"type": "int", "low": 1.5, "high": 4}, "integer low and high"),

@@ -141,5 +141,5 @@ def test_seeded_runs_are_identical_and_seed_matters(make_config, tmp_path):
 def test_resume_refuses_a_different_model(make_config, tmp_path):
     Trainer(make_config("train.steps=5", f"output.dir={tmp_path}/r"), progress=False).fit()
     other = Trainer(make_config("train.steps=10", f"output.dir={tmp_path}/r", "model.num_layers=3"), progress=False)
-    with pytest.raises(ValueError, match="different 'model' section"):
+    with pytest.raises(ValueError, match="model: differs from the one checkpoint"):
         other.resume_from_latest()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -27,13 +28,32 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ranktune.trainables.callbacks import JsonlMetrics, RichProgress
-    from ranktune.trainables.checkpoint import latest_checkpoint
+    from ranktune.platform.locks import own_directory
     from ranktune.trainables.config import load_config
-    from ranktune.trainables.trainer import Trainer
+    from ranktune.trainables.data import check_data_inputs
 
     cfg = load_config(args.config, args.overrides)
-    out = Path(cfg.output.dir)
+    check_data_inputs(cfg.data)
+    with own_directory(Path(cfg.output.dir), "output.dir", "training run") as out:
+        return _train(args, cfg, out)
+
+
+def _clear_run(out: Path) -> None:
+    """Empty a run directory for --overwrite, keeping the ownership lock the caller holds."""
+    from ranktune.platform.locks import LOCK_FILE, OWNER_FILE
+
+    for entry in out.iterdir():
+        if entry.name in (LOCK_FILE, OWNER_FILE):
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def _train(args: argparse.Namespace, cfg, out: Path) -> int:
+    from ranktune.trainables.callbacks import JsonlMetrics, RichProgress
+    from ranktune.trainables.checkpoint import check_resume_compatible, latest_checkpoint, load_latest_checkpoint
+    from ranktune.trainables.config import ConfigError
+    from ranktune.trainables.trainer import Trainer
+
     if latest_checkpoint(out) is not None and not args.resume:
         if not args.overwrite:
             print(
@@ -42,17 +62,25 @@ def cmd_train(args: argparse.Namespace) -> int:
                 file=sys.stderr,
             )
             return EXIT_BAD_INPUT
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        _clear_run(out)
+    # Everything a resume needs is checked before the run directory is written to.
+    resumed = load_latest_checkpoint(out) if args.resume else None
+    if resumed is not None:
+        problems = check_resume_compatible(cfg.model_dump(mode="json"), resumed[1]["config"], resumed[0])
+        if problems:
+            raise ConfigError(problems)
+    elif args.resume:
+        print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting at step 0", file=sys.stderr)
     (out / "config.yaml").write_text(_dump_yaml(cfg.model_dump(mode="json")))
 
     metrics_file = JsonlMetrics(out / "metrics.jsonl")
     progress = RichProgress() if not args.quiet else None
     trainer = Trainer(cfg, callbacks=[metrics_file, *([progress] if progress else [])], progress=not args.quiet)
-    if args.resume and trainer.resume_from_latest():
+    if resumed is not None:
+        trainer.load_state_dict(resumed[1])
         metrics_file.truncate_after(trainer.step)
-        print(f"resuming {out} at step {trainer.step}", file=sys.stderr)
-    elif out.joinpath("metrics.jsonl").exists() and trainer.step == 0:
+        print(f"resuming {out} at step {trainer.step} from {resumed[0].name}", file=sys.stderr)
+    elif out.joinpath("metrics.jsonl").exists():
         out.joinpath("metrics.jsonl").unlink()
 
     def request_stop(signum, frame):  # finish the step, checkpoint, exit; a second Ctrl-C kills
@@ -111,6 +139,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     from ranktune.platform.sweep import load_state, resume_sweep, run_sweep
     from ranktune.search_spaces.spec import load_spec
 
+    if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
+        logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if args.resume:
         summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet)
     elif args.spec:
@@ -123,9 +153,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("error: give a sweep spec, or --resume SWEEP_DIR", file=sys.stderr)
         return EXIT_BAD_INPUT
     spec, state = load_state(summary["storage"])
-    render_table(spec, collect_trials(spec, state))
+    rows = collect_trials(spec, state)
+    render_table(spec, rows)
     _print_outcome(summary)
-    return 0
+    return sweep_exit_code(rows)
+
+
+def sweep_exit_code(rows: list[dict]) -> int:
+    """0 when some trial trained to the end of its budget (or was stopped early by the scheduler), else 1
+    with one line per trial and its reason (the traceback is in the trial's MLflow error.txt)."""
+    if any(r["status"] in ("finished", "stopped_early") for r in rows):
+        return 0
+    print(f"error: no trial finished ({len(rows)} started)", file=sys.stderr)
+    for r in rows:
+        print(
+            f"  trial {r['trial_id']} {r['status']}: {r['failure_reason'] or '(no reason recorded)'}", file=sys.stderr
+        )
+    return 1
 
 
 def _print_outcome(summary: dict) -> None:
@@ -155,8 +199,6 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     from ranktune.platform.sweep import load_state
 
     spec, state = load_state(args.sweep_dir)
@@ -172,10 +214,37 @@ def cmd_ui(args: argparse.Namespace) -> int:
     artifacts = spec.storage_dir / "mlartifacts"
     if artifacts.is_dir():
         cmd += ["--default-artifact-root", artifacts.as_uri()]
+    return run_process_group(cmd)
+
+
+def run_process_group(cmd: list[str], grace_s: float = 10.0) -> int:
+    """Run `cmd` in its own process group until it exits; SIGINT/SIGTERM here stop the whole group
+    (`mlflow ui` forks gunicorn/uvicorn workers that would otherwise keep listening)."""
+    import subprocess
+
+    proc = subprocess.Popen(cmd, start_new_session=True)
+    stopping = []
+
+    def stop(signum, frame):
+        stopping.append(signum)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+        while True:
+            try:
+                rc = proc.wait(timeout=grace_s if stopping else None)
+                break
+            except subprocess.TimeoutExpired:  # asked to stop and still running: no more waiting
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
+            os.killpg(proc.pid, signal.SIGKILL)
+    return 0 if stopping else rc
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
@@ -314,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from ranktune.trainables.checkpoint import CheckpointError
     from ranktune.trainables.config import ConfigError
     from ranktune.trainables.trainer import TrainingDiverged
 
@@ -325,9 +395,12 @@ def main(argv: list[str] | None = None) -> int:
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     try:
         return args.func(args)
-    except ConfigError as exc:
-        print(f"error: {exc}", file=sys.stderr)
+    except ConfigError as exc:  # one problem: one line; several: one line each under a heading
+        print(f"error: {exc.problems[0]}" if len(exc.problems) == 1 else f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except CheckpointError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except TrainingDiverged as exc:
         print(f"error: {exc} (lower optim.lr, raise schedule.warmup_steps or enable train.grad_clip)", file=sys.stderr)
         return 1

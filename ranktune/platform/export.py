@@ -270,8 +270,14 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
     best = pick_best(rows, mode)
     if best is None:
         counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
+        unfinished = any(r["status"] in ("running", "lost") for r in rows) or not rows
+        advice = (
+            "finish the sweep first (ranktune sweep --resume SWEEP_DIR)"
+            if unfinished
+            else "no trial can finish on resume; see why with `ranktune report SWEEP_DIR` and start a new sweep"
+        )
         raise ConfigError([f"sweep_dir: {sweep_dir!r} has no trial that finished its budget ({counts or 'no trials'})"
-                           " -> finish the sweep first (ranktune sweep --resume SWEEP_DIR)"])  # fmt: skip
+                           f" -> {advice}"])  # fmt: skip
     return best
 
 

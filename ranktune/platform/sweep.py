@@ -212,7 +212,13 @@ def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None
 
 
 def start_tracking(spec: SweepSpec) -> dict[str, Any]:
-    from ranktune.platform.tracking import SWEEP_TAG, get_or_create_experiment, log_text_artifact, mlflow_client
+    from ranktune.platform.tracking import (
+        SWEEP_TAG,
+        get_or_create_experiment,
+        log_text_artifact,
+        mlflow_client,
+        strip_userinfo,
+    )
 
     storage = spec.storage_dir
     client = mlflow_client(spec.tracking_uri)
@@ -226,25 +232,45 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
         "objective": f"{spec.objective.mode} {spec.objective.metric}", "max_concurrent": spec.max_concurrent,
         "seed": spec.seed,
     }.items():  # fmt: skip
-        client.log_param(run_id, key, str(value))
+        client.log_param(run_id, key, strip_userinfo(str(value)))
     log_text_artifact(client, run_id, "sweep_spec.yaml", yaml.safe_dump(json.loads(spec_json(spec)), sort_keys=False))
     return {"tracking_uri": spec.tracking_uri, "experiment_id": experiment_id, "parent_run_id": run_id}
+
+
+def check_before_start(spec: SweepSpec) -> None:
+    """What would fail every trial, or hang the driver, refused before Ray starts."""
+    from ranktune.platform.tracking import check_tracking_store
+    from ranktune.trainables.data import check_data_inputs
+
+    check_tracking_store(spec.tracking_uri)
+    check_data_inputs(spec.trial_config({}).data)
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | None = None,
               progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Start a new sweep in `spec.storage_dir` and run it to the end; returns the summary."""
-    storage = spec.storage_dir
-    if (storage / STATE_FILE).exists():
-        raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> `ranktune sweep --resume {storage}` "
-                           "continues it; choose another name or storage to start a new one"])  # fmt: skip
-    storage.mkdir(parents=True, exist_ok=True)
-    init_ray(address)
-    check_cluster_fits(spec)
-    state = {"spec": json.loads(spec_json(spec)), **start_tracking(spec)}
-    (storage / STATE_FILE).write_text(json.dumps(state, indent=2))
-    build_tuner(spec, state, prepare, progress).fit()
-    return finish_sweep(spec, state)
+    from ranktune.platform.locks import own_directory
+    from ranktune.platform.tracking import mlflow_client
+
+    check_before_start(spec)
+    with own_directory(spec.storage_dir, "storage", "sweep") as storage:
+        if (storage / STATE_FILE).exists():
+            raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> `ranktune sweep --resume "
+                               f"{storage}` continues it; choose another name or storage to start a new one"]
+                              )  # fmt: skip
+        init_ray(address)
+        check_cluster_fits(spec)
+        state = {"spec": json.loads(spec_json(spec)), **start_tracking(spec)}
+        # sweep.json makes the directory a sweep that --resume continues: written only once the
+        # tuner is built, so a sweep that cannot start leaves a directory a rerun can use.
+        try:
+            tuner = build_tuner(spec, state, prepare, progress)
+        except BaseException:
+            mlflow_client(state["tracking_uri"]).set_terminated(state["parent_run_id"], status="FAILED")
+            raise
+        (storage / STATE_FILE).write_text(json.dumps(state, indent=2))
+        tuner.fit()
+        return finish_sweep(spec, state)
 
 
 def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
@@ -260,16 +286,20 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
     """Continue a sweep whose driver died: finished trials stay, interrupted ones resume from checkpoints."""
     from ray import tune
 
+    from ranktune.platform.locks import own_directory
+
     spec, state = load_state(storage_dir)
-    init_ray(address)
-    check_cluster_fits(spec)
-    tune_dir = spec.storage_dir / TUNE_DIR
-    if tune.Tuner.can_restore(str(tune_dir)):
-        tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True)
-    else:  # killed before Tune saved any state: start the trials, keeping the same MLflow parent run
-        tuner = build_tuner(spec, state, prepare, progress)
-    tuner.fit()
-    return finish_sweep(spec, state)
+    check_before_start(spec)
+    with own_directory(spec.storage_dir, "storage", "sweep"):
+        init_ray(address)
+        check_cluster_fits(spec)
+        tune_dir = spec.storage_dir / TUNE_DIR
+        if tune.Tuner.can_restore(str(tune_dir)):
+            tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True)
+        else:  # killed before Tune saved any state: start the trials, keeping the same MLflow parent run
+            tuner = build_tuner(spec, state, prepare, progress)
+        tuner.fit()
+        return finish_sweep(spec, state)
 
 
 def close_lost_runs(client, state: dict[str, Any]) -> list[str]:

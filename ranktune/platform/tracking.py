@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +30,47 @@ NODES_TAG = "ranktune.node_ids"  # Ray nodes the trial reported from, in order, 
 CURVE_KEYS = ("train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes",
               "parameter_bytes", "gradient_bytes", "tokens")  # fmt: skip
 EVAL_KEYS = ("eval_loss", "eval_ppl")
+
+
+# `scheme://user:password@host` -> `scheme://host`: credentials never reach artifacts, params or the console.
+_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s'\"]+@")
+TRACKING_CONNECT_TIMEOUT_S = 5.0
+
+
+def strip_userinfo(text: str) -> str:
+    """`text` with the user:password part of every URI in it removed."""
+    return _USERINFO.sub(r"\g<scheme>", text)
+
+
+def check_tracking_store(tracking_uri: str, field: str = "tracking.tracking_uri") -> None:
+    """Refuse a tracking server that does not answer, in seconds (MLflow's own retries take minutes)."""
+    import http.client
+    import urllib.parse
+
+    from ranktune.trainables.config import ConfigError
+
+    url = urllib.parse.urlsplit(tracking_uri)
+    if url.scheme not in ("http", "https"):
+        return
+    try:
+        port = url.port or (443 if url.scheme == "https" else 80)
+    except ValueError:
+        raise ConfigError([f"{field}: {strip_userinfo(tracking_uri)!r} -> a URI with a valid port"]) from None
+    conn_class = http.client.HTTPSConnection if url.scheme == "https" else http.client.HTTPConnection
+    conn = conn_class(url.hostname or "localhost", port, timeout=TRACKING_CONNECT_TIMEOUT_S)
+    try:
+        conn.request("GET", (url.path.rstrip("/") or "") + "/health")
+        conn.getresponse().read()
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        raise ConfigError(
+            [
+                f"{field}: {strip_userinfo(tracking_uri)!r} -> a reachable MLflow tracking server (no answer within "
+                f"{TRACKING_CONNECT_TIMEOUT_S:g} s: {reason})"
+            ]  # fmt: skip
+        ) from None
+    finally:
+        conn.close()
 
 
 def mlflow_client(tracking_uri: str):
@@ -61,7 +103,7 @@ def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
 def log_text_artifact(client, run_id: str, name: str, text: str, artifact_path: str | None = None) -> None:
     with tempfile.TemporaryDirectory() as d:
         path = Path(d) / name
-        path.write_text(text)
+        path.write_text(strip_userinfo(text))
         client.log_artifact(run_id, str(path), artifact_path)
 
 
@@ -128,7 +170,9 @@ class MlflowTrials(Callback):
     def _log_params(self, run_id: str, params: dict[str, Any]) -> None:
         from mlflow.entities import Param
 
-        self.client.log_batch(run_id, params=[Param(k, str(v)[:6000]) for k, v in sorted(params.items())])
+        self.client.log_batch(
+            run_id, params=[Param(k, strip_userinfo(str(v))[:6000]) for k, v in sorted(params.items())]
+        )
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.run_id_for(trial)
@@ -188,7 +232,7 @@ class MlflowTrials(Callback):
         self.log_final(run_id, trial.last_result or {})
         error = trial_error_text(trial)
         self.client.set_tag(run_id, STATUS_TAG, "failed")
-        self.client.set_tag(run_id, REASON_TAG, failure_reason(error))
+        self.client.set_tag(run_id, REASON_TAG, strip_userinfo(failure_reason(error)))
         if error:
             log_text_artifact(self.client, run_id, "error.txt", error)
         self.client.set_terminated(run_id, status="FAILED")

@@ -43,6 +43,10 @@ class Param(BaseModel):
             raise ValueError(f"{self.type} needs `low` and `high`")
         if self.values is not None:
             raise ValueError(f"{self.type} takes low/high, not `values`")
+        if not (math.isfinite(self.low) and math.isfinite(self.high)):
+            raise ValueError(f"low and high must be finite numbers (got {self.low}, {self.high})")
+        if self.low == self.high:
+            raise ValueError(f"low == high ({self.low:g}): for a constant setting put it under space.fixed instead")
         if not self.low < self.high:
             raise ValueError(f"empty range: low={self.low} must be below high={self.high}")
         if self.type == "loguniform" and self.low <= 0:

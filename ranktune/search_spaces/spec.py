@@ -124,12 +124,16 @@ class SweepSpec(Strict):
         if self.base:
             path = Path(self.base).expanduser()
             path = path if path.is_absolute() else Path(self.spec_dir) / path
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = read_yaml_mapping(path, "base config")
         for section, values in self.base_overrides.items():
             if isinstance(values, dict):
                 raw.setdefault(section, {}).update(values)
             else:
                 raw[section] = values
+        bad = [f"base config: {k}: {v!r} -> a mapping of that section's settings" for k, v in raw.items()
+               if not isinstance(v, dict)]  # fmt: skip
+        if bad:
+            raise ConfigError(bad)
         raw.setdefault("train", {})["steps"] = self.budget.steps_per_trial
         return raw
 
@@ -152,9 +156,12 @@ def load_spec(path: str | Path, overrides: list[str] = ()) -> SweepSpec:
 def spec_from_dict(raw: dict[str, Any], spec_dir: str | Path = ".") -> SweepSpec:
     try:
         spec = SweepSpec.model_validate({**raw, "spec_dir": str(spec_dir)})
-        space = spec.search_space()
     except ValidationError as exc:
         raise ConfigError(describe_validation_errors(exc, docs="docs/sweeps.md")) from None
+    try:
+        space = spec.search_space()
+    except ValidationError as exc:
+        raise ConfigError(describe_validation_errors(exc, docs="docs/sweeps.md", prefix="space.")) from None
     if spec.base and not (Path(spec.spec_dir) / spec.base).expanduser().is_file():
         raise ConfigError([f"base: {spec.base!r} -> an existing training config file"])
     spec = self_contained(spec)
@@ -197,6 +204,19 @@ def validate_against_base(spec: SweepSpec, space: SearchSpace) -> None:
         )
     problems: list[str] = []
     seen: set[str] = set()
+    steps = spec.budget.steps_per_trial
+    if spec.scheduler.name != "none" and (spec.scheduler.grace_period or base.train.eval_every) > steps:
+        grace = spec.scheduler.grace_period
+        shown = f"{grace}" if grace else f"0 (one eval period: train.eval_every = {base.train.eval_every})"
+        problems.append(f"scheduler.grace_period: {shown} -> at most budget.steps_per_trial ({steps})")
+    if space.branches is not None:  # the branch key itself first, so its problems are reported under its name
+        key = space.branches.key
+        try:
+            spec.trial_config({key: next(iter(space.branches.choices))})
+        except ConfigError as exc:  # only its own problems: the branch's other settings are not applied here
+            own = [p for p in exc.problems if p.startswith(f"{key}:")]
+            seen.update(own)
+            problems.extend(f"space branches.key {key}: {p}" for p in own)
     for label, group in space.validation_points():
         found: list[set[str]] = []
         for assignment in group:

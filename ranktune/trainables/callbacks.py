@@ -7,8 +7,11 @@ never imports them. Metric names are the ones used everywhere else (config, MLfl
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 Metrics = dict[str, Any]
 
@@ -38,10 +41,23 @@ class JsonlMetrics(Callback):
         self.path.parent.mkdir(parents=True, exist_ok=True)
 
     def truncate_after(self, step: int) -> None:
-        """On resume from `step`, drop records a crashed run logged after its last checkpoint."""
+        """On resume from `step`, drop records a crashed run logged after its last checkpoint, and a
+        last line it was killed while writing (with a warning)."""
         if not self.path.is_file():
             return
-        kept = [line for line in self.path.read_text().splitlines() if line and json.loads(line)["step"] <= step]
+        lines = [line for line in self.path.read_text(errors="replace").splitlines() if line]
+        records = []
+        for number, line in enumerate(lines, 1):
+            try:
+                records.append((json.loads(line), line))
+            except json.JSONDecodeError:
+                where = (
+                    "a partial last line (the run was stopped while writing it)"
+                    if number == len(lines)
+                    else (f"line {number}, which is not a JSON record")
+                )
+                log.warning("%s: dropped %s", self.path, where)
+        kept = [line for record, line in records if record["step"] <= step]
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def _write(self, event: str, metrics: Metrics) -> None:

@@ -8,25 +8,21 @@ the bad value and what is allowed.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ranktune.trainables.errors import ConfigError
 from ranktune.trainables.model import MODEL_PRESETS, LlamaConfig, model_config
 from ranktune.trainables.optim import OPTIMIZERS
 
 SYNTHETIC_VOCAB_SIZE = 32000
 
-
-class ConfigError(ValueError):
-    """Bad user input, reported as one line per problem: `field: value -> what is allowed`."""
-
-    def __init__(self, problems: list[str]) -> None:
-        self.problems = problems
-        super().__init__("invalid configuration:\n" + "\n".join(f"  - {p}" for p in problems))
+log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
@@ -37,11 +33,13 @@ class ModelSection(Section):
     name: str = "tiny"
     activation_checkpointing: bool = False
     # Optional shape overrides on top of the preset (None keeps the preset's value).
-    hidden_size: int | None = Field(default=None, ge=8)
-    intermediate_size: int | None = Field(default=None, ge=8)
-    num_heads: int | None = Field(default=None, ge=1)
-    num_layers: int | None = Field(default=None, ge=1)
-    max_seq_len: int | None = Field(default=None, ge=8)
+    # Upper bounds: 4x the largest published LLaMA shapes (405B: hidden 16384, 126 layers, 128 heads),
+    # so a typo (1e9) is refused instead of overflowing tensor sizes.
+    hidden_size: int | None = Field(default=None, ge=8, le=65536)
+    intermediate_size: int | None = Field(default=None, ge=8, le=262144)
+    num_heads: int | None = Field(default=None, ge=1, le=512)
+    num_layers: int | None = Field(default=None, ge=1, le=512)
+    max_seq_len: int | None = Field(default=None, ge=8, le=1 << 20)
 
     def llama_config(self, vocab_size: int = 32000) -> LlamaConfig:
         return model_config(
@@ -78,7 +76,7 @@ class OptimSection(Section):
     name: str = "adamw"
     lr: float = Field(default=3e-3, gt=0.0, le=10.0)
     weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
-    betas: tuple[float, float] = (0.9, 0.999)
+    betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0.0)
 
 
@@ -208,13 +206,19 @@ class TrainConfig(Section):
         return self.train.batch_size * self.data.seq_len
 
 
-def describe_validation_errors(exc: ValidationError, docs: str = "docs/configuration.md") -> list[str]:
-    """One `field: value -> what is allowed` line per pydantic error."""
+def describe_validation_errors(
+    exc: ValidationError, docs: str = "docs/configuration.md", prefix: str = ""
+) -> list[str]:
+    """One `field: value -> what is allowed` line per pydantic error (`prefix` + the field's dotted name)."""
     problems = []
     for err in exc.errors():
-        field = ".".join(str(p) for p in err["loc"]) or "(root)"
+        field = prefix + ".".join(str(p) for p in err["loc"]) if err["loc"] else prefix.rstrip(".") or "(root)"
         if err["type"] == "extra_forbidden":
             problems.append(f"{field}: unknown key (check the spelling; see {docs})")
+        elif err["type"] == "missing":
+            problems.append(f"{field}: missing -> required (see {docs})")
+        elif not err["loc"] or err["type"] == "value_error":  # a whole-section check: its input is the section
+            problems.append(f"{field}: {err['msg'].removeprefix('Value error, ')}")
         else:
             problems.append(f"{field}: {err.get('input')!r} -> {err['msg']}")
     return problems
@@ -222,21 +226,39 @@ def describe_validation_errors(exc: ValidationError, docs: str = "docs/configura
 
 def read_yaml_mapping(path: str | os.PathLike, what: str) -> dict[str, Any]:
     """The mapping a YAML file holds; a missing file, bad YAML or a non-mapping is a ConfigError."""
-    p = Path(path)
+    p = Path(path).expanduser()
+    if p.is_dir():
+        raise ConfigError([f"{what} {str(p)!r} is a directory -> a YAML file"])
     if not p.is_file():
         raise ConfigError([f"{what} {str(p)!r} does not exist"])
     try:
-        raw = yaml.safe_load(p.read_text()) or {}
+        raw = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise ConfigError([f"{what} {str(p)!r} is not UTF-8 text (byte {exc.start}) -> a YAML file"]) from None
+    except OSError as exc:
+        raise ConfigError([f"{what} {str(p)!r} cannot be read ({exc.strerror or exc})"]) from None
     except yaml.YAMLError as exc:
-        raise ConfigError([f"{what} {str(p)!r} is not valid YAML: {exc}"]) from None
+        raise ConfigError([f"{what} {str(p)!r} is not valid YAML: {_one_line(exc)}"]) from None
+    if raw is None:
+        log.warning("%s %s is empty: every setting takes its default", what, p)
+        return {}
     if not isinstance(raw, dict):
-        raise ConfigError([f"{what} {str(p)!r} must hold a mapping of sections"])
+        raise ConfigError([f"{what} {str(p)!r} holds a {type(raw).__name__} -> a mapping of sections"])
     return raw
+
+
+def _one_line(exc: Exception) -> str:
+    return " ".join(str(exc).split())
 
 
 def parse_value(text: str) -> Any:
     """Parse the value of a `--set key=value` override with YAML rules (numbers, bools, lists)."""
-    return yaml.safe_load(text) if text != "" else ""
+    if text == "":
+        return ""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError([f"value {text!r} is not valid YAML: {_one_line(exc)}"]) from None
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -252,7 +274,10 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
             if not isinstance(child, dict):
                 raise ConfigError([f"override {key}: {part} is not a section"])
             node = child
-        node[parts[-1]] = parse_value(value)
+        try:
+            node[parts[-1]] = parse_value(value)
+        except ConfigError as exc:
+            raise ConfigError([f"override {key}: {p}" for p in exc.problems]) from None
     return raw
 
 

@@ -16,6 +16,8 @@ them, so changing seq_len never re-tokenizes.
 
 from __future__ import annotations
 
+import codecs
+import gzip
 import hashlib
 import json
 import logging
@@ -53,7 +55,13 @@ class Tokenizer:
         import sentencepiece as spm
 
         self.path = embedded_tokenizer_path() if spec == "embedded" else Path(spec).expanduser()
-        self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        try:
+            self.sp = spm.SentencePieceProcessor(model_file=str(self.path))
+        except (RuntimeError, OSError) as exc:
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(
+                [f"data.tokenizer: {spec!r} -> a SentencePiece model file (cannot load it: {first})"]
+            ) from None
         self.vocab_size = self.sp.vocab_size()
         self.bos_id, self.eos_id = self.sp.bos_id(), self.sp.eos_id()
         if self.vocab_size > np.iinfo(np.uint16).max:
@@ -110,6 +118,55 @@ def file_documents(files: list[str], fmt: str, text_field: str) -> Iterator[str]
         # Streaming keeps memory flat for large local files, and is the same code path as C4.
         ds = load_dataset(builder, data_files=[str(Path(path).expanduser())], split="train", streaming=True)
         yield from dataset_documents(ds, "text" if builder == "text" else text_field)
+
+
+def check_data_files(data_cfg) -> list[str]:
+    """Problems reading `data.files` (missing, unreadable, not UTF-8, not parquet), found before any work starts.
+
+    Reads every text/json file once through an incremental UTF-8 decoder (a bad byte anywhere would
+    otherwise fail a run, or every trial of a sweep, after tokenizing up to it)."""
+    problems = []
+    for name in data_cfg.files if data_cfg.source == "files" else []:
+        path = Path(name).expanduser()
+        fmt = _file_format(name, data_cfg.format)
+        offset = 0
+        try:
+            if fmt == "parquet":
+                with open(path, "rb") as f:
+                    if f.read(4) != b"PAR1":
+                        problems.append(f"data.files: {name!r} -> a parquet file (it has no PAR1 header)")
+                continue
+            opener = gzip.open if path.suffix == ".gz" else open
+            decoder = codecs.getincrementaldecoder("utf-8")()
+            with opener(path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    pending = len(decoder.getstate()[0])  # bytes of a character split across chunks
+                    try:
+                        decoder.decode(chunk)
+                    except UnicodeDecodeError as exc:
+                        byte = offset - pending + exc.start
+                        problems.append(f"data.files: {name!r} -> UTF-8 text (byte {byte} is not valid UTF-8)")
+                        break
+                    offset += len(chunk)
+                else:
+                    try:
+                        decoder.decode(b"", final=True)
+                    except UnicodeDecodeError:
+                        problems.append(f"data.files: {name!r} -> UTF-8 text (it ends inside a character)")
+        except (OSError, EOFError) as exc:
+            problems.append(f"data.files: {name!r} -> a readable file ({getattr(exc, 'strerror', None) or exc})")
+    return problems
+
+
+def check_data_inputs(data_cfg) -> None:
+    """Refuse data files and a tokenizer that a run would fail on, before it writes or starts anything."""
+    problems = check_data_files(data_cfg)
+    try:
+        Tokenizer(data_cfg.tokenizer)
+    except ConfigError as exc:
+        problems += exc.problems
+    if problems:
+        raise ConfigError(problems)
 
 
 def c4_documents(text_field: str = "text") -> Iterator[str]:
@@ -231,9 +288,14 @@ def _tokenize_to_cache(data_cfg, tok: Tokenizer, root: Path, key_fields: dict, p
                     batch = []
                 if text is None:
                     break
-    finally:
+    except BaseException:
         for f in files.values():
             f.close()
+        for path in tmp.values():
+            path.unlink(missing_ok=True)
+        raise
+    for f in files.values():
+        f.close()
     if docs["val"] == 0 or docs["train"] == 0:
         for path in tmp.values():
             path.unlink(missing_ok=True)

@@ -22,7 +22,13 @@ import torch
 from torch.nn.parallel import DistributedDataParallel
 
 from ranktune.trainables.callbacks import Callback, Metrics
-from ranktune.trainables.checkpoint import latest_checkpoint, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from ranktune.trainables.checkpoint import (
+    check_resume_compatible,
+    load_latest_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from ranktune.trainables.config import ConfigError, TrainConfig
 from ranktune.trainables.data import ShuffledBatches, TokenBlocks, prepare_tokens, validation_indices
 from ranktune.trainables.model import build_model, count_parameters
@@ -163,13 +169,9 @@ class Trainer:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        saved = state["config"]
-        for section in ("model", "data"):
-            if saved[section] != self.cfg.model_dump(mode="json")[section]:
-                raise ValueError(
-                    f"checkpoint was written with a different {section!r} section; "
-                    "resume with the same config or start a fresh output.dir"
-                )
+        problems = check_resume_compatible(self.cfg.model_dump(mode="json"), state["config"], "being resumed")
+        if problems:
+            raise ConfigError(problems)
         # The method first: it may restore structure (e.g. ReLoRA's wrapped layers) the weights need.
         self.method.load_state_dict(state["method"])
         self.model.load_state_dict(state["model"])
@@ -184,10 +186,11 @@ class Trainer:
         return save_checkpoint(self.output_dir, self.step, self.state_dict(), self.cfg.output.keep_checkpoints)
 
     def resume_from_latest(self) -> bool:
-        path = latest_checkpoint(self.output_dir)
-        if path is None:
+        found = load_latest_checkpoint(self.output_dir)
+        if found is None:
             return False
-        self.load_state_dict(load_checkpoint(path))
+        path, state = found
+        self.load_state_dict(state)
         log.info("resumed from %s (step %d)", path, self.step)
         return True
 

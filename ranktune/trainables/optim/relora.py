@@ -23,6 +23,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from ranktune.trainables.errors import ConfigError
 from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.base import Method, decay_groups, tensor_bytes
 from ranktune.trainables.optim.baselines import full_rank_state, inner_state_bytes
@@ -55,7 +56,12 @@ def build_inner_optimizer(model: nn.Module, cfg) -> torch.optim.Optimizer:
 
 def load_warm_start(model: nn.Module, path: str) -> None:
     """Load full-rank weights from a ranktune checkpoint (its "model" entry) or a bare state dict."""
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    from ranktune.trainables.checkpoint import CheckpointError, load_tensors_file  # late: it imports optim
+
+    try:
+        state = load_tensors_file(path)
+    except CheckpointError as exc:
+        raise ConfigError([f"relora.warm_start_checkpoint: {exc}"]) from None
     weights = state["model"] if isinstance(state, dict) and "model" in state else state
     try:
         model.load_state_dict(weights)
