@@ -22,7 +22,7 @@ from pathlib import Path
 TINY = {
     "model": {"name": "tiny"},
     "data": {"seq_len": 64},
-    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 10, "eval_batches": 4, "log_every": 5},
+    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 10, "eval_blocks": 32, "log_every": 5},
     "output": {"keep_checkpoints": 1},
 }
 SPACE = {

@@ -24,6 +24,7 @@ REASON_TAG = "ranktune.failure_reason"
 RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a checkpoint
 PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
 NODES_TAG = "ranktune.node_ids"  # Ray nodes the trial reported from, in order, comma-separated
+EVAL_SET_TAG = "ranktune.eval_set"  # identity of the held-out blocks the trial was scored on (data.eval_set_id)
 
 # Metrics that become step-indexed curves in MLflow (from each result and its log_history).
 CURVE_KEYS = ("train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes",
@@ -81,6 +82,7 @@ class MlflowTrials(Callback):
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_step: dict[str, int] = {}  # run_id -> newest step already in MLflow
         self._nodes: dict[str, list[str]] = {}  # run_id -> Ray nodes it reported from (NODES_TAG)
+        self._eval_set_tagged: set[str] = set()  # run_ids whose EVAL_SET_TAG is set
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its experiment state
         state = self.__dict__.copy()
@@ -146,6 +148,9 @@ class MlflowTrials(Callback):
         if result.get("node_id") and result["node_id"] not in nodes:  # a new trial, or one moved after a failure
             nodes.append(result["node_id"])
             self.client.set_tag(run_id, NODES_TAG, ",".join(nodes))
+        if result.get("eval_set") and run_id not in self._eval_set_tagged:
+            self.client.set_tag(run_id, EVAL_SET_TAG, result["eval_set"])
+            self._eval_set_tagged.add(run_id)
         newest = self._logged_step.get(run_id, -1)
         stamp = int(result.get("timestamp", 0) * 1000)
         metrics = []
