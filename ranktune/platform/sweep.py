@@ -116,7 +116,7 @@ def build_searcher(spec: SweepSpec, storage: Path):
     from ray.tune.search.optuna import OptunaSearch
 
     space = spec.search_space()
-    points = None
+    points = stratified_startup(spec)
     if spec.search.algorithm == "tpe":
         # multivariate: lr and warmup (rank and scale, ...) interact, so model them jointly.
         # constant_liar: trials still running count as bad guesses, so concurrent trials spread out
@@ -134,11 +134,22 @@ def build_searcher(spec: SweepSpec, storage: Path):
         space=space.sample, metric=spec.objective.metric, mode=spec.objective.mode, sampler=sampler,
         study_name=spec.name, storage=rdb, points_to_evaluate=points,
     )  # fmt: skip
-    return searcher, (len(points) if points is not None else spec.budget.num_trials)
+    return searcher, (len(points) if spec.search.algorithm == "grid" else spec.budget.num_trials)
+
+
+def stratified_startup(spec: SweepSpec) -> list[dict[str, Any]] | None:
+    """`search.min_trials_per_branch` enqueued trials per branch, round-robin, before the sampler
+    chooses: only the branch key is fixed, the branch's other parameters are sampled."""
+    branches = spec.search_space().branches
+    if branches is None or spec.search.algorithm == "grid" or spec.search.min_trials_per_branch == 0:
+        return None
+    return [{branches.key: choice} for _ in range(spec.search.min_trials_per_branch) for choice in branches.choices]
 
 
 def build_scheduler(spec: SweepSpec, eval_every: int):
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from ranktune.platform.milestones import build_method_aware_scheduler
 
     s, steps = spec.scheduler, spec.budget.steps_per_trial
     grace = s.grace_period or eval_every
@@ -153,9 +164,12 @@ def build_scheduler(spec: SweepSpec, eval_every: int):
         brackets = 1 + max(0, int(math.log(max(steps / grace, 1.0)) / math.log(s.reduction_factor) + 1e-9))
     else:
         return FIFOScheduler()
-    return AsyncHyperBandScheduler(
-        time_attr="step", max_t=steps, grace_period=grace, reduction_factor=s.reduction_factor, brackets=brackets
-    )
+    # Milestones in optimizer updates, the same for every method; see milestones.py for when a
+    # trial is judged (never inside a warm start or a restart's re-warm) and which trials never are.
+    return build_method_aware_scheduler(
+        spec, spec_json(spec), time_attr="step", max_t=steps, grace_period=grace, reduction_factor=s.reduction_factor,
+        brackets=brackets,
+    )  # fmt: skip
 
 
 def _token_budget(max_tokens: int | None):

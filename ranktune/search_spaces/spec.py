@@ -45,6 +45,9 @@ class Objective(Strict):
 class Search(Strict):
     algorithm: Literal["tpe", "random", "grid"] = "tpe"
     n_startup_trials: int = Field(default=4, ge=1)  # TPE: random trials before the model kicks in
+    # Conditional spaces: this many trials per branch are enqueued first (round-robin) and never
+    # stopped early, so every method has a full-budget trial in the answer. 0 leaves it to the sampler.
+    min_trials_per_branch: int = Field(default=1, ge=0)
 
 
 class Scheduler(Strict):
@@ -159,7 +162,22 @@ def spec_from_dict(raw: dict[str, Any], spec_dir: str | Path = ".") -> SweepSpec
         raise ConfigError([f"base: {spec.base!r} -> an existing training config file"])
     spec = self_contained(spec)
     validate_against_base(spec, space)
+    check_branch_balance(spec, space)
     return spec
+
+
+def check_branch_balance(spec: SweepSpec, space: SearchSpace) -> None:
+    """The stratified start-up (search.min_trials_per_branch per branch) must fit in the trial budget."""
+    if space.branches is None or spec.search.algorithm == "grid":
+        return
+    needed = spec.search.min_trials_per_branch * len(space.branches.choices)
+    if needed > spec.budget.num_trials:
+        problem = (
+            f"search.min_trials_per_branch: {spec.search.min_trials_per_branch} x {len(space.branches.choices)} "
+            f"branches = {needed} trials -> at most budget.num_trials ({spec.budget.num_trials}); raise the budget "
+            "or lower it (0: no start-up per branch)"
+        )
+        raise ConfigError([problem])
 
 
 def self_contained(spec: SweepSpec) -> SweepSpec:
