@@ -24,6 +24,7 @@ REASON_TAG = "ranktune.failure_reason"
 RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a checkpoint
 PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
 NODES_TAG = "ranktune.node_ids"  # Ray nodes the trial reported from, in order, comma-separated
+CONFIRM_OF_TAG = "ranktune.confirm_of"  # a replicated configuration's run (platform/confirm.py), not a trial
 EVAL_SET_TAG = "ranktune.eval_set"  # identity of the held-out blocks the trial was scored on (data.eval_set_id)
 
 # Metrics that become step-indexed curves in MLflow (from each result and its log_history).
@@ -70,7 +71,7 @@ class MlflowTrials(Callback):
     """Tune callback: trial start/result/complete/error -> MLflow child runs under the sweep's parent."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
-                 steps_per_trial: int, config_yaml, memory_check=None) -> None:  # fmt: skip
+                 steps_per_trial: int, config_yaml, memory_check=None, parent_of=None) -> None:  # fmt: skip
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -78,6 +79,7 @@ class MlflowTrials(Callback):
         self.steps_per_trial = steps_per_trial
         self.config_yaml = config_yaml  # params -> resolved training config (YAML text)
         self.memory_check = memory_check  # params -> why the trial exceeds the memory budget, or None
+        self.parent_of = parent_of  # params -> the run to nest under (replicates); None: the sweep's parent
         self._client = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_step: dict[str, int] = {}  # run_id -> newest step already in MLflow
@@ -98,9 +100,10 @@ class MlflowTrials(Callback):
     def run_id_for(self, trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
+        parent = self.parent_of(trial.config) if self.parent_of else self.parent_run_id
         same_trial = f"tags.`{TRIAL_TAG}` = '{trial.trial_id}'"
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"{same_trial} and tags.mlflow.parentRunId = '{self.parent_run_id}'"
+            [self.experiment_id], filter_string=f"{same_trial} and tags.mlflow.parentRunId = '{parent}'"
         )
         if found:
             run_id = found[0].info.run_id
@@ -114,7 +117,7 @@ class MlflowTrials(Callback):
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=f"{self.sweep_name}-{trial.trial_id}",
-                tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name},
+                tags={"mlflow.parentRunId": parent, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name},
             )
             run_id = run.info.run_id
             self._log_params(run_id, trial.config)
