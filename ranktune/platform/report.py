@@ -142,6 +142,9 @@ def write_plots(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any
     study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{spec.storage_dir / 'optuna.db'}")
     from optuna.visualization import matplotlib as ovm
 
+    # With several objectives Optuna's plots need one value per trial: the primary objective's.
+    primary = (lambda trial: trial.values[0]) if spec.objectives else None
+
     for name, draw in (
         ("optimization_history", ovm.plot_optimization_history),
         ("parallel_coordinates", ovm.plot_parallel_coordinate),
@@ -150,7 +153,7 @@ def write_plots(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any
         try:
             with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
                 warnings.simplefilter("ignore")
-                ax = draw(study)
+                ax = draw(study, target=primary, target_name=spec.objective.metric)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
             plt.close(fig)
