@@ -45,7 +45,7 @@ def run(name: str, lr: float, args: argparse.Namespace) -> tuple[float, float]:
             "optim": {"name": name, "lr": lr},
             "schedule": {"name": "cosine", "warmup_steps": args.steps // 10, "min_lr_ratio": 0.1},
             "train": {"steps": args.steps, "batch_size": args.batch, "micro_batch_size": args.batch,
-                      "eval_every": args.steps, "eval_batches": args.eval_batches, "log_every": args.steps,
+                      "eval_every": args.steps, "eval_blocks": args.eval_blocks, "log_every": args.steps,
                       "seed": 0, "device": "cpu"},
             "output": {"dir": out, "checkpoint_every": 0},
             **method_sections(name, args.rank, args.steps // 2),
@@ -61,7 +61,7 @@ def main() -> None:
     parser.add_argument("--seq-len", type=int, default=64)
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--rank", type=int, default=32, help="GaLore / Fira / APOLLO rank (tiny hidden is 128)")
-    parser.add_argument("--eval-batches", type=int, default=16)
+    parser.add_argument("--eval-blocks", type=int, default=128)
     parser.add_argument("--max-tokens", type=int, default=1_000_000)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--only", nargs="*", help=f"methods: {' '.join(LR_GRIDS)}")

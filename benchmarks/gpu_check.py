@@ -136,7 +136,7 @@ def base_config(scale: Scale, model: str, steps: int, device: str, out_dir: str)
         "data": {"source": "synthetic", "seq_len": scale.seq_len, "vocab_size": scale.vocab_size},
         "train": {
             "steps": steps, "batch_size": scale.micro_batch, "micro_batch_size": scale.micro_batch,
-            "precision": "bf16", "device": device, "eval_every": 10**9, "eval_batches": 1, "log_every": steps,
+            "precision": "bf16", "device": device, "eval_every": 10**9, "eval_blocks": 4, "log_every": steps,
         },
         "schedule": {"warmup_steps": 0},
         "output": {"dir": out_dir, "checkpoint_every": 0},

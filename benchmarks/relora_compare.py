@@ -50,7 +50,7 @@ def base_config(args: argparse.Namespace, output_dir: str) -> dict:
             "batch_size": args.batch,
             "micro_batch_size": args.batch,
             "eval_every": args.eval_every or args.steps,
-            "eval_batches": 16,
+            "eval_blocks": 16 * args.batch,
             "log_every": args.steps,
             "seed": 0,
             "device": "cpu",

@@ -1,6 +1,11 @@
 """Search efficiency: TPE + ASHA vs random search without pruning, on one fixed tiny problem.
 
     python benchmarks/search_efficiency.py [--seeds 0 1 2] [--trials 8] [--tpe-trials 24] [--steps 90]
+        [--grace 10] [--reduction-factor 3] [--startup 3] [--eval-every 10] [--scheduler asha|hyperband]
+
+The levers (grace period, reduction factor, TPE start-up trials, evaluation period = where rungs can
+fall, ASHA or asynchronous Hyperband) are flags, so each can be tried alone against the defaults; a
+reduced scale (fewer seeds, trials and steps) fits a shared machine.
 
 Problem: the tiny LLaMA on the embedded corpus, AdamW, searching lr (log-uniform 1e-4..3e-2) and
 warmup (0..30 steps). For each seed both searches run as real sweeps with the same step budget per
@@ -22,7 +27,7 @@ from pathlib import Path
 TINY = {
     "model": {"name": "tiny"},
     "data": {"seq_len": 64},
-    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 10, "eval_batches": 4, "log_every": 5},
+    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 10, "eval_blocks": 32, "log_every": 5},
     "output": {"keep_checkpoints": 1},
 }
 SPACE = {
@@ -45,10 +50,11 @@ def run(kind: str, seed: int, args, root: Path) -> list[tuple[int, float | None,
         "name": f"{kind}-{seed}", "base_overrides": TINY, "space": SPACE, "seed": seed,
         "storage": str(root / f"{kind}-{seed}"), "max_concurrent": 2,
         "budget": {"num_trials": args.tpe_trials if kind == "tpe_asha" else args.trials, "steps_per_trial": args.steps},
-        "search": {"algorithm": "tpe" if kind == "tpe_asha" else "random", "n_startup_trials": 3},
-        "scheduler": {"name": "asha", "grace_period": 10, "reduction_factor": 3} if kind == "tpe_asha"
-        else {"name": "none"},
+        "search": {"algorithm": "tpe" if kind == "tpe_asha" else "random", "n_startup_trials": args.startup},
+        "scheduler": {"name": args.scheduler, "grace_period": args.grace, "reduction_factor": args.reduction_factor}
+        if kind == "tpe_asha" else {"name": "none"},
     }  # fmt: skip
+    raw["base_overrides"] = {**TINY, "train": {**TINY["train"], "eval_every": args.eval_every}}
     spec = spec_from_dict(raw)
     run_sweep(spec, progress=False)
     ray.shutdown()
@@ -83,8 +89,16 @@ def main() -> None:
     # 90 steps, evaluated every 10: ASHA's rungs at 10, 30 and 90 (reduction factor 3). With 40 steps
     # the rungs were 10 and 30, and a trial stopped at 30 had cost 75% of a full one.
     parser.add_argument("--steps", type=int, default=90)
+    parser.add_argument("--grace", type=int, default=10, help="ASHA grace period (steps)")
+    parser.add_argument("--reduction-factor", type=float, default=3.0)
+    parser.add_argument("--startup", type=int, default=3, help="TPE random start-up trials")
+    parser.add_argument("--eval-every", type=int, default=10, help="evaluation period: rungs fall on evaluations")
+    parser.add_argument("--scheduler", choices=["asha", "hyperband"], default="asha")
     parser.add_argument("--verbose", action="store_true", help="print every trial's params, steps and loss")
     args = parser.parse_args()
+    print(f"scale: seeds {args.seeds}, {args.trials} random / {args.tpe_trials} TPE trials of {args.steps} steps; "
+          f"{args.scheduler} grace {args.grace}, reduction factor {args.reduction_factor:g}, "
+          f"TPE start-up {args.startup}, eval every {args.eval_every}", flush=True)  # fmt: skip
 
     to_budget, to_find = [], []  # TPE+ASHA's compute / random's whole budget, / random's compute to find its best
     with tempfile.TemporaryDirectory() as tmp:

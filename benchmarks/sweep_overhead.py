@@ -21,7 +21,7 @@ from pathlib import Path
 TINY = {
     "model": {"name": "tiny"},
     "data": {"seq_len": 64},
-    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 20, "eval_batches": 4, "log_every": 5},
+    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 20, "eval_blocks": 32, "log_every": 5},
     "schedule": {"warmup_steps": 5},
 }
 

@@ -41,7 +41,7 @@ def run_row(overrides: list[str], steps: int, warmup: int) -> dict:
 
     with tempfile.TemporaryDirectory() as out:
         raw = apply_overrides(
-            {"train": {"steps": steps, "log_every": 1, "eval_every": 10**6, "eval_batches": 1},
+            {"train": {"steps": steps, "log_every": 1, "eval_every": 10**6, "eval_blocks": 4},
              "output": {"dir": out, "checkpoint_every": 0}, "schedule": {"warmup_steps": 1}},
             overrides,
         )  # fmt: skip

@@ -34,7 +34,7 @@ def make_config(token_cache, tmp_path):
                 "batch_size": 8,
                 "micro_batch_size": 8,
                 "eval_every": 5,
-                "eval_batches": 2,
+                "eval_blocks": 16,
                 "log_every": 5,
                 "device": "cpu",
             },

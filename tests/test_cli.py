@@ -11,7 +11,7 @@ TINY = [
     "--set", "model.hidden_size=64", "--set", "model.intermediate_size=172",
     "--set", "data.seq_len=32", "--set", "data.max_tokens=300000",
     "--set", "train.steps=12", "--set", "train.batch_size=8", "--set", "train.micro_batch_size=8",
-    "--set", "train.eval_every=6", "--set", "train.eval_batches=2", "--set", "train.log_every=3",
+    "--set", "train.eval_every=6", "--set", "train.eval_blocks=16", "--set", "train.log_every=3",
     "--set", "output.checkpoint_every=6", "--set", "schedule.warmup_steps=2",
 ]  # fmt: skip
 

@@ -147,7 +147,7 @@ def test_synthetic_source_needs_no_corpus_or_tokenizer(monkeypatch, tmp_path):
 
     cfg = config_from_dict(
         {"model": {"name": "tiny"}, "data": data, "train": {"steps": 2, "batch_size": 2, "micro_batch_size": 2,
-         "eval_batches": 1, "device": "cpu"}, "output": {"dir": str(tmp_path / "run"), "checkpoint_every": 0}}
+         "eval_blocks": 4, "device": "cpu"}, "output": {"dir": str(tmp_path / "run"), "checkpoint_every": 0}}
     )  # fmt: skip
     trainer = Trainer(cfg, progress=False)
     assert trainer.model.embed_tokens.num_embeddings == 500 == trainer.model.lm_head.out_features

@@ -34,7 +34,7 @@ def sweep(tmp_path_factory, token_cache):
         "base_overrides": {
             "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
             "data": {"seq_len": 32, "max_tokens": 300_000, "cache_dir": token_cache},
-            "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_batches": 2, "log_every": 5},
+            "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_blocks": 16, "log_every": 5},
             "schedule": {"warmup_steps": 2},
             "relora": {"rank": 8, "relora_every": 5, "restart_warmup_steps": 1},
         },
@@ -87,7 +87,7 @@ def tiny_swap(out_dir, token_cache, rank_key: str) -> list[str]:
     return [
         "model.name=tiny", "data.source=embedded", "data.max_tokens=300000", f"data.cache_dir={token_cache}",
         "data.seq_len=32", "train.steps=4", "train.batch_size=8", "train.micro_batch_size=4", "train.device=cpu",
-        "train.eval_every=2", "train.eval_batches=1", "schedule.warmup_steps=1", f"{rank_key}=8",
+        "train.eval_every=2", "train.eval_blocks=4", "schedule.warmup_steps=1", f"{rank_key}=8",
         f"output.dir={out_dir}",
     ]  # fmt: skip
 

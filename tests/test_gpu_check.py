@@ -136,7 +136,7 @@ def test_train_compile_matches_eager(tmp_path):
         cfg = config_from_dict({
             "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
             "data": {"source": "synthetic", "seq_len": 32, "vocab_size": 512},
-            "train": {"steps": 2, "batch_size": 4, "micro_batch_size": 4, "eval_batches": 1, "device": "cpu",
+            "train": {"steps": 2, "batch_size": 4, "micro_batch_size": 4, "eval_blocks": 4, "device": "cpu",
                       "compile": compiled},
             "schedule": {"warmup_steps": 0},
             "output": {"dir": str(tmp_path / str(compiled)), "checkpoint_every": 0},

@@ -23,7 +23,7 @@ from ranktune.trainables.config import load_config
 TINY = {
     "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
     "data": {"seq_len": 32, "max_tokens": 300_000},
-    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_batches": 2, "log_every": 5},
+    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_blocks": 16, "log_every": 5},
     "schedule": {"warmup_steps": 2},
 }
 POISONED_LR = 5e-3

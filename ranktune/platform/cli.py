@@ -180,7 +180,26 @@ def _print_outcome(summary: dict) -> None:
     else:
         print(f"best trial {best['trial_id']}: objective {best['objective']:.4f} with {best['params']}")
         print(f"best config: {storage}/best_config.yaml   (train it: ranktune train {storage}/best_config.yaml)")
+    _print_pareto(storage)
+    _print_confirm(summary.get("confirm"))
     print(f"plots: {storage}/plots/   MLflow UI: ranktune ui {storage}")
+
+
+def _print_pareto(storage: str | Path) -> None:
+    from ranktune.platform.pareto import format_front
+    from ranktune.platform.sweep import load_state
+
+    spec, _ = load_state(storage)
+    path = Path(storage) / "pareto.json"
+    if spec.objectives and path.is_file():
+        print("\n".join(format_front(spec, json.loads(path.read_text()))))
+
+
+def _print_confirm(confirm: dict | None) -> None:
+    from ranktune.platform.confirm import format_confirm
+
+    if confirm:
+        print("\n".join(format_confirm(confirm)))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -194,8 +213,44 @@ def cmd_report(args: argparse.Namespace) -> int:
     best = pick_best(rows, spec.objective.mode)
     if best is not None:
         print(f"best trial {best['trial_id']}: objective {best['objective']:.4f}")
+    from ranktune.platform.confirm import load_confirm
+
+    if spec.objectives:
+        from ranktune.platform.pareto import format_front, pareto_front
+
+        print("\n".join(format_front(spec, pareto_front(spec, rows))))
+    if args.max_memory_gib is not None:
+        _print_best_within(spec, rows, args.max_memory_gib)
+    _print_confirm(load_confirm(spec.storage_dir))
     print("plots: " + ", ".join(str(p) for p in plots))
     return 0
+
+
+def _print_best_within(spec, rows: list[dict], max_gib: float) -> None:
+    """The best finished trial whose own memory estimate (proxy model, trial's device) fits max_gib."""
+    from ranktune.platform.memory import estimate_memory, gib, verdict
+    from ranktune.platform.pareto import best_fitting
+
+    device = "cuda" if spec.resources.gpus_per_trial not in (0, 0.0) and _cuda() else "cpu"
+
+    def why_not(row: dict) -> str | None:
+        estimate = estimate_memory(spec.trial_config(row["params"]), device=device)
+        return None if verdict(estimate, max_gib).fits else f"estimate {gib(estimate.total)} > {max_gib:g} GiB"
+
+    best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
+    for line in passed_over:
+        print(f"  passed over {line}")
+    if best is None:
+        print(f"no finished trial's memory estimate fits {max_gib:g} GiB")
+    else:
+        print(f"best under {max_gib:g} GiB: trial {best['trial_id']} objective {best['objective']:.4f} with "
+              f"{best['params']}")  # fmt: skip
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -293,7 +348,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ranktune.platform.export import export_best, load_rules
 
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
-                         rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial)  # fmt: skip
+                         rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
+                         max_memory_gib=args.max_memory_gib)  # fmt: skip
     print(f"exported trial {result.trial_id} -> {result.config_path}")
     print(result.verdict.line())
     print(f"launch: {result.command}")
@@ -345,6 +401,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="ranked table of a sweep's trials, and its plots")
     p.add_argument("sweep_dir")
+    p.add_argument("--max-memory-gib", type=float, default=None,
+                   help="also name the best finished trial whose memory estimate fits this many GiB")  # fmt: skip
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI on a sweep's tracking store (127.0.0.1 by default)")
@@ -376,6 +434,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="config file to write (default SWEEP_DIR/export_<target>.yaml)")
     p.add_argument("--rules", help="YAML file of scaling rules (see docs/export.md)")
     p.add_argument("--trial", help="export this finished trial instead of the best one")
+    p.add_argument("--max-memory-gib", type=float, default=None,
+                   help="export the best finished trial whose target config's estimate fits this many GiB "
+                        "(the budget for the export too)")  # fmt: skip
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override a field of the exported config, e.g. --set train.steps=1000")  # fmt: skip
     p.set_defaults(func=cmd_export)

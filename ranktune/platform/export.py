@@ -281,9 +281,31 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
     return best
 
 
+def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: ScalingRules, overrides: list[str],
+                         max_memory_gib: float) -> dict[str, Any]:  # fmt: skip
+    """`--max-memory-gib`: the best finished trial whose exported target config's estimate fits.
+
+    Trials are tried best objective first; each one passed over is reported with what it needs."""
+    from ranktune.platform.pareto import best_fitting
+
+    def why_not(row: dict[str, Any]) -> str | None:
+        try:
+            fit_micro_batch(map_to_target(spec.trial_config(row["params"]), target, rules), overrides, rules,
+                            max_memory_gib)  # fmt: skip
+        except ConfigError as exc:
+            return exc.problems[0]
+        return None
+
+    best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
+    if best is None:
+        raise ConfigError([f"--max-memory-gib: {max_memory_gib:g} -> no finished trial's {target} export fits",
+                           *passed_over])  # fmt: skip
+    return best
+
+
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = 24.0, out: str | Path | None = None,
                 rules: ScalingRules | None = None, overrides: list[str] = (),
-                trial_id: str | None = None) -> ExportResult:  # fmt: skip
+                trial_id: str | None = None, max_memory_gib: float | None = None) -> ExportResult:  # fmt: skip
     from ranktune.platform.report import collect_trials
     from ranktune.platform.sweep import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
@@ -291,7 +313,11 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = 2
     rules = rules or ScalingRules()
     spec, state = load_state(sweep_dir)
     rows = collect_trials(spec, state)
-    source = select_trial(rows, spec.objective.mode, trial_id, str(sweep_dir))
+    if max_memory_gib is not None and trial_id is None:
+        budget_gib = max_memory_gib
+        source = select_within_memory(spec, rows, target, rules, list(overrides), max_memory_gib)
+    else:
+        source = select_trial(rows, spec.objective.mode, trial_id, str(sweep_dir))
     proxy = spec.trial_config(source["params"])
     raw = map_to_target(proxy, target, rules)
     cfg, run = fit_micro_batch(raw, list(overrides), rules, budget_gib)

@@ -18,13 +18,23 @@ STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "pruned_memory"
 
 def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per trial (child run), with typed params, status, objective and cost."""
-    from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
+    from ranktune.platform.tracking import (
+        CONFIRM_OF_TAG,
+        PARAMS_TAG,
+        REASON_TAG,
+        STATUS_TAG,
+        TRIAL_TAG,
+        child_runs,
+        mlflow_client,
+    )
 
     client = mlflow_client(state["tracking_uri"])
     metric = spec.objective.metric
     rows = []
     for run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
         tags, metrics = run.data.tags, run.data.metrics
+        if CONFIRM_OF_TAG in tags:  # a replicated configuration (its replicates are nested under it)
+            continue
         wall = metrics.get("final_wall_time")
         devices = _devices_per_trial(spec)
         rows.append(
@@ -132,6 +142,9 @@ def write_plots(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any
     study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{spec.storage_dir / 'optuna.db'}")
     from optuna.visualization import matplotlib as ovm
 
+    # With several objectives Optuna's plots need one value per trial: the primary objective's.
+    primary = (lambda trial: trial.values[0]) if spec.objectives else None
+
     for name, draw in (
         ("optimization_history", ovm.plot_optimization_history),
         ("parallel_coordinates", ovm.plot_parallel_coordinate),
@@ -140,13 +153,18 @@ def write_plots(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any
         try:
             with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
                 warnings.simplefilter("ignore")
-                ax = draw(study)
+                ax = draw(study, target=primary, target_name=spec.objective.metric)
             fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
             fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
             plt.close(fig)
             written.append(out_dir / f"{name}.png")
         except Exception as exc:  # Optuna raises for too few trials or conditional-only spaces
             log.warning("plot %s skipped: %s", name, exc)
+    from ranktune.platform.pareto import plot_front
+
+    front = plot_front(spec, rows, out_dir / "pareto.png")
+    if front:
+        written.append(front)
     curves = _loss_curves(state, rows, out_dir / "loss_curves.png")
     if curves:
         written.append(curves)

@@ -23,10 +23,12 @@ class ReportTo(Callback):
         self.pending: list[Metrics] = []
         self.last_log: Metrics = {}
         self.start_step = 0
+        self.eval_set = ""
         self.reported = False
 
     def on_train_start(self, info: Metrics) -> None:
         self.start_step = info["start_step"]  # > 0 when this run continues from a checkpoint
+        self.eval_set = info["eval_set"]  # the held-out set's identity, recorded on the MLflow run
 
     def on_log(self, metrics: Metrics) -> None:
         keep = ("step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes",
@@ -39,6 +41,7 @@ class ReportTo(Callback):
         result = {**self.last_log, **{k: v for k, v in metrics.items() if k != "checkpoint"}}
         result["log_history"] = json.dumps(self.pending)
         result["start_step"] = self.start_step
+        result["eval_set"] = self.eval_set
         self.pending = []
         self.reported = True
         self.report(result, metrics.get("checkpoint"))
@@ -53,7 +56,7 @@ class ReportTo(Callback):
         self.reported = True
         final = {"step": summary["steps"], "tokens": summary["tokens"], "eval_loss": summary["final_eval_loss"],
                  "eval_ppl": summary["final_eval_ppl"], "wall_time": summary["wall_time"]}  # fmt: skip
-        self.report({**final, "log_history": "[]", "start_step": self.start_step}, None)
+        self.report({**final, "log_history": "[]", "start_step": self.start_step, "eval_set": self.eval_set}, None)
 
 
 def with_node_id(result: Metrics) -> Metrics:

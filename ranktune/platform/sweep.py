@@ -96,12 +96,13 @@ def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
 
     from ranktune.platform.trial import run_trial
 
-    if spec.memory_budget_gib is not None:
+    if spec.memory_budget_gib is not None or spec.objectives:
         import os
 
         # A trial over the memory budget returns before training, without a result (Optuna then
-        # records it as PRUNED); Tune's strict check would refuse its empty final result as missing
-        # the objective. Read by Tune in this (driver) process at each result.
+        # records it as PRUNED); and the step-0 evaluation carries no memory or throughput metrics
+        # yet (the trade-off objectives), which the searcher reads only from the final result. Tune's
+        # strict check would refuse both. Read by Tune in this (driver) process at each result.
         os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
     gpus = gpus_per_trial(spec)
     trainable = tune.with_parameters(run_trial, spec_json=spec_json(spec), gpus_per_trial=gpus, prepare=prepare)
@@ -116,7 +117,7 @@ def build_searcher(spec: SweepSpec, storage: Path):
     from ray.tune.search.optuna import OptunaSearch
 
     space = spec.search_space()
-    points = None
+    points = stratified_startup(spec)
     if spec.search.algorithm == "tpe":
         # multivariate: lr and warmup (rank and scale, ...) interact, so model them jointly.
         # constant_liar: trials still running count as bad guesses, so concurrent trials spread out
@@ -130,15 +131,32 @@ def build_searcher(spec: SweepSpec, storage: Path):
             points = space.grid()  # enqueued in order; define-by-run then takes the enqueued values
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     rdb = optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}")
+    # Several objectives: Optuna searches them jointly (TPE handles both cases); Tune's scheduler
+    # still prunes on the primary one (TuneConfig.metric).
+    metric: str | list[str] = spec.objective.metric
+    mode: str | list[str] = spec.objective.mode
+    if spec.objectives:
+        metric, mode = [o.metric for o in spec.all_objectives()], [o.mode for o in spec.all_objectives()]
     searcher = OptunaSearch(
-        space=space.sample, metric=spec.objective.metric, mode=spec.objective.mode, sampler=sampler,
-        study_name=spec.name, storage=rdb, points_to_evaluate=points,
+        space=space.sample, metric=metric, mode=mode, sampler=sampler, study_name=spec.name, storage=rdb,
+        points_to_evaluate=points,
     )  # fmt: skip
-    return searcher, (len(points) if points is not None else spec.budget.num_trials)
+    return searcher, (len(points) if spec.search.algorithm == "grid" else spec.budget.num_trials)
+
+
+def stratified_startup(spec: SweepSpec) -> list[dict[str, Any]] | None:
+    """`search.min_trials_per_branch` enqueued trials per branch, round-robin, before the sampler
+    chooses: only the branch key is fixed, the branch's other parameters are sampled."""
+    branches = spec.search_space().branches
+    if branches is None or spec.search.algorithm == "grid" or spec.search.min_trials_per_branch == 0:
+        return None
+    return [{branches.key: choice} for _ in range(spec.search.min_trials_per_branch) for choice in branches.choices]
 
 
 def build_scheduler(spec: SweepSpec, eval_every: int):
-    from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
+
+    from ranktune.platform.milestones import build_method_aware_scheduler
 
     s, steps = spec.scheduler, spec.budget.steps_per_trial
     grace = s.grace_period or eval_every
@@ -153,9 +171,12 @@ def build_scheduler(spec: SweepSpec, eval_every: int):
         brackets = 1 + max(0, int(math.log(max(steps / grace, 1.0)) / math.log(s.reduction_factor) + 1e-9))
     else:
         return FIFOScheduler()
-    return AsyncHyperBandScheduler(
-        time_attr="step", max_t=steps, grace_period=grace, reduction_factor=s.reduction_factor, brackets=brackets
-    )
+    # Milestones in optimizer updates, the same for every method; see milestones.py for when a
+    # trial is judged (never inside a warm start or a restart's re-warm) and which trials never are.
+    return build_method_aware_scheduler(
+        spec, spec_json(spec), time_attr="step", max_t=steps, grace_period=grace, reduction_factor=s.reduction_factor,
+        brackets=brackets,
+    )  # fmt: skip
 
 
 def _token_budget(max_tokens: int | None):
@@ -182,21 +203,10 @@ def _token_budget(max_tokens: int | None):
 def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool):
     from ray import tune
 
-    from ranktune.platform.progress import SweepProgress
-    from ranktune.platform.tracking import MlflowTrials
-    from ranktune.platform.trial import trial_memory_rejection
-
     storage = spec.storage_dir
     searcher, num_trials = build_searcher(spec, storage)
     eval_every = spec.trial_config({}).train.eval_every
-    callbacks = [
-        MlflowTrials(
-            state["tracking_uri"], state["experiment_id"], state["parent_run_id"], spec.name,
-            spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, spec_json(spec)),
-            functools.partial(trial_memory_rejection, spec_json(spec), gpus_per_trial(spec)),
-        ),
-        SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress),
-    ]  # fmt: skip
+    callbacks = tune_callbacks(spec, state, num_trials, progress)
     return tune.Tuner(
         make_trainable(spec, prepare),
         tune_config=tune.TuneConfig(
@@ -208,6 +218,42 @@ def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None
             name=TUNE_DIR, storage_path=str(storage), callbacks=callbacks, stop=_token_budget(spec.budget.max_tokens),
             failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=0,
         ),
+    )  # fmt: skip
+
+
+def tune_callbacks(spec: SweepSpec, state: dict[str, Any], num_trials: int, progress: bool,
+                   parent_of: Callable | None = None) -> list:  # fmt: skip
+    """MLflow runs (nested under the sweep's parent, or `parent_of(params)`) and console progress."""
+    from ranktune.platform.progress import SweepProgress
+    from ranktune.platform.tracking import MlflowTrials
+    from ranktune.platform.trial import trial_memory_rejection
+
+    return [
+        MlflowTrials(
+            state["tracking_uri"], state["experiment_id"], state["parent_run_id"], spec.name,
+            spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, spec_json(spec)),
+            functools.partial(trial_memory_rejection, spec_json(spec), gpus_per_trial(spec)), parent_of,
+        ),
+        SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress),
+    ]  # fmt: skip
+
+
+def all_trials_ended(results) -> bool:
+    """False when Tune's run was interrupted (Ctrl-C) with trials still pending or running: the
+    replicates then wait for `--resume`, which finishes the search first."""
+    return results.num_terminated + results.num_errors == len(results)
+
+
+def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool) -> None:
+    """The `confirm` phase after the search (platform/confirm.py): replicates of the best configurations."""
+    from ranktune.platform.confirm import run_confirm
+
+    def save_state() -> None:
+        (spec.storage_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+
+    run_confirm(
+        spec, state, functools.partial(make_trainable, spec, prepare),
+        lambda parent_of, n: tune_callbacks(spec, state, n, progress, parent_of), save_state,
     )  # fmt: skip
 
 
@@ -269,7 +315,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
             mlflow_client(state["tracking_uri"]).set_terminated(state["parent_run_id"], status="FAILED")
             raise
         (storage / STATE_FILE).write_text(json.dumps(state, indent=2))
-        tuner.fit()
+        if all_trials_ended(tuner.fit()):
+            confirm_best(spec, state, prepare, progress)
         return finish_sweep(spec, state)
 
 
@@ -298,18 +345,19 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
             tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True)
         else:  # killed before Tune saved any state: start the trials, keeping the same MLflow parent run
             tuner = build_tuner(spec, state, prepare, progress)
-        tuner.fit()
+        if all_trials_ended(tuner.fit()):
+            confirm_best(spec, state, prepare, progress)
         return finish_sweep(spec, state)
 
 
 def close_lost_runs(client, state: dict[str, Any]) -> list[str]:
     """Tag the trial runs that the ended sweep left open: trials the driver started and then died
     before any Tune snapshot recorded them, so the resumed sweep could not continue them."""
-    from ranktune.platform.tracking import LOST, REASON_TAG, STATUS_TAG, child_runs
+    from ranktune.platform.tracking import CONFIRM_OF_TAG, LOST, REASON_TAG, STATUS_TAG, child_runs
 
     lost = []
     for run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
-        if STATUS_TAG in run.data.tags:
+        if STATUS_TAG in run.data.tags or CONFIRM_OF_TAG in run.data.tags:
             continue
         client.set_tag(run.info.run_id, STATUS_TAG, LOST)
         client.set_tag(run.info.run_id, REASON_TAG, "the sweep's driver died before Ray Tune's experiment snapshot "
@@ -319,8 +367,23 @@ def close_lost_runs(client, state: dict[str, Any]) -> list[str]:
     return lost
 
 
+def log_pareto_front(spec: SweepSpec, client, parent: str, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """With several objectives: pareto.json in storage and on the parent run, its trials as a tag."""
+    if not spec.objectives:
+        return []
+    from ranktune.platform.pareto import pareto_front
+
+    front = pareto_front(spec, trials)
+    path = spec.storage_dir / "pareto.json"
+    path.write_text(json.dumps(front, indent=2, default=str))
+    client.log_artifact(parent, str(path))
+    client.set_tag(parent, "ranktune.pareto_trials", ",".join(r["trial_id"] for r in front))
+    return front
+
+
 def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     """Rank trials, write best config, results and plots, log them on the MLflow parent run."""
+    from ranktune.platform.confirm import load_confirm
     from ranktune.platform.report import collect_trials, pick_best, write_plots
     from ranktune.platform.tracking import log_text_artifact, mlflow_client, results_json
 
@@ -339,9 +402,11 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
         log_text_artifact(client, parent, "best_config.yaml", best_yaml)
         client.set_tag(parent, "ranktune.best_trial_id", best["trial_id"])
         client.log_metric(parent, f"best_{spec.objective.metric}", best["objective"])
+    summary["pareto"] = log_pareto_front(spec, client, parent, trials)
     plots = write_plots(spec, state, trials, storage / "plots")
     for plot in plots:
         client.log_artifact(parent, str(plot), "plots")
     summary["plots"] = [str(p) for p in plots]
+    summary["confirm"] = load_confirm(storage)
     client.set_terminated(parent, status="FINISHED")
     return summary

@@ -25,6 +25,8 @@ REASON_TAG = "ranktune.failure_reason"
 RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a checkpoint
 PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
 NODES_TAG = "ranktune.node_ids"  # Ray nodes the trial reported from, in order, comma-separated
+CONFIRM_OF_TAG = "ranktune.confirm_of"  # a replicated configuration's run (platform/confirm.py), not a trial
+EVAL_SET_TAG = "ranktune.eval_set"  # identity of the held-out blocks the trial was scored on (data.eval_set_id)
 
 # Metrics that become step-indexed curves in MLflow (from each result and its log_history).
 CURVE_KEYS = ("train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes",
@@ -111,7 +113,7 @@ class MlflowTrials(Callback):
     """Tune callback: trial start/result/complete/error -> MLflow child runs under the sweep's parent."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
-                 steps_per_trial: int, config_yaml, memory_check=None) -> None:  # fmt: skip
+                 steps_per_trial: int, config_yaml, memory_check=None, parent_of=None) -> None:  # fmt: skip
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -119,10 +121,12 @@ class MlflowTrials(Callback):
         self.steps_per_trial = steps_per_trial
         self.config_yaml = config_yaml  # params -> resolved training config (YAML text)
         self.memory_check = memory_check  # params -> why the trial exceeds the memory budget, or None
+        self.parent_of = parent_of  # params -> the run to nest under (replicates); None: the sweep's parent
         self._client = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._logged_step: dict[str, int] = {}  # run_id -> newest step already in MLflow
         self._nodes: dict[str, list[str]] = {}  # run_id -> Ray nodes it reported from (NODES_TAG)
+        self._eval_set_tagged: set[str] = set()  # run_ids whose EVAL_SET_TAG is set
 
     def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into its experiment state
         state = self.__dict__.copy()
@@ -138,9 +142,10 @@ class MlflowTrials(Callback):
     def run_id_for(self, trial) -> str:
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
+        parent = self.parent_of(trial.config) if self.parent_of else self.parent_run_id
         same_trial = f"tags.`{TRIAL_TAG}` = '{trial.trial_id}'"
         found = self.client.search_runs(
-            [self.experiment_id], filter_string=f"{same_trial} and tags.mlflow.parentRunId = '{self.parent_run_id}'"
+            [self.experiment_id], filter_string=f"{same_trial} and tags.mlflow.parentRunId = '{parent}'"
         )
         if found:
             run_id = found[0].info.run_id
@@ -154,7 +159,7 @@ class MlflowTrials(Callback):
             run = self.client.create_run(
                 self.experiment_id,
                 run_name=f"{self.sweep_name}-{trial.trial_id}",
-                tags={"mlflow.parentRunId": self.parent_run_id, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name},
+                tags={"mlflow.parentRunId": parent, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name},
             )
             run_id = run.info.run_id
             self._log_params(run_id, trial.config)
@@ -190,6 +195,9 @@ class MlflowTrials(Callback):
         if result.get("node_id") and result["node_id"] not in nodes:  # a new trial, or one moved after a failure
             nodes.append(result["node_id"])
             self.client.set_tag(run_id, NODES_TAG, ",".join(nodes))
+        if result.get("eval_set") and run_id not in self._eval_set_tagged:
+            self.client.set_tag(run_id, EVAL_SET_TAG, result["eval_set"])
+            self._eval_set_tagged.add(run_id)
         newest = self._logged_step.get(run_id, -1)
         stamp = int(result.get("timestamp", 0) * 1000)
         metrics = []

@@ -42,15 +42,30 @@ class Objective(Strict):
     mode: Literal["min", "max"] = "min"
 
 
+# What `objectives` (the trade-offs searched with the primary objective) may name: metrics every
+# evaluation's result carries and the MLflow run keeps as final_<metric> (platform/tracking.py).
+TRADE_OFF_METRICS = ("optimizer_state_bytes", "peak_memory_bytes", "tokens_per_s")
+
+
 class Search(Strict):
     algorithm: Literal["tpe", "random", "grid"] = "tpe"
     n_startup_trials: int = Field(default=4, ge=1)  # TPE: random trials before the model kicks in
+    # Conditional spaces: this many trials per branch are enqueued first (round-robin) and never
+    # stopped early, so every method has a full-budget trial in the answer. 0 leaves it to the sampler.
+    min_trials_per_branch: int = Field(default=1, ge=0)
 
 
 class Scheduler(Strict):
     name: Literal["asha", "hyperband", "none"] = "asha"
     grace_period: int = Field(default=0, ge=0)  # steps before a trial can be stopped; 0 = one eval period
     reduction_factor: float = Field(default=2.0, gt=1.0)
+
+
+class Confirm(Strict):
+    """After the search: replicate the best configurations with new seeds (platform/confirm.py)."""
+
+    top_k: int = Field(default=2, ge=2)  # methods (branches) or configurations to replicate; a verdict needs 2
+    seeds: int = Field(default=3, ge=2)  # new seeds each, at the full budget; a spread needs 2
 
 
 class Budget(Strict):
@@ -77,10 +92,14 @@ class SweepSpec(Strict):
     base: str | None = None  # training config YAML (relative to the spec file)
     base_overrides: dict[str, Any] = Field(default_factory=dict)  # nested sections merged over `base`
     space: SpaceSection
-    objective: Objective = Field(default_factory=Objective)
+    objective: Objective = Field(default_factory=Objective)  # primary: ranks trials, the scheduler prunes on it
+    # Trade-offs searched jointly with `objective` (Optuna multi-objective TPE); the report, plots and
+    # MLflow parent run show the Pareto front. E.g. [{metric: optimizer_state_bytes, mode: min}].
+    objectives: list[Objective] = Field(default_factory=list)
     search: Search = Field(default_factory=Search)
     scheduler: Scheduler = Field(default_factory=Scheduler)
     budget: Budget = Field(default_factory=Budget)
+    confirm: Confirm | None = None  # None: no replicates
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int = Field(default=2, ge=1)
     max_failures: int = Field(default=0, ge=0)  # retries of a failed trial from its last checkpoint
@@ -99,6 +118,18 @@ class SweepSpec(Strict):
         if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
             raise ValueError(f"name {self.name!r} may hold only letters, digits, '_', '-' and '.'")
         return self
+
+    @model_validator(mode="after")
+    def _check_objectives(self) -> SweepSpec:
+        for i, obj in enumerate(self.objectives):
+            if obj.metric not in TRADE_OFF_METRICS or obj.metric == self.objective.metric:
+                raise ValueError(f"objectives[{i}].metric: {obj.metric!r} -> one of {list(TRADE_OFF_METRICS)}, "
+                                 f"other than objective.metric")  # fmt: skip
+        return self
+
+    def all_objectives(self) -> list[Objective]:
+        """The primary objective first, then the trade-offs."""
+        return [self.objective, *self.objectives]
 
     @property
     def storage_dir(self) -> Path:
@@ -166,7 +197,22 @@ def spec_from_dict(raw: dict[str, Any], spec_dir: str | Path = ".") -> SweepSpec
         raise ConfigError([f"base: {spec.base!r} -> an existing training config file"])
     spec = self_contained(spec)
     validate_against_base(spec, space)
+    check_branch_balance(spec, space)
     return spec
+
+
+def check_branch_balance(spec: SweepSpec, space: SearchSpace) -> None:
+    """The stratified start-up (search.min_trials_per_branch per branch) must fit in the trial budget."""
+    if space.branches is None or spec.search.algorithm == "grid":
+        return
+    needed = spec.search.min_trials_per_branch * len(space.branches.choices)
+    if needed > spec.budget.num_trials:
+        problem = (
+            f"search.min_trials_per_branch: {spec.search.min_trials_per_branch} x {len(space.branches.choices)} "
+            f"branches = {needed} trials -> at most budget.num_trials ({spec.budget.num_trials}); raise the budget "
+            "or lower it (0: no start-up per branch)"
+        )
+        raise ConfigError([problem])
 
 
 def self_contained(spec: SweepSpec) -> SweepSpec:

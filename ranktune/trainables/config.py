@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ranktune.trainables.errors import ConfigError
 from ranktune.trainables.model import MODEL_PRESETS, LlamaConfig, model_config
@@ -174,8 +174,20 @@ class TrainSection(Section):
     precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
     compile: bool = False
     eval_every: int = Field(default=50, ge=1)
-    eval_batches: int = Field(default=8, ge=1)
+    # Held-out blocks (of data.seq_len tokens) every evaluation scores: one fixed set, chosen by count,
+    # so trials and runs differing in micro-batch size or workers are scored on the same text.
+    eval_blocks: int = Field(default=128, ge=1)
     log_every: int = Field(default=10, ge=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _renamed_eval_batches(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and "eval_batches" in raw:
+            raise ValueError(
+                f"eval_batches: {raw['eval_batches']!r} -> replaced by train.eval_blocks, a count of held-out blocks "
+                "independent of micro_batch_size (eval_batches x micro_batch_size gives the old set's size)"
+            )
+        return raw
 
 
 class OutputSection(Section):

@@ -375,7 +375,18 @@ class ShuffledBatches:
 
 
 def validation_indices(num_blocks: int, count: int) -> np.ndarray:
-    """`count` blocks spread evenly over the validation stream (all of them if fewer exist)."""
+    """`count` blocks spread evenly over the validation stream (all of them if fewer exist).
+
+    A function of the count alone (`train.eval_blocks`), never of micro-batch size or workers: every
+    trial of a sweep, `ranktune train` and an exported run on the same corpus score the same blocks.
+    """
     if num_blocks == 0:
         raise ConfigError(["data: validation stream is shorter than one block -> lower data.seq_len or add data"])
     return np.unique(np.linspace(0, num_blocks - 1, num=min(count, num_blocks)).round().astype(np.int64))
+
+
+def eval_set_id(corpus_key: str, seq_len: int, indices: np.ndarray) -> str:
+    """Identity of a held-out set: a hash of the token cache key (corpus + tokenizer + split), the block
+    length and the block indices. Two runs with the same id were scored on exactly the same tokens."""
+    digest = hashlib.sha256(f"{corpus_key}:{seq_len}:".encode() + np.asarray(indices, dtype=np.int64).tobytes())
+    return digest.hexdigest()[:16]

@@ -30,7 +30,7 @@ from ranktune.trainables.checkpoint import (
     set_rng_state,
 )
 from ranktune.trainables.config import ConfigError, TrainConfig
-from ranktune.trainables.data import ShuffledBatches, TokenBlocks, prepare_tokens, validation_indices
+from ranktune.trainables.data import ShuffledBatches, TokenBlocks, eval_set_id, prepare_tokens, validation_indices
 from ranktune.trainables.model import build_model, count_parameters
 from ranktune.trainables.optim import build_method, build_schedule
 from ranktune.trainables.runtime import (
@@ -61,7 +61,8 @@ class Trainer:
         tokens = prepare_tokens(cfg.data, progress=progress)
         self.train_blocks = TokenBlocks(tokens.train, cfg.data.seq_len)
         self.val_blocks = TokenBlocks(tokens.val, cfg.data.seq_len)
-        self.val_indices = validation_indices(len(self.val_blocks), cfg.train.eval_batches * cfg.train.micro_batch_size)
+        self.val_indices = validation_indices(len(self.val_blocks), cfg.train.eval_blocks)
+        self.eval_set = eval_set_id(tokens.cache_dir.name, cfg.data.seq_len, self.val_indices)
         # Data parallel (DDP, e.g. under Ray Train): every rank draws the same global micro-batch of
         # micro_batch_size * world_size blocks and trains on its own slice of it.
         self.rank, self.world_size = distributed_rank_and_size()
@@ -308,6 +309,7 @@ class Trainer:
             "completed": self.step >= self.cfg.train.steps,
             "final_eval_loss": last_eval["eval_loss"],
             "final_eval_ppl": last_eval["eval_ppl"],
+            "eval_set": self.eval_set,
             **({"initial_eval_loss": first_eval["eval_loss"]} if first_eval else {}),
             **self.memory_metrics(),
         }
@@ -323,5 +325,6 @@ class Trainer:
             "tokens_per_step": self.cfg.tokens_per_step,
             "train_blocks": len(self.train_blocks),
             "val_blocks": len(self.val_blocks),
+            "eval_set": self.eval_set,
             "device": str(self.device),
         }

@@ -1,0 +1,191 @@
+"""Replicates and a verdict: re-run the best configurations with new seeds, say whether the winner is real.
+
+After the search, `confirm: {top_k: N, seeds: S}` takes the best full-budget trial of each of the top-N
+methods (the branch key of a conditional space; without branches, the top-N configurations) and
+re-runs each with S new seeds (`train.seed` = base seed + 1 ... + S) at the full budget, through the
+same trainable as the search. The searched trial itself is not one of the replicates: it was picked
+for being lowest, so its value is biased low (the winner's curse); the replicates are not.
+
+Verdict rule: with the configurations ranked by their replicates' mean, the winner is *resolved*
+when its mean beats the runner-up's by more than the sum of the two sample standard deviations
+(ddof=1), i.e. their mean +/- one std intervals do not overlap; otherwise *not resolved*.
+
+MLflow: each configuration gets a run under the sweep's parent (tag `ranktune.confirm_of` = the
+searched trial), holding the mean/std; its replicates are nested under it. `storage/confirm.json`
+holds the same table and the verdict.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from ranktune.search_spaces.spec import SweepSpec
+
+CONFIRM_DIR = "confirm"  # Ray Tune experiment of the replicates, under the sweep's storage
+CONFIRM_FILE = "confirm.json"
+
+
+def select_configurations(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The searched trials to replicate: best full-budget trial of each of the top_k methods (or the
+    top_k trials without branches), best first."""
+    from ranktune.platform.report import _objective_key
+
+    finished = [r for r in rows if r["status"] == "finished" and r["objective"] is not None]
+    finished.sort(key=lambda r: _objective_key(r, spec.objective.mode))
+    branches = spec.search_space().branches
+    if branches is None:
+        return finished[: spec.confirm.top_k]
+    chosen: dict[Any, dict[str, Any]] = {}
+    for row in finished:
+        chosen.setdefault(row["params"].get(branches.key), row)
+    return list(chosen.values())[: spec.confirm.top_k]
+
+
+def replicate_points(spec: SweepSpec, chosen: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    base_seed = spec.trial_config({}).train.seed
+    return [{**row["params"], "train.seed": base_seed + i} for row in chosen for i in range(1, spec.confirm.seeds + 1)]
+
+
+def summarize(spec: SweepSpec, chosen: list[dict[str, Any]], values: dict[int, list[float]]) -> dict[str, Any]:
+    """values: index into `chosen` -> the replicates' objective values. Returns the table and verdict."""
+    sign = 1.0 if spec.objective.mode == "min" else -1.0
+    table = []
+    for i, row in enumerate(chosen):
+        vals = [v for v in values.get(i, []) if v is not None and math.isfinite(v)]
+        table.append({
+            "trial_id": row["trial_id"], "params": row["params"], "search_objective": row["objective"],
+            "values": vals, "n": len(vals), "mean": statistics.fmean(vals) if vals else None,
+            "std": statistics.stdev(vals) if len(vals) >= 2 else None,
+        })  # fmt: skip
+    ranked = sorted((t for t in table if t["mean"] is not None), key=lambda t: sign * t["mean"])
+    return {"metric": spec.objective.metric, "mode": spec.objective.mode, "seeds": spec.confirm.seeds,
+            "configurations": ranked + [t for t in table if t["mean"] is None], **verdict(ranked, sign)}  # fmt: skip
+
+
+def verdict(ranked: list[dict[str, Any]], sign: float) -> dict[str, Any]:
+    rule = "resolved when |mean(winner) - mean(runner-up)| > std(winner) + std(runner-up)"
+    if len(ranked) < 2 or ranked[0]["std"] is None or ranked[1]["std"] is None:
+        return {"verdict": "not resolved", "rule": rule, "why": "fewer than two configurations with >= 2 replicates"}
+    win, runner = ranked[0], ranked[1]
+    gap, spread = sign * (runner["mean"] - win["mean"]), win["std"] + runner["std"]
+    resolved = gap > spread
+    return {"verdict": "resolved" if resolved else "not resolved", "rule": rule, "gap": gap, "spread": spread,
+            "winner": win["trial_id"], "runner_up": runner["trial_id"],
+            "why": f"gap {gap:.4g} {'>' if resolved else '<='} spread {spread:.4g}"}  # fmt: skip
+
+
+def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable, callbacks: Callable,
+                save_state: Callable[[], None]) -> dict[str, Any] | None:  # fmt: skip
+    """Run the replicates (after the search) and write confirm.json; None when `confirm` is off.
+
+    `make_trainable()` is the search's trainable; `callbacks(parent_of, num_trials)` the Tune callbacks
+    with each replicate's MLflow run nested under `parent_of(params)`; `save_state()` persists `state`
+    (which gains the configurations' run ids, so a resumed sweep nests under the same runs).
+    """
+    if spec.confirm is None:
+        return None
+    from ray import tune
+
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.tracking import CONFIRM_OF_TAG, SWEEP_TAG, mlflow_client
+
+    path = spec.storage_dir / CONFIRM_FILE
+    if path.is_file():  # a resumed sweep whose replicates had all finished
+        return json.loads(path.read_text())
+    client = mlflow_client(state["tracking_uri"])
+    chosen = select_configurations(spec, collect_trials(spec, state))
+    if not chosen:
+        return None
+    config_runs = state.setdefault("confirm_runs", {})
+    for row in chosen:
+        if row["trial_id"] not in config_runs:
+            tags = {"mlflow.parentRunId": state["parent_run_id"], CONFIRM_OF_TAG: row["trial_id"], SWEEP_TAG: spec.name}
+            run = client.create_run(
+                state["experiment_id"], run_name=f"{spec.name}-confirm-{row['trial_id']}", tags=tags
+            )
+            config_runs[row["trial_id"]] = run.info.run_id
+    save_state()
+    points = replicate_points(spec, chosen)
+    index_of = {json.dumps(p, sort_keys=True, default=str): i // spec.confirm.seeds for i, p in enumerate(points)}
+    run_of = [config_runs[row["trial_id"]] for row in chosen]
+
+    def parent_of(params: dict[str, Any]) -> str:
+        return run_of[index_of[json.dumps(params, sort_keys=True, default=str)]]
+
+    confirm_dir = spec.storage_dir / CONFIRM_DIR
+    if tune.Tuner.can_restore(str(confirm_dir)):
+        tuner = tune.Tuner.restore(str(confirm_dir), trainable=make_trainable(), resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(
+            make_trainable(),
+            tune_config=tune.TuneConfig(
+                search_alg=fixed_points(points), num_samples=len(points),
+                max_concurrent_trials=spec.max_concurrent,
+            ),
+            run_config=tune.RunConfig(name=CONFIRM_DIR, storage_path=str(spec.storage_dir), verbose=0,
+                                      callbacks=callbacks(parent_of, len(points))),
+        )  # fmt: skip
+    results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(points):  # interrupted: `--resume` continues it
+        return None
+    values: dict[int, list[float]] = {}
+    for result in results:
+        metrics = result.metrics or {}
+        if metrics.get("step") == spec.budget.steps_per_trial and spec.objective.metric in metrics:
+            values.setdefault(index_of[json.dumps(result.config, sort_keys=True, default=str)], []).append(
+                float(metrics[spec.objective.metric])
+            )
+    summary = summarize(spec, chosen, values)
+    for entry in summary["configurations"]:
+        run_id = config_runs[entry["trial_id"]]
+        client.set_tag(run_id, "ranktune.params", json.dumps(entry["params"], sort_keys=True, default=str))
+        for key in ("mean", "std", "n"):
+            if entry[key] is not None:
+                client.log_metric(run_id, f"{spec.objective.metric}_{key}", float(entry[key]))
+        client.set_terminated(run_id, status="FINISHED")
+    client.set_tag(state["parent_run_id"], "ranktune.verdict", f"{summary['verdict']}: {summary['why']}")
+    path.write_text(json.dumps(summary, indent=2, default=str))
+    client.log_artifact(state["parent_run_id"], str(path))
+    return summary
+
+
+def fixed_points(points: list[dict[str, Any]]):
+    """A Tune searcher that hands out exactly these configs, in order (Tune's BasicVariantGenerator
+    needs every key of every point in a shared param_space, which branches with their own keys lack)."""
+    from ray.tune.search import Searcher
+
+    class FixedPoints(Searcher):
+        def __init__(self, configs: list[dict[str, Any]]) -> None:
+            super().__init__()
+            self.pending = [dict(c) for c in configs]
+
+        def suggest(self, trial_id: str) -> dict[str, Any] | None:
+            return self.pending.pop(0) if self.pending else Searcher.FINISHED
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            pass
+
+    return FixedPoints(points)
+
+
+def format_confirm(summary: dict[str, Any]) -> list[str]:
+    """Lines for the console: one per configuration, then the verdict."""
+    lines = [f"replicates ({summary['seeds']} new seeds each, full budget): {summary['metric']} mean +/- std"]
+    for entry in summary["configurations"]:
+        name = entry["params"].get("optim.name", entry["trial_id"])
+        mean = "-" if entry["mean"] is None else f"{entry['mean']:.4f}"
+        std = "-" if entry["std"] is None else f"{entry['std']:.4f}"
+        lines.append(f"  {name:<14} trial {entry['trial_id']}: {mean} +/- {std} (n={entry['n']}; "
+                     f"search run {entry['search_objective']:.4f})")  # fmt: skip
+    lines.append(f"verdict: {summary['verdict']} ({summary['why']}; rule: {summary['rule']})")
+    return lines
+
+
+def load_confirm(storage: Path) -> dict[str, Any] | None:
+    path = storage / CONFIRM_FILE
+    return json.loads(path.read_text()) if path.is_file() else None

@@ -1,0 +1,77 @@
+"""Replicates and a verdict: the rule on numbers, then a small sweep that replicates its top 2 (slow)."""
+
+import json
+
+import pytest
+
+from ranktune.platform.confirm import select_configurations, summarize
+from ranktune.search_spaces import spec_from_dict
+
+BASE = {"model": {"name": "tiny"}, "train": {"batch_size": 8, "micro_batch_size": 8}}
+TWO_METHODS = {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+               "branches": {"key": "optim.name", "choices": {"adamw": {}, "lora": {"relora.rank": {
+                   "type": "choice", "values": [8]}}}}}  # fmt: skip
+
+
+def row(trial_id, name, objective, status="finished"):
+    return {"trial_id": trial_id, "status": status, "objective": objective, "params": {"optim.name": name}}
+
+
+def spec(**kw):
+    return spec_from_dict({"base_overrides": BASE, "space": TWO_METHODS, "confirm": {"top_k": 2, "seeds": 3}, **kw})
+
+
+def test_best_trial_of_each_method_is_replicated():
+    rows = [row("a1", "adamw", 3.0), row("a2", "adamw", 2.9), row("l1", "lora", 3.2), row("l2", "lora", 1.0,
+            status="stopped_early")]  # fmt: skip
+    assert [r["trial_id"] for r in select_configurations(spec(), rows)] == ["a2", "l1"]
+
+
+def test_verdict_resolved_only_when_the_gap_exceeds_the_spread():
+    chosen = [row("a", "adamw", 3.0), row("l", "lora", 3.1)]
+    clear = summarize(spec(), chosen, {0: [3.00, 3.01, 3.02], 1: [3.20, 3.21, 3.22]})
+    assert clear["verdict"] == "resolved" and clear["winner"] == "a"
+    assert clear["gap"] == pytest.approx(0.2) and clear["spread"] == pytest.approx(0.02)
+    # a 0.01 difference of means inside a 0.1 seed spread is not a win
+    noisy = summarize(spec(), chosen, {0: [3.0, 3.1, 3.2], 1: [3.01, 3.11, 3.21]})
+    assert noisy["verdict"] == "not resolved" and noisy["configurations"][0]["trial_id"] == "a"
+    # ranking is by the replicates' mean, not by the searched run
+    flipped = summarize(spec(), chosen, {0: [3.30, 3.31, 3.32], 1: [3.00, 3.01, 3.02]})
+    assert flipped["winner"] == "l"
+
+
+@pytest.mark.slow  # about a minute on 2 cores: 3 search trials and 4 replicates of 10 steps
+def test_sweep_replicates_its_top_two_nested_in_mlflow(tmp_path, token_cache):
+    import ray
+
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.sweep import load_state, run_sweep
+    from ranktune.platform.tracking import CONFIRM_OF_TAG, child_runs, mlflow_client
+    from tests.test_sweep import tiny_spec
+
+    raw = tiny_spec(tmp_path, token_cache, "confirm", space=TWO_METHODS, search={"algorithm": "random"},
+                    budget={"num_trials": 3, "steps_per_trial": 10}, scheduler={"name": "none"},
+                    confirm={"top_k": 2, "seeds": 2},
+                    objectives=[{"metric": "optimizer_state_bytes", "mode": "min"}])  # fmt: skip
+    raw["max_concurrent"] = 2
+    try:
+        summary = run_sweep(spec_from_dict(raw), progress=False)
+    finally:
+        ray.shutdown()
+    spec_, state = load_state(summary["storage"])
+    confirm = summary["confirm"]
+    assert confirm["verdict"] in ("resolved", "not resolved") and len(confirm["configurations"]) == 2
+    assert all(c["n"] == 2 and c["std"] is not None for c in confirm["configurations"])
+    client = mlflow_client(state["tracking_uri"])
+    children = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    config_runs = [c for c in children if CONFIRM_OF_TAG in c.data.tags]
+    assert len(config_runs) == 2 and len(collect_trials(spec_, state)) == 3  # replicates are not search trials
+    for run in config_runs:
+        replicates = child_runs(client, state["experiment_id"], run.info.run_id)
+        assert len(replicates) == 2
+        assert {json.loads(r.data.tags["ranktune.params"])["train.seed"] for r in replicates} == {1, 2}
+        assert "eval_loss_mean" in run.data.metrics
+    parent = client.get_run(state["parent_run_id"])
+    assert parent.data.tags["ranktune.verdict"].startswith(confirm["verdict"])
+    assert parent.data.tags["ranktune.pareto_trials"]
+    assert (spec_.storage_dir / "plots" / "pareto.png").is_file()
