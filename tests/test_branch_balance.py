@@ -7,7 +7,7 @@ from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
 BASE = {"model": {"name": "tiny"}, "train": {"batch_size": 8, "micro_batch_size": 8}}
-METHODS = {"adamw", "adamw8bit", "galore_adamw", "relora", "lora"}
+METHODS = {"adamw", "adamw8bit", "galore_adamw", "fira_adamw", "apollo_adamw", "apollo_mini", "relora", "lora"}
 
 
 def compare_spec(tmp_path, **search):
@@ -21,7 +21,7 @@ def test_each_branch_is_sampled_first_once(tmp_path, algorithm):
     spec.storage_dir.mkdir(parents=True)
     searcher, num_trials = build_searcher(spec, spec.storage_dir)
     assert num_trials == 10
-    first = [searcher.suggest(f"t{i}") for i in range(5)]
+    first = [searcher.suggest(f"t{i}") for i in range(len(METHODS))]
     assert {p["optim.name"] for p in first} == METHODS
     # only the branch is fixed: its own parameters are still sampled
     galore = next(p for p in first if p["optim.name"] == "galore_adamw")
@@ -29,5 +29,5 @@ def test_each_branch_is_sampled_first_once(tmp_path, algorithm):
 
 
 def test_start_up_per_branch_must_fit_the_trial_budget(tmp_path):
-    with pytest.raises(ConfigError, match=r"search.min_trials_per_branch: 3 x 5 branches = 15 trials"):
+    with pytest.raises(ConfigError, match=r"search.min_trials_per_branch: 3 x 8 branches = 24 trials"):
         compare_spec(tmp_path, min_trials_per_branch=3)

@@ -153,7 +153,8 @@ def test_export_galore_keeps_the_paper_batch_and_global_clip(sweep, tmp_path, to
 
     # data.max_tokens follows the file's own steps x tokens per step, also after overrides.
     shorter = export_best(sweep.storage_dir, "7b", 24.0, tmp_path / "short.yaml", trial_id=trial,
-                          overrides=["train.steps=1000", "train.batch_size=256"])  # fmt: skip
+                          overrides=["train.steps=1000", "train.batch_size=256",
+                                     "schedule.warmup_steps=100"])  # fmt: skip
     assert shorter.config.data.max_tokens == 1000 * 256 * 256
 
     # The tiny swap keeps accumulation (batch 8 in micro-batches of 4) and the global clip.

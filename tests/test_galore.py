@@ -182,7 +182,9 @@ def test_per_layer_with_accumulation_updates_on_last_micro_batch_only(make_confi
     common = ("optim.name=galore_adamw", *GALORE, "train.grad_clip=0", "train.batch_size=8",
               "train.micro_batch_size=4")  # fmt: skip
     batches = random_batches(256, 2 * (2 * GAP + 1))
-    whole_cfg, layer_cfg = make_config(*common), make_config(*common, "galore.per_layer=true")
+    # Full-size accumulation in .grad (low-rank accumulation: tests/test_galore_accumulation.py).
+    layer_cfg = make_config(*common, "galore.per_layer=true", "galore.accumulation=full")
+    whole_cfg = make_config(*common)
     models = []
     for cfg in (whole_cfg, layer_cfg):
         torch.manual_seed(0)

@@ -224,23 +224,31 @@ def test_7b_bf16_weights_are_13_5_gb():
 
 
 @pytest.mark.parametrize("method", ["adamw", "galore_adamw8bit", "relora"])
-def test_estimate_cost_does_not_grow_with_the_layer_count(make_config, method):
+def test_estimate_cost_does_not_grow_with_the_layer_count(make_config, method, monkeypatch):
+    import ranktune.platform.memory as memory
+
     overrides = [f"optim.name={method}", "galore.rank=16", "relora.rank=16"]
     # 1 and 2 layers first: they also pay the one-time costs (tokenizer, first model build).
     one, two = (estimate_run(make_config(f"model.num_layers={n}", *overrides), device="cpu") for n in (1, 2))
+    built_layers = []
+    real_build = memory.build_model
+    monkeypatch.setattr(memory, "build_model", lambda llama, device: built_layers.append(llama.num_layers)
+                        or real_build(llama, device))  # fmt: skip
     start = time.perf_counter()
-    huge = estimate_run(make_config("model.num_layers=100000", *overrides), device="cpu")
+    deepest = estimate_run(make_config("model.num_layers=512", *overrides), device="cpu")  # the bound on num_layers
     elapsed = time.perf_counter() - start
-    # A guard against O(layers) work (100000 layers took over 300 s when every layer was built and
-    # walked; counted once and multiplied, config and estimate take about 0.1 s), not a benchmark.
+    # One decoder layer stands for all of them, whatever the depth (100000 layers took over 300 s
+    # when every layer was built and walked); the time is a loose guard, not a benchmark.
+    assert set(built_layers) <= {1}, built_layers  # (or none: one-layer shapes are cached across depths)
     assert elapsed < 5, elapsed
-    for i, phase in enumerate(huge.phases):
+    for i, phase in enumerate(deepest.phases):
         for field in ("weights", "gradients", "optimizer_state", "activations"):
             per_layer = getattr(two.phases[i], field) - getattr(one.phases[i], field)
-            assert getattr(phase, field) == getattr(one.phases[i], field) + 99_999 * per_layer, (phase.phase, field)
+            assert getattr(phase, field) == getattr(one.phases[i], field) + 511 * per_layer, (phase.phase, field)
 
 
 def test_estimate_refuses_an_absurd_model_by_its_fields(make_config):
-    with pytest.raises(ConfigError, match=r"model: [0-9.]+e\+17 parameters \(num_layers 1000000000,.* at most 1e\+15"):
+    # The config bounds each shape (about 4x the largest LLaMA); the estimator never sees 1e9 layers.
+    with pytest.raises(ConfigError, match=r"model.num_layers: 1000000000 -> .*less than or equal to 512"):
         estimate_run(make_config("model.num_layers=1000000000", "model.hidden_size=4096",
                                  "model.intermediate_size=11008", "model.num_heads=32"))  # fmt: skip

@@ -216,6 +216,14 @@ class TokenStreams:
     cache_dir: Path | None  # None for synthetic streams, which are never written to disk
     meta: dict
 
+    @property
+    def corpus_key(self) -> str:
+        """What names this corpus + tokenizer + split: the cache key, or the synthetic stream's shape
+        (its seed is fixed, so vocabulary and lengths determine it)."""
+        if self.cache_dir is not None:
+            return self.cache_dir.name
+        return f"synthetic-v{self.vocab_size}-{len(self.train)}-{len(self.val)}"
+
 
 SYNTHETIC_TOKENS = 2**20  # training-stream length when data.max_tokens is unset (2 MiB of uint16)
 _SYNTHETIC_SEED = 0  # fixed: the same streams in every run, whatever train.seed

@@ -62,7 +62,7 @@ class Trainer:
         self.train_blocks = TokenBlocks(tokens.train, cfg.data.seq_len)
         self.val_blocks = TokenBlocks(tokens.val, cfg.data.seq_len)
         self.val_indices = validation_indices(len(self.val_blocks), cfg.train.eval_blocks)
-        self.eval_set = eval_set_id(tokens.cache_dir.name, cfg.data.seq_len, self.val_indices)
+        self.eval_set = eval_set_id(tokens.corpus_key, cfg.data.seq_len, self.val_indices)
         # Data parallel (DDP, e.g. under Ray Train): every rank draws the same global micro-batch of
         # micro_batch_size * world_size blocks and trains on its own slice of it.
         self.rank, self.world_size = distributed_rank_and_size()
