@@ -281,6 +281,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
                          rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
                          max_memory_gib=args.max_memory_gib)  # fmt: skip
+    if result.substitute:
+        print(result.substitute)
     print(f"exported trial {result.trial_id} -> {result.config_path}")
     print(result.verdict.line())
     print(f"launch: {result.command}")
