@@ -107,7 +107,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ranktune.platform.report import collect_trials, render_table
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.report_table import flat_rows, render_table
     from ranktune.platform.sweep import load_state, resume_sweep, run_sweep
     from ranktune.search_spaces.spec import load_spec
 
@@ -123,22 +124,19 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print("error: give a sweep spec, or --resume SWEEP_DIR", file=sys.stderr)
         return EXIT_BAD_INPUT
     spec, state = load_state(summary["storage"])
-    render_table(spec, collect_trials(spec, state))
-    _print_outcome(summary)
+    render_table(spec, flat_rows(spec, collect_trials(spec, state)))
+    _print_outcome(spec, summary)
     return 0
 
 
-def _print_outcome(summary: dict) -> None:
+def _print_outcome(spec, summary: dict) -> None:
+    from ranktune.platform.report_table import winner_lines
+
     storage = summary["storage"]
-    best = summary["best"]
-    if best is None:
-        print("no trial ran its whole budget; nothing to export (see the failure reasons above)")
-    else:
-        print(f"best trial {best['trial_id']}: objective {best['objective']:.4f} with {best['params']}")
-        print(f"best config: {storage}/best_config.yaml   (train it: ranktune train {storage}/best_config.yaml)")
     _print_pareto(storage)
     _print_confirm(summary.get("confirm"))
-    print(f"plots: {storage}/plots/   MLflow UI: ranktune ui {storage}")
+    print(f"plots: {storage}/plots/   HTML: ranktune report {storage} --html   MLflow UI: ranktune ui {storage}")
+    print("\n".join(winner_lines(spec, summary["best"], storage)))
 
 
 def _print_pareto(storage: str | Path) -> None:
@@ -159,26 +157,37 @@ def _print_confirm(confirm: dict | None) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ranktune.platform.report import collect_trials, pick_best, render_table, write_plots
+    from ranktune.platform.confirm import load_confirm
+    from ranktune.platform.report import collect_trials, pick_best, write_plots
+    from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
     from ranktune.platform.sweep import load_state
 
     spec, state = load_state(args.sweep_dir)
     rows = collect_trials(spec, state)
-    render_table(spec, rows)
-    plots = write_plots(spec, state, rows, spec.storage_dir / "plots")
-    best = pick_best(rows, spec.objective.mode)
-    if best is not None:
-        print(f"best trial {best['trial_id']}: objective {best['objective']:.4f}")
-    from ranktune.platform.confirm import load_confirm
-
+    flat = sort_rows(flat_rows(spec, rows), args.sort, spec.objective.mode)
+    if args.csv or args.json:  # machine-readable: the table alone on stdout
+        print(to_csv(flat) if args.csv else to_json(flat), end="" if args.csv else "\n")
+        return 0
+    render_table(spec, flat)
+    storage = spec.storage_dir
     if spec.objectives:
         from ranktune.platform.pareto import format_front, pareto_front
 
         print("\n".join(format_front(spec, pareto_front(spec, rows))))
     if args.max_memory_gib is not None:
         _print_best_within(spec, rows, args.max_memory_gib)
-    _print_confirm(load_confirm(spec.storage_dir))
-    print("plots: " + ", ".join(str(p) for p in plots))
+    _print_confirm(load_confirm(storage))
+    plots_dir = storage / "plots"
+    if not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
+        plots = write_plots(spec, state, rows, plots_dir)  # drawn once; --plots redraws
+        print("plots: " + ", ".join(str(p) for p in plots))
+    elif plots_dir.is_dir():
+        print(f"plots: {plots_dir}/ (--plots redraws them)")
+    if args.html:
+        from ranktune.platform.report_html import write_html_report
+
+        print(f"HTML report: {write_html_report(spec, state, rows)}")
+    print("\n".join(winner_lines(spec, pick_best(rows, spec.objective.mode), str(storage))))
     return 0
 
 
@@ -334,6 +343,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="ranked table of a sweep's trials, and its plots")
     p.add_argument("sweep_dir")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true", help="print the table as CSV (nothing else)")
+    out.add_argument("--json", action="store_true", help="print the table as JSON (nothing else)")
+    p.add_argument("--sort", default="objective", metavar="KEY",
+                   help="order of the rows: objective (default), method, status, optimizer_state, peak, "
+                        "tokens_per_s, cost")  # fmt: skip
+    p.add_argument("--no-plots", action="store_true", help="do not write plots")
+    p.add_argument("--plots", action="store_true", help="redraw the plots (default: only when there are none)")
+    p.add_argument("--html", action="store_true", help="write SWEEP_DIR/report.html (interactive, self-contained)")
     p.add_argument("--max-memory-gib", type=float, default=None,
                    help="also name the best finished trial whose memory estimate fits this many GiB")  # fmt: skip
     p.set_defaults(func=cmd_report)

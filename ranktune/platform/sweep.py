@@ -372,6 +372,12 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
         client.set_tag(parent, "ranktune.best_trial_id", best["trial_id"])
         client.log_metric(parent, f"best_{spec.objective.metric}", best["objective"])
     summary["pareto"] = log_pareto_front(spec, client, parent, trials)
+    from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
+    from ranktune.platform.tracking import NOTE_TAG
+
+    # The parent run's description in the MLflow UI: who won, the next command, the ranked table.
+    winner = "  \n".join(winner_lines(spec, best, str(storage)))
+    client.set_tag(parent, NOTE_TAG, f"{winner}\n\n{to_markdown(spec, flat_rows(spec, trials))}")
     plots = write_plots(spec, state, trials, storage / "plots")
     for plot in plots:
         client.log_artifact(parent, str(plot), "plots")
