@@ -131,6 +131,8 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
                                       callbacks=callbacks(parent_of, len(points))),
         )  # fmt: skip
     results = tuner.fit()
+    if results.num_terminated + results.num_errors < len(points):  # interrupted: `--resume` continues it
+        return None
     values: dict[int, list[float]] = {}
     for result in results:
         metrics = result.metrics or {}

@@ -126,7 +126,8 @@ def _param_importances(spec: SweepSpec, path: Path) -> Path | None:
     try:
         with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
             warnings.simplefilter("ignore")
-            ax = ovm.plot_param_importances(study, target=lambda t: t.values[0] if t.values else float("nan"))
+            # With several objectives Optuna's plots need one value per trial: the primary objective's.
+            ax = ovm.plot_param_importances(study, target=lambda t: t.values[0], target_name=spec.objective.metric)
     except Exception as exc:  # Optuna raises for conditional-only spaces
         log.warning("plot param_importances skipped: %s", exc)
         return None

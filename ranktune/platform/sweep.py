@@ -239,6 +239,12 @@ def tune_callbacks(spec: SweepSpec, state: dict[str, Any], num_trials: int, prog
     ]  # fmt: skip
 
 
+def all_trials_ended(results) -> bool:
+    """False when Tune's run was interrupted (Ctrl-C) with trials still pending or running: the
+    replicates then wait for `--resume`, which finishes the search first."""
+    return results.num_terminated + results.num_errors == len(results)
+
+
 def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool) -> None:
     """The `confirm` phase after the search (platform/confirm.py): replicates of the best configurations."""
     from ranktune.platform.confirm import run_confirm
@@ -285,8 +291,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
     check_cluster_fits(spec)
     state = {"spec": json.loads(spec_json(spec)), **start_tracking(spec)}
     (storage / STATE_FILE).write_text(json.dumps(state, indent=2))
-    build_tuner(spec, state, prepare, progress).fit()
-    confirm_best(spec, state, prepare, progress)
+    if all_trials_ended(build_tuner(spec, state, prepare, progress).fit()):
+        confirm_best(spec, state, prepare, progress)
     return finish_sweep(spec, state)
 
 
@@ -314,8 +320,8 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
         tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True)
     else:  # killed before Tune saved any state: start the trials, keeping the same MLflow parent run
         tuner = build_tuner(spec, state, prepare, progress)
-    tuner.fit()
-    confirm_best(spec, state, prepare, progress)
+    if all_trials_ended(tuner.fit()):
+        confirm_best(spec, state, prepare, progress)
     return finish_sweep(spec, state)
 
 
