@@ -219,8 +219,6 @@ def _cuda() -> bool:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    import subprocess
-
     from ranktune.platform.sweep import load_state
 
     spec, state = load_state(args.sweep_dir)
@@ -230,16 +228,31 @@ def cmd_ui(args: argparse.Namespace) -> int:
             "can read and change every run (MLflow has no login by default; see docs/sweeps.md)",
             file=sys.stderr,
         )
-    print(f"MLflow UI for {spec.name}: http://{args.host}:{args.port}  (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
            "--host", args.host, "--port", str(args.port)]  # fmt: skip
     artifacts = spec.storage_dir / "mlartifacts"
     if artifacts.is_dir():
         cmd += ["--default-artifact-root", artifacts.as_uri()]
-    try:
-        return subprocess.call(cmd)
-    except KeyboardInterrupt:
-        return 0
+    from ranktune.platform.serve import serve_until_stopped
+
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    return serve_until_stopped(cmd, f"{base}/health", f"{base}/#/experiments/{state['experiment_id']}/runs",
+                               f"MLflow UI for {spec.name}")  # fmt: skip
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from ranktune.platform.serve import LOOPBACK, serve_until_stopped
+    from ranktune.platform.sweep import load_state
+
+    spec, _ = load_state(args.sweep_dir)
+    if args.host not in LOOPBACK:
+        print(f"warning: optuna-dashboard will listen on {args.host}:{args.port}; anyone who can reach that "
+              "address can read and change the study (it has no login)", file=sys.stderr)  # fmt: skip
+    storage = f"sqlite:///{spec.storage_dir / 'optuna.db'}"
+    cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())", storage,
+           "--host", args.host, "--port", str(args.port), "--quiet"]  # fmt: skip
+    base = f"http://{args.host}:{args.port}"
+    return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}")
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
@@ -359,8 +372,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="open the MLflow UI on a sweep's tracking store (127.0.0.1 by default)")
     p.add_argument("sweep_dir")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study (127.0.0.1 by default)")
+    p.add_argument("sweep_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("mlflow-server", help="a shared MLflow tracking server, e.g. on the cluster head (127.0.0.1)")
     p.add_argument("--backend-store-uri", required=True, help="where runs go: sqlite:///PATH or postgresql://...")
