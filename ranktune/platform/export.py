@@ -257,8 +257,9 @@ FULL_RANK = ("adamw", "adamw8bit", "adafactor")
 def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[str, Any], target: str,
                                   rules: ScalingRules, overrides: list[str],
                                   budget_gib: float) -> tuple[dict[str, Any], str | None]:  # fmt: skip
-    """The best trial, or, when it is full-rank and its target config does not fit, the best finished
-    low-rank trial whose target config does, with a line saying what was exported instead of what.
+    """The best trial, or, when its target config does not fit (a full-rank winner, or GaLore at the
+    paper's batch with accumulation), the best finished low-rank trial whose target config does, with
+    a line saying what was exported instead of what, and the loss gap.
 
     A full-rank winner at 7b is the normal outcome of a small proxy sweep (at 2 layers the low-rank
     methods lose little memory and some loss), and the point of the export is the low-rank recipe."""
@@ -273,17 +274,18 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
         return None
 
     problem = why_not(best)
-    if problem is None or spec.trial_config(best["params"]).optim.name not in FULL_RANK:
+    if problem is None:
         return best, None
-    low_rank = [r for r in rows if spec.trial_config(r["params"]).optim.name not in FULL_RANK]
+    low_rank = [r for r in rows if spec.trial_config(r["params"]).optim.name not in FULL_RANK and r is not best]
     chosen, passed_over = best_fitting(low_rank, spec.objective.mode, why_not)
     if chosen is None:
         raise ConfigError([f"best trial {best['trial_id']} ({best['params'].get('optim.name')}): {problem}",
                            *passed_over, "no finished low-rank trial's export fits either -> raise --budget-gib, "
                            "or give --trial ID"])  # fmt: skip
     metric, gap = spec.objective.metric, chosen["objective"] - best["objective"]
+    kind = "is full-rank and its" if spec.trial_config(best["params"]).optim.name in FULL_RANK else "has a"
     line = (f"best trial {best['trial_id']} ({best['params'].get('optim.name')}, {metric} {best['objective']:.4f}) "
-            f"is full-rank and its {target} config does not fit {budget_gib:g} GiB ({problem.split(' -> ')[0]}); "
+            f"{kind} {target} config that does not fit {budget_gib:g} GiB ({problem.split(' -> ')[0]}); "
             f"exporting the best low-rank trial that fits: {chosen['trial_id']} "
             f"({chosen['params'].get('optim.name')}, {metric} {chosen['objective']:.4f}, "
             f"{gap:+.4f} vs the best = {100 * gap / abs(best['objective']):+.1f}%)")  # fmt: skip
