@@ -235,7 +235,8 @@ def tune_callbacks(spec: SweepSpec, state: dict[str, Any], num_trials: int, prog
             spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, spec_json(spec)),
             functools.partial(trial_memory_rejection, spec_json(spec), gpus_per_trial(spec)), parent_of,
         ),
-        SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress),
+        SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress,
+                      mode=spec.objective.mode),
     ]  # fmt: skip
 
 
