@@ -75,3 +75,19 @@ def test_first_trial_of_each_branch_runs_its_full_budget():
     assert report(s, first_lora, 20, 9.0) == TrialScheduler.CONTINUE  # protected: the lora reference
     assert report(s, second_lora, 20, 9.0) == TrialScheduler.STOP  # the rest compete as usual
     assert report(s, first_lora, 80, 8.0) == TrialScheduler.STOP  # the budget's end still ends it
+
+
+def test_a_stopped_trial_says_at_which_milestone_with_what_value_against_what_cutoff():
+    from ranktune.platform.milestones import stop_reasons
+
+    s = asha({})
+    a, b, c = fake_trial("x1", name="adamw"), fake_trial("x2", name="adamw"), fake_trial("x3", name="adamw")
+    for t in (a, b, c):
+        s.on_trial_add(None, t)
+    report(s, a, 20, 3.2)
+    assert report(s, b, 20, 3.0) == TrialScheduler.CONTINUE and "x2" not in stop_reasons
+    assert report(s, c, 20, 4.0) == TrialScheduler.STOP
+    # cutoff: the 50th percentile of the two before it (3.2, 3.0) -> 3.1, in the metric's own sign
+    assert stop_reasons["x3"] == (
+        "milestone 20 (step 20): eval_loss 4 > cutoff 3.1, the best 1/2 of the 2 trials that reached it"
+    )

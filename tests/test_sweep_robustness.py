@@ -163,7 +163,7 @@ def test_stopping_the_ui_stops_its_whole_process_group(tmp_path):
     """`ranktune ui` runs `mlflow ui` through run_process_group; its forked workers must not outlive a SIGTERM."""
     pid_file = tmp_path / "worker.pid"
     server = f"import subprocess, time; p = subprocess.Popen(['sleep', '300']); open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(300)"  # noqa: E501
-    driver = f"from ranktune.platform.cli import run_process_group; run_process_group([{sys.executable!r}, '-c', {server!r}])"  # noqa: E501
+    driver = f"from ranktune.platform.serve import run_process_group; run_process_group([{sys.executable!r}, '-c', {server!r}])"  # noqa: E501
     proc = subprocess.Popen([sys.executable, "-c", driver])
     for _ in range(300):
         if pid_file.exists() and pid_file.read_text():

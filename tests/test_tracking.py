@@ -101,3 +101,13 @@ def test_runs_left_open_by_a_dead_driver_are_closed_as_lost(tmp_path):
     assert "snapshot" in runs["orphan"].data.tags["ranktune.failure_reason"]
     assert runs["done"].data.tags[STATUS_TAG] == "finished"
     assert close_lost_runs(client, state) == []  # nothing left open
+
+
+def test_run_names_say_method_rank_and_learning_rate():
+    from ranktune.platform.tracking import run_name
+
+    assert run_name({"optim.name": "galore_adamw", "galore.rank": 64, "optim.lr": 0.003}, "ab12") == (
+        "galore_adamw-r64-lr3e-3-ab12"
+    )
+    assert run_name({"optim.name": "adamw8bit", "optim.lr": 0.0047}, "cd34") == "adamw8bit-lr4.7e-3-cd34"
+    assert run_name({"train.steps": 10}, "ef56") == "ef56"

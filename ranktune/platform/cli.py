@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import logging
 import os
@@ -135,7 +134,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ranktune.platform.report import collect_trials, render_table
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.report_table import flat_rows, render_table
     from ranktune.platform.sweep import load_state, resume_sweep, run_sweep
     from ranktune.search_spaces.spec import load_spec
 
@@ -154,8 +154,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     spec, state = load_state(summary["storage"])
     rows = collect_trials(spec, state)
-    render_table(spec, rows)
-    _print_outcome(summary)
+    render_table(spec, flat_rows(spec, rows))
+    _print_outcome(spec, summary)
     return sweep_exit_code(rows)
 
 
@@ -172,17 +172,14 @@ def sweep_exit_code(rows: list[dict]) -> int:
     return 1
 
 
-def _print_outcome(summary: dict) -> None:
+def _print_outcome(spec, summary: dict) -> None:
+    from ranktune.platform.report_table import winner_lines
+
     storage = summary["storage"]
-    best = summary["best"]
-    if best is None:
-        print("no trial ran its whole budget; nothing to export (see the failure reasons above)")
-    else:
-        print(f"best trial {best['trial_id']}: objective {best['objective']:.4f} with {best['params']}")
-        print(f"best config: {storage}/best_config.yaml   (train it: ranktune train {storage}/best_config.yaml)")
     _print_pareto(storage)
     _print_confirm(summary.get("confirm"))
-    print(f"plots: {storage}/plots/   MLflow UI: ranktune ui {storage}")
+    print(f"plots: {storage}/plots/   HTML: ranktune report {storage} --html   MLflow UI: ranktune ui {storage}")
+    print("\n".join(winner_lines(spec, summary["best"], storage)))
 
 
 def _print_pareto(storage: str | Path) -> None:
@@ -203,26 +200,37 @@ def _print_confirm(confirm: dict | None) -> None:
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ranktune.platform.report import collect_trials, pick_best, render_table, write_plots
+    from ranktune.platform.confirm import load_confirm
+    from ranktune.platform.report import collect_trials, pick_best, write_plots
+    from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
     from ranktune.platform.sweep import load_state
 
     spec, state = load_state(args.sweep_dir)
     rows = collect_trials(spec, state)
-    render_table(spec, rows)
-    plots = write_plots(spec, state, rows, spec.storage_dir / "plots")
-    best = pick_best(rows, spec.objective.mode)
-    if best is not None:
-        print(f"best trial {best['trial_id']}: objective {best['objective']:.4f}")
-    from ranktune.platform.confirm import load_confirm
-
+    flat = sort_rows(flat_rows(spec, rows), args.sort, spec.objective.mode)
+    if args.csv or args.json:  # machine-readable: the table alone on stdout
+        print(to_csv(flat) if args.csv else to_json(flat), end="" if args.csv else "\n")
+        return 0
+    render_table(spec, flat)
+    storage = spec.storage_dir
     if spec.objectives:
         from ranktune.platform.pareto import format_front, pareto_front
 
         print("\n".join(format_front(spec, pareto_front(spec, rows))))
     if args.max_memory_gib is not None:
         _print_best_within(spec, rows, args.max_memory_gib)
-    _print_confirm(load_confirm(spec.storage_dir))
-    print("plots: " + ", ".join(str(p) for p in plots))
+    _print_confirm(load_confirm(storage))
+    plots_dir = storage / "plots"
+    if not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
+        plots = write_plots(spec, state, rows, plots_dir)  # drawn once; --plots redraws
+        print("plots: " + ", ".join(str(p) for p in plots))
+    elif plots_dir.is_dir():
+        print(f"plots: {plots_dir}/ (--plots redraws them)")
+    if args.html:
+        from ranktune.platform.report_html import write_html_report
+
+        print(f"HTML report: {write_html_report(spec, state, rows)}")
+    print("\n".join(winner_lines(spec, pick_best(rows, spec.objective.mode), str(storage))))
     return 0
 
 
@@ -263,43 +271,31 @@ def cmd_ui(args: argparse.Namespace) -> int:
             "can read and change every run (MLflow has no login by default; see docs/sweeps.md)",
             file=sys.stderr,
         )
-    print(f"MLflow UI for {spec.name}: http://{args.host}:{args.port}  (Ctrl-C to stop)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
            "--host", args.host, "--port", str(args.port)]  # fmt: skip
     artifacts = spec.storage_dir / "mlartifacts"
     if artifacts.is_dir():
         cmd += ["--default-artifact-root", artifacts.as_uri()]
-    return run_process_group(cmd)
+    from ranktune.platform.serve import serve_until_stopped
+
+    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    return serve_until_stopped(cmd, f"{base}/health", f"{base}/#/experiments/{state['experiment_id']}/runs",
+                               f"MLflow UI for {spec.name}")  # fmt: skip
 
 
-def run_process_group(cmd: list[str], grace_s: float = 10.0) -> int:
-    """Run `cmd` in its own process group until it exits; SIGINT/SIGTERM here stop the whole group
-    (`mlflow ui` forks gunicorn/uvicorn workers that would otherwise keep listening)."""
-    import subprocess
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from ranktune.platform.serve import LOOPBACK, serve_until_stopped
+    from ranktune.platform.sweep import load_state
 
-    proc = subprocess.Popen(cmd, start_new_session=True)
-    stopping = []
-
-    def stop(signum, frame):
-        stopping.append(signum)
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        while True:
-            try:
-                rc = proc.wait(timeout=grace_s if stopping else None)
-                break
-            except subprocess.TimeoutExpired:  # asked to stop and still running: no more waiting
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-        with contextlib.suppress(ProcessLookupError):  # workers that outlived their parent
-            os.killpg(proc.pid, signal.SIGKILL)
-    return 0 if stopping else rc
+    spec, _ = load_state(args.sweep_dir)
+    if args.host not in LOOPBACK:
+        print(f"warning: optuna-dashboard will listen on {args.host}:{args.port}; anyone who can reach that "
+              "address can read and change the study (it has no login)", file=sys.stderr)  # fmt: skip
+    storage = f"sqlite:///{spec.storage_dir / 'optuna.db'}"
+    cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())", storage,
+           "--host", args.host, "--port", str(args.port), "--quiet"]  # fmt: skip
+    base = f"http://{args.host}:{args.port}"
+    return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}")
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
@@ -350,6 +346,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
                          rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
                          max_memory_gib=args.max_memory_gib)  # fmt: skip
+    if result.substitute:
+        print(result.substitute)
     print(f"exported trial {result.trial_id} -> {result.config_path}")
     print(result.verdict.line())
     print(f"launch: {result.command}")
@@ -401,6 +399,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("report", help="ranked table of a sweep's trials, and its plots")
     p.add_argument("sweep_dir")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--csv", action="store_true", help="print the table as CSV (nothing else)")
+    out.add_argument("--json", action="store_true", help="print the table as JSON (nothing else)")
+    p.add_argument("--sort", default="objective", metavar="KEY",
+                   help="order of the rows: objective (default), method, status, optimizer_state, peak, "
+                        "tokens_per_s, cost")  # fmt: skip
+    p.add_argument("--no-plots", action="store_true", help="do not write plots")
+    p.add_argument("--plots", action="store_true", help="redraw the plots (default: only when there are none)")
+    p.add_argument("--html", action="store_true", help="write SWEEP_DIR/report.html (interactive, self-contained)")
     p.add_argument("--max-memory-gib", type=float, default=None,
                    help="also name the best finished trial whose memory estimate fits this many GiB")  # fmt: skip
     p.set_defaults(func=cmd_report)
@@ -408,8 +415,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="open the MLflow UI on a sweep's tracking store (127.0.0.1 by default)")
     p.add_argument("sweep_dir")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
     p.set_defaults(func=cmd_ui)
+
+    p = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study (127.0.0.1 by default)")
+    p.add_argument("sweep_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("mlflow-server", help="a shared MLflow tracking server, e.g. on the cluster head (127.0.0.1)")
     p.add_argument("--backend-store-uri", required=True, help="where runs go: sqlite:///PATH or postgresql://...")

@@ -92,6 +92,7 @@ class ExportResult:
     estimate: RunEstimate
     verdict: Verdict
     command: str
+    substitute: str | None = None  # why the best trial was not the one exported (low_rank_if_best_does_not_fit)
 
 
 # ---------------------------------------------------------------------------------- mapping
@@ -207,7 +208,7 @@ def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRul
             run = estimate_run(trial)
             if verdict(run, budget_gib - rules.min_headroom_gib).fits:
                 return config_from_dict(trial.model_dump(mode="json")), run
-    raise ConfigError(does_not_fit(trial, run, budget_gib))
+    raise ConfigError(does_not_fit(trial, run, budget_gib, rules.min_headroom_gib))
 
 
 def memory_savings(raw: dict[str, Any], user_keys: set[str]) -> list[list[str]]:
@@ -220,10 +221,10 @@ def memory_savings(raw: dict[str, Any], user_keys: set[str]) -> list[list[str]]:
     return savings
 
 
-def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float) -> list[str]:
+def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom_gib: float = 0.0) -> list[str]:
     """What to change, largest lever first, for a config whose smallest micro-batch does not fit."""
     peak = run.peak
-    need = run.total / 2**30
+    need = run.total / 2**30 + headroom_gib  # the micro-batch search keeps `headroom_gib` free
     problems = [
         f"memory: {gib(run.total)} at micro-batch {cfg.train.micro_batch_size} ({peak.phase} phase) -> "
         f"at most --budget-gib {budget_gib:g}; with this config it needs --budget-gib {math.ceil(need)}"
@@ -303,6 +304,47 @@ def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: S
     return best
 
 
+FULL_RANK = ("adamw", "adamw8bit", "adafactor")
+
+
+def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[str, Any], target: str,
+                                  rules: ScalingRules, overrides: list[str],
+                                  budget_gib: float) -> tuple[dict[str, Any], str | None]:  # fmt: skip
+    """The best trial, or, when its target config does not fit (a full-rank winner, or GaLore at the
+    paper's batch with accumulation), the best finished low-rank trial whose target config does, with
+    a line saying what was exported instead of what, and the loss gap.
+
+    A full-rank winner at 7b is the normal outcome of a small proxy sweep (at 2 layers the low-rank
+    methods lose little memory and some loss), and the point of the export is the low-rank recipe."""
+    from ranktune.platform.pareto import best_fitting
+
+    def why_not(row: dict[str, Any]) -> str | None:
+        try:
+            fit_micro_batch(map_to_target(spec.trial_config(row["params"]), target, rules), overrides, rules,
+                            budget_gib)  # fmt: skip
+        except ConfigError as exc:
+            return exc.problems[0]
+        return None
+
+    problem = why_not(best)
+    if problem is None:
+        return best, None
+    low_rank = [r for r in rows if spec.trial_config(r["params"]).optim.name not in FULL_RANK and r is not best]
+    chosen, passed_over = best_fitting(low_rank, spec.objective.mode, why_not)
+    if chosen is None:
+        raise ConfigError([f"best trial {best['trial_id']} ({best['params'].get('optim.name')}): {problem}",
+                           *passed_over, "no finished low-rank trial's export fits either -> raise --budget-gib, "
+                           "or give --trial ID"])  # fmt: skip
+    metric, gap = spec.objective.metric, chosen["objective"] - best["objective"]
+    kind = "is full-rank and its" if spec.trial_config(best["params"]).optim.name in FULL_RANK else "has a"
+    line = (f"best trial {best['trial_id']} ({best['params'].get('optim.name')}, {metric} {best['objective']:.4f}) "
+            f"{kind} {target} config that does not fit {budget_gib:g} GiB ({problem.split(' -> ')[0]}); "
+            f"exporting the best low-rank trial that fits: {chosen['trial_id']} "
+            f"({chosen['params'].get('optim.name')}, {metric} {chosen['objective']:.4f}, "
+            f"{gap:+.4f} vs the best = {100 * gap / abs(best['objective']):+.1f}%)")  # fmt: skip
+    return chosen, "\n".join([line, *(f"  passed over {p}" for p in passed_over)])
+
+
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = 24.0, out: str | Path | None = None,
                 rules: ScalingRules | None = None, overrides: list[str] = (),
                 trial_id: str | None = None, max_memory_gib: float | None = None) -> ExportResult:  # fmt: skip
@@ -313,11 +355,15 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = 2
     rules = rules or ScalingRules()
     spec, state = load_state(sweep_dir)
     rows = collect_trials(spec, state)
+    substitute = None
     if max_memory_gib is not None and trial_id is None:
         budget_gib = max_memory_gib
         source = select_within_memory(spec, rows, target, rules, list(overrides), max_memory_gib)
     else:
         source = select_trial(rows, spec.objective.mode, trial_id, str(sweep_dir))
+        if trial_id is None:
+            source, substitute = low_rank_if_best_does_not_fit(spec, rows, source, target, rules, list(overrides),
+                                                               budget_gib)  # fmt: skip
     proxy = spec.trial_config(source["params"])
     raw = map_to_target(proxy, target, rules)
     cfg, run = fit_micro_batch(raw, list(overrides), rules, budget_gib)
@@ -340,7 +386,7 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = 2
     log_text_artifact(client, parent, path.with_suffix(".memory.json").name, estimate_json, "export")
     client.set_tag(parent, f"ranktune.export.{target}.trial_id", source["trial_id"])
     client.set_tag(source["run_id"], "ranktune.exported_to", f"{target} ({gib(v.total)} of {budget_gib:g} GiB)")
-    return ExportResult(source["trial_id"], path, cfg, run, v, command)
+    return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute)
 
 
 def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,

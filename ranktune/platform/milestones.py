@@ -26,6 +26,10 @@ from ranktune.trainables.config import TrainConfig
 
 Window = tuple[int, int]  # (first, last) update count, inclusive, at which a result is not judged
 
+# trial_id -> why the scheduler stopped it ("milestone 20: eval_loss 5.91 > rung cutoff 5.62 ..."),
+# read by the MLflow callback in the same (driver) process when the trial completes.
+stop_reasons: dict[str, str] = {}
+
 
 def settling_windows(cfg: TrainConfig) -> list[Window]:
     """Update counts at which the trial's loss is not comparable with other methods' (see module doc)."""
@@ -92,6 +96,7 @@ class MethodAwareASHA(AsyncHyperBandScheduler):
             if in_window(int(result[self._time_attr]), self.windows.get(trial.trial_id, [])):
                 self._skip_unsettled_rungs(trial, result[self._time_attr])
                 return TrialScheduler.CONTINUE
+        cutoffs = self._rung_cutoffs(trial)
         action = super().on_trial_result(tune_controller, trial, result)
         if (
             action == TrialScheduler.STOP
@@ -100,7 +105,31 @@ class MethodAwareASHA(AsyncHyperBandScheduler):
         ):
             self._num_stopped -= 1
             return TrialScheduler.CONTINUE
+        if action == TrialScheduler.STOP and self._metric in result:
+            stop_reasons[trial.trial_id] = self._stop_reason(trial, result, cutoffs)
         return action
+
+    def _rung_cutoffs(self, trial) -> dict[float, tuple[float | None, int]]:
+        """milestone -> (cutoff, trials recorded) of the trial's bracket before this result enters it."""
+        bracket = self._trial_info.get(trial.trial_id)
+        if bracket is None:
+            return {}
+        return {milestone: (bracket.cutoff(recorded), len(recorded)) for milestone, recorded in bracket._rungs
+                if trial.trial_id not in recorded}  # fmt: skip
+
+    def _stop_reason(self, trial, result: dict, cutoffs: dict[float, tuple[float | None, int]]) -> str:
+        step = result.get(self._time_attr, 0)
+        # The rung judged is the highest one this result reached (Ray records a result there first).
+        judged = [m for m in cutoffs if m <= step and cutoffs[m][0] is not None]
+        value = result[self._metric]
+        if not judged:
+            return f"stopped by the scheduler at step {step} with {self._metric} {value:.4g}"
+        milestone = max(judged)
+        cutoff, others = cutoffs[milestone]
+        cutoff *= self._metric_op  # Ray stores rewards as metric x (+1 for max, -1 for min)
+        worse = ">" if self._metric_op < 0 else "<"
+        return (f"milestone {milestone:g} (step {step}): {self._metric} {value:.4g} {worse} cutoff {cutoff:.4g}, "
+                f"the best 1/{self._reduction_factor:g} of the {others} trials that reached it")  # fmt: skip
 
 
 def build_method_aware_scheduler(spec: SweepSpec, spec_json: str, **asha: Any) -> MethodAwareASHA:

@@ -23,6 +23,7 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
         PARAMS_TAG,
         REASON_TAG,
         STATUS_TAG,
+        STOP_REASON_TAG,
         TRIAL_TAG,
         child_runs,
         mlflow_client,
@@ -43,6 +44,7 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
                 "run_id": run.info.run_id,
                 "status": tags.get(STATUS_TAG, "running"),
                 "failure_reason": tags.get(REASON_TAG),
+                "stop_reason": tags.get(STOP_REASON_TAG),
                 "params": json.loads(tags.get(PARAMS_TAG, "{}")),
                 "objective": metrics.get(f"final_{metric}"),
                 "step": _last_step(client, run.info.run_id, metric),
@@ -94,107 +96,42 @@ def pick_best(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
     return min(finished, key=lambda r: (_objective_key(r, mode), r["peak_memory_bytes"] or 0))
 
 
-def render_table(spec: SweepSpec, rows: list[dict[str, Any]]) -> None:
-    from rich.console import Console
-    from rich.table import Table
-
-    names = sorted({k for r in rows for k in r["params"]})
-    unit = rows[0]["device_kind"] if rows else "GPU"
-    table = Table(title=f"sweep {spec.name}: {spec.objective.mode} {spec.objective.metric} at the end of the budget")
-    for col in ("#", "trial", "status", spec.objective.metric, "step", *names, "peak MiB", "tok/s", f"{unit}-h"):
-        table.add_column(col, overflow="fold")
-    for i, r in enumerate(rows, 1):
-        status = r["status"]
-        if status in ("failed", "pruned_memory"):  # the reason is what the reader needs
-            status = f"{status}: {(r['failure_reason'] or '')[:160]}"
-        table.add_row(
-            str(i), r["trial_id"] or "?", status, _fmt(r["objective"]), _fmt(r["step"]),
-            *(_fmt(r["params"].get(n, "")) for n in names),
-            _fmt(r["peak_memory_bytes"] / 2**20 if r["peak_memory_bytes"] else None),
-            _fmt(r["tokens_per_s"]), _fmt(r["device_hours"]),
-        )  # fmt: skip
-    console = Console()
-    if not console.is_terminal:  # logs and CI: wide enough that params stay on one line
-        console = Console(width=200)
-    console.print(table)
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return str(value)
+IMPORTANCE_MIN_TRIALS = 20  # Optuna's fANOVA importances from fewer full-budget trials are noise
 
 
 def write_plots(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """Optuna's optimization history, parallel coordinates and parameter importances, plus overlaid
-    loss curves of every trial. A plot that cannot be drawn (e.g. importances with under two finished
-    trials) is skipped with a logged reason."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-
-    out_dir.mkdir(parents=True, exist_ok=True)
-    written: list[Path] = []
-    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{spec.storage_dir / 'optuna.db'}")
-    from optuna.visualization import matplotlib as ovm
-
-    # With several objectives Optuna's plots need one value per trial: the primary objective's.
-    primary = (lambda trial: trial.values[0]) if spec.objectives else None
-
-    for name, draw in (
-        ("optimization_history", ovm.plot_optimization_history),
-        ("parallel_coordinates", ovm.plot_parallel_coordinate),
-        ("param_importances", ovm.plot_param_importances),
-    ):
-        try:
-            with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
-                warnings.simplefilter("ignore")
-                ax = draw(study, target=primary, target_name=spec.objective.metric)
-            fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
-            fig.savefig(out_dir / f"{name}.png", dpi=110, bbox_inches="tight")
-            plt.close(fig)
-            written.append(out_dir / f"{name}.png")
-        except Exception as exc:  # Optuna raises for too few trials or conditional-only spaces
-            log.warning("plot %s skipped: %s", name, exc)
+    """The method-coloured plots of plots.py, the Pareto front (several objectives), and Optuna's
+    parameter importances once there are enough full-budget trials for them to mean something."""
+    from ranktune.platform.confirm import load_confirm
     from ranktune.platform.pareto import plot_front
+    from ranktune.platform.plots import write_method_plots
 
+    written = write_method_plots(spec, state, rows, out_dir, load_confirm(spec.storage_dir))
     front = plot_front(spec, rows, out_dir / "pareto.png")
     if front:
         written.append(front)
-    curves = _loss_curves(state, rows, out_dir / "loss_curves.png")
-    if curves:
-        written.append(curves)
+    if sum(r["status"] == "finished" for r in rows) >= IMPORTANCE_MIN_TRIALS:
+        importances = _param_importances(spec, out_dir / "param_importances.png")
+        if importances:
+            written.append(importances)
     return written
 
 
-def _loss_curves(state: dict[str, Any], rows: list[dict[str, Any]], path: Path) -> Path | None:
+def _param_importances(spec: SweepSpec, path: Path) -> Path | None:
     import matplotlib.pyplot as plt
+    import optuna
+    from optuna.visualization import matplotlib as ovm
 
-    from ranktune.platform.tracking import mlflow_client
-
-    client = mlflow_client(state["tracking_uri"])
-    fig, (ax_train, ax_eval) = plt.subplots(1, 2, figsize=(12, 4.5))
-    drawn = 0
-    for r in rows:
-        label = f"{r['trial_id']} {r['params'].get('optim.name', '')} ({r['status']})"
-        for ax, metric in ((ax_train, "train_loss"), (ax_eval, "eval_loss")):
-            history = sorted(client.get_metric_history(r["run_id"], metric), key=lambda m: m.step)
-            if history:
-                ax.plot([m.step for m in history], [m.value for m in history], label=label,
-                        linestyle="--" if r["status"] != "finished" else "-", marker=".")  # fmt: skip
-                drawn += 1
-    if not drawn:
-        plt.close(fig)
+    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{spec.storage_dir / 'optuna.db'}")
+    try:
+        with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
+            warnings.simplefilter("ignore")
+            # With several objectives Optuna's plots need one value per trial: the primary objective's.
+            ax = ovm.plot_param_importances(study, target=lambda t: t.values[0], target_name=spec.objective.metric)
+    except Exception as exc:  # Optuna raises for conditional-only spaces
+        log.warning("plot param_importances skipped: %s", exc)
         return None
-    for ax, title in ((ax_train, "train loss"), (ax_eval, "held-out loss")):
-        ax.set_xlabel("step")
-        ax.set_title(title)
-        ax.grid(alpha=0.3)
-    ax_eval.legend(fontsize=7, loc="upper right")
+    fig = (ax.flat[0] if hasattr(ax, "flat") else ax).figure
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

@@ -4,6 +4,7 @@ Sweep directory layout (`spec.storage`):
     sweep.json      spec, MLflow parent run and experiment ids (what `--resume` needs)
     optuna.db       Optuna study (sqlite RDB storage: the sampler's history survives a restart)
     mlflow.db       default MLflow tracking store (any tracking URI may be given instead)
+    (everything above is found relative to the directory: a copied or moved sweep works; relocate.py)
     mlartifacts/    default MLflow artifact root
     tune/           Ray Tune experiment: trial dirs (results), experiment state
     trials/<id>/    a trial's newest checkpoint (`checkpoints/step_N.pt`), where it continues from
@@ -234,7 +235,8 @@ def tune_callbacks(spec: SweepSpec, state: dict[str, Any], num_trials: int, prog
             spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, spec_json(spec)),
             functools.partial(trial_memory_rejection, spec_json(spec), gpus_per_trial(spec)), parent_of,
         ),
-        SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress),
+        SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress,
+                      mode=spec.objective.mode),
     ]  # fmt: skip
 
 
@@ -269,7 +271,7 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
     storage = spec.storage_dir
     client = mlflow_client(spec.tracking_uri)
     artifact_root = None if spec.tracking.tracking_uri else (storage / "mlartifacts").as_uri()
-    experiment_id = get_or_create_experiment(client, spec.tracking.experiment, artifact_root)
+    experiment_id = get_or_create_experiment(client, spec.tracking.experiment or spec.name, artifact_root)
     parent = client.create_run(experiment_id, run_name=spec.name, tags={SWEEP_TAG: spec.name})
     run_id = parent.info.run_id
     for key, value in {
@@ -280,7 +282,8 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
     }.items():  # fmt: skip
         client.log_param(run_id, key, strip_userinfo(str(value)))
     log_text_artifact(client, run_id, "sweep_spec.yaml", yaml.safe_dump(json.loads(spec_json(spec)), sort_keys=False))
-    return {"tracking_uri": spec.tracking_uri, "experiment_id": experiment_id, "parent_run_id": run_id}
+    return {"tracking_uri": spec.tracking_uri, "experiment_id": experiment_id, "parent_run_id": run_id,
+            "storage_dir": str(storage)}  # fmt: skip
 
 
 def check_before_start(spec: SweepSpec) -> None:
@@ -321,11 +324,14 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
 
 
 def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
+    """The sweep in `storage_dir`, wherever that directory now is (see relocate.py)."""
+    from ranktune.platform.relocate import relocate
+
     path = Path(storage_dir).expanduser().resolve() / STATE_FILE
     if not path.is_file():
         raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
     state = json.loads(path.read_text())
-    return SweepSpec.model_validate(state["spec"]), state
+    return relocate(SweepSpec.model_validate(state["spec"]), state, path.parent)
 
 
 def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,
@@ -403,6 +409,12 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
         client.set_tag(parent, "ranktune.best_trial_id", best["trial_id"])
         client.log_metric(parent, f"best_{spec.objective.metric}", best["objective"])
     summary["pareto"] = log_pareto_front(spec, client, parent, trials)
+    from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
+    from ranktune.platform.tracking import NOTE_TAG
+
+    # The parent run's description in the MLflow UI: who won, the next command, the ranked table.
+    winner = "  \n".join(winner_lines(spec, best, str(storage)))
+    client.set_tag(parent, NOTE_TAG, f"{winner}\n\n{to_markdown(spec, flat_rows(spec, trials))}")
     plots = write_plots(spec, state, trials, storage / "plots")
     for plot in plots:
         client.log_artifact(parent, str(plot), "plots")

@@ -27,6 +27,11 @@ PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow
 NODES_TAG = "ranktune.node_ids"  # Ray nodes the trial reported from, in order, comma-separated
 CONFIRM_OF_TAG = "ranktune.confirm_of"  # a replicated configuration's run (platform/confirm.py), not a trial
 EVAL_SET_TAG = "ranktune.eval_set"  # identity of the held-out blocks the trial was scored on (data.eval_set_id)
+STOP_REASON_TAG = "ranktune.stop_reason"  # why the scheduler stopped a trial: milestone, its value, the cutoff
+NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
+# The MLflow UI opens an experiment in its GenAI view (traces, prompts) unless the experiment says
+# it holds model training runs.
+EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
 
 # Metrics that become step-indexed curves in MLflow (from each result and its log_history).
 CURVE_KEYS = ("train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes",
@@ -85,7 +90,24 @@ def get_or_create_experiment(client, name: str, artifact_root: str | None = None
     exp = client.get_experiment_by_name(name)
     if exp is not None:
         return exp.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root)
+    return client.create_experiment(name, artifact_location=artifact_root, tags=EXPERIMENT_KIND_TAGS)
+
+
+def run_name(params: dict[str, Any], trial_id: str) -> str:
+    """What a trial is, readable in a list of runs: `galore_adamw-r64-lr3e-3-<trial id>`."""
+    parts = [str(params["optim.name"])] if "optim.name" in params else []
+    rank = params.get("galore.rank", params.get("relora.rank"))
+    if rank is not None:
+        parts.append(f"r{rank}")
+    if isinstance(params.get("optim.lr"), (int, float)):
+        parts.append(f"lr{short_float(params['optim.lr'])}")
+    return "-".join([*parts, trial_id])
+
+
+def short_float(value: float) -> str:
+    """2 significant digits, exponent without padding: 0.003 -> 3e-3, 0.0047 -> 4.7e-3."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
 
 
 def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
@@ -158,7 +180,7 @@ class MlflowTrials(Callback):
         else:
             run = self.client.create_run(
                 self.experiment_id,
-                run_name=f"{self.sweep_name}-{trial.trial_id}",
+                run_name=run_name(trial.config, trial.trial_id),
                 tags={"mlflow.parentRunId": parent, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name},
             )
             run_id = run.info.run_id
@@ -205,8 +227,11 @@ class MlflowTrials(Callback):
             if record["step"] > newest:
                 metrics += [Metric(k, float(record[k]), stamp, record["step"]) for k in CURVE_KEYS if k in record]
         if step > newest or (step == 0 and newest < 0):
+            # The untrained model's perplexity (~ the vocabulary size) would flatten the chart of the
+            # trained ones; its loss at step 0 is kept.
+            keys = ("eval_loss",) if step == 0 else EVAL_KEYS
             metrics += [
-                Metric(k, float(result[k]), stamp, step) for k in EVAL_KEYS if k in result and math.isfinite(result[k])
+                Metric(k, float(result[k]), stamp, step) for k in keys if k in result and math.isfinite(result[k])
             ]
         for start in range(0, len(metrics), 900):  # MLflow caps a batch at 1000 metrics
             self.client.log_batch(run_id, metrics=metrics[start : start + 900])
@@ -226,8 +251,14 @@ class MlflowTrials(Callback):
         reached = max(last.get("step", 0), self._logged_step.get(run_id, -1))
         stopped_early = reached < self.steps_per_trial
         self.client.set_tag(run_id, STATUS_TAG, "stopped_early" if stopped_early else "finished")
+        if stopped_early:
+            # A decision of the search, not a crash: the run ends FINISHED and says why it ended early.
+            from ranktune.platform.milestones import stop_reasons
+
+            reason = stop_reasons.get(trial.trial_id, f"stopped by the scheduler at step {reached}")
+            self.client.set_tag(run_id, STOP_REASON_TAG, reason)
         self.log_final(run_id, last)
-        self.client.set_terminated(run_id, status="KILLED" if stopped_early else "FINISHED")
+        self.client.set_terminated(run_id, status="FINISHED")
 
     def log_final(self, run_id: str, last: dict[str, Any]) -> None:
         for key in ("eval_loss", "eval_ppl", "tokens", "wall_time", "tokens_per_s", "peak_memory_bytes",

@@ -84,7 +84,7 @@ class Resources(Strict):
 
 class Tracking(Strict):
     tracking_uri: str | None = None  # default: sqlite database inside the sweep directory
-    experiment: str = "ranktune"
+    experiment: str | None = None  # MLflow experiment; default: the sweep's name
 
 
 class SweepSpec(Strict):

@@ -1,0 +1,53 @@
+"""Headless Chromium (Debian package `chromium`) for the tests that check pages in a real browser."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+needs_chromium = pytest.mark.skipif(CHROMIUM is None, reason="needs `chromium` (apt-get install -y chromium)")
+
+# Put first in <head>: page errors and console.error calls land in an attribute of <html> that
+# --dump-dom shows, so a test can assert there were none.
+ERROR_PROBE = """<script>
+(function () {
+  function note(text) { var d = document.documentElement; d.setAttribute('data-errors',
+                        (d.getAttribute('data-errors') || '') + '|' + text); }
+  window.addEventListener('error', function (e) { note(e.message); });
+  var original = console.error; console.error = function () { note([].join.call(arguments, ' '));
+                                                             original.apply(console, arguments); };
+})();
+</script>"""
+
+
+def _chromium(*args: str, timeout: float = 120) -> str:
+    cmd = [CHROMIUM, "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+           "--virtual-time-budget=10000", *args]  # fmt: skip
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
+
+
+def dump_dom(url: str) -> str:
+    """The page's DOM after its scripts ran."""
+    return _chromium("--dump-dom", url)
+
+
+def screenshot(url: str, path: Path, size: str = "1200,2000") -> Path:
+    _chromium(f"--screenshot={path}", f"--window-size={size}", url)
+    return path
+
+
+def with_error_probe(html_file: Path, out: Path) -> Path:
+    text = html_file.read_text()
+    out.write_text(text.replace("<head>", "<head>" + ERROR_PROBE, 1))
+    return out
+
+
+def distinct_colours(png: Path) -> int:
+    from PIL import Image
+
+    with Image.open(png) as image:
+        return len(set(image.convert("RGB").resize((300, 500)).getdata()))
