@@ -107,8 +107,12 @@ def _train(args: argparse.Namespace, cfg, out: Path) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from ranktune.trainables.config import load_config
+    from ranktune.trainables.config import config_keys, load_config
 
+    if args.keys:
+        for key, type_name, default, meaning in config_keys():
+            print(f"{key}  ({type_name}, default {json.dumps(default)})\n    {meaning}")
+        return 0
     cfg = load_config(args.config, args.overrides)
     print(_dump_yaml(cfg.model_dump(mode="json")), end="")
     return 0
@@ -379,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="validate a config and print it fully resolved")
     _add_config_args(p)
+    p.add_argument("--keys", action="store_true", help="list every config key with its type, default and meaning")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("schedule", help="print (or plot) the LR schedule of a config, e.g. ReLoRA's sawtooth")
