@@ -177,6 +177,7 @@ def assert_in_shared_storage(storage: Path, client, runs) -> None:
         assert (Path(urlparse(run.info.artifact_uri).path) / "config.yaml").is_file()
 
 
+@pytest.mark.slow
 def test_sweep_spreads_over_two_nodes_into_shared_storage(tmp_path, token_cache, two_nodes):
     node_ids = two_nodes.node_ids()
     assert set(node_ids) == {"head", "worker1"}

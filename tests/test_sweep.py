@@ -133,6 +133,7 @@ def _wait_for(predicate, timeout: float, what: str, poll_s: float = 1.0):
     raise AssertionError(f"timed out waiting for {what}")
 
 
+@pytest.mark.slow
 def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, token_cache):
     raw = tiny_spec(
         tmp_path, token_cache, "killed",
@@ -191,6 +192,7 @@ def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, tok
     assert len(rows) == 3 and json.loads((storage / "results.json").read_text())[0]["status"] == "finished"
 
 
+@pytest.mark.slow
 def test_two_worker_ray_train_trial_on_cpu(tmp_path, token_cache, local_ray):
     from ranktune.platform.sweep import run_sweep
 

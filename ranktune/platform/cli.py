@@ -11,19 +11,21 @@ import signal
 import sys
 from pathlib import Path
 
+from ranktune.platform.cluster import LOOPBACK
+from ranktune.platform.memory import DEFAULT_BUDGET_GIB
+
 EXIT_BAD_INPUT = 2
+
+
+def _add_set_arg(p: argparse.ArgumentParser, what: str, example: str) -> None:
+    """The repeatable `--set KEY=VALUE` override every config-reading command takes."""
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"override {what}, e.g. --set {example} (repeatable)")  # fmt: skip
 
 
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (defaults apply to anything it leaves out)")
-    p.add_argument(
-        "--set",
-        dest="overrides",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config field, e.g. --set optim.lr=1e-3 --set train.steps=50 (repeatable)",
-    )
+    _add_set_arg(p, "a config field", "optim.lr=1e-3 --set train.steps=50")
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -106,8 +108,12 @@ def _train(args: argparse.Namespace, cfg, out: Path) -> int:
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from ranktune.trainables.config import load_config
+    from ranktune.trainables.config import config_keys, load_config
 
+    if args.keys:
+        for key, type_name, default, meaning in config_keys():
+            print(f"{key}  ({type_name}, default {json.dumps(default)})\n    {meaning}")
+        return 0
     cfg = load_config(args.config, args.overrides)
     print(_dump_yaml(cfg.model_dump(mode="json")), end="")
     return 0
@@ -265,7 +271,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from ranktune.platform.sweep import load_state
 
     spec, state = load_state(args.sweep_dir)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK:
         print(
             f"warning: the MLflow UI will listen on {args.host}:{args.port}; anyone who can reach that address "
             "can read and change every run (MLflow has no login by default; see docs/sweeps.md)",
@@ -377,6 +383,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("config", help="validate a config and print it fully resolved")
     _add_config_args(p)
+    p.add_argument("--keys", action="store_true", help="list every config key with its type, default and meaning")
     p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("schedule", help="print (or plot) the LR schedule of a config, e.g. ReLoRA's sawtooth")
@@ -390,8 +397,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna + ASHA, tracked in MLflow)")
     p.add_argument("spec", nargs="?", help="sweep spec YAML (see docs/sweeps.md)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a spec field, e.g. --set budget.num_trials=4")  # fmt: skip
+    _add_set_arg(p, "a spec field", "budget.num_trials=4")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="finish a sweep whose driver stopped or was killed")
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--quiet", action="store_true", help="no live progress table")
@@ -435,7 +441,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("estimate", help="estimate a config's training memory and check it against a GPU budget")
     _add_config_args(p)
-    p.add_argument("--budget-gib", type=float, default=24.0, help="GPU memory budget (default 24 GiB)")
+    p.add_argument(
+        "--budget-gib", type=float, default=DEFAULT_BUDGET_GIB, help="GPU memory budget in GiB (default %(default)g)"
+    )
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cuda adds the fixed overhead")
     p.add_argument("--overhead-gib", type=float, default=None, help="fixed overhead (default 1 GiB on cuda)")
     p.set_defaults(func=cmd_estimate)
@@ -443,15 +451,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("export", help="turn a sweep's best trial into a single-GPU config for a target model")
     p.add_argument("sweep_dir")
     p.add_argument("--target", default="7b", help="target model preset (default 7b)")
-    p.add_argument("--budget-gib", type=float, default=24.0, help="GPU memory budget (default 24 GiB)")
+    p.add_argument(
+        "--budget-gib", type=float, default=DEFAULT_BUDGET_GIB, help="GPU memory budget in GiB (default %(default)g)"
+    )
     p.add_argument("--out", help="config file to write (default SWEEP_DIR/export_<target>.yaml)")
     p.add_argument("--rules", help="YAML file of scaling rules (see docs/export.md)")
     p.add_argument("--trial", help="export this finished trial instead of the best one")
     p.add_argument("--max-memory-gib", type=float, default=None,
                    help="export the best finished trial whose target config's estimate fits this many GiB "
                         "(the budget for the export too)")  # fmt: skip
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a field of the exported config, e.g. --set train.steps=1000")  # fmt: skip
+    _add_set_arg(p, "a field of the exported config", "train.steps=1000")
     p.set_defaults(func=cmd_export)
     return parser
 

@@ -25,7 +25,15 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from ranktune.platform.memory import MemoryEstimate, RunEstimate, Verdict, estimate_run, gib, verdict
+from ranktune.platform.memory import (
+    DEFAULT_BUDGET_GIB,
+    MemoryEstimate,
+    RunEstimate,
+    Verdict,
+    estimate_run,
+    gib,
+    verdict,
+)
 from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
 from ranktune.trainables.model import MODEL_PRESETS
 
@@ -345,8 +353,8 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
     return chosen, "\n".join([line, *(f"  passed over {p}" for p in passed_over)])
 
 
-def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = 24.0, out: str | Path | None = None,
-                rules: ScalingRules | None = None, overrides: list[str] = (),
+def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
+                out: str | Path | None = None, rules: ScalingRules | None = None, overrides: list[str] = (),
                 trial_id: str | None = None, max_memory_gib: float | None = None) -> ExportResult:  # fmt: skip
     from ranktune.platform.report import collect_trials
     from ranktune.platform.sweep import load_state

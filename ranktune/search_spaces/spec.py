@@ -27,18 +27,20 @@ from ranktune.trainables.config import (
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", use_attribute_docstrings=True)
 
 
 class SpaceSection(Strict):
     preset: Literal["galore", "apollo", "relora", "compare"] | None = None
     fixed: dict[str, Any] = Field(default_factory=dict)
     params: dict[str, Any] = Field(default_factory=dict)
-    branches: dict[str, Any] | None = None  # replaces the preset's branches when given
+    branches: dict[str, Any] | None = None
+    """replaces the preset's branches when given"""
 
 
 class Objective(Strict):
-    metric: str = "eval_loss"  # reported at every evaluation; the value at the end of the budget ranks
+    metric: str = "eval_loss"
+    """reported at every evaluation; the value at the end of the budget ranks"""
     mode: Literal["min", "max"] = "min"
 
 
@@ -49,69 +51,86 @@ TRADE_OFF_METRICS = ("optimizer_state_bytes", "peak_memory_bytes", "tokens_per_s
 
 class Search(Strict):
     algorithm: Literal["tpe", "random", "grid"] = "tpe"
-    n_startup_trials: int = Field(default=4, ge=1)  # TPE: random trials before the model kicks in
-    # Conditional spaces: this many trials per branch are enqueued first (round-robin) and never
-    # stopped early, so every method has a full-budget trial in the answer. 0 leaves it to the sampler.
+    n_startup_trials: int = Field(default=4, ge=1)
+    """TPE: random trials before the model kicks in"""
     min_trials_per_branch: int = Field(default=1, ge=0)
+    """Conditional spaces: this many trials per branch are enqueued first (round-robin) and never stopped early, so
+    every method has a full-budget trial in the answer. 0 leaves it to the sampler.
+    """
 
 
 class Scheduler(Strict):
     name: Literal["asha", "hyperband", "none"] = "asha"
-    grace_period: int = Field(default=0, ge=0)  # steps before a trial can be stopped; 0 = one eval period
+    grace_period: int = Field(default=0, ge=0)
+    """steps before a trial can be stopped; 0 = one eval period"""
     reduction_factor: float = Field(default=2.0, gt=1.0)
 
 
 class Confirm(Strict):
     """After the search: replicate the best configurations with new seeds (platform/confirm.py)."""
 
-    top_k: int = Field(default=2, ge=2)  # methods (branches) or configurations to replicate; a verdict needs 2
-    seeds: int = Field(default=3, ge=2)  # new seeds each, at the full budget; a spread needs 2
+    top_k: int = Field(default=2, ge=2)
+    """methods (branches) or configurations to replicate; a verdict needs 2"""
+    seeds: int = Field(default=3, ge=2)
+    """new seeds each, at the full budget; a spread needs 2"""
 
 
 class Budget(Strict):
     num_trials: int = Field(default=8, ge=1)
     steps_per_trial: int = Field(default=100, ge=1)
-    max_tokens: int | None = Field(default=None, ge=1)  # stop starting trials past this many tokens in all
+    max_tokens: int | None = Field(default=None, ge=1)
+    """stop starting trials past this many tokens in all"""
     time_budget_s: float | None = Field(default=None, gt=0)
 
 
 class Resources(Strict):
     cpus_per_trial: float = Field(default=1.0, gt=0)
-    # "auto": one GPU per trial when the cluster has GPUs, else CPU only. Fractions share a GPU.
     gpus_per_trial: float | Literal["auto"] = "auto"
-    num_workers: int = Field(default=1, ge=1)  # >1: Ray Train (DDP) inside the trial
+    """`auto`: one GPU per trial when the cluster has GPUs, else CPU only. Fractions share a GPU."""
+    num_workers: int = Field(default=1, ge=1)
+    """>1: Ray Train (DDP) inside the trial"""
 
 
 class Tracking(Strict):
-    tracking_uri: str | None = None  # default: sqlite database inside the sweep directory
-    experiment: str | None = None  # MLflow experiment; default: the sweep's name
+    tracking_uri: str | None = None
+    """default: sqlite database inside the sweep directory"""
+    experiment: str | None = None
+    """MLflow experiment; default: the sweep's name"""
 
 
 class SweepSpec(Strict):
     name: str = "sweep"
-    base: str | None = None  # training config YAML (relative to the spec file)
-    base_overrides: dict[str, Any] = Field(default_factory=dict)  # nested sections merged over `base`
+    base: str | None = None
+    """training config YAML (relative to the spec file)"""
+    base_overrides: dict[str, Any] = Field(default_factory=dict)
+    """nested sections merged over `base`"""
     space: SpaceSection
-    objective: Objective = Field(default_factory=Objective)  # primary: ranks trials, the scheduler prunes on it
-    # Trade-offs searched jointly with `objective` (Optuna multi-objective TPE); the report, plots and
-    # MLflow parent run show the Pareto front. E.g. [{metric: optimizer_state_bytes, mode: min}].
+    objective: Objective = Field(default_factory=Objective)
+    """primary: ranks trials, the scheduler prunes on it"""
     objectives: list[Objective] = Field(default_factory=list)
+    """Trade-offs searched jointly with `objective` (Optuna multi-objective TPE); the report, plots and MLflow parent
+    run show the Pareto front. E.g. [{metric: optimizer_state_bytes, mode: min}].
+    """
     search: Search = Field(default_factory=Search)
     scheduler: Scheduler = Field(default_factory=Scheduler)
     budget: Budget = Field(default_factory=Budget)
-    confirm: Confirm | None = None  # None: no replicates
+    confirm: Confirm | None = None
+    """None: no replicates"""
     resources: Resources = Field(default_factory=Resources)
     max_concurrent: int = Field(default=2, ge=1)
-    max_failures: int = Field(default=0, ge=0)  # retries of a failed trial from its last checkpoint
-    storage: str = "sweeps/{name}"  # relative to the working directory; `{name}` is the sweep's name
+    max_failures: int = Field(default=0, ge=0)
+    """retries of a failed trial from its last checkpoint"""
+    storage: str = "sweeps/{name}"
+    """relative to the working directory; `{name}` is the sweep's name"""
     tracking: Tracking = Field(default_factory=Tracking)
     seed: int = 0
-    # GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it
-    # trains (Optuna: PRUNED; MLflow: status pruned_memory with the reason). None: no check.
     memory_budget_gib: float | None = Field(default=None, gt=0)
+    """GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it trains (Optuna:
+    PRUNED; MLflow: status pruned_memory with the reason). None: no check.
+    """
 
-    # Where relative paths in the spec are resolved (the spec file's folder); not a YAML key.
     spec_dir: str = Field(default=".", exclude=True)
+    """Where relative paths in the spec are resolved (the spec file's folder); not a YAML key."""
 
     @model_validator(mode="after")
     def _check_name(self) -> SweepSpec:

