@@ -14,4 +14,4 @@ if [ ! -x "$repo/.venv/bin/python" ]; then
   echo "error: $repo/.venv is missing; run scripts/setup.sh first" >&2
   exit 2
 fi
-exec "$repo/.venv/bin/python" -m ranktune.platform.cluster "$@"
+exec "$repo/.venv/bin/python" "$repo/scripts/local_cluster.py" "$@"

@@ -17,19 +17,15 @@ from urllib.parse import urlparse
 
 import pytest
 import yaml
+from tiny import tiny_sweep_base
 
-from ranktune.platform.cluster import LocalCluster, session_pids, start_cluster
+from ranktune.platform.cluster import LocalCluster, start_cluster
+from ranktune.platform.serve import session_pids
 from ranktune.platform.sweep import load_state
 from ranktune.platform.tracking import NODES_TAG, RESUMED_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
-TINY = {
-    "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
-    "data": {"seq_len": 32, "max_tokens": 300_000},
-    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_blocks": 16, "log_every": 5},
-    "schedule": {"warmup_steps": 2},
-}
 
 
 # --- cluster.yaml -------------------------------------------------------------------------------------------
@@ -113,8 +109,7 @@ def two_nodes():
 
 def sweep_spec(tmp_path: Path, token_cache: str, name: str, lrs: list[float], steps: int) -> tuple[Path, Path]:
     """A two-trial grid sweep whose storage (results, checkpoints, MLflow) is one 'shared' directory."""
-    base = json.loads(json.dumps(TINY))
-    base["data"]["cache_dir"] = token_cache
+    base = tiny_sweep_base(token_cache)
     storage = tmp_path / "shared" / name
     raw = {
         "name": name, "base_overrides": base, "storage": str(storage), "max_concurrent": 2,

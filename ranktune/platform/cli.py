@@ -6,13 +6,12 @@ import argparse
 import json
 import logging
 import os
-import shutil
 import signal
 import sys
 from pathlib import Path
 
-from ranktune.platform.cluster import LOOPBACK
 from ranktune.platform.memory import DEFAULT_BUDGET_GIB
+from ranktune.platform.serve import warn_if_exposed
 
 EXIT_BAD_INPUT = 2
 
@@ -39,50 +38,15 @@ def cmd_train(args: argparse.Namespace) -> int:
         return _train(args, cfg, out)
 
 
-def _clear_run(out: Path) -> None:
-    """Empty a run directory for --overwrite, keeping the ownership lock the caller holds."""
-    from ranktune.platform.locks import LOCK_FILE, OWNER_FILE
-
-    for entry in out.iterdir():
-        if entry.name in (LOCK_FILE, OWNER_FILE):
-            continue
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
-
-
 def _train(args: argparse.Namespace, cfg, out: Path) -> int:
-    from ranktune.trainables.callbacks import JsonlMetrics, RichProgress
-    from ranktune.trainables.checkpoint import check_resume_compatible, latest_checkpoint, load_latest_checkpoint
-    from ranktune.trainables.config import ConfigError
-    from ranktune.trainables.trainer import Trainer
+    from ranktune.platform.locks import LOCK_FILE, OWNER_FILE
+    from ranktune.trainables.callbacks import RichProgress
+    from ranktune.trainables.run import finish_run, start_run
 
-    if latest_checkpoint(out) is not None and not args.resume:
-        if not args.overwrite:
-            print(
-                f"error: output.dir {str(out)!r} already holds checkpoints; pass --resume to continue that run "
-                "or --overwrite to start again",
-                file=sys.stderr,
-            )
-            return EXIT_BAD_INPUT
-        _clear_run(out)
-    # Everything a resume needs is checked before the run directory is written to.
-    resumed = load_latest_checkpoint(out) if args.resume else None
-    if resumed is not None:
-        problems = check_resume_compatible(cfg.model_dump(mode="json"), resumed[1]["config"], resumed[0])
-        if problems:
-            raise ConfigError(problems)
-    elif args.resume:
-        print(f"--resume: no checkpoint in {out / 'checkpoints'}; starting at step 0", file=sys.stderr)
-    (out / "config.yaml").write_text(_dump_yaml(cfg.model_dump(mode="json")))
-
-    metrics_file = JsonlMetrics(out / "metrics.jsonl")
     progress = RichProgress() if not args.quiet else None
-    trainer = Trainer(cfg, callbacks=[metrics_file, *([progress] if progress else [])], progress=not args.quiet)
-    if resumed is not None:
-        trainer.load_state_dict(resumed[1])
-        metrics_file.truncate_after(trainer.step)
-        print(f"resuming {out} at step {trainer.step} from {resumed[0].name}", file=sys.stderr)
-    elif out.joinpath("metrics.jsonl").exists():
-        out.joinpath("metrics.jsonl").unlink()
+    trainer = start_run(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=[progress] if progress else [],
+                        progress=not args.quiet, notify=lambda line: print(line, file=sys.stderr),
+                        keep_on_overwrite=(LOCK_FILE, OWNER_FILE))  # fmt: skip
 
     def request_stop(signum, frame):  # finish the step, checkpoint, exit; a second Ctrl-C kills
         trainer.stop_requested = True
@@ -91,11 +55,10 @@ def _train(args: argparse.Namespace, cfg, out: Path) -> int:
 
     signal.signal(signal.SIGINT, request_stop)
     try:
-        summary = trainer.fit()
+        summary = finish_run(trainer)
     finally:
         if progress:
             progress.close()
-    (out / "summary.json").write_text(json.dumps(summary, indent=2))
     line = (
         f"step {summary['steps']}  tokens {summary['tokens']}  final eval loss {summary['final_eval_loss']:.4f}"
         f" (ppl {summary['final_eval_ppl']:.2f})"
@@ -271,12 +234,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from ranktune.platform.sweep import load_state
 
     spec, state = load_state(args.sweep_dir)
-    if args.host not in LOOPBACK:
-        print(
-            f"warning: the MLflow UI will listen on {args.host}:{args.port}; anyone who can reach that address "
-            "can read and change every run (MLflow has no login by default; see docs/sweeps.md)",
-            file=sys.stderr,
-        )
+    warn_if_exposed("MLflow UI", args.host, args.port, "can read and change every run (MLflow has no login)")
     cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
            "--host", args.host, "--port", str(args.port)]  # fmt: skip
     artifacts = spec.storage_dir / "mlartifacts"
@@ -290,13 +248,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from ranktune.platform.serve import LOOPBACK, serve_until_stopped
+    from ranktune.platform.serve import serve_until_stopped
     from ranktune.platform.sweep import load_state
 
     spec, _ = load_state(args.sweep_dir)
-    if args.host not in LOOPBACK:
-        print(f"warning: optuna-dashboard will listen on {args.host}:{args.port}; anyone who can reach that "
-              "address can read and change the study (it has no login)", file=sys.stderr)  # fmt: skip
+    warn_if_exposed("optuna-dashboard", args.host, args.port, "can read and change the study (it has no login)")
     storage = f"sqlite:///{spec.storage_dir / 'optuna.db'}"
     cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())", storage,
            "--host", args.host, "--port", str(args.port), "--quiet"]  # fmt: skip
@@ -305,12 +261,12 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
-    from ranktune.platform.cluster import mlflow_server_command, serve
+    from ranktune.platform.serve import mlflow_server_command, serve_with_pidfile
 
     cmd = mlflow_server_command(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
                                 args.basic_auth)  # fmt: skip
     print(f"MLflow tracking server: http://{args.host}:{args.port}  (Ctrl-C to stop)", file=sys.stderr)
-    return serve(cmd, args.pidfile)
+    return serve_with_pidfile(cmd, args.pidfile)
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:

@@ -18,7 +18,7 @@ from ranktune.platform.reporting import ReportTo, with_node_id
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.callbacks import Metrics
 from ranktune.trainables.config import TrainConfig
-from ranktune.trainables.trainer import Trainer
+from ranktune.trainables.run import finish_run, start_run
 
 
 def memory_rejection(spec: SweepSpec, cfg: TrainConfig, gpus_per_trial: float) -> str | None:
@@ -76,11 +76,12 @@ def run_trial(params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.
               prepare: Callable | None = None) -> None:  # fmt: skip
     """Tune function trainable. `prepare(trainer, params)` runs before training (tests inject faults).
 
-    The trainer checkpoints straight into `storage/trials/<trial_id>/`, and a trial that Tune starts
-    again (after a node failure, a driver restart or a scheduler pause) continues from the newest
-    checkpoint there. Checkpoints are not handed to Tune: Tune deletes a trial's superseded
-    checkpoint before its experiment snapshot records the new one, so a driver killed in between
-    left a snapshot pointing at a deleted checkpoint and the trial failed on resume.
+    The trial is a training run in `storage/trials/<trial_id>/` (config, metrics, checkpoints and
+    summary, see `trainables/run.py`); a trial that Tune starts again (after a node failure, a
+    driver restart or a scheduler pause) continues from the newest checkpoint there. Checkpoints
+    are not handed to Tune: Tune deletes a trial's superseded checkpoint before its experiment
+    snapshot records the new one, so a driver killed in between left a snapshot pointing at a
+    deleted checkpoint and the trial failed on resume.
     """
     import torch
     from ray import tune
@@ -101,8 +102,7 @@ def run_trial(params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.
         # the MLflow callback tags it pruned_memory with the reason.
         return
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
-    trainer = Trainer(cfg, [ReportTo(tune_report)], progress=False)
-    trainer.resume_from_latest()
+    trainer = start_run(cfg, resume=True, callbacks=[ReportTo(tune_report)])
     if prepare is not None:
         prepare(trainer, params)
-    trainer.fit()
+    finish_run(trainer)

@@ -1,0 +1,84 @@
+"""One training run in its own directory: what `ranktune train` and every sweep trial do around `Trainer.fit`.
+
+    output.dir/
+        config.yaml      the full config of the run (written before training starts)
+        metrics.jsonl    one record per log and evaluation, cut back to the checkpoint on resume
+        checkpoints/     the newest `output.keep_checkpoints` checkpoints
+        summary.json     written when `fit` returns (finished, stopped, or out of budget)
+
+A directory that already holds checkpoints is continued only when asked (`resume`) and only with a
+compatible config; `overwrite` empties it first. Everything a resume needs is checked before
+anything in the directory is written.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ranktune.trainables.callbacks import Callback, JsonlMetrics
+from ranktune.trainables.checkpoint import check_resume_compatible, latest_checkpoint, load_latest_checkpoint
+from ranktune.trainables.config import TrainConfig
+from ranktune.trainables.errors import ConfigError
+from ranktune.trainables.trainer import Trainer
+
+
+def clear_run_directory(out: Path, keep: Sequence[str] = ()) -> None:
+    """Empty a run directory for `overwrite`, keeping the entries named in `keep` (a caller's lock)."""
+    for entry in out.iterdir():
+        if entry.name in keep:
+            continue
+        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+
+
+def start_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, callbacks: Sequence[Callback] = (),
+              progress: bool = False, notify: Callable[[str], None] | None = None,
+              keep_on_overwrite: Sequence[str] = ()) -> Trainer:  # fmt: skip
+    """The run's trainer, with its directory prepared and, with `resume`, its newest checkpoint loaded.
+
+    `notify` receives the one-line messages a user should see (resumed at step N, no checkpoint to
+    resume); `keep_on_overwrite` names entries `overwrite` leaves in place (the caller's lock files).
+    """
+    out = Path(cfg.output.dir)
+    out.mkdir(parents=True, exist_ok=True)
+    if latest_checkpoint(out) is not None and not resume:
+        if not overwrite:
+            raise ConfigError([f"output.dir {str(out)!r} already holds checkpoints; pass --resume to continue "
+                               "that run or --overwrite to start again"])  # fmt: skip
+        clear_run_directory(out, keep_on_overwrite)
+    resumed = load_latest_checkpoint(out) if resume else None
+    if resumed is not None:
+        problems = check_resume_compatible(cfg.model_dump(mode="json"), resumed[1]["config"], resumed[0])
+        if problems:
+            raise ConfigError(problems)
+    elif resume and notify is not None:
+        notify(f"--resume: no checkpoint in {out / 'checkpoints'}; starting at step 0")
+
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+    metrics_file = JsonlMetrics(out / "metrics.jsonl")
+    trainer = Trainer(cfg, callbacks=[metrics_file, *callbacks], progress=progress)
+    if resumed is not None:
+        trainer.load_state_dict(resumed[1])
+        metrics_file.truncate_after(trainer.step)
+        if notify is not None:
+            notify(f"resuming {out} at step {trainer.step} from {resumed[0].name}")
+    elif metrics_file.path.exists():
+        metrics_file.path.unlink()
+    return trainer
+
+
+def finish_run(trainer: Trainer) -> dict[str, Any]:
+    """`fit` the trainer and write its summary next to its metrics."""
+    summary = trainer.fit()
+    (trainer.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def train_run(cfg: TrainConfig, **start: Any) -> dict[str, Any]:
+    """Prepare the run directory, train, write the summary: `start_run` then `finish_run`."""
+    return finish_run(start_run(cfg, **start))
