@@ -9,6 +9,7 @@ import json
 import sys
 
 import pytest
+from tiny import tiny_sweep_base
 
 from ranktune.platform.export import ScalingRules, export_best, select_trial
 from ranktune.platform.memory import GIB
@@ -31,13 +32,8 @@ def sweep(tmp_path_factory, token_cache):
     tmp = tmp_path_factory.mktemp("export")
     raw = {
         "name": "mem", "storage": str(tmp / "mem"), "max_concurrent": 1, "memory_budget_gib": BUDGET_GIB,
-        "base_overrides": {
-            "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
-            "data": {"seq_len": 32, "max_tokens": 300_000, "cache_dir": token_cache},
-            "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_blocks": 16, "log_every": 5},
-            "schedule": {"warmup_steps": 2},
-            "relora": {"rank": 8, "relora_every": 5, "restart_warmup_steps": 1},
-        },
+        "base_overrides": tiny_sweep_base(token_cache, relora={"rank": 8, "relora_every": 5,
+                                                               "restart_warmup_steps": 1}),
         "space": {
             "params": {"data.seq_len": {"type": "choice", "values": [32, 256]}},
             "branches": {"key": "optim.name", "choices": {

@@ -8,6 +8,7 @@ import random
 
 import pytest
 import yaml
+from tiny import TINY_MODEL
 
 from ranktune.platform.cli import main
 from ranktune.search_spaces.spec import spec_from_dict
@@ -17,7 +18,7 @@ SEED = 17
 CASES = 300
 
 VALID_CONFIG = {
-    "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
+    "model": TINY_MODEL,
     "data": {"source": "embedded", "seq_len": 32, "max_tokens": 300000},
     "optim": {"name": "galore_adamw", "lr": 3e-3, "betas": [0.9, 0.999]},
     "galore": {"rank": 8, "update_proj_gap": 10},

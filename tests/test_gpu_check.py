@@ -10,6 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from tiny import TINY_MODEL
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "gpu_check.py"
@@ -134,7 +135,7 @@ def test_train_compile_matches_eager(tmp_path):
     runs = {}
     for compiled in (False, True):
         cfg = config_from_dict({
-            "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
+            "model": TINY_MODEL,
             "data": {"source": "synthetic", "seq_len": 32, "vocab_size": 512},
             "train": {"steps": 2, "batch_size": 4, "micro_batch_size": 4, "eval_blocks": 4, "device": "cpu",
                       "compile": compiled},

@@ -1,5 +1,6 @@
 import pytest
 import torch
+from tiny import TINY_MODEL_ARGS
 
 from ranktune.trainables.model import MODEL_PRESETS, build_model, count_parameters, model_config
 
@@ -35,7 +36,7 @@ def test_paper_shapes_match_the_table():
 
 def small_model(**overrides):
     torch.manual_seed(0)
-    cfg = model_config("tiny", hidden_size=64, intermediate_size=172, num_heads=4, vocab_size=97, **overrides)
+    cfg = model_config("tiny", **TINY_MODEL_ARGS, vocab_size=97, **overrides)
     return build_model(cfg)
 
 

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+from tiny import TINY_MODEL_ARGS
 
 from ranktune.trainables import Trainer
 from ranktune.trainables.callbacks import Callback
@@ -23,7 +24,6 @@ from ranktune.trainables.optim.lora import (
 from ranktune.trainables.optim.relora_reset import keep_count, prune_, prune_moments_
 from ranktune.trainables.optim.relora_schedule import restart_steps, schedule_points
 
-TINY = {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4}
 TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
@@ -61,7 +61,7 @@ def test_merge_and_reinit_keep_logits_fp32():
 def build_model_cfg():
     from ranktune.trainables.model import model_config
 
-    return model_config("tiny", hidden_size=64, intermediate_size=172, num_heads=4)
+    return model_config("tiny", **TINY_MODEL_ARGS)
 
 
 def lora_linear(base_precision: str, out_features=48, in_features=40, seed=0) -> LoRALinear:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from tiny import tiny_sweep_base
 
 from ranktune.platform.report import collect_trials
 from ranktune.platform.sweep import load_state
@@ -20,18 +21,11 @@ from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, RESUMED_TAG, STAT
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import load_config
 
-TINY = {
-    "model": {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads": 4},
-    "data": {"seq_len": 32, "max_tokens": 300_000},
-    "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 5, "eval_blocks": 16, "log_every": 5},
-    "schedule": {"warmup_steps": 2},
-}
 POISONED_LR = 5e-3
 
 
 def tiny_spec(tmp_path, token_cache, name, **sections):
-    base = json.loads(json.dumps(TINY))
-    base["data"]["cache_dir"] = token_cache
+    base = tiny_sweep_base(token_cache)
     raw = {"name": name, "base_overrides": base, "storage": str(tmp_path / name), "max_concurrent": 1, **sections}
     return raw
 
