@@ -91,6 +91,7 @@ def estimate_toy(shapes, cfg, device) -> list[PhaseState]:
 @pytest.fixture
 def toy_method():
     register(TOY, OptimizerEntry(build=ProjectedMomentumMethod, check=check_toy, estimate_state=estimate_toy,
+                                 summarize=lambda cfg: f"toy rank {cfg.galore.rank}",
                                  description="test-only projected momentum SGD"))  # fmt: skip
     yield TOY
     unregister(TOY)
@@ -114,7 +115,8 @@ def test_a_method_registered_outside_ranktune_trains_estimates_and_sweeps(toy_me
         assert measured > 0 and abs(measured / expected - 1) <= 0.10, (category, measured, expected)
 
     assert main(["estimate", str(config_file), "--device", "cpu"]) == 0
-    assert "optimizer state: projections" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "optimizer state: projections" in printed and "toy rank 8" in printed  # the method's own summary
 
     base = {"model": {"name": "tiny"}, "optim": {"name": toy_method}, "train": {"batch_size": 8, "micro_batch_size": 8}}
     lr = {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-1}}

@@ -204,11 +204,9 @@ def config_summary(cfg: TrainConfig) -> str:
         f"micro-batch {t.micro_batch_size} x seq {cfg.data.seq_len} (batch {t.batch_size})",
         f"activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}",
     ]  # fmt: skip
-    if cfg.optim.name.startswith("galore"):
-        parts.append(f"galore rank {cfg.galore.rank}{', per-layer' if cfg.galore.per_layer else ''}")
-    if cfg.optim.name in ("relora", "lora"):
-        r = cfg.relora
-        parts.append(f"lora rank {r.rank}, base {r.base_precision}, inner {r.inner_optimizer}")
+    entry = OPTIMIZERS.get(cfg.optim.name)
+    if entry is not None and entry.summarize is not None:
+        parts.append(entry.summarize(cfg))
     return ", ".join(parts)
 
 

@@ -151,6 +151,8 @@ class OptimizerEntry:
     schedule: Callable[[TrainConfig], Schedule] | None = None
     description: str = ""
     estimate_state: Callable[[tuple[ParamShape, ...], TrainConfig, Device], list[PhaseState]] | None = None
+    # The method's own settings in a few words (`ranktune estimate`'s header), e.g. "galore rank 128, per-layer".
+    summarize: Callable[[TrainConfig], str] | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}

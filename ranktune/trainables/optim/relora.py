@@ -300,6 +300,11 @@ def estimate_lora(shapes: tuple[ParamShape, ...], cfg, device: Device) -> list[P
     return phases
 
 
+def summarize_lora(cfg) -> str:
+    r = cfg.relora
+    return f"lora rank {r.rank}, base {r.base_precision}, inner {r.inner_optimizer}"
+
+
 register(
     "relora",
     OptimizerEntry(
@@ -307,6 +312,7 @@ register(
         check=check_relora,
         schedule=jagged_cosine,
         estimate_state=estimate_lora,
+        summarize=summarize_lora,
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
     ),
 )
@@ -317,6 +323,7 @@ register(
         check=check_lora,
         schedule=jagged_cosine,
         estimate_state=estimate_lora,
+        summarize=summarize_lora,
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
     ),
 )

@@ -297,6 +297,13 @@ def estimate_scaled_gradient(shapes: tuple[ParamShape, ...], cfg, device: Device
     return [state]
 
 
+def summarize_scaled_gradient(cfg, name: str) -> str:
+    s = section_of(cfg, name)
+    projector = f", {s.proj} projector" if hasattr(s, "proj") else ""
+    return (f"{METHODS[name][1]} rank {s.rank}, {s.scale_type}-wise scale {s.scale:g}{projector}"
+            f"{', per-layer' if s.per_layer else ''}")  # fmt: skip
+
+
 for _name, _description in [
     ("apollo_adamw", "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient"),
     ("apollo_mini", "APOLLO-Mini: APOLLO at rank 1 with one scale per matrix (SGD-like memory)"),
@@ -308,6 +315,7 @@ for _name, _description in [
             build=partial(build_scaled_gradient, name=_name),
             check=partial(check_scaled_gradient, name=_name),
             estimate_state=partial(estimate_scaled_gradient, name=_name),
+            summarize=partial(summarize_scaled_gradient, name=_name),
             description=_description,
         ),
     )

@@ -399,6 +399,10 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
     return [state]
 
 
+def summarize_galore(cfg) -> str:
+    return f"galore rank {cfg.galore.rank}{', per-layer' if cfg.galore.per_layer else ''}"
+
+
 for _inner, _description in [
     ("adamw", "GaLore: low-rank gradient projection, AdamW inner (fp32 moments)"),
     ("adamw8bit", "GaLore: low-rank gradient projection, bitsandbytes 8-bit AdamW inner"),
@@ -410,6 +414,7 @@ for _inner, _description in [
             build=partial(build_galore, inner=_inner),
             check=partial(check_galore, inner=_inner),
             estimate_state=partial(estimate_galore, inner=_inner),
+            summarize=summarize_galore,
             description=_description,
         ),
     )
