@@ -23,9 +23,9 @@ from ranktune.trainables.config import config_from_dict
 LR_GRIDS = {
     "adamw": [1e-3, 3e-3, 1e-2],
     "galore_adamw": [3e-3, 1e-2, 3e-2],
-    "fira_adamw": [3e-3, 1e-2, 3e-2],
+    "fira_adamw": [1e-3, 3e-3, 1e-2, 3e-2],  # best at 3e-3 of [3e-3, 1e-2, 3e-2]: the grid reaches below it
     "apollo_adamw": [3e-3, 1e-2, 3e-2],
-    "apollo_mini": [3e-3, 1e-2, 3e-2],
+    "apollo_mini": [1e-3, 3e-3, 1e-2, 3e-2],  # scale 128 makes its steps large: best at the grid's low end
 }
 
 
@@ -79,7 +79,7 @@ def main() -> None:
                 best[name] = (loss, lr)
 
     print(f"\ntiny model, {args.steps} steps x {args.batch} x {args.seq_len} tokens, embedded corpus, "
-          f"rank {args.rank} (APOLLO-Mini 1), update_proj_gap {args.steps // 2}, best of {len(grid)} lrs")  # fmt: skip
+          f"rank {args.rank} (APOLLO-Mini 1), update_proj_gap {args.steps // 2}, best of each method's lr grid")  # fmt: skip
     print("| method | held-out loss | lr | vs AdamW |\n|---|---|---|---|")
     ref = best.get("adamw", (None,))[0]
     for name, (loss, lr) in best.items():

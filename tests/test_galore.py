@@ -272,7 +272,8 @@ def test_state_dict_round_trip_keeps_projectors_and_8bit_moments():
 # ------------------------------------------------------------------------------------ other inners, SVD
 
 
-@pytest.mark.parametrize("name", ["galore_adamw8bit", "galore_adafactor"])
+# bitsandbytes' 8-bit AdamW runs its CPU fallback: 40+ s on 2 cores, so it is in the slow run.
+@pytest.mark.parametrize("name", [pytest.param("galore_adamw8bit", marks=pytest.mark.slow), "galore_adafactor"])
 def test_other_inners_train_on_cpu(make_config, name):
     # Adafactor's lr is relative to the weight's RMS (0.02 here), so it needs a larger value than Adam.
     lr = "optim.lr=0.1" if name == "galore_adafactor" else "optim.lr=3e-3"
