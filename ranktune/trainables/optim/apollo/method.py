@@ -27,10 +27,14 @@ from typing import Any
 import torch
 from torch import nn
 
-from ranktune.trainables.model import build_model
 from ranktune.trainables.optim.apollo.optimizers import ApolloAdamW, FiraAdamW
 from ranktune.trainables.optim.base import Method, tensor_bytes
-from ranktune.trainables.optim.galore.method import low_rank_shape, name_matches, targeted_linears
+from ranktune.trainables.optim.galore.method import (
+    check_targets_and_rank,
+    low_rank_shape,
+    name_matches,
+    targeted_linears,
+)
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS
 from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
 
@@ -216,26 +220,7 @@ def check_scaled_gradient(cfg, name: str) -> list[str]:
             f"{section}.scale_type: 'channel' -> 'tensor' with {section}.proj_type: 'full' (channels are the "
             "rows or columns of the side left unprojected, and full projects both)"
         )
-    try:
-        llama = cfg.model.llama_config()
-    except (KeyError, ValueError):
-        return problems  # the model section's own problems are reported by check_config
-    targets = targeted_linears(build_model(llama, "meta"), s.target_modules)
-    if not targets:
-        problems.append(
-            f"{section}.target_modules: {s.target_modules} -> patterns matching Linear layers of the model, "
-            "e.g. q_proj or layers.*.mlp.* (names look like layers.0.attn.q_proj)"
-        )
-        return problems
-    module, smallest = min(targets.items(), key=lambda kv: min(kv[1].weight.shape))
-    limit = min(smallest.weight.shape)
-    if s.rank > limit:
-        m, n = smallest.weight.shape
-        problems.append(
-            f"{section}.rank: {s.rank} -> at most {limit}, the smaller side of the smallest targeted matrix "
-            f"({module}, {m}x{n}); lower the rank or narrow {section}.target_modules"
-        )
-    return problems
+    return problems + check_targets_and_rank(cfg, section, s.target_modules, s.rank)
 
 
 def build_scaled_gradient(model: nn.Module, cfg, name: str) -> ScaledGradientMethod:

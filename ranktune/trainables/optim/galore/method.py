@@ -310,28 +310,33 @@ def check_galore(cfg, inner: str) -> list[str]:
     g = cfg.galore
     problems = eightbit.bitsandbytes_missing() if inner == "adamw8bit" else []
     problems += check_clip_and_accumulation(cfg)
+    return problems + check_targets_and_rank(cfg, "galore", g.target_modules, g.rank)
+
+
+def check_targets_and_rank(cfg, section: str, target_modules: list[str], rank: int) -> list[str]:
+    """`section.target_modules` must match Linear layers of the model, and `section.rank` fit the
+    smallest of them (shared by every method that projects targeted matrices)."""
     try:
         llama = cfg.model.llama_config()
     except (KeyError, ValueError):
-        return problems  # the model section's own problems are reported by check_config
-    if not depends_on_layer_index(g.target_modules):
+        return []  # the model section's own problems are reported by check_config
+    if not depends_on_layer_index(target_modules):
         llama = replace(llama, num_layers=1)  # every layer is targeted alike: one stands for all
-    targets = targeted_linears(build_model(llama, "meta"), g.target_modules)
+    targets = targeted_linears(build_model(llama, "meta"), target_modules)
     if not targets:
-        problems.append(
-            f"galore.target_modules: {g.target_modules} -> patterns matching Linear layers of the model, "
+        return [
+            f"{section}.target_modules: {target_modules} -> patterns matching Linear layers of the model, "
             "e.g. q_proj or layers.*.mlp.* (names look like layers.0.attn.q_proj)"
-        )
-        return problems
+        ]
     name, smallest = min(targets.items(), key=lambda kv: min(kv[1].weight.shape))
     limit = min(smallest.weight.shape)
-    if g.rank > limit:
-        m, n = smallest.weight.shape
-        problems.append(
-            f"galore.rank: {g.rank} -> at most {limit}, the smaller side of the smallest targeted matrix "
-            f"({name}, {m}x{n}); lower the rank or narrow galore.target_modules"
-        )
-    return problems
+    if rank <= limit:
+        return []
+    m, n = smallest.weight.shape
+    return [
+        f"{section}.rank: {rank} -> at most {limit}, the smaller side of the smallest targeted matrix "
+        f"({name}, {m}x{n}); lower the rank or narrow {section}.target_modules"
+    ]
 
 
 def build_galore(model: nn.Module, cfg, inner: str) -> GaLoreMethod:
