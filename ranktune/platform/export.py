@@ -19,6 +19,7 @@ import copy
 import json
 import math
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
@@ -290,6 +291,16 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
     return best
 
 
+def target_fit_problem(spec, row: dict[str, Any], *, target: str, rules: ScalingRules, overrides: list[str],
+                       gib: float) -> str | None:  # fmt: skip
+    """Why trial `row`'s `target` config cannot fit `gib` at any micro-batch (None when it fits)."""
+    try:
+        fit_micro_batch(map_to_target(spec.trial_config(row["params"]), target, rules), overrides, rules, gib)
+    except ConfigError as exc:
+        return exc.problems[0]
+    return None
+
+
 def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: ScalingRules, overrides: list[str],
                          max_memory_gib: float) -> dict[str, Any]:  # fmt: skip
     """`--max-memory-gib`: the best finished trial whose exported target config's estimate fits.
@@ -297,14 +308,7 @@ def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: S
     Trials are tried best objective first; each one passed over is reported with what it needs."""
     from ranktune.platform.pareto import best_fitting
 
-    def why_not(row: dict[str, Any]) -> str | None:
-        try:
-            fit_micro_batch(map_to_target(spec.trial_config(row["params"]), target, rules), overrides, rules,
-                            max_memory_gib)  # fmt: skip
-        except ConfigError as exc:
-            return exc.problems[0]
-        return None
-
+    why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=max_memory_gib)
     best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
     if best is None:
         raise ConfigError([f"--max-memory-gib: {max_memory_gib:g} -> no finished trial's {target} export fits",
@@ -326,14 +330,7 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
     methods lose little memory and some loss), and the point of the export is the low-rank recipe."""
     from ranktune.platform.pareto import best_fitting
 
-    def why_not(row: dict[str, Any]) -> str | None:
-        try:
-            fit_micro_batch(map_to_target(spec.trial_config(row["params"]), target, rules), overrides, rules,
-                            budget_gib)  # fmt: skip
-        except ConfigError as exc:
-            return exc.problems[0]
-        return None
-
+    why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=budget_gib)
     problem = why_not(best)
     if problem is None:
         return best, None
