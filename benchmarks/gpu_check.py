@@ -40,7 +40,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ranktune.platform.memory import DEFAULT_BUDGET_GIB, GIB, estimate_memory
+from ranktune.platform.budget import DEFAULT_BUDGET_GIB
+from ranktune.platform.memory import GIB, estimate_memory
 from ranktune.trainables import Trainer
 from ranktune.trainables.callbacks import Callback
 from ranktune.trainables.config import ConfigError, config_from_dict

@@ -35,6 +35,13 @@ def test_help_lists_commands():
         assert command in out.stdout
 
 
+def test_help_does_not_import_torch():
+    probe = ("import sys\nfrom ranktune.platform.cli import main\ntry:\n    main(['sweep', '--help'])\n"
+             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")  # fmt: skip
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
+
+
 def test_train_end_to_end_then_resume(tiny_args, tmp_path):
     out = ranktune("train", "configs/tiny.yaml", *tiny_args, cwd=os.path.dirname(os.path.dirname(__file__)))
     assert out.returncode == 0, out.stderr

@@ -10,7 +10,7 @@ import signal
 import sys
 from pathlib import Path
 
-from ranktune.platform.memory import DEFAULT_BUDGET_GIB
+from ranktune.platform.budget import DEFAULT_BUDGET_GIB
 from ranktune.platform.serve import warn_if_exposed
 
 EXIT_BAD_INPUT = 2
@@ -422,11 +422,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)  # first: --help and usage errors need no torch
     from ranktune.trainables.checkpoint import CheckpointError
     from ranktune.trainables.config import ConfigError
     from ranktune.trainables.trainer import TrainingDiverged
 
-    args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )

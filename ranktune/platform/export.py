@@ -26,8 +26,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from ranktune.platform.budget import DEFAULT_BUDGET_GIB
 from ranktune.platform.memory import (
-    DEFAULT_BUDGET_GIB,
     MemoryEstimate,
     RunEstimate,
     Verdict,

@@ -42,7 +42,6 @@ FIRST_LAYER = LAYER_PREFIX + "0."
 GIB = 2**30
 # 1000x the largest dense models trained so far: beyond it a figure means a typo, not a plan.
 MAX_PARAMETERS = 10**15
-DEFAULT_BUDGET_GIB = 24.0
 # CUDA context with cuBLAS / cuDNN handles and workspaces (about 0.5-0.8 GiB on recent GPUs with lazy
 # module loading) plus caching-allocator fragmentation. Counted on CUDA only: on CPU it is the
 # process's own footprint, not part of any budget.

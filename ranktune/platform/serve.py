@@ -142,7 +142,7 @@ def mlflow_server_command(backend_store_uri: str, artifacts_destination: str, ho
                           port: int = 5000, basic_auth: bool = False) -> list[str]:  # fmt: skip
     """`mlflow server` for a team's sweeps: runs in `backend_store_uri` (sqlite or PostgreSQL), artifacts
     proxied by the server into `artifacts_destination` (shared storage), so clients need no access to it."""
-    from ranktune.trainables.errors import ConfigError
+    from ranktune.trainables.errors import ConfigError  # deferred: importing ranktune.trainables imports torch
 
     if basic_auth and importlib.util.find_spec("flask_wtf") is None:
         raise ConfigError(["--basic-auth: MLflow's basic-auth app needs Flask-WTF -> pip install 'mlflow[auth]'"])
