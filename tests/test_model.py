@@ -95,3 +95,14 @@ def test_overfits_one_batch():
         loss.backward()
         opt.step()
     assert first > 4.0 and loss.item() < 0.3
+
+
+def test_a_bf16_model_is_built_in_bf16_with_llama_init():
+    torch.manual_seed(0)
+    model = build_model(model_config("tiny", **TINY_MODEL_ARGS, vocab_size=97), dtype=torch.bfloat16)
+    assert {t.dtype for t in [*model.parameters(), *model.buffers()]} == {torch.bfloat16}
+    q = model.layers[0].attn.q_proj.weight.float()
+    assert abs(q.std().item() - 0.02) < 0.002 and abs(q.mean().item()) < 0.002  # normal(0, 0.02), 4096 draws
+    assert torch.equal(model.norm.weight, torch.ones_like(model.norm.weight))
+    logits, loss = model(torch.randint(0, 97, (2, 8)), torch.randint(0, 97, (2, 8)))
+    assert logits.dtype == torch.bfloat16 and torch.isfinite(loss)

@@ -132,24 +132,21 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    def __init__(self, cfg: LlamaConfig, activation_checkpointing: bool = False) -> None:
+    def __init__(self, cfg: LlamaConfig, activation_checkpointing: bool = False,
+                 dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.num_layers))
-        self.norm = RMSNorm(cfg.hidden_size, cfg.norm_eps)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        # Each piece is initialised in fp32 and cast to `dtype` before the next is built, so a bf16
+        # model never holds more than one block in fp32 (a whole 7b in fp32 is 27 GB: more than a 24 GB card).
+        self.embed_tokens = initialized(nn.Embedding(cfg.vocab_size, cfg.hidden_size), dtype)
+        self.layers = nn.ModuleList(initialized(Block(cfg), dtype) for _ in range(cfg.num_layers))
+        self.norm = initialized(RMSNorm(cfg.hidden_size, cfg.norm_eps), dtype)
+        self.lm_head = initialized(nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False), dtype)
         # Rotary tables are derived data, not parameters: recomputed on load, never checkpointed.
         cos, sin = rotary_tables(cfg)
-        self.register_buffer("rope_cos", cos, persistent=False)
-        self.register_buffer("rope_sin", sin, persistent=False)
-        self.apply(self._init_weights)
-
-    def _init_weights(self, module: nn.Module) -> None:
-        # LLaMA-style init: normal(0, 0.02) for every matrix, ones for norms (set in RMSNorm).
-        if isinstance(module, (nn.Linear, nn.Embedding)):
-            nn.init.normal_(module.weight, mean=0.0, std=0.02)
+        self.register_buffer("rope_cos", cos.to(dtype), persistent=False)
+        self.register_buffer("rope_sin", sin.to(dtype), persistent=False)
 
     def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
         """idx (B, T) token ids -> logits (B, T, vocab); with targets, also the mean cross-entropy."""
@@ -171,11 +168,24 @@ class Llama(nn.Module):
         return logits, loss
 
 
+def init_weights(module: nn.Module) -> None:
+    # LLaMA-style init: normal(0, 0.02) for every matrix, ones for norms (set in RMSNorm).
+    if isinstance(module, (nn.Linear, nn.Embedding)):
+        nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+
+def initialized(module: nn.Module, dtype: torch.dtype) -> nn.Module:
+    """`module` with LLaMA's init drawn in fp32, then cast to `dtype`."""
+    module.apply(init_weights)
+    return module.to(dtype)
+
+
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(cfg: LlamaConfig, device: str | torch.device = "cpu", activation_checkpointing: bool = False) -> Llama:
-    """Build on `device`; with device='meta' nothing is allocated (used for parameter counts of 7b)."""
+def build_model(cfg: LlamaConfig, device: str | torch.device = "cpu", activation_checkpointing: bool = False,
+                dtype: torch.dtype = torch.float32) -> Llama:  # fmt: skip
+    """Build on `device` in `dtype`; with device='meta' nothing is allocated (used for parameter counts of 7b)."""
     with torch.device(device):
-        return Llama(cfg, activation_checkpointing=activation_checkpointing)
+        return Llama(cfg, activation_checkpointing=activation_checkpointing, dtype=dtype)

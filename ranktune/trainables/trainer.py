@@ -78,9 +78,8 @@ class Trainer:
 
         torch.manual_seed(cfg.train.seed)
         self.llama_cfg = cfg.model.llama_config(vocab_size=tokens.vocab_size)
-        self.model = build_model(self.llama_cfg, self.device, cfg.model.activation_checkpointing)
-        if cfg.train.precision == "bf16":
-            self.model.to(torch.bfloat16)
+        dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
+        self.model = build_model(self.llama_cfg, self.device, cfg.model.activation_checkpointing, dtype)
         # The method may wrap layers of the model in place (ReLoRA); always go through self.model.
         self.method = build_method(self.model, cfg)
         self.schedule = build_schedule(cfg)
