@@ -30,6 +30,10 @@ def test_shipped_default_sweep_spec_is_valid():
     s = load_spec("configs/sweeps/compare_tiny.yaml")
     assert s.space.preset == "compare" and s.budget.num_trials >= 8
     assert s.base is None and s.base_overrides["model"]["name"] == "tiny"  # base file inlined
+    # The README's demo answers for every method of `compare`, each with at least one trial.
+    compare = PRESETS["compare"]["branches"]["choices"]
+    assert list(s.search_space().branches.choices) == list(compare)
+    assert s.budget.num_trials >= len(compare) * s.search.min_trials_per_branch
 
 
 def test_rank_above_smallest_targeted_dimension_is_named():
