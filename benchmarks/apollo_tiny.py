@@ -79,7 +79,8 @@ def main() -> None:
                 best[name] = (loss, lr)
 
     print(f"\ntiny model, {args.steps} steps x {args.batch} x {args.seq_len} tokens, embedded corpus, "
-          f"rank {args.rank} (APOLLO-Mini 1), update_proj_gap {args.steps // 2}, best of each method's lr grid")  # fmt: skip
+          f"rank {args.rank} (APOLLO-Mini 1), update_proj_gap {args.steps // 2}, "
+          "best of each method's lr grid")  # fmt: skip
     print("| method | held-out loss | lr | vs AdamW |\n|---|---|---|---|")
     ref = best.get("adamw", (None,))[0]
     for name, (loss, lr) in best.items():
