@@ -109,6 +109,9 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     assert summary["best"]["params"] == {"optim.lr": 3e-3}
     best = load_config(spec.storage_dir / "best_config.yaml")  # a self-contained training config
     assert best.optim.lr == 3e-3 and best.train.steps == 20
+    best_text = (spec.storage_dir / "best_config.yaml").read_text()
+    assert best_text.startswith(f"# best config of sweep 'e2e': trial {good.data.tags['ranktune.trial_id']} (adamw)")
+    assert not {"galore", "relora", "apollo", "apollo_mini", "fira"} & yaml.safe_load(best_text).keys()
 
 
 def _session_pids(sid: int) -> list[int]:

@@ -40,6 +40,58 @@ def resolved_config_yaml(spec_json: str, params: dict[str, Any]) -> str:
     return yaml.safe_dump(spec.trial_config(params).model_dump(mode="json"), sort_keys=False)
 
 
+def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[str, Any],
+                     confirm: dict[str, Any] | None) -> str:  # fmt: skip
+    """best_config.yaml: the winner's training config, led by a comment header naming the sweep, the
+    trial, its method and objective, and how it was chosen.
+
+    With replicates (platform/confirm.py) the winner is the configuration with the best replicate
+    mean: the search's single best trial was picked for being lowest, so its value is biased low.
+    Sections that only other methods read (GaLore's for an AdamW winner) are left out; absent sections
+    take their defaults when the file is loaded, and the winner's method reads none of them.
+    """
+    from ranktune.trainables.optim import foreign_sections
+
+    metric, mode = spec.objective.metric, spec.objective.mode
+    confirmed = next((c for c in (confirm or {}).get("configurations", []) if c["mean"] is not None), None)
+    if confirmed is not None:
+        trial_id, params = confirmed["trial_id"], confirmed["params"]
+        std = "-" if confirmed["std"] is None else f"{confirmed['std']:.4f}"
+        value = (f"{confirmed['mean']:.4f} +/- {std} over {confirmed['n']} replicates "
+                 f"(its search trial: {confirmed['search_objective']:.4f})")  # fmt: skip
+        single = ("also the search's single best trial" if trial_id == best["trial_id"] else
+                  f"preferred to the search's single best trial {best['trial_id']} "
+                  f"({_method(spec, best['params'])}, {metric} {best['objective']:.4f})")  # fmt: skip
+        chosen = [
+            f"chosen by the replicates: the best {metric} mean of {confirmed['n']} replicates with new seeds "
+            f"(verdict: {confirm['verdict']}, {confirm['why']});",
+            f"{single}",
+        ]
+    else:
+        trial_id, params = best["trial_id"], best["params"]
+        value = f"{best['objective']:.4f} at the full budget ({spec.budget.steps_per_trial} steps)"
+        full = [t for t in trials if t["status"] == "finished" and t["objective"] is not None]
+        chosen = [f"chosen by the search: the {'lowest' if mode == 'min' else 'highest'} {metric} of the trials "
+                  f"that ran the whole budget ({len(full)} of {len(trials)}; no replicates)"]  # fmt: skip
+    cfg = spec.trial_config(params)
+    method = cfg.optim.name
+    dropped = sorted(foreign_sections(method))
+    held_out = "held-out " if metric.startswith("eval_") else ""
+    lines = [
+        f"best config of sweep {spec.name!r}: trial {trial_id} ({method}), {held_out}{metric} {value}",
+        *chosen,
+        f"left out, as {method} does not read them: {', '.join(dropped)}" if dropped else None,
+        "train it: ranktune train <this file>",
+    ]
+    raw = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in dropped}
+    head = "".join(f"# {line}\n" for line in lines if line)
+    return head + yaml.safe_dump(raw, sort_keys=False)
+
+
+def _method(spec: SweepSpec, params: dict[str, Any]) -> str:
+    return str(params.get("optim.name") or spec.trial_config(params).optim.name)
+
+
 def spec_json(spec: SweepSpec) -> str:
     return json.dumps({**spec.model_dump(mode="json"), "spec_dir": spec.spec_dir})
 
@@ -402,8 +454,9 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     client.log_artifact(parent, str(storage / "results.json"))
     best = pick_best(trials, spec.objective.mode)
     summary: dict[str, Any] = {"trials": len(trials), "best": best, "storage": str(storage)}
+    confirm = load_confirm(storage)
     if best is not None:
-        best_yaml = resolved_config_yaml(spec_json(spec), best["params"])
+        best_yaml = best_config_yaml(spec, trials, best, confirm)
         (storage / "best_config.yaml").write_text(best_yaml)
         log_text_artifact(client, parent, "best_config.yaml", best_yaml)
         client.set_tag(parent, "ranktune.best_trial_id", best["trial_id"])
@@ -419,6 +472,6 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     for plot in plots:
         client.log_artifact(parent, str(plot), "plots")
     summary["plots"] = [str(p) for p in plots]
-    summary["confirm"] = load_confirm(storage)
+    summary["confirm"] = confirm
     client.set_terminated(parent, status="FINISHED")
     return summary

@@ -308,6 +308,7 @@ register(
         schedule=jagged_cosine,
         estimate_state=estimate_lora,
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
+        sections=("relora",),
     ),
 )
 register(
@@ -318,5 +319,6 @@ register(
         schedule=jagged_cosine,
         estimate_state=estimate_lora,
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
+        sections=("relora",),
     ),
 )

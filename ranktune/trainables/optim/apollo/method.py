@@ -309,5 +309,6 @@ for _name, _description in [
             check=partial(check_scaled_gradient, name=_name),
             estimate_state=partial(estimate_scaled_gradient, name=_name),
             description=_description,
+            sections=(METHODS[_name][1],),
         ),
     )

@@ -411,5 +411,6 @@ for _inner, _description in [
             check=partial(check_galore, inner=_inner),
             estimate_state=partial(estimate_galore, inner=_inner),
             description=_description,
+            sections=("galore",),
         ),
     )
