@@ -96,6 +96,27 @@ def spec_json(spec: SweepSpec) -> str:
     return json.dumps({**spec.model_dump(mode="json"), "spec_dir": spec.spec_dir})
 
 
+# Ray (2.60 here) turns token authentication on for every new local cluster and says so in a warning
+# on the driver's console, where it lands inside the sweep's live progress. Only that notice is
+# dropped: the logger's other records pass, e.g. the warning that authentication is *disabled*.
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+RAY_TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster."
+
+
+class _DropTokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_TOKEN_AUTH_NOTICE)
+
+
+def quiet_token_auth_notice() -> None:
+    """Filter the notice at the logger that emits it. Setting RAY_AUTH_MODE=token would also silence
+    it, but only before Ray caches its config at import: set later, the driver and the cluster it
+    starts disagree on the mode and the GCS refuses the driver."""
+    logger = logging.getLogger(RAY_AUTH_LOGGER)
+    if not any(isinstance(f, _DropTokenAuthNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenAuthNotice())
+
+
 def init_ray(address: str | None) -> None:
     import os
 
@@ -111,6 +132,7 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    quiet_token_auth_notice()
     # The dashboard stays off for local runs; on a cluster it is the cluster's (bound by `ray start`).
     ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
 
