@@ -191,6 +191,8 @@ def build_searcher(spec: SweepSpec, storage: Path):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from ranktune.platform.study_storage import SweepStudyStorage
+
     space = spec.search_space()
     points = stratified_startup(spec)
     if spec.search.algorithm == "tpe":
@@ -205,7 +207,7 @@ def build_searcher(spec: SweepSpec, storage: Path):
         if spec.search.algorithm == "grid":
             points = space.grid()  # enqueued in order; define-by-run then takes the enqueued values
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rdb = optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}")
+    rdb = SweepStudyStorage(storage)  # found in the sweep's directory again after a move (study_storage.py)
     # Several objectives: Optuna searches them jointly (TPE handles both cases); Tune's scheduler
     # still prunes on the primary one (TuneConfig.metric).
     metric: str | list[str] = spec.objective.metric
@@ -414,10 +416,12 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
     from ray import tune
 
     from ranktune.platform.locks import own_directory
+    from ranktune.platform.relocate import resuming
 
     spec, state = load_state(storage_dir)
     check_before_start(spec)
-    with own_directory(spec.storage_dir, "storage", "sweep"):
+    # Tune's pickled searcher and callbacks open this directory's stores, not those of where the sweep ran.
+    with own_directory(spec.storage_dir, "storage", "sweep"), resuming(state):
         init_ray(address)
         check_cluster_fits(spec)
         tune_dir = spec.storage_dir / TUNE_DIR

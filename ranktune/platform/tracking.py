@@ -155,6 +155,14 @@ class MlflowTrials(Callback):
         state["_client"] = None
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from ranktune.platform.relocate import resumed_state
+
+        self.__dict__.update(state)
+        resumed = resumed_state()
+        if resumed is not None:  # a resumed sweep, maybe copied or moved: its own store (relocate.py)
+            self.tracking_uri = resumed["tracking_uri"]
+
     @property
     def client(self):
         if self._client is None:
