@@ -18,6 +18,7 @@ import time
 import urllib.request
 
 import pytest
+from browser import dump_dom, needs_chromium, page_text
 
 from ranktune.platform.export import ScalingRules, export_best, select_trial
 from ranktune.platform.memory import GIB
@@ -256,6 +257,32 @@ def test_a_copied_sweep_works_from_another_directory_with_the_original_gone(swee
     assert list(elsewhere.iterdir()) == []  # no stray ./sweeps (or anything else) in the working directory
     rows = collect_trials(*load_state(copy))
     assert len(rows) == 6 and sum(r["status"] == "finished" for r in rows) == 3  # resume re-ran nothing
+
+
+@needs_chromium
+@pytest.mark.slow  # `mlflow ui` takes 20-60 s to answer on 2 cores, Chromium 15 s more
+def test_mlflow_ui_opens_on_the_trials_in_the_training_view(sweep, tmp_path):
+    """The URL `ranktune ui` prints, in headless Chromium: the training view (not GenAI's traces), the
+    trials listed (not folded under the sweep's parent) by their method-prefixed names, with status."""
+    from ranktune.platform.cluster import free_port
+
+    spec, state = load_state(sweep.storage_dir)
+    client = mlflow_client(state["tracking_uri"])
+    trials = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    port, seen = free_port(), []
+    ui, lines = _start_ui(sweep.storage_dir, tmp_path, port)
+    try:
+        line = _wait_for_line(lines, seen, "MLflow UI for", timeout_s=300)
+        url = line.split(": ", 1)[1].split()[0]
+        text = page_text(dump_dom(url, size="2400,1200"))
+    finally:
+        _stop(ui)
+    assert "Training runs" not in text and "Observability" not in text, text[:1500]  # GenAI's navigation
+    assert f"{len(trials)} matching runs" in text, text[:1500]  # the trials, without their parent
+    for run in trials:
+        method = json.loads(run.data.tags[PARAMS_TAG])["optim.name"]
+        assert run.info.run_name.startswith(f"{method}-") and run.info.run_name in text, (run.info.run_name, text)
+    assert "finished" in text and "pruned_memory" in text  # the ranktune.status column
 
 
 def test_export_refuses_without_a_finished_trial():

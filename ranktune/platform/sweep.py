@@ -341,6 +341,7 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
         get_or_create_experiment,
         log_text_artifact,
         mlflow_client,
+        set_runs_view,
         strip_userinfo,
     )
 
@@ -348,6 +349,7 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
     client = mlflow_client(spec.tracking_uri)
     artifact_root = None if spec.tracking.tracking_uri else (storage / "mlartifacts").as_uri()
     experiment_id = get_or_create_experiment(client, spec.tracking.experiment or spec.name, artifact_root)
+    set_runs_view(client, experiment_id, spec.objective.metric, spec.objective.mode)
     parent = client.create_run(experiment_id, run_name=spec.name, tags={SWEEP_TAG: spec.name})
     run_id = parent.info.run_id
     for key, value in {
