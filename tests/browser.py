@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import html
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -30,9 +32,16 @@ def _chromium(*args: str, timeout: float = 120) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, check=True).stdout
 
 
-def dump_dom(url: str) -> str:
-    """The page's DOM after its scripts ran."""
-    return _chromium("--dump-dom", url)
+def dump_dom(url: str, size: str | None = None) -> str:
+    """The page's DOM after its scripts ran; `size` (e.g. "2400,1200") for pages that render only the
+    table columns inside the window (the MLflow UI's runs grid)."""
+    return _chromium("--dump-dom", *([f"--window-size={size}"] if size else []), url)
+
+
+def page_text(dom: str) -> str:
+    """The visible words of a dumped DOM, one space apart (scripts and styles left out)."""
+    text = re.sub(r"<script.*?</script>|<style.*?</style>", " ", dom, flags=re.S)
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
 
 
 def screenshot(url: str, path: Path, size: str = "1200,2000") -> Path:

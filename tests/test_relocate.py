@@ -53,3 +53,24 @@ def test_a_sweep_on_an_explicit_tracking_server_keeps_it(tmp_path):
     state = {"spec": SPEC, "tracking_uri": "http://127.0.0.1:5000", "storage_dir": "/elsewhere"}
     spec, state = relocate(spec, state, tmp_path)
     assert state["tracking_uri"] == "http://127.0.0.1:5000" and spec.storage_dir == tmp_path.resolve()
+
+
+def test_what_tune_pickled_reopens_the_resumed_copys_stores(tmp_path):
+    """Tune restores its searcher (Optuna storage) and callbacks (MLflow URI) from tune/tuner.pkl: on
+    resume of a copy they must open the copy's optuna.db and mlflow.db, never the original's."""
+    import pickle
+
+    from ranktune.platform.relocate import resuming
+    from ranktune.platform.study_storage import SweepStudyStorage
+    from ranktune.platform.tracking import MlflowTrials
+
+    original, copy = tmp_path / "a" / "moved", tmp_path / "b" / "moved"
+    original.mkdir(parents=True)
+    copy.mkdir(parents=True)
+    storage = pickle.dumps(SweepStudyStorage(original))
+    callback = pickle.dumps(MlflowTrials(f"sqlite:///{original / 'mlflow.db'}", "1", "parent", "moved", 10, str))
+    assert pickle.loads(storage).url == f"sqlite:///{original / 'optuna.db'}"  # in place: as pickled
+    assert pickle.loads(callback).tracking_uri == f"sqlite:///{original / 'mlflow.db'}"
+    with resuming({"storage_dir": str(copy), "tracking_uri": f"sqlite:///{copy / 'mlflow.db'}"}):
+        assert pickle.loads(storage).url == f"sqlite:///{copy / 'optuna.db'}"
+        assert pickle.loads(callback).tracking_uri == f"sqlite:///{copy / 'mlflow.db'}"

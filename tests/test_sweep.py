@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import signal
@@ -49,8 +50,22 @@ def local_ray():
     ray.shutdown()
 
 
-def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cache, local_ray):
-    from ranktune.platform.sweep import run_sweep
+class _Records(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cache, local_ray, capfd):
+    from ranktune.platform.sweep import RAY_AUTH_LOGGER, RAY_TOKEN_AUTH_NOTICE, run_sweep
+
+    # What Ray's token-auth logger lets through: its handlers (Ray's own, on the `ray` logger) print
+    # whatever reaches them to the console, inside the live progress.
+    ray_auth = _Records()
+    logging.getLogger(RAY_AUTH_LOGGER).addHandler(ray_auth)
 
     raw = tiny_spec(
         tmp_path, token_cache, "e2e",
@@ -62,7 +77,12 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
         budget={"steps_per_trial": 20},
     )  # fmt: skip
     spec = spec_from_dict(raw)
-    summary = run_sweep(spec, prepare=poison_one_trial, progress=False)
+    try:
+        summary = run_sweep(spec, prepare=poison_one_trial, progress=False)
+    finally:
+        logging.getLogger(RAY_AUTH_LOGGER).removeHandler(ray_auth)
+    assert not [m for m in ray_auth.messages if m.startswith(RAY_TOKEN_AUTH_NOTICE)]
+    assert "Token authentication is enabled" not in "".join(capfd.readouterr())
 
     _, state = load_state(spec.storage_dir)
     client = mlflow_client(state["tracking_uri"])
@@ -103,6 +123,9 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     assert summary["best"]["params"] == {"optim.lr": 3e-3}
     best = load_config(spec.storage_dir / "best_config.yaml")  # a self-contained training config
     assert best.optim.lr == 3e-3 and best.train.steps == 20
+    best_text = (spec.storage_dir / "best_config.yaml").read_text()
+    assert best_text.startswith(f"# best config of sweep 'e2e': trial {good.data.tags['ranktune.trial_id']} (adamw)")
+    assert not {"galore", "relora", "apollo", "apollo_mini", "fira"} & yaml.safe_load(best_text).keys()
 
 
 def _session_pids(sid: int) -> list[int]:

@@ -241,9 +241,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if artifacts.is_dir():
         cmd += ["--default-artifact-root", artifacts.as_uri()]
     from ranktune.platform.serve import serve_until_stopped
+    from ranktune.platform.tracking import mlflow_client, runs_page_url, set_runs_view
 
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-    return serve_until_stopped(cmd, f"{base}/health", f"{base}/#/experiments/{state['experiment_id']}/runs",
+    # (Re)stored here too, for sweeps started before the view existed.
+    view = set_runs_view(mlflow_client(state["tracking_uri"]), state["experiment_id"], spec.objective.metric,
+                         spec.objective.mode)  # fmt: skip
+    return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state["experiment_id"], view),
                                f"MLflow UI for {spec.name}")  # fmt: skip
 
 

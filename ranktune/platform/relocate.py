@@ -12,13 +12,20 @@ was loaded from is the one that counts:
 
 A sweep on an explicit `tracking.tracking_uri` (a shared server) keeps it: its runs are not in the
 directory.
+
+Ray Tune pickles the searcher (with its Optuna storage) and the callbacks (with the MLflow tracking
+URI) into `tune/tuner.pkl` and restores them as they were: `resuming(state)` makes them unpickle as
+this directory's instead (study_storage.py, tracking.MlflowTrials), so a resumed copy writes to its
+own optuna.db and mlflow.db, not to the original's.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,3 +87,22 @@ def rewrite_artifact_uris(db: Path, old: Path, new: Path) -> int:
                 )
                 changed += cursor.rowcount
     return changed
+
+
+_resuming: dict[str, Any] | None = None  # the relocated state of the sweep being resumed
+
+
+@contextlib.contextmanager
+def resuming(state: dict[str, Any]) -> Iterator[None]:
+    """Within: what Tune unpickles of this sweep opens the stores of `state` (as `relocate` made it)."""
+    global _resuming
+    previous, _resuming = _resuming, state
+    try:
+        yield
+    finally:
+        _resuming = previous
+
+
+def resumed_state() -> dict[str, Any] | None:
+    """The state given to the enclosing `resuming`, or None outside one."""
+    return _resuming

@@ -40,8 +40,81 @@ def resolved_config_yaml(spec_json: str, params: dict[str, Any]) -> str:
     return yaml.safe_dump(spec.trial_config(params).model_dump(mode="json"), sort_keys=False)
 
 
+def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[str, Any],
+                     confirm: dict[str, Any] | None) -> str:  # fmt: skip
+    """best_config.yaml: the winner's training config, led by a comment header naming the sweep, the
+    trial, its method and objective, and how it was chosen.
+
+    With replicates (platform/confirm.py) the winner is the configuration with the best replicate
+    mean: the search's single best trial was picked for being lowest, so its value is biased low.
+    Sections that only other methods read (GaLore's for an AdamW winner) are left out; absent sections
+    take their defaults when the file is loaded, and the winner's method reads none of them.
+    """
+    from ranktune.trainables.optim import foreign_sections
+
+    metric, mode = spec.objective.metric, spec.objective.mode
+    confirmed = next((c for c in (confirm or {}).get("configurations", []) if c["mean"] is not None), None)
+    if confirmed is not None:
+        trial_id, params = confirmed["trial_id"], confirmed["params"]
+        std = "-" if confirmed["std"] is None else f"{confirmed['std']:.4f}"
+        value = (f"{confirmed['mean']:.4f} +/- {std} over {confirmed['n']} replicates "
+                 f"(its search trial: {confirmed['search_objective']:.4f})")  # fmt: skip
+        single = ("also the search's single best trial" if trial_id == best["trial_id"] else
+                  f"preferred to the search's single best trial {best['trial_id']} "
+                  f"({_method(spec, best['params'])}, {metric} {best['objective']:.4f})")  # fmt: skip
+        chosen = [
+            f"chosen by the replicates: the best {metric} mean of {confirmed['n']} replicates with new seeds "
+            f"(verdict: {confirm['verdict']}, {confirm['why']});",
+            f"{single}",
+        ]
+    else:
+        trial_id, params = best["trial_id"], best["params"]
+        value = f"{best['objective']:.4f} at the full budget ({spec.budget.steps_per_trial} steps)"
+        full = [t for t in trials if t["status"] == "finished" and t["objective"] is not None]
+        chosen = [f"chosen by the search: the {'lowest' if mode == 'min' else 'highest'} {metric} of the trials "
+                  f"that ran the whole budget ({len(full)} of {len(trials)}; no replicates)"]  # fmt: skip
+    cfg = spec.trial_config(params)
+    method = cfg.optim.name
+    dropped = sorted(foreign_sections(method))
+    held_out = "held-out " if metric.startswith("eval_") else ""
+    lines = [
+        f"best config of sweep {spec.name!r}: trial {trial_id} ({method}), {held_out}{metric} {value}",
+        *chosen,
+        f"left out, as {method} does not read them: {', '.join(dropped)}" if dropped else None,
+        "train it: ranktune train <this file>",
+    ]
+    raw = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in dropped}
+    head = "".join(f"# {line}\n" for line in lines if line)
+    return head + yaml.safe_dump(raw, sort_keys=False)
+
+
+def _method(spec: SweepSpec, params: dict[str, Any]) -> str:
+    return str(params.get("optim.name") or spec.trial_config(params).optim.name)
+
+
 def spec_json(spec: SweepSpec) -> str:
     return json.dumps({**spec.model_dump(mode="json"), "spec_dir": spec.spec_dir})
+
+
+# Ray (2.60 here) turns token authentication on for every new local cluster and says so in a warning
+# on the driver's console, where it lands inside the sweep's live progress. Only that notice is
+# dropped: the logger's other records pass, e.g. the warning that authentication is *disabled*.
+RAY_AUTH_LOGGER = "ray._private.authentication.authentication_token_setup"
+RAY_TOKEN_AUTH_NOTICE = "Token authentication is enabled for this Ray cluster."
+
+
+class _DropTokenAuthNotice(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not record.getMessage().startswith(RAY_TOKEN_AUTH_NOTICE)
+
+
+def quiet_token_auth_notice() -> None:
+    """Filter the notice at the logger that emits it. Setting RAY_AUTH_MODE=token would also silence
+    it, but only before Ray caches its config at import: set later, the driver and the cluster it
+    starts disagree on the mode and the GCS refuses the driver."""
+    logger = logging.getLogger(RAY_AUTH_LOGGER)
+    if not any(isinstance(f, _DropTokenAuthNotice) for f in logger.filters):
+        logger.addFilter(_DropTokenAuthNotice())
 
 
 def init_ray(address: str | None) -> None:
@@ -59,6 +132,7 @@ def init_ray(address: str | None) -> None:
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return
+    quiet_token_auth_notice()
     # The dashboard stays off for local runs; on a cluster it is the cluster's (bound by `ray start`).
     ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
 
@@ -117,6 +191,8 @@ def build_searcher(spec: SweepSpec, storage: Path):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from ranktune.platform.study_storage import SweepStudyStorage
+
     space = spec.search_space()
     points = stratified_startup(spec)
     if spec.search.algorithm == "tpe":
@@ -131,7 +207,7 @@ def build_searcher(spec: SweepSpec, storage: Path):
         if spec.search.algorithm == "grid":
             points = space.grid()  # enqueued in order; define-by-run then takes the enqueued values
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    rdb = optuna.storages.RDBStorage(f"sqlite:///{storage / 'optuna.db'}")
+    rdb = SweepStudyStorage(storage)  # found in the sweep's directory again after a move (study_storage.py)
     # Several objectives: Optuna searches them jointly (TPE handles both cases); Tune's scheduler
     # still prunes on the primary one (TuneConfig.metric).
     metric: str | list[str] = spec.objective.metric
@@ -265,6 +341,7 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
         get_or_create_experiment,
         log_text_artifact,
         mlflow_client,
+        set_runs_view,
         strip_userinfo,
     )
 
@@ -272,6 +349,7 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
     client = mlflow_client(spec.tracking_uri)
     artifact_root = None if spec.tracking.tracking_uri else (storage / "mlartifacts").as_uri()
     experiment_id = get_or_create_experiment(client, spec.tracking.experiment or spec.name, artifact_root)
+    set_runs_view(client, experiment_id, spec.objective.metric, spec.objective.mode)
     parent = client.create_run(experiment_id, run_name=spec.name, tags={SWEEP_TAG: spec.name})
     run_id = parent.info.run_id
     for key, value in {
@@ -340,10 +418,12 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
     from ray import tune
 
     from ranktune.platform.locks import own_directory
+    from ranktune.platform.relocate import resuming
 
     spec, state = load_state(storage_dir)
     check_before_start(spec)
-    with own_directory(spec.storage_dir, "storage", "sweep"):
+    # Tune's pickled searcher and callbacks open this directory's stores, not those of where the sweep ran.
+    with own_directory(spec.storage_dir, "storage", "sweep"), resuming(state):
         init_ray(address)
         check_cluster_fits(spec)
         tune_dir = spec.storage_dir / TUNE_DIR
@@ -402,8 +482,9 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     client.log_artifact(parent, str(storage / "results.json"))
     best = pick_best(trials, spec.objective.mode)
     summary: dict[str, Any] = {"trials": len(trials), "best": best, "storage": str(storage)}
+    confirm = load_confirm(storage)
     if best is not None:
-        best_yaml = resolved_config_yaml(spec_json(spec), best["params"])
+        best_yaml = best_config_yaml(spec, trials, best, confirm)
         (storage / "best_config.yaml").write_text(best_yaml)
         log_text_artifact(client, parent, "best_config.yaml", best_yaml)
         client.set_tag(parent, "ranktune.best_trial_id", best["trial_id"])
@@ -419,6 +500,6 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     for plot in plots:
         client.log_artifact(parent, str(plot), "plots")
     summary["plots"] = [str(p) for p in plots]
-    summary["confirm"] = load_confirm(storage)
+    summary["confirm"] = confirm
     client.set_terminated(parent, status="FINISHED")
     return summary

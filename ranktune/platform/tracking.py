@@ -8,6 +8,7 @@ restored trial, or a restarted driver, continues the same run instead of creatin
 from __future__ import annotations
 
 import json
+import logging
 import math
 import re
 import tempfile
@@ -15,6 +16,8 @@ from pathlib import Path
 from typing import Any
 
 from ray.tune import Callback
+
+log = logging.getLogger(__name__)
 
 TRIAL_TAG = "ranktune.trial_id"
 SWEEP_TAG = "ranktune.sweep"
@@ -29,9 +32,14 @@ CONFIRM_OF_TAG = "ranktune.confirm_of"  # a replicated configuration's run (plat
 EVAL_SET_TAG = "ranktune.eval_set"  # identity of the held-out blocks the trial was scored on (data.eval_set_id)
 STOP_REASON_TAG = "ranktune.stop_reason"  # why the scheduler stopped a trial: milestone, its value, the cutoff
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
-# The MLflow UI opens an experiment in its GenAI view (traces, prompts) unless the experiment says
-# it holds model training runs.
+# What the experiment holds (model training runs, not GenAI traces), for MLflow UIs that read it. The
+# UI of MLflow 3.17 does not: see runs_page_url.
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
+# A view of the experiment's runs page that lists the trials, best first, with their status and
+# final metrics. Stored as an experiment tag in the format of the UI's own "Share" button, which the
+# UI reads when its URL names the key (viewStateShareKey).
+RUNS_VIEW_KEY = "ranktune-trials"
+SHARED_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
 
 # Metrics that become step-indexed curves in MLflow (from each result and its log_history).
 CURVE_KEYS = ("train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes",
@@ -91,6 +99,40 @@ def get_or_create_experiment(client, name: str, artifact_root: str | None = None
     if exp is not None:
         return exp.experiment_id
     return client.create_experiment(name, artifact_location=artifact_root, tags=EXPERIMENT_KIND_TAGS)
+
+
+def runs_view_state(metric: str, mode: str) -> dict[str, Any]:
+    """The trials (runs with a trial id: not the sweep's parent, under which they would sit folded),
+    best objective first, with the columns that say how each ended."""
+    return {
+        "searchFilter": f"tags.`{TRIAL_TAG}` LIKE '%'",
+        "orderByKey": f"metrics.`final_{metric}`",
+        "orderByAsc": mode == "min",
+        "selectedColumns": [f"tags.`{STATUS_TAG}`", f"metrics.`final_{metric}`",
+                            "metrics.`final_optimizer_state_bytes`", "metrics.`final_peak_memory_bytes`",
+                            "metrics.`final_tokens_per_s`", f"tags.`{STOP_REASON_TAG}`", f"tags.`{REASON_TAG}`"],
+    }  # fmt: skip
+
+
+def set_runs_view(client, experiment_id: str, metric: str, mode: str) -> bool:
+    """Store the trials view on the experiment; False (and a warning) when the store refuses it."""
+    try:
+        client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG, json.dumps(runs_view_state(metric, mode)))
+    except Exception as exc:  # e.g. a shared server without write permission for this user
+        log.warning("could not store the trials view on MLflow experiment %s: %s", experiment_id, exc)
+        return False
+    return True
+
+
+def runs_page_url(base: str, experiment_id: str, with_view: bool = True) -> str:
+    """The experiment's runs page in the MLflow UI's training view.
+
+    MLflow 3.17's UI ignores `mlflow.experimentKind`: its workflow-based navigation (always on in the
+    built bundle) derives the experiment kind from the `workflowType` URL parameter, else from the
+    browser's last choice, GenAI by default, which opens on traces and folds the trials under their
+    parent. `workflowType=machine_learning` asks for the training view (runs, models, metrics)."""
+    query = "workflowType=machine_learning" + (f"&viewStateShareKey={RUNS_VIEW_KEY}" if with_view else "")
+    return f"{base}/#/experiments/{experiment_id}/runs?{query}"
 
 
 def run_name(params: dict[str, Any], trial_id: str) -> str:
@@ -154,6 +196,14 @@ class MlflowTrials(Callback):
         state = self.__dict__.copy()
         state["_client"] = None
         return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        from ranktune.platform.relocate import resumed_state
+
+        self.__dict__.update(state)
+        resumed = resumed_state()
+        if resumed is not None:  # a resumed sweep, maybe copied or moved: its own store (relocate.py)
+            self.tracking_uri = resumed["tracking_uri"]
 
     @property
     def client(self):

@@ -12,6 +12,7 @@ from ranktune.trainables.optim.registry import (
     PhaseState,
     build_method,
     build_schedule,
+    foreign_sections,
     register,
     unregister,
 )
@@ -26,6 +27,7 @@ __all__ = [
     "build_method",
     "build_schedule",
     "decay_groups",
+    "foreign_sections",
     "register",
     "tensor_bytes",
     "unregister",

@@ -17,6 +17,10 @@ An entry holds:
     estimate_state(shapes, cfg, device)  what the method holds in memory, for `ranktune estimate` and
                                          the sweep's memory budget; None: the estimator refuses the method
     description                          one line for listings
+    sections                             the TrainConfig sections the method reads besides optim,
+                                         schedule and train (galore_*: `galore`; relora, lora:
+                                         `relora`); a sweep's best_config.yaml keeps these and drops
+                                         those of every other method
 
 The `estimate_state` contract
 -----------------------------
@@ -153,6 +157,8 @@ class OptimizerEntry:
     estimate_state: Callable[[tuple[ParamShape, ...], TrainConfig, Device], list[PhaseState]] | None = None
     # The method's own settings in a few words (`ranktune estimate`'s header), e.g. "galore rank 128, per-layer".
     summarize: Callable[[TrainConfig], str] | None = None
+    # Config sections the method reads (e.g. ("galore",)): a best config leaves out the others' sections.
+    sections: tuple[str, ...] = ()
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}
@@ -178,6 +184,12 @@ def lookup(name: str) -> OptimizerEntry:
         return OPTIMIZERS[name]
     except KeyError:
         raise ValueError(f"optim.name: {name!r} -> one of {sorted(OPTIMIZERS)}") from None
+
+
+def foreign_sections(name: str) -> set[str]:
+    """Config sections that other registered methods read and `name` does not: noise in its config."""
+    own = set(lookup(name).sections)
+    return {section for entry in OPTIMIZERS.values() for section in entry.sections} - own
 
 
 def build_method(model: nn.Module, cfg: TrainConfig) -> Method:

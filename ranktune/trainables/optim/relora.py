@@ -314,6 +314,7 @@ register(
         estimate_state=estimate_lora,
         summarize=summarize_lora,
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
+        sections=("relora",),
     ),
 )
 register(
@@ -325,5 +326,6 @@ register(
         estimate_state=estimate_lora,
         summarize=summarize_lora,
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
+        sections=("relora",),
     ),
 )

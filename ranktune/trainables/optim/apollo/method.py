@@ -302,5 +302,6 @@ for _name, _description in [
             estimate_state=partial(estimate_scaled_gradient, name=_name),
             summarize=partial(summarize_scaled_gradient, name=_name),
             description=_description,
+            sections=(METHODS[_name][1],),
         ),
     )

@@ -421,5 +421,6 @@ for _inner, _description in [
             estimate_state=partial(estimate_galore, inner=_inner),
             summarize=summarize_galore,
             description=_description,
+            sections=("galore",),
         ),
     )
