@@ -1,7 +1,12 @@
 """best_config.yaml: the winner's own method sections only, a header naming how it was chosen, loadable."""
 
+import json
+
 import yaml
 
+from ranktune.platform.export import select_trial
+from ranktune.platform.report import pick_winner
+from ranktune.platform.report_table import winner_lines
 from ranktune.platform.sweep import best_config_yaml
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import load_config
@@ -67,18 +72,20 @@ def test_galore_winner_keeps_its_own_section_only():
     assert raw["galore"]["rank"] == 32 and raw["galore"]["scale"] == 0.5  # the trial's and the base's values
 
 
+# The search's best single trial is AdamW (6.5); the replicates rank LoRA first by their mean.
+CONFIRM = {
+    "metric": "eval_loss", "mode": "min", "seeds": 3, "verdict": "resolved", "why": "gap 0.3 > spread 0.04",
+    "configurations": [
+        {"trial_id": LORA["trial_id"], "params": LORA["params"], "search_objective": 6.9, "values": [6.2] * 3,
+         "n": 3, "mean": 6.21, "std": 0.02},
+        {"trial_id": ADAMW["trial_id"], "params": ADAMW["params"], "search_objective": 6.5, "values": [6.5] * 3,
+         "n": 3, "mean": 6.51, "std": 0.02},
+    ],
+}  # fmt: skip
+
+
 def test_with_replicates_the_best_config_is_the_confirmed_winner_not_the_single_best_trial(tmp_path):
-    # The search's best single trial is AdamW (6.5); the replicates rank LoRA first by their mean.
-    confirm = {
-        "metric": "eval_loss", "mode": "min", "seeds": 3, "verdict": "resolved", "why": "gap 0.3 > spread 0.04",
-        "configurations": [
-            {"trial_id": LORA["trial_id"], "params": LORA["params"], "search_objective": 6.9, "values": [6.2] * 3,
-             "n": 3, "mean": 6.21, "std": 0.02},
-            {"trial_id": ADAMW["trial_id"], "params": ADAMW["params"], "search_objective": 6.5, "values": [6.5] * 3,
-             "n": 3, "mean": 6.51, "std": 0.02},
-        ],
-    }  # fmt: skip
-    text = best_config_yaml(sweep_spec(), TRIALS, ADAMW, confirm=confirm)
+    text = best_config_yaml(sweep_spec(), TRIALS, ADAMW, confirm=CONFIRM)
     lines = " ".join(header(text))
     assert "1o2a0003" in header(text)[0] and "lora" in header(text)[0]
     assert "mean of 3 replicates" in lines and "6.2100 +/- 0.0200 over 3 replicates" in lines and "resolved" in lines
@@ -88,3 +95,12 @@ def test_with_replicates_the_best_config_is_the_confirmed_winner_not_the_single_
     assert raw["optim"]["name"] == "lora" and raw["relora"]["rank"] == 8
     (tmp_path / "best_config.yaml").write_text(text)
     assert load_config(tmp_path / "best_config.yaml").optim.name == "lora"
+
+
+def test_with_replicates_the_winner_line_and_export_follow_the_replicates_mean(tmp_path):
+    assert pick_winner(TRIALS, "min", CONFIRM) is LORA and pick_winner(TRIALS, "min", None) is ADAMW
+    first = winner_lines(sweep_spec(), pick_winner(TRIALS, "min", CONFIRM), "SWEEP", CONFIRM)[0]
+    assert first.startswith("winner: lora (trial 1o2a0003, eval_loss 6.2100 +/- 0.0200 over 3 replicates, resolved")
+    (tmp_path / "confirm.json").write_text(json.dumps(CONFIRM))
+    assert select_trial(TRIALS, "min", None, str(tmp_path)) is LORA  # what `ranktune export` trains
+    assert select_trial(TRIALS, "min", ADAMW["trial_id"], str(tmp_path)) is ADAMW  # --trial still wins

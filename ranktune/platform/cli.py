@@ -148,7 +148,7 @@ def _print_outcome(spec, summary: dict) -> None:
     _print_pareto(storage)
     _print_confirm(summary.get("confirm"))
     print(f"plots: {storage}/plots/   HTML: ranktune report {storage} --html   MLflow UI: ranktune ui {storage}")
-    print("\n".join(winner_lines(spec, summary["best"], storage)))
+    print("\n".join(winner_lines(spec, summary["best"], storage, summary.get("confirm"))))
 
 
 def _print_pareto(storage: str | Path) -> None:
@@ -170,7 +170,7 @@ def _print_confirm(confirm: dict | None) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.report import collect_trials, pick_best, write_plots
+    from ranktune.platform.report import collect_trials, pick_winner, write_plots
     from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
     from ranktune.platform.sweep import load_state
 
@@ -188,7 +188,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print("\n".join(format_front(spec, pareto_front(spec, rows))))
     if args.max_memory_gib is not None:
         _print_best_within(spec, rows, args.max_memory_gib)
-    _print_confirm(load_confirm(storage))
+    confirm = load_confirm(storage)
+    _print_confirm(confirm)
     plots_dir = storage / "plots"
     if not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
         plots = write_plots(spec, state, rows, plots_dir)  # drawn once; --plots redraws
@@ -199,7 +200,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         from ranktune.platform.report_html import write_html_report
 
         print(f"HTML report: {write_html_report(spec, state, rows)}")
-    print("\n".join(winner_lines(spec, pick_best(rows, spec.objective.mode), str(storage))))
+    winner = pick_winner(rows, spec.objective.mode, confirm)
+    print("\n".join(winner_lines(spec, winner, str(storage), confirm)))
     return 0
 
 

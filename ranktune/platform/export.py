@@ -269,7 +269,9 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom
 
 
 def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str) -> dict[str, Any]:
-    from ranktune.platform.report import pick_best
+    """`--trial`, else the sweep's winner (by the replicates' mean when the sweep ran replicates)."""
+    from ranktune.platform.confirm import load_confirm
+    from ranktune.platform.report import pick_winner
 
     if trial_id is not None:
         for r in rows:
@@ -277,7 +279,7 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
                 return r
         finished = [r["trial_id"] for r in rows if r["status"] == "finished"]
         raise ConfigError([f"--trial: {trial_id!r} -> a finished trial of this sweep: {finished}"])
-    best = pick_best(rows, mode)
+    best = pick_winner(rows, mode, load_confirm(Path(sweep_dir)))
     if best is None:
         counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
         unfinished = any(r["status"] in ("running", "lost") for r in rows) or not rows

@@ -96,6 +96,23 @@ def pick_best(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
     return min(finished, key=lambda r: (_objective_key(r, mode), r["peak_memory_bytes"] or 0))
 
 
+def confirmed_configuration(confirm: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The replicated configuration with the best mean (confirm.json), None without replicates."""
+    return next((c for c in (confirm or {}).get("configurations", []) if c["mean"] is not None), None)
+
+
+def pick_winner(rows: list[dict[str, Any]], mode: str, confirm: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The sweep's answer: the search trial whose configuration has the best replicate mean when the
+    sweep ran replicates (the search's single best was chosen for being lowest, so its value is biased
+    low), else the search's best trial."""
+    top = confirmed_configuration(confirm)
+    if top is not None:
+        for r in rows:
+            if r["trial_id"] == top["trial_id"]:
+                return r
+    return pick_best(rows, mode)
+
+
 IMPORTANCE_MIN_TRIALS = 20  # Optuna's fANOVA importances from fewer full-budget trials are noise
 
 

@@ -139,7 +139,7 @@ def render_html(spec: SweepSpec, rows, methods, flat, curves, confirm, best, sto
     for i, (_, fig) in enumerate(_figures(spec, rows, methods, curves, confirm)):
         # plotly.js once, inlined: the file opens offline and from an MLflow artifact view
         charts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False}))
-    winner = "<br>".join(html.escape(line) for line in winner_lines(spec, best, storage))
+    winner = "<br>".join(html.escape(line) for line in winner_lines(spec, best, storage, confirm))
     verdict = "<pre>" + html.escape("\n".join(format_confirm(confirm))) + "</pre>" if confirm else ""
     return f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>ranktune sweep {html.escape(spec.name)}</title>
@@ -162,14 +162,15 @@ command it prints. MLflow: <code>ranktune ui {html.escape(storage)}</code></p>
 def write_html_report(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
     from ranktune.platform.confirm import load_confirm
     from ranktune.platform.plots import trial_curves
-    from ranktune.platform.report import pick_best
+    from ranktune.platform.report import pick_winner
     from ranktune.platform.report_table import flat_rows, method_of
     from ranktune.platform.tracking import mlflow_client
 
     storage = spec.storage_dir
+    confirm = load_confirm(storage)
     methods = [method_of(spec, r["params"]) for r in rows]
     page = render_html(spec, rows, methods, flat_rows(spec, rows), trial_curves(state, rows, ("eval_loss",)),
-                       load_confirm(storage), pick_best(rows, spec.objective.mode), str(storage))  # fmt: skip
+                       confirm, pick_winner(rows, spec.objective.mode, confirm), str(storage))  # fmt: skip
     path = storage / REPORT_FILE
     path.write_text(page)
     mlflow_client(state["tracking_uri"]).log_artifact(state["parent_run_id"], str(path))

@@ -156,14 +156,24 @@ def to_markdown(spec: SweepSpec, flat: list[dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
-def winner_lines(spec: SweepSpec, best: dict[str, Any] | None, storage: str) -> list[str]:
-    """The last lines of a report: who won, and the command to run next."""
+def winner_lines(spec: SweepSpec, best: dict[str, Any] | None, storage: str,
+                 confirm: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
+    """The last lines of a report: who won (by the replicates' mean when there are replicates), and
+    the command to run next."""
+    from ranktune.platform.report import confirmed_configuration
+
     if best is None:
         return ["no trial ran its whole budget: nothing to export (reasons above); "
                 f"finish it with: ranktune sweep --resume {storage}"]  # fmt: skip
-    method = method_of(spec, best["params"])
+    method, metric = method_of(spec, best["params"]), spec.objective.metric
+    top = confirmed_configuration(confirm)
+    if top is not None and top["trial_id"] == best["trial_id"]:
+        std = "" if top["std"] is None else f" +/- {top['std']:.4f}"
+        value = f"{metric} {top['mean']:.4f}{std} over {top['n']} replicates, {confirm['verdict']}"
+    else:
+        value = f"{metric} {best['objective']:.4f}"
     return [
-        f"winner: {method} (trial {best['trial_id']}, {spec.objective.metric} {best['objective']:.4f}"
+        f"winner: {method} (trial {best['trial_id']}, {value}"
         + (f"; {params_text(best['params'])})" if params_text(best["params"]) else ")"),
         f"next: ranktune export {storage} --target 7b    (train the winner as is: ranktune train "
         f"{storage}/best_config.yaml)",

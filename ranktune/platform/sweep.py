@@ -470,7 +470,7 @@ def log_pareto_front(spec: SweepSpec, client, parent: str, trials: list[dict[str
 def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     """Rank trials, write best config, results and plots, log them on the MLflow parent run."""
     from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.report import collect_trials, pick_best, write_plots
+    from ranktune.platform.report import collect_trials, pick_best, pick_winner, write_plots
     from ranktune.platform.tracking import log_text_artifact, mlflow_client, results_json
 
     storage = spec.storage_dir
@@ -481,21 +481,22 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     (storage / "results.json").write_text(results_json(trials))
     client.log_artifact(parent, str(storage / "results.json"))
     best = pick_best(trials, spec.objective.mode)
-    summary: dict[str, Any] = {"trials": len(trials), "best": best, "storage": str(storage)}
     confirm = load_confirm(storage)
+    winner = pick_winner(trials, spec.objective.mode, confirm)  # the replicates' choice when there are any
+    summary: dict[str, Any] = {"trials": len(trials), "best": winner, "storage": str(storage)}
     if best is not None:
         best_yaml = best_config_yaml(spec, trials, best, confirm)
         (storage / "best_config.yaml").write_text(best_yaml)
         log_text_artifact(client, parent, "best_config.yaml", best_yaml)
-        client.set_tag(parent, "ranktune.best_trial_id", best["trial_id"])
-        client.log_metric(parent, f"best_{spec.objective.metric}", best["objective"])
+        client.set_tag(parent, "ranktune.best_trial_id", winner["trial_id"])
+        client.log_metric(parent, f"best_{spec.objective.metric}", winner["objective"])
     summary["pareto"] = log_pareto_front(spec, client, parent, trials)
     from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
     from ranktune.platform.tracking import NOTE_TAG
 
     # The parent run's description in the MLflow UI: who won, the next command, the ranked table.
-    winner = "  \n".join(winner_lines(spec, best, str(storage)))
-    client.set_tag(parent, NOTE_TAG, f"{winner}\n\n{to_markdown(spec, flat_rows(spec, trials))}")
+    said = "  \n".join(winner_lines(spec, winner, str(storage), confirm))
+    client.set_tag(parent, NOTE_TAG, f"{said}\n\n{to_markdown(spec, flat_rows(spec, trials))}")
     plots = write_plots(spec, state, trials, storage / "plots")
     for plot in plots:
         client.log_artifact(parent, str(plot), "plots")
