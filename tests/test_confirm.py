@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ranktune.platform.confirm import select_configurations, summarize
+from ranktune.platform.confirm import fixed_points, select_configurations, summarize
 from ranktune.search_spaces import spec_from_dict
 
 BASE = {"model": {"name": "tiny"}, "train": {"batch_size": 8, "micro_batch_size": 8}}
@@ -25,6 +25,18 @@ def test_best_trial_of_each_method_is_replicated():
     rows = [row("a1", "adamw", 3.0), row("a2", "adamw", 2.9), row("l1", "lora", 3.2), row("l2", "lora", 1.0,
             status="stopped_early")]  # fmt: skip
     assert [r["trial_id"] for r in select_configurations(spec(), rows)] == ["a2", "l1"]
+
+
+def test_replicate_searcher_resumes_with_what_is_left(tmp_path):
+    from ray.tune.search import Searcher
+
+    points = [{"train.seed": s} for s in (1, 2, 3)]
+    searcher = fixed_points(points)
+    assert searcher.suggest("t1") == points[0]
+    searcher.save(str(tmp_path / "searcher.json"))  # what Tune's experiment snapshot keeps
+    resumed = fixed_points(points)
+    resumed.restore(str(tmp_path / "searcher.json"))
+    assert [resumed.suggest("t2"), resumed.suggest("t3"), resumed.suggest("t4")] == [*points[1:], Searcher.FINISHED]
 
 
 def test_verdict_resolved_only_when_the_gap_exceeds_the_spread():

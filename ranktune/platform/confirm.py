@@ -170,6 +170,13 @@ def fixed_points(points: list[dict[str, Any]]):
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             pass
 
+        # Tune snapshots its searcher with the experiment: a resumed confirm hands out only what is left.
+        def save(self, checkpoint_path: str) -> None:
+            Path(checkpoint_path).write_text(json.dumps(self.pending))
+
+        def restore(self, checkpoint_path: str) -> None:
+            self.pending = json.loads(Path(checkpoint_path).read_text())
+
     return FixedPoints(points)
 
 
