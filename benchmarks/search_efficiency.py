@@ -10,7 +10,8 @@ reduced scale (fewer seeds, trials and steps) fits a shared machine.
 Problem: the tiny LLaMA on the embedded corpus, AdamW, searching lr (log-uniform 1e-4..3e-2) and
 warmup (0..30 steps). For each seed both searches run as real sweeps with the same step budget per
 trial: random search without pruning for `--trials` trials, TPE + ASHA for up to `--tpe-trials`
-(ASHA stops most trials early, so more trials cost about the same compute). Compute is counted in
+(ASHA stops most trials early, so more trials cost about the same compute); `--random-cache` keeps
+random search's trials so that lever runs share them. Compute is counted in
 trial-steps (steps each trial actually trained, in the order trials finished). The figure of merit,
 per seed: the trial-steps TPE + ASHA needed to reach random search's best final held-out loss, as a
 fraction of random search's compute (all its trial-steps; the target is <= 50%), and, stricter, of
@@ -20,6 +21,7 @@ the trial-steps random search had spent when it found that best.
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 from pathlib import Path
@@ -72,6 +74,17 @@ def run(kind: str, seed: int, args, root: Path) -> list[tuple[int, float | None,
     return out
 
 
+def random_search(seed: int, args, root: Path) -> list[tuple[int, float | None, str]]:
+    """Random search's trials for `seed`, from --random-cache when it holds this seed at this scale."""
+    key = f"seed {seed}, {args.trials} trials of {args.steps} steps, eval every {args.eval_every}"
+    cache = json.loads(args.random_cache.read_text()) if args.random_cache and args.random_cache.is_file() else {}
+    if key not in cache:
+        cache[key] = run("random", seed, args, root)
+        if args.random_cache:
+            args.random_cache.write_text(json.dumps(cache, indent=1))
+    return [tuple(t) for t in cache[key]]
+
+
 def steps_to_reach(trials, target: float) -> int | None:
     spent = 0
     for steps, objective, _ in trials:
@@ -95,6 +108,8 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10, help="evaluation period: rungs fall on evaluations")
     parser.add_argument("--scheduler", choices=["asha", "hyperband"], default="asha")
     parser.add_argument("--verbose", action="store_true", help="print every trial's params, steps and loss")
+    parser.add_argument("--random-cache", type=Path, help="JSON file keeping random search's trials per seed: "
+                        "random search does not depend on the TPE/ASHA levers, so lever runs can share it")  # fmt: skip
     args = parser.parse_args()
     print(f"scale: seeds {args.seeds}, {args.trials} random / {args.tpe_trials} TPE trials of {args.steps} steps; "
           f"{args.scheduler} grace {args.grace}, reduction factor {args.reduction_factor:g}, "
@@ -103,7 +118,7 @@ def main() -> None:
     to_budget, to_find = [], []  # TPE+ASHA's compute / random's whole budget, / random's compute to find its best
     with tempfile.TemporaryDirectory() as tmp:
         for seed in args.seeds:
-            random_trials = run("random", seed, args, Path(tmp))
+            random_trials = random_search(seed, args, Path(tmp))
             tpe_trials = run("tpe_asha", seed, args, Path(tmp))
             best_random = min(o for _, o, _ in random_trials if o is not None)
             random_cost = steps_to_reach(random_trials, best_random)
