@@ -50,10 +50,12 @@ def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[s
     Sections that only other methods read (GaLore's for an AdamW winner) are left out; absent sections
     take their defaults when the file is loaded, and the winner's method reads none of them.
     """
+    from ranktune.platform.report import confirmed_configuration
+    from ranktune.platform.report_table import method_of
     from ranktune.trainables.optim import foreign_sections
 
     metric, mode = spec.objective.metric, spec.objective.mode
-    confirmed = next((c for c in (confirm or {}).get("configurations", []) if c["mean"] is not None), None)
+    confirmed = confirmed_configuration(confirm)
     if confirmed is not None:
         trial_id, params = confirmed["trial_id"], confirmed["params"]
         std = "-" if confirmed["std"] is None else f"{confirmed['std']:.4f}"
@@ -61,7 +63,7 @@ def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[s
                  f"(its search trial: {confirmed['search_objective']:.4f})")  # fmt: skip
         single = ("also the search's single best trial" if trial_id == best["trial_id"] else
                   f"preferred to the search's single best trial {best['trial_id']} "
-                  f"({_method(spec, best['params'])}, {metric} {best['objective']:.4f})")  # fmt: skip
+                  f"({method_of(spec, best['params'])}, {metric} {best['objective']:.4f})")  # fmt: skip
         chosen = [
             f"chosen by the replicates: the best {metric} mean of {confirmed['n']} replicates with new seeds "
             f"(verdict: {confirm['verdict']}, {confirm['why']});",
@@ -86,10 +88,6 @@ def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[s
     raw = {k: v for k, v in cfg.model_dump(mode="json").items() if k not in dropped}
     head = "".join(f"# {line}\n" for line in lines if line)
     return head + yaml.safe_dump(raw, sort_keys=False)
-
-
-def _method(spec: SweepSpec, params: dict[str, Any]) -> str:
-    return str(params.get("optim.name") or spec.trial_config(params).optim.name)
 
 
 def spec_json(spec: SweepSpec) -> str:
