@@ -31,10 +31,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     args = parser.parse_args()
 
-    from ranktune.platform.report import collect_trials
     from ranktune.platform.sweep import load_state, run_sweep
     from ranktune.platform.tracking import child_runs, mlflow_client
     from ranktune.platform.trial import trial_train_config
+    from ranktune.platform.trials import collect_trials
     from ranktune.search_spaces import spec_from_dict
     from ranktune.trainables import Trainer
 

@@ -56,9 +56,9 @@ def test_verdict_resolved_only_when_the_gap_exceeds_the_spread():
 def test_sweep_replicates_its_top_two_nested_in_mlflow(tmp_path, token_cache):
     import ray
 
-    from ranktune.platform.report import collect_trials
     from ranktune.platform.sweep import load_state, run_sweep
     from ranktune.platform.tracking import CONFIRM_OF_TAG, child_runs, mlflow_client
+    from ranktune.platform.trials import collect_trials
     from tests.test_sweep import tiny_spec
 
     raw = tiny_spec(tmp_path, token_cache, "confirm", space=TWO_METHODS, search={"algorithm": "random"},

@@ -23,9 +23,9 @@ from tiny import tiny_sweep_base
 
 from ranktune.platform.export import ScalingRules, export_best, select_trial
 from ranktune.platform.memory import GIB
-from ranktune.platform.report import collect_trials
 from ranktune.platform.sweep import load_state
 from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, STATUS_TAG, child_runs, mlflow_client
+from ranktune.platform.trials import collect_trials
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError, load_config
 from ranktune.trainables.model import build_model, count_parameters, model_config

@@ -103,9 +103,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ranktune.platform.report import collect_trials
     from ranktune.platform.report_table import flat_rows, render_table
     from ranktune.platform.sweep import load_state, resume_sweep, run_sweep
+    from ranktune.platform.trials import collect_trials
     from ranktune.search_spaces.spec import load_spec
 
     if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
@@ -170,9 +170,11 @@ def _print_confirm(confirm: dict | None) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.report import collect_trials, pick_winner, write_plots
+    from ranktune.platform.ranking import pick_winner
+    from ranktune.platform.report import write_plots
     from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
     from ranktune.platform.sweep import load_state
+    from ranktune.platform.trials import collect_trials
 
     spec, state = load_state(args.sweep_dir)
     rows = collect_trials(spec, state)

@@ -33,10 +33,10 @@ CONFIRM_FILE = "confirm.json"
 def select_configurations(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The searched trials to replicate: best full-budget trial of each of the top_k methods (or the
     top_k trials without branches), best first."""
-    from ranktune.platform.report import _objective_key
+    from ranktune.platform.ranking import objective_key
 
     finished = [r for r in rows if r["status"] == "finished" and r["objective"] is not None]
-    finished.sort(key=lambda r: _objective_key(r, spec.objective.mode))
+    finished.sort(key=lambda r: objective_key(r, spec.objective.mode))
     branches = spec.search_space().branches
     if branches is None:
         return finished[: spec.confirm.top_k]
@@ -91,8 +91,8 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
         return None
     from ray import tune
 
-    from ranktune.platform.report import collect_trials
     from ranktune.platform.tracking import CONFIRM_OF_TAG, SWEEP_TAG, mlflow_client
+    from ranktune.platform.trials import collect_trials
 
     path = spec.storage_dir / CONFIRM_FILE
     if path.is_file():  # a resumed sweep whose replicates had all finished

@@ -271,7 +271,7 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom
 def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str) -> dict[str, Any]:
     """`--trial`, else the sweep's winner (by the replicates' mean when the sweep ran replicates)."""
     from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.report import pick_winner
+    from ranktune.platform.ranking import pick_winner
 
     if trial_id is not None:
         for r in rows:
@@ -355,9 +355,9 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
                 out: str | Path | None = None, rules: ScalingRules | None = None, overrides: list[str] = (),
                 trial_id: str | None = None, max_memory_gib: float | None = None) -> ExportResult:  # fmt: skip
-    from ranktune.platform.report import collect_trials
     from ranktune.platform.sweep import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
+    from ranktune.platform.trials import collect_trials
 
     rules = rules or ScalingRules()
     spec, state = load_state(sweep_dir)

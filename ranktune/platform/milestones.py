@@ -3,10 +3,11 @@
 Milestones (ASHA rungs) are counted in optimizer updates (`step`), the same unit for every method at a
 sweep's batch size. Two rules sit on top of Ray's asynchronous successive halving:
 
-- eligibility: a result inside a trial's settling window (ReLoRA/LoRA: the full-rank warm start up to
-  the wrap, and the `restart_warmup_steps` after the wrap and after each restart, where the loss
-  rises by design) is not compared at the rung it reaches. The trial skips that rung and is judged
-  at the next rung its results reach outside a window. Its value never enters a skipped rung's cutoff.
+- eligibility: a result inside a trial's settling window (its method's registry entry names them;
+  ReLoRA/LoRA: the full-rank warm start up to the wrap, and the `restart_warmup_steps` after the wrap
+  and after each restart, where the loss rises by design) is not compared at the rung it reaches. The
+  trial skips that rung and is judged at the next rung its results reach outside a window. Its value
+  never enters a skipped rung's cutoff.
 - protected trials: the first `search.min_trials_per_branch` trials of each branch (the stratified
   start-up) are never stopped, so every method of a conditional space has at least that many trials
   at the full budget. Their values still count in the rungs' cutoffs for the other trials.
@@ -23,6 +24,7 @@ from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import TrainConfig
+from ranktune.trainables.optim.registry import lookup
 
 Window = tuple[int, int]  # (first, last) update count, inclusive, at which a result is not judged
 
@@ -32,15 +34,10 @@ stop_reasons: dict[str, str] = {}
 
 
 def settling_windows(cfg: TrainConfig) -> list[Window]:
-    """Update counts at which the trial's loss is not comparable with other methods' (see module doc)."""
-    if cfg.optim.name not in ("relora", "lora"):
-        return []
-    from ranktune.trainables.optim.relora_schedule import restart_steps, wrap_step
-
-    warmup = cfg.relora.restart_warmup_steps
-    windows = [(1, wrap_step(cfg) + warmup)] if wrap_step(cfg) > 0 else []
-    windows += [(restart + 1, restart + warmup) for restart in restart_steps(cfg) if warmup > 0]
-    return windows
+    """Update counts at which the trial's loss is not comparable with other methods' (see module doc):
+    the method's registry entry says (`OptimizerEntry.settling_windows`)."""
+    windows_of = lookup(cfg.optim.name).settling_windows
+    return windows_of(cfg) if windows_of is not None else []
 
 
 def windows_for_params(spec_json: str, params: dict[str, Any]) -> list[Window]:

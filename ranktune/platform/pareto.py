@@ -43,9 +43,9 @@ Row = dict[str, Any]
 def best_fitting(rows: list[Row], mode: str, why_not: Callable[[Row], str | None]) -> tuple[Row | None, list[str]]:
     """Best finished trial for which `why_not(row)` (e.g. "its memory estimate exceeds X") is None,
     and the reasons of the better trials passed over."""
-    from ranktune.platform.report import _objective_key
+    from ranktune.platform.ranking import objective_key
 
-    finished = sorted((r for r in rows if r["status"] == "finished"), key=lambda r: _objective_key(r, mode))
+    finished = sorted((r for r in rows if r["status"] == "finished"), key=lambda r: objective_key(r, mode))
     passed_over = []
     for row in finished:
         reason = why_not(row)

@@ -162,7 +162,7 @@ command it prints. MLflow: <code>ranktune ui {html.escape(storage)}</code></p>
 def write_html_report(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
     from ranktune.platform.confirm import load_confirm
     from ranktune.platform.plots import trial_curves
-    from ranktune.platform.report import pick_winner
+    from ranktune.platform.ranking import pick_winner
     from ranktune.platform.report_table import flat_rows, method_of
     from ranktune.platform.tracking import mlflow_client
 

@@ -50,7 +50,7 @@ def params_text(params: dict[str, Any]) -> str:
 
 def flat_rows(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """report.collect_trials rows (already ranked) as flat records with the table's columns."""
-    from ranktune.platform.report import STATUS_ORDER
+    from ranktune.platform.ranking import STATUS_ORDER
 
     out = []
     for i, r in enumerate(rows, 1):
@@ -160,7 +160,7 @@ def winner_lines(spec: SweepSpec, best: dict[str, Any] | None, storage: str,
                  confirm: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
     """The last lines of a report: who won (by the replicates' mean when there are replicates), and
     the command to run next."""
-    from ranktune.platform.report import confirmed_configuration
+    from ranktune.platform.ranking import confirmed_configuration
 
     if best is None:
         return ["no trial ran its whole budget: nothing to export (reasons above); "

@@ -50,7 +50,7 @@ def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[s
     Sections that only other methods read (GaLore's for an AdamW winner) are left out; absent sections
     take their defaults when the file is loaded, and the winner's method reads none of them.
     """
-    from ranktune.platform.report import confirmed_configuration
+    from ranktune.platform.ranking import confirmed_configuration
     from ranktune.platform.report_table import method_of
     from ranktune.trainables.optim import foreign_sections
 
@@ -468,8 +468,10 @@ def log_pareto_front(spec: SweepSpec, client, parent: str, trials: list[dict[str
 def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     """Rank trials, write best config, results and plots, log them on the MLflow parent run."""
     from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.report import collect_trials, pick_best, pick_winner, write_plots
+    from ranktune.platform.ranking import pick_best, pick_winner
+    from ranktune.platform.report import write_plots
     from ranktune.platform.tracking import log_text_artifact, mlflow_client, results_json
+    from ranktune.platform.trials import collect_trials
 
     storage = spec.storage_dir
     client = mlflow_client(state["tracking_uri"])

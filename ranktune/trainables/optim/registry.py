@@ -17,6 +17,9 @@ An entry holds:
     estimate_state(shapes, cfg, device)  what the method holds in memory, for `ranktune estimate` and
                                          the sweep's memory budget; None: the estimator refuses the method
     description                          one line for listings
+    settling_windows(cfg) -> [(a, b)]    update counts (inclusive ranges) at which the method's loss rises by
+                                         design and is not comparable with other methods' (ReLoRA's warm
+                                         start and restart re-warmups); early stopping skips them. None: none
     sections                             the TrainConfig sections the method reads besides optim,
                                          schedule and train (galore_*: `galore`; relora, lora:
                                          `relora`); a sweep's best_config.yaml keeps these and drops
@@ -159,6 +162,8 @@ class OptimizerEntry:
     summarize: Callable[[TrainConfig], str] | None = None
     # Config sections the method reads (e.g. ("galore",)): a best config leaves out the others' sections.
     sections: tuple[str, ...] = ()
+    # (first, last) update counts, inclusive, where the loss rises by design (platform/milestones.py skips them).
+    settling_windows: Callable[[TrainConfig], list[tuple[int, int]]] | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}

@@ -36,7 +36,7 @@ from ranktune.trainables.optim.registry import (
     register,
 )
 from ranktune.trainables.optim.relora_reset import prune_moments_
-from ranktune.trainables.optim.relora_schedule import jagged_cosine, restart_steps, wrap_step
+from ranktune.trainables.optim.relora_schedule import jagged_cosine, restart_steps, settling_windows, wrap_step
 
 log = logging.getLogger(__name__)
 
@@ -311,6 +311,7 @@ register(
         build=lambda model, cfg: ReLoRAMethod(model, cfg, restarts=True),
         check=check_relora,
         schedule=jagged_cosine,
+        settling_windows=settling_windows,
         estimate_state=estimate_lora,
         summarize=summarize_lora,
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
@@ -323,6 +324,7 @@ register(
         build=lambda model, cfg: ReLoRAMethod(model, cfg, restarts=False),
         check=check_lora,
         schedule=jagged_cosine,
+        settling_windows=settling_windows,
         estimate_state=estimate_lora,
         summarize=summarize_lora,
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",

@@ -58,6 +58,15 @@ def jagged_cosine(cfg) -> Callable[[int], float]:
     return lr_at
 
 
+def settling_windows(cfg) -> list[tuple[int, int]]:
+    """Update counts at which the loss rises by design: the full-rank warm start up to the wrap plus the
+    re-warmup after it, and the `restart_warmup_steps` after each restart (early stopping skips them)."""
+    warmup = cfg.relora.restart_warmup_steps
+    windows = [(1, wrap_step(cfg) + warmup)] if wrap_step(cfg) > 0 else []
+    windows += [(restart + 1, restart + warmup) for restart in restart_steps(cfg) if warmup > 0]
+    return windows
+
+
 def schedule_points(cfg) -> list[tuple[int, float]]:
     """(step index, LR) for every step of the run, from the method's registered schedule."""
     lr_at = build_schedule(cfg)

@@ -1,0 +1,75 @@
+"""The sweep's trials as MLflow recorded them: one row per search trial, with typed params, status,
+objective and cost."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from ranktune.platform.ranking import STATUS_ORDER, objective_key
+from ranktune.search_spaces.spec import SweepSpec
+
+
+def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """One row per trial (child run), with typed params, status, objective and cost."""
+    from ranktune.platform.tracking import (
+        CONFIRM_OF_TAG,
+        PARAMS_TAG,
+        REASON_TAG,
+        STATUS_TAG,
+        STOP_REASON_TAG,
+        TRIAL_TAG,
+        child_runs,
+        mlflow_client,
+    )
+
+    client = mlflow_client(state["tracking_uri"])
+    metric = spec.objective.metric
+    rows = []
+    for run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
+        tags, metrics = run.data.tags, run.data.metrics
+        if CONFIRM_OF_TAG in tags:  # a replicated configuration (its replicates are nested under it)
+            continue
+        wall = metrics.get("final_wall_time")
+        devices = _devices_per_trial(spec)
+        rows.append(
+            {
+                "trial_id": tags.get(TRIAL_TAG),
+                "run_id": run.info.run_id,
+                "status": tags.get(STATUS_TAG, "running"),
+                "failure_reason": tags.get(REASON_TAG),
+                "stop_reason": tags.get(STOP_REASON_TAG),
+                "params": json.loads(tags.get(PARAMS_TAG, "{}")),
+                "objective": metrics.get(f"final_{metric}"),
+                "step": _last_step(client, run.info.run_id, metric),
+                "eval_ppl": metrics.get("final_eval_ppl"),
+                "peak_memory_bytes": metrics.get("final_peak_memory_bytes"),
+                "optimizer_state_bytes": metrics.get("final_optimizer_state_bytes"),
+                "tokens_per_s": metrics.get("final_tokens_per_s"),
+                "wall_time": wall,
+                "device_hours": wall * devices[0] / 3600 if wall is not None else None,
+                "device_kind": devices[1],
+            }
+        )
+    rows.sort(key=lambda r: (STATUS_ORDER.get(r["status"], 9), objective_key(r, spec.objective.mode)))
+    return rows
+
+
+def _devices_per_trial(spec: SweepSpec) -> tuple[float, str]:
+    """(devices a trial holds, 'GPU' or 'CPU'): the unit of the cost column."""
+    gpus = spec.resources.gpus_per_trial
+    if gpus not in ("auto", 0, 0.0):
+        return float(gpus) * spec.resources.num_workers, "GPU"
+    try:
+        import torch
+
+        if gpus == "auto" and torch.cuda.is_available():
+            return float(spec.resources.num_workers), "GPU"
+    except ImportError:
+        pass
+    return spec.resources.cpus_per_trial * spec.resources.num_workers, "CPU"
+
+
+def _last_step(client, run_id: str, metric: str) -> int | None:
+    history = client.get_metric_history(run_id, metric)
+    return max((m.step for m in history), default=None)
