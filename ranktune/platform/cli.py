@@ -31,8 +31,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ranktune.platform.locks import own_directory
     from ranktune.trainables.config import load_config
     from ranktune.trainables.data import check_data_inputs
+    from ranktune.trainables.run import check_output_dir
 
     cfg = load_config(args.config, args.overrides)
+    check_output_dir(cfg.output.dir)  # before own_directory writes its lock there
     check_data_inputs(cfg.data)
     with own_directory(Path(cfg.output.dir), "output.dir", "training run") as out:
         return _train(args, cfg, out)
