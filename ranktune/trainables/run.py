@@ -29,7 +29,6 @@ from ranktune.trainables.config import TrainConfig
 from ranktune.trainables.errors import ConfigError
 from ranktune.trainables.trainer import Trainer
 
-
 RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")  # what a run writes in output.dir
 SHOWN_FOREIGN = 5  # entries named in the refusal; the rest are counted
 
