@@ -133,13 +133,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 def sweep_exit_code(rows: list[dict]) -> int:
     """0 when some trial trained to the end of its budget (or was stopped early by the scheduler), else 1
     with one line per trial and its reason (the traceback is in the trial's MLflow error.txt)."""
-    if any(r["status"] in ("finished", "stopped_early") for r in rows):
+    # A trial counts with a final objective only: one whose last evaluation was not finite has none.
+    if any(r["status"] in ("finished", "stopped_early") and r["objective"] is not None for r in rows):
         return 0
     print(f"error: no trial finished ({len(rows)} started)", file=sys.stderr)
     for r in rows:
-        print(
-            f"  trial {r['trial_id']} {r['status']}: {r['failure_reason'] or '(no reason recorded)'}", file=sys.stderr
-        )
+        reason = r["failure_reason"] or ("no final objective (its last evaluation was not a number)"
+                                         if r["status"] in ("finished", "stopped_early") else "(no reason recorded)")
+        print(f"  trial {r['trial_id']} {r['status']}: {reason}", file=sys.stderr)
     return 1
 
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
@@ -407,7 +408,13 @@ def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
     state = json.loads(path.read_text())
-    return relocate(SweepSpec.model_validate(state["spec"]), state, path.parent)
+    try:
+        spec = SweepSpec.model_validate(state["spec"])
+    except ValidationError as exc:  # a hand-edited spec (issue 24.3: resources no trial can get)
+        from ranktune.trainables.config import describe_validation_errors
+
+        raise ConfigError(describe_validation_errors(exc, docs="docs/sweeps.md")) from None
+    return relocate(spec, state, path.parent)
 
 
 def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,
