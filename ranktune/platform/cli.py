@@ -253,7 +253,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     view = set_runs_view(mlflow_client(state["tracking_uri"]), state["experiment_id"], spec.objective.metric,
                          spec.objective.mode)  # fmt: skip
     return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state["experiment_id"], view),
-                               f"MLflow UI for {spec.name}")  # fmt: skip
+                               f"MLflow UI for {spec.name}", listen=(args.host, args.port))  # fmt: skip
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -266,7 +266,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())", storage,
            "--host", args.host, "--port", str(args.port), "--quiet"]  # fmt: skip
     base = f"http://{args.host}:{args.port}"
-    return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}")
+    return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}",
+                               listen=(args.host, args.port))  # fmt: skip
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
