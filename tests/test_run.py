@@ -97,3 +97,28 @@ def test_resume_refuses_a_different_model(make_config, tmp_path):
     train_run(make_config(f"output.dir={tmp_path / 'run'}", "train.steps=5"))
     with pytest.raises(ConfigError, match="model: differs"):
         start_run(make_config(f"output.dir={tmp_path / 'run'}", "model.num_layers=3"), resume=True)
+
+
+def test_train_with_an_empty_output_dir_refuses_and_writes_nothing(make_config, tmp_path, monkeypatch, capsys):
+    """Issue 24.1 as reported: `ranktune train my.yaml --set output.dir=` (an unset $OUT), then again with
+    --overwrite, deleted the folder's notes.txt, data/ and my.yaml."""
+    import signal
+
+    import yaml
+
+    from ranktune.platform.cli import main
+
+    work = tmp_path / "folder"
+    (work / "data").mkdir(parents=True)
+    (work / "notes.txt").write_text("mine")
+    (work / "my.yaml").write_text(yaml.safe_dump(make_config("train.steps=5").model_dump(mode="json")))
+    monkeypatch.chdir(work)
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        for extra in ([], ["--overwrite"]):
+            assert main(["train", "my.yaml", "--set", "output.dir=", "--quiet", *extra]) == 2
+            assert capsys.readouterr().err.strip() == ("error: output.dir: '' -> a directory path (empty means the "
+                                                       "current directory, which a run must not own)")  # fmt: skip
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    assert sorted(p.name for p in work.iterdir()) == ["data", "my.yaml", "notes.txt"]

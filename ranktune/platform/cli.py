@@ -113,7 +113,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if args.resume:
-        summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet)
+        summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet,
+                               retry_failed=not args.no_retry_failed)  # fmt: skip
     elif args.spec:
         spec = load_spec(args.spec, args.overrides)
         space = spec.search_space()
@@ -127,6 +128,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = collect_trials(spec, state)
     render_table(spec, flat_rows(spec, rows))
     _print_outcome(spec, summary)
+    if summary.get("confirm_failures"):  # the replicates asked for did not all run: no verdict, not a result
+        print(f"error: {summary['confirm_failures']}", file=sys.stderr)
+        return 1
     return sweep_exit_code(rows)
 
 
@@ -173,12 +177,14 @@ def _print_confirm(confirm: dict | None) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.report import collect_trials, pick_winner, write_plots
+    from ranktune.platform.report import pick_winner, read_trials, write_plots
     from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
     from ranktune.platform.sweep import load_state
 
     spec, state = load_state(args.sweep_dir)
-    rows = collect_trials(spec, state)
+    rows, offline = read_trials(spec, state)
+    if offline:
+        print(offline, file=sys.stderr)
     flat = sort_rows(flat_rows(spec, rows), args.sort, spec.objective.mode)
     if args.csv or args.json:  # machine-readable: the table alone on stdout
         print(to_csv(flat) if args.csv else to_json(flat), end="" if args.csv else "\n")
@@ -194,12 +200,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     confirm = load_confirm(storage)
     _print_confirm(confirm)
     plots_dir = storage / "plots"
-    if not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
+    if offline:  # plots and the HTML report draw the curves MLflow holds
+        print(f"plots: {plots_dir}/ as last drawn" if plots_dir.is_dir() else "plots: none (they need the server)")
+    elif not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
         plots = write_plots(spec, state, rows, plots_dir)  # drawn once; --plots redraws
         print("plots: " + ", ".join(str(p) for p in plots))
     elif plots_dir.is_dir():
         print(f"plots: {plots_dir}/ (--plots redraws them)")
-    if args.html:
+    if args.html and not offline:
         from ranktune.platform.report_html import write_html_report
 
         print(f"HTML report: {write_html_report(spec, state, rows)}")
@@ -317,7 +325,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
                          rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
-                         max_memory_gib=args.max_memory_gib)  # fmt: skip
+                         max_memory_gib=args.max_memory_gib,
+                         notify=lambda line: print(line, file=sys.stderr))  # fmt: skip
     if result.substitute:
         print(result.substitute)
     print(f"exported trial {result.trial_id} -> {result.config_path}")
@@ -365,6 +374,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", help="sweep spec YAML (see docs/sweeps.md)")
     _add_set_arg(p, "a spec field", "budget.num_trials=4")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="finish a sweep whose driver stopped or was killed")
+    p.add_argument("--no-retry-failed", action="store_true",
+                   help="with --resume: leave failed trials and replicates failed (default: run them again, each "
+                        "from its last checkpoint)")  # fmt: skip
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--quiet", action="store_true", help="no live progress table")
     p.set_defaults(func=cmd_sweep)
