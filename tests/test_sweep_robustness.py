@@ -144,7 +144,8 @@ def test_a_sweep_whose_every_trial_failed_exits_nonzero_with_one_line_each(capsy
         "  trial a1 failed: UnicodeDecodeError: invalid start byte",
         "  trial a2 pruned_memory: needs 30 GiB of 24",
     ]
-    assert sweep_exit_code([*rows, {"trial_id": "a3", "status": "finished", "failure_reason": None}]) == 0
+    finished = {"trial_id": "a3", "status": "finished", "failure_reason": None, "objective": 3.2}
+    assert sweep_exit_code([*rows, finished]) == 0
 
 
 def test_export_of_an_all_failed_sweep_does_not_suggest_resume():

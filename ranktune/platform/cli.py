@@ -31,8 +31,10 @@ def cmd_train(args: argparse.Namespace) -> int:
     from ranktune.platform.locks import own_directory
     from ranktune.trainables.config import load_config
     from ranktune.trainables.data import check_data_inputs
+    from ranktune.trainables.run import check_output_dir
 
     cfg = load_config(args.config, args.overrides)
+    check_output_dir(cfg.output.dir)  # before own_directory writes its lock there
     check_data_inputs(cfg.data)
     with own_directory(Path(cfg.output.dir), "output.dir", "training run") as out:
         return _train(args, cfg, out)
@@ -111,7 +113,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     if args.resume:
-        summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet)
+        summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet,
+                               retry_failed=not args.no_retry_failed)  # fmt: skip
     elif args.spec:
         spec = load_spec(args.spec, args.overrides)
         space = spec.search_space()
@@ -125,19 +128,23 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = collect_trials(spec, state)
     render_table(spec, flat_rows(spec, rows))
     _print_outcome(spec, summary)
+    if summary.get("confirm_failures"):  # the replicates asked for did not all run: no verdict, not a result
+        print(f"error: {summary['confirm_failures']}", file=sys.stderr)
+        return 1
     return sweep_exit_code(rows)
 
 
 def sweep_exit_code(rows: list[dict]) -> int:
     """0 when some trial trained to the end of its budget (or was stopped early by the scheduler), else 1
     with one line per trial and its reason (the traceback is in the trial's MLflow error.txt)."""
-    if any(r["status"] in ("finished", "stopped_early") for r in rows):
+    # A trial counts with a final objective only: one whose last evaluation was not finite has none.
+    if any(r["status"] in ("finished", "stopped_early") and r["objective"] is not None for r in rows):
         return 0
     print(f"error: no trial finished ({len(rows)} started)", file=sys.stderr)
     for r in rows:
-        print(
-            f"  trial {r['trial_id']} {r['status']}: {r['failure_reason'] or '(no reason recorded)'}", file=sys.stderr
-        )
+        reason = r["failure_reason"] or ("no final objective (its last evaluation was not a number)"
+                                         if r["status"] in ("finished", "stopped_early") else "(no reason recorded)")
+        print(f"  trial {r['trial_id']} {r['status']}: {reason}", file=sys.stderr)
     return 1
 
 
@@ -174,10 +181,12 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ranktune.platform.report import write_plots
     from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
     from ranktune.platform.sweep import load_state
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.trials import read_trials
 
     spec, state = load_state(args.sweep_dir)
-    rows = collect_trials(spec, state)
+    rows, offline = read_trials(spec, state)
+    if offline:
+        print(offline, file=sys.stderr)
     flat = sort_rows(flat_rows(spec, rows), args.sort, spec.objective.mode)
     if args.csv or args.json:  # machine-readable: the table alone on stdout
         print(to_csv(flat) if args.csv else to_json(flat), end="" if args.csv else "\n")
@@ -193,12 +202,14 @@ def cmd_report(args: argparse.Namespace) -> int:
     confirm = load_confirm(storage)
     _print_confirm(confirm)
     plots_dir = storage / "plots"
-    if not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
+    if offline:  # plots and the HTML report draw the curves MLflow holds
+        print(f"plots: {plots_dir}/ as last drawn" if plots_dir.is_dir() else "plots: none (they need the server)")
+    elif not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
         plots = write_plots(spec, state, rows, plots_dir)  # drawn once; --plots redraws
         print("plots: " + ", ".join(str(p) for p in plots))
     elif plots_dir.is_dir():
         print(f"plots: {plots_dir}/ (--plots redraws them)")
-    if args.html:
+    if args.html and not offline:
         from ranktune.platform.report_html import write_html_report
 
         print(f"HTML report: {write_html_report(spec, state, rows)}")
@@ -252,7 +263,7 @@ def cmd_ui(args: argparse.Namespace) -> int:
     view = set_runs_view(mlflow_client(state["tracking_uri"]), state["experiment_id"], spec.objective.metric,
                          spec.objective.mode)  # fmt: skip
     return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state["experiment_id"], view),
-                               f"MLflow UI for {spec.name}")  # fmt: skip
+                               f"MLflow UI for {spec.name}", listen=(args.host, args.port))  # fmt: skip
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -265,7 +276,8 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())", storage,
            "--host", args.host, "--port", str(args.port), "--quiet"]  # fmt: skip
     base = f"http://{args.host}:{args.port}"
-    return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}")
+    return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}",
+                               listen=(args.host, args.port))  # fmt: skip
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
@@ -315,7 +327,8 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
                          rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
-                         max_memory_gib=args.max_memory_gib)  # fmt: skip
+                         max_memory_gib=args.max_memory_gib,
+                         notify=lambda line: print(line, file=sys.stderr))  # fmt: skip
     if result.substitute:
         print(result.substitute)
     print(f"exported trial {result.trial_id} -> {result.config_path}")
@@ -363,6 +376,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", nargs="?", help="sweep spec YAML (see docs/sweeps.md)")
     _add_set_arg(p, "a spec field", "budget.num_trials=4")
     p.add_argument("--resume", metavar="SWEEP_DIR", help="finish a sweep whose driver stopped or was killed")
+    p.add_argument("--no-retry-failed", action="store_true",
+                   help="with --resume: leave failed trials and replicates failed (default: run them again, each "
+                        "from its last checkpoint)")  # fmt: skip
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--quiet", action="store_true", help="no live progress table")
     p.set_defaults(func=cmd_sweep)

@@ -28,6 +28,7 @@ from ranktune.search_spaces.spec import SweepSpec
 
 CONFIRM_DIR = "confirm"  # Ray Tune experiment of the replicates, under the sweep's storage
 CONFIRM_FILE = "confirm.json"
+FAILED_FILE = "confirm.failed"  # one line: which replicates failed, why, what to run; removed once they all ran
 
 
 def select_configurations(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -80,8 +81,11 @@ def verdict(ranked: list[dict[str, Any]], sign: float) -> dict[str, Any]:
 
 
 def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable, callbacks: Callable,
-                save_state: Callable[[], None]) -> dict[str, Any] | None:  # fmt: skip
-    """Run the replicates (after the search) and write confirm.json; None when `confirm` is off.
+                save_state: Callable[[], None], retry_failed: bool = False) -> dict[str, Any] | None:  # fmt: skip
+    """Run the replicates (after the search) and write confirm.json; None when `confirm` is off, or
+    when a replicate failed: a mean over the replicates that happened to survive is not the verdict
+    asked for, so nothing is frozen and `--resume` runs the failed ones again (`retry_failed`) from
+    their last checkpoints; FAILED_FILE says which failed and why.
 
     `make_trainable()` is the search's trainable; `callbacks(parent_of, num_trials)` the Tune callbacks
     with each replicate's MLflow run nested under `parent_of(params)`; `save_state()` persists `state`
@@ -119,7 +123,8 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
 
     confirm_dir = spec.storage_dir / CONFIRM_DIR
     if tune.Tuner.can_restore(str(confirm_dir)):
-        tuner = tune.Tuner.restore(str(confirm_dir), trainable=make_trainable(), resume_unfinished=True)
+        tuner = tune.Tuner.restore(str(confirm_dir), trainable=make_trainable(), resume_unfinished=True,
+                                   resume_errored=retry_failed)  # fmt: skip
     else:
         tuner = tune.Tuner(
             make_trainable(),
@@ -133,6 +138,17 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
     results = tuner.fit()
     if results.num_terminated + results.num_errors < len(points):  # interrupted: `--resume` continues it
         return None
+    failed_file = spec.storage_dir / FAILED_FILE
+    if results.num_errors:
+        from ranktune.platform.tracking import failure_reason
+
+        reasons = sorted({failure_reason(str(r.error)) for r in results if r.error is not None})
+        failed_file.write_text(
+            f"replicates: {results.num_errors} of {len(points)} failed ({'; '.join(reasons)[:300]}), so there is no "
+            f"verdict -> once the cause is fixed, `ranktune sweep --resume {spec.storage_dir}` runs them again\n"
+        )
+        return None
+    failed_file.unlink(missing_ok=True)
     values: dict[int, list[float]] = {}
     for result in results:
         metrics = result.metrics or {}

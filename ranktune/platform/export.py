@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -354,14 +355,19 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
 
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
                 out: str | Path | None = None, rules: ScalingRules | None = None, overrides: list[str] = (),
-                trial_id: str | None = None, max_memory_gib: float | None = None) -> ExportResult:  # fmt: skip
+                trial_id: str | None = None, max_memory_gib: float | None = None,
+                notify: Callable[[str], None] | None = None) -> ExportResult:  # fmt: skip
+    """`notify` receives the line saying the tracking server is away and results.json was read instead
+    (the export is then not logged on the sweep's MLflow run)."""
     from ranktune.platform.sweep import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.trials import read_trials
 
     rules = rules or ScalingRules()
     spec, state = load_state(sweep_dir)
-    rows = collect_trials(spec, state)
+    rows, offline = read_trials(spec, state)
+    if offline and notify is not None:
+        notify(offline)
     substitute = None
     if max_memory_gib is not None and trial_id is None:
         budget_gib = max_memory_gib
@@ -387,6 +393,8 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
                                 "source_trial": source["trial_id"], "rules": rules.model_dump()}, indent=2)  # fmt: skip
     path.with_suffix(".memory.json").write_text(estimate_json)
 
+    if offline:
+        return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute)
     client = mlflow_client(state["tracking_uri"])
     parent = state["parent_run_id"]
     log_text_artifact(client, parent, path.name, header + body, "export")

@@ -7,7 +7,7 @@
     optimization_history.png  objective by trial number; early-stopped trials hollow (their last value)
     parallel_coordinates.png  one panel per method branch, over that branch's own numeric params
 
-Inputs are report.collect_trials rows and their MLflow curves (`trial_curves`), so the HTML report
+Inputs are trials.collect_trials rows and their MLflow curves (`trial_curves`), so the HTML report
 (report_html.py) draws from the same data.
 """
 

@@ -49,7 +49,7 @@ def params_text(params: dict[str, Any]) -> str:
 
 
 def flat_rows(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """report.collect_trials rows (already ranked) as flat records with the table's columns."""
+    """trials.collect_trials rows (already ranked) as flat records with the table's columns."""
     from ranktune.platform.ranking import STATUS_ORDER
 
     out = []

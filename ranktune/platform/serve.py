@@ -4,7 +4,9 @@ that let them, and a local cluster's Ray nodes, be stopped with every process th
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib.util
+import json
 import os
 import signal
 import subprocess
@@ -96,7 +98,9 @@ def run_process_group(cmd: list[str], on_start: Callable[[subprocess.Popen], Non
     """Run `cmd` in its own process group until it exits; SIGINT/SIGTERM here stop the whole group
     (`mlflow ui` forks gunicorn/uvicorn workers that would otherwise keep listening). `on_start` runs
     once the process exists, with the signal handlers already in place."""
-    proc = subprocess.Popen(cmd, start_new_session=True)
+    # The guard leads the server's session and stops it when this process dies (server_guard.py).
+    guarded = [sys.executable, "-m", "ranktune.platform.server_guard", str(os.getpid()), "--", *cmd]
+    proc = subprocess.Popen(guarded, start_new_session=True)
     stopping = []
 
     def stop(signum, frame):
@@ -104,7 +108,10 @@ def run_process_group(cmd: list[str], on_start: Callable[[subprocess.Popen], Non
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGTERM)
 
-    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGINT, signal.SIGTERM)}
+    # SIGHUP (terminal closed) stops the server too, unless the caller ignores it (`nohup`).
+    handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN
+                                                 else [])  # fmt: skip
+    previous = {sig: signal.signal(sig, stop) for sig in handled}
     try:
         if on_start is not None:
             on_start(proc)
@@ -123,19 +130,79 @@ def run_process_group(cmd: list[str], on_start: Callable[[subprocess.Popen], Non
     return 0 if stopping else rc
 
 
-def serve_until_stopped(cmd: list[str], probe_url: str, show_url: str, what: str, timeout_s: float = 300) -> int:
+def serve_until_stopped(cmd: list[str], probe_url: str, show_url: str, what: str, timeout_s: float = 300,
+                        listen: tuple[str, int] | None = None) -> int:  # fmt: skip
     """Run a server (in its own process group, see run_process_group) until it exits or is stopped,
-    printing `show_url` once `probe_url` answers."""
+    printing `show_url` once `probe_url` answers.
+
+    With `listen` (host, port): a port already in use is refused before anything starts, and the
+    server that answers must be the one started here (issue 24.6: a UI on a busy port printed the URL
+    of another sweep's UI, which answered there). Exit 2 for either, with one line."""
+    if listen is not None:
+        check_port_free(*listen)
     print(f"starting {what} ...", file=sys.stderr)
+    taken: list[str] = []
 
     def announce(process: subprocess.Popen) -> None:
         if wait_until_answers(probe_url, process, timeout_s):
-            print(f"{what}: {show_url}  (Ctrl-C to stop)", flush=True)
+            stranger = listen is not None and not listened_by_session(listen[1], process.pid)
+            if stranger:
+                taken.append(f"error: port {listen[1]} answers, but not from the {what} started here (another "
+                             "process took the port meanwhile) -> choose another --port")  # fmt: skip
+                os.kill(os.getpid(), signal.SIGTERM)  # stop it the way Ctrl-C does
+            else:
+                print(f"{what}: {show_url}  (Ctrl-C to stop)", flush=True)
         elif process.poll() is None:
             print(f"warning: {what} did not answer at {probe_url} within {timeout_s:g} s; still waiting",
                   file=sys.stderr)  # fmt: skip
 
-    return run_process_group(cmd, on_start=announce)
+    rc = run_process_group(cmd, on_start=announce)
+    if taken:
+        print(taken[0], file=sys.stderr)
+        return 2
+    return rc
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Refuse (ConfigError, one line) a port something already listens on at `host`."""
+    import socket
+
+    from ranktune.trainables.errors import ConfigError  # deferred: importing ranktune.trainables imports torch
+
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as servers bind: TIME_WAIT is no conflict
+        try:
+            probe.bind(("127.0.0.1" if host == "localhost" else host, port))
+        except OSError as exc:
+            raise ConfigError([f"--port: {port} on {host} -> a free port ({exc.strerror or exc}: another server, "
+                               "e.g. another sweep's UI, listens there)"]) from None  # fmt: skip
+
+
+def listening_socket_inodes(port: int) -> set[str]:
+    """Inodes of the TCP sockets listening on `port` (Linux /proc/net; empty elsewhere)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            for line in Path(table).read_text().splitlines()[1:]:
+                fields = line.split()
+                if fields[3] == "0A" and int(fields[1].rsplit(":", 1)[1], 16) == port:  # 0A: LISTEN
+                    inodes.add(fields[9])
+    return inodes
+
+
+def listened_by_session(port: int, session_id: int) -> bool:
+    """Whether a process of the session holds the socket listening on `port`; True where /proc cannot tell."""
+    if not Path("/proc/net/tcp").exists():
+        return True
+    wanted = {f"socket:[{inode}]" for inode in listening_socket_inodes(port)}
+    for pid in session_pids(session_id):
+        with contextlib.suppress(OSError):
+            for fd in Path(f"/proc/{pid}/fd").iterdir():
+                with contextlib.suppress(OSError):
+                    if os.readlink(fd) in wanted:
+                        return True
+    return False
 
 
 def mlflow_server_command(backend_store_uri: str, artifacts_destination: str, host: str = "127.0.0.1",
@@ -153,27 +220,84 @@ def mlflow_server_command(backend_store_uri: str, artifacts_destination: str, ho
     return cmd + (["--app-name", "basic-auth"] if basic_auth else [])
 
 
+@dataclasses.dataclass(frozen=True)
+class ProcessIdentity:
+    """What tells a process apart from a later one given the same pid: its start and its command line."""
+
+    pid: int
+    started: str  # Linux: boot id + start time in clock ticks since boot; elsewhere `ps`'s start time
+    cmdline: tuple[str, ...]
+
+    def to_json(self) -> str:
+        return json.dumps({"pid": self.pid, "started": self.started, "cmdline": list(self.cmdline)})
+
+
+def process_identity(pid: int) -> ProcessIdentity | None:
+    """The identity of the live process `pid`, None when there is none."""
+    proc = Path(f"/proc/{pid}")
+    if Path("/proc/self/stat").exists():
+        try:
+            stat = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            cmdline = (proc / "cmdline").read_bytes().rstrip(b"\0").split(b"\0")
+            boot = Path("/proc/sys/kernel/random/boot_id").read_text().strip()
+        except (OSError, IndexError):
+            return None
+        # Field 22 of stat (starttime) is the 20th after the command name.
+        return ProcessIdentity(pid, f"{boot}:{stat[19]}", tuple(c.decode(errors="replace") for c in cmdline))
+    out = subprocess.run(["ps", "-o", "lstart=,command=", "-p", str(pid)], capture_output=True, text=True).stdout
+    if not out.strip():
+        return None
+    return ProcessIdentity(pid, out[:24].strip(), tuple(out[24:].split()))
+
+
+def recorded_server(pidfile: Path) -> tuple[ProcessIdentity | None, str | None]:
+    """(the server `pidfile` records if that very process still runs, else None; a line saying why a
+    recorded pid is left alone, or None)."""
+    try:
+        raw = json.loads(pidfile.read_text())
+        recorded = ProcessIdentity(int(raw["pid"]), str(raw["started"]), tuple(raw["cmdline"]))
+    except FileNotFoundError:
+        return None, None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None, (f"warning: {pidfile} is not a record this command wrote (pid, start time, command line); "
+                      "not stopping any process it names")  # fmt: skip
+    now = process_identity(recorded.pid)
+    if now is None:
+        return None, None  # that server is gone
+    if now != recorded:
+        command = " ".join(now.cmdline)[:80]
+        return None, f"warning: pid {recorded.pid} in {pidfile} is now another process ({command}); not stopping it"
+    return recorded, None
+
+
 def serve_with_pidfile(cmd: list[str], pidfile: str | Path | None = None) -> int:
     """Run a server in the foreground until it exits or is stopped (see run_process_group).
 
     With a pidfile, the server an earlier call started with the same pidfile is stopped first, so
     re-running `ray up` (which re-runs the head's start commands) replaces the server instead of
-    failing on its port."""
+    failing on its port. Only that very process is stopped: the pidfile records its start time and
+    command line, and a pid now naming any other process (after a reboot, or reused) is left alone
+    (issue 24.2: a stale pidfile made a root server kill an unrelated session)."""
     if pidfile is None:
         return run_process_group(cmd)
     pidfile = Path(pidfile).expanduser()
-    previous = pidfile.read_text().strip() if pidfile.is_file() else ""
-    if previous.isdigit() and session_pids(int(previous)):  # the server leads its own session
-        stop_session(int(previous))
-    started: list[int] = []
+    previous, why_not = recorded_server(pidfile)
+    if why_not:
+        print(why_not, file=sys.stderr)
+    if previous is not None:
+        stop_session(previous.pid)  # the server leads its own session
+    started: list[str] = []
 
     def record(process: subprocess.Popen) -> None:
+        identity = process_identity(process.pid)
+        if identity is None:  # exited at once: nothing to record
+            return
         pidfile.parent.mkdir(parents=True, exist_ok=True)
-        pidfile.write_text(str(process.pid))
-        started.append(process.pid)
+        pidfile.write_text(identity.to_json())
+        started.append(identity.to_json())
 
     try:
         return run_process_group(cmd, on_start=record)
     finally:
-        if started and pidfile.is_file() and pidfile.read_text().strip() == str(started[0]):
+        if started and pidfile.is_file() and pidfile.read_text() == started[0]:
             pidfile.unlink()

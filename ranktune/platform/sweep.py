@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
@@ -320,7 +321,8 @@ def all_trials_ended(results) -> bool:
     return results.num_terminated + results.num_errors == len(results)
 
 
-def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool) -> None:
+def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool,
+                 retry_failed: bool = False) -> None:  # fmt: skip
     """The `confirm` phase after the search (platform/confirm.py): replicates of the best configurations."""
     from ranktune.platform.confirm import run_confirm
 
@@ -330,6 +332,7 @@ def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | Non
     run_confirm(
         spec, state, functools.partial(make_trainable, spec, prepare),
         lambda parent_of, n: tune_callbacks(spec, state, n, progress, parent_of), save_state,
+        retry_failed=retry_failed,
     )  # fmt: skip
 
 
@@ -407,12 +410,21 @@ def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     if not path.is_file():
         raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
     state = json.loads(path.read_text())
-    return relocate(SweepSpec.model_validate(state["spec"]), state, path.parent)
+    try:
+        spec = SweepSpec.model_validate(state["spec"])
+    except ValidationError as exc:  # a hand-edited spec (issue 24.3: resources no trial can get)
+        from ranktune.trainables.config import describe_validation_errors
+
+        raise ConfigError(describe_validation_errors(exc, docs="docs/sweeps.md")) from None
+    return relocate(spec, state, path.parent)
 
 
 def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,
-                 progress: bool = True) -> dict[str, Any]:  # fmt: skip
-    """Continue a sweep whose driver died: finished trials stay, interrupted ones resume from checkpoints."""
+                 progress: bool = True, retry_failed: bool = True) -> dict[str, Any]:  # fmt: skip
+    """Continue a sweep whose driver died: finished trials stay, interrupted ones resume from checkpoints.
+
+    `retry_failed`: failed trials and replicates run again too, each from its last checkpoint (a
+    failure may have been the machine's: a full disk, a lost node), instead of replaying the failure."""
     from ray import tune
 
     from ranktune.platform.locks import own_directory
@@ -426,11 +438,12 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
         check_cluster_fits(spec)
         tune_dir = spec.storage_dir / TUNE_DIR
         if tune.Tuner.can_restore(str(tune_dir)):
-            tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True)
+            tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True,
+                                       resume_errored=retry_failed)  # fmt: skip
         else:  # killed before Tune saved any state: start the trials, keeping the same MLflow parent run
             tuner = build_tuner(spec, state, prepare, progress)
         if all_trials_ended(tuner.fit()):
-            confirm_best(spec, state, prepare, progress)
+            confirm_best(spec, state, prepare, progress, retry_failed=retry_failed)
         return finish_sweep(spec, state)
 
 
@@ -502,5 +515,14 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
         client.log_artifact(parent, str(plot), "plots")
     summary["plots"] = [str(p) for p in plots]
     summary["confirm"] = confirm
+    summary["confirm_failures"] = None if confirm else confirm_failures(spec)
     client.set_terminated(parent, status="FINISHED")
     return summary
+
+
+def confirm_failures(spec: SweepSpec) -> str | None:
+    """One line when the replicate phase ended with failed replicates (and so wrote no confirm.json)."""
+    from ranktune.platform.confirm import FAILED_FILE
+
+    path = spec.storage_dir / FAILED_FILE
+    return path.read_text().strip() if path.is_file() else None

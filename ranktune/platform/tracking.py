@@ -26,6 +26,7 @@ PRUNED_MEMORY = "pruned_memory"  # the trial's memory estimate exceeded the swee
 LOST = "lost"  # started, then its driver died before Tune's snapshot recorded it (see sweep.close_lost_runs)
 REASON_TAG = "ranktune.failure_reason"
 RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a checkpoint
+RETRIED_TAG = "ranktune.retried_after"  # a failed trial that `sweep --resume` ran again: the failure's reason
 PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
 NODES_TAG = "ranktune.node_ids"  # Ray nodes the trial reported from, in order, comma-separated
 CONFIRM_OF_TAG = "ranktune.confirm_of"  # a replicated configuration's run (platform/confirm.py), not a trial
@@ -252,7 +253,14 @@ class MlflowTrials(Callback):
         )
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
-        self.run_id_for(trial)
+        run_id = self.run_id_for(trial)
+        tags = self.client.get_run(run_id).data.tags
+        if tags.get(STATUS_TAG) == "failed":  # run again by `sweep --resume`: no longer failed, until it fails
+            self.client.set_tag(run_id, RETRIED_TAG, tags.get(REASON_TAG, "unknown error"))
+            for tag in (STATUS_TAG, REASON_TAG):
+                if tag in tags:
+                    self.client.delete_tag(run_id, tag)
+            self.client.update_run(run_id, status="RUNNING")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         from mlflow.entities import Metric

@@ -3,6 +3,7 @@ objective and cost."""
 
 from __future__ import annotations
 
+import datetime
 import json
 from typing import Any
 
@@ -53,6 +54,31 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
         )
     rows.sort(key=lambda r: (STATUS_ORDER.get(r["status"], 9), objective_key(r, spec.objective.mode)))
     return rows
+
+
+RESULTS_FILE = "results.json"  # the trials as collect_trials gave them when the sweep last ended
+
+
+def read_trials(spec: SweepSpec, state: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+    """(the sweep's trials, None) from its tracking store; when that store is a server that does not
+    answer within seconds (MLflow's own retries take minutes, issue 24.8): (the trials saved in
+    results.json, one line saying so). Neither: ConfigError naming the tracking URI."""
+    from ranktune.platform.tracking import check_tracking_store, strip_userinfo
+    from ranktune.trainables.config import ConfigError
+
+    try:
+        check_tracking_store(state["tracking_uri"])
+    except ConfigError as unreachable:
+        saved = spec.storage_dir / RESULTS_FILE
+        if not saved.is_file():
+            raise ConfigError([f"{unreachable.problems[0]}; and {saved} does not exist (the sweep never ended), "
+                               "so there is nothing to read offline"]) from None  # fmt: skip
+        when = datetime.datetime.fromtimestamp(saved.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
+        return json.loads(saved.read_text()), (
+            f"note: tracking server {strip_userinfo(state['tracking_uri'])} does not answer; using {saved} "
+            f"(written when the sweep last ended, {when}), without curves or plots"
+        )
+    return collect_trials(spec, state), None
 
 
 def _devices_per_trial(spec: SweepSpec) -> tuple[float, str]:

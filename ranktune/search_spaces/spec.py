@@ -7,12 +7,13 @@ entries that cannot work with the base model or budget are refused up front, nam
 from __future__ import annotations
 
 import copy
+import math
 import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ranktune.search_spaces.presets import PRESETS
 from ranktune.search_spaces.space import SearchSpace, format_value
@@ -84,11 +85,24 @@ class Budget(Strict):
 
 
 class Resources(Strict):
-    cpus_per_trial: float = Field(default=1.0, gt=0)
+    cpus_per_trial: float = Field(default=1.0, gt=0, allow_inf_nan=False)
     gpus_per_trial: float | Literal["auto"] = "auto"
     """`auto`: one GPU per trial when the cluster has GPUs, else CPU only. Fractions share a GPU."""
     num_workers: int = Field(default=1, ge=1)
     """>1: Ray Train (DDP) inside the trial"""
+
+    @field_validator("gpus_per_trial", mode="before")
+    @classmethod
+    def _schedulable_gpus(cls, value: Any) -> Any:
+        # A request Ray can never grant (negative, NaN, 1.5 GPUs: Ray hands out fractions of one GPU
+        # only) leaves every trial pending and the sweep waiting forever (issue 24.3).
+        if value == "auto":
+            return value
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (value > 1 and value != int(value)):
+            raise ValueError(f"{value!r} -> 'auto', 0 (CPU only), a fraction of one GPU (<= 1) or a whole number "
+                             "of GPUs")
+        return value
 
 
 class Tracking(Strict):

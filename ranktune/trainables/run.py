@@ -7,13 +7,15 @@
         summary.json     written when `fit` returns (finished, stopped, or out of budget)
 
 A directory that already holds checkpoints is continued only when asked (`resume`) and only with a
-compatible config; `overwrite` empties it first. Everything a resume needs is checked before
-anything in the directory is written.
+compatible config; `overwrite` deletes what a run wrote there first, and refuses a directory that
+holds anything else (an `output.dir` pointed at a folder of the user's would otherwise be emptied).
+Everything a resume needs is checked before anything in the directory is written.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -27,13 +29,47 @@ from ranktune.trainables.config import TrainConfig
 from ranktune.trainables.errors import ConfigError
 from ranktune.trainables.trainer import Trainer
 
+RUN_ENTRIES = ("config.yaml", "metrics.jsonl", "checkpoints", "summary.json")  # what a run writes in output.dir
+SHOWN_FOREIGN = 5  # entries named in the refusal; the rest are counted
+
+
+def check_output_dir(output_dir: str | Path, field: str = "output.dir") -> None:
+    """Refuse an output directory a run must never own: empty (an unset `$OUT`), the current directory
+    or one above it, the home directory or one above it, or a filesystem root."""
+    text = str(output_dir)
+    if not text.strip():
+        raise ConfigError([f"{field}: {text!r} -> a directory path (empty means the current directory, "
+                           "which a run must not own)"])  # fmt: skip
+    path = Path(os.path.expanduser(text)).resolve()
+    cwd, home = Path.cwd().resolve(), Path.home().resolve()
+    if path == path.parent:
+        why = "a filesystem root"
+    elif path == cwd or path in cwd.parents:
+        why = "the current directory" if path == cwd else "a directory above the current one"
+    elif path == home or path in home.parents:
+        why = "the home directory" if path == home else "a directory above the home directory"
+    else:
+        return
+    raise ConfigError([f"{field}: {text!r} is {why} -> a directory of its own, e.g. runs/NAME"])
+
 
 def clear_run_directory(out: Path, keep: Sequence[str] = ()) -> None:
-    """Empty a run directory for `overwrite`, keeping the entries named in `keep` (a caller's lock)."""
-    for entry in out.iterdir():
-        if entry.name in keep:
-            continue
-        shutil.rmtree(entry) if entry.is_dir() and not entry.is_symlink() else entry.unlink()
+    """Delete what a run wrote in `out` for `overwrite`, keeping the entries named in `keep` (a
+    caller's lock). A directory holding anything else is refused, untouched: it is not only a run's."""
+    foreign = sorted(e.name + ("/" if e.is_dir() and not e.is_symlink() else "")
+                     for e in out.iterdir() if e.name not in RUN_ENTRIES and e.name not in keep)  # fmt: skip
+    if foreign:
+        shown = ", ".join(foreign[:SHOWN_FOREIGN]) + (f" and {len(foreign) - SHOWN_FOREIGN} more"
+                                                        if len(foreign) > SHOWN_FOREIGN else "")  # fmt: skip
+        raise ConfigError([f"output.dir {str(out)!r} holds files a run does not write ({shown}); --overwrite "
+                           f"deletes only {', '.join(RUN_ENTRIES)} -> move those files or choose another "
+                           "output.dir"])  # fmt: skip
+    for name in RUN_ENTRIES:
+        entry = out / name
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        elif entry.exists() or entry.is_symlink():
+            entry.unlink()
 
 
 def start_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, callbacks: Sequence[Callback] = (),
@@ -44,6 +80,7 @@ def start_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     `notify` receives the one-line messages a user should see (resumed at step N, no checkpoint to
     resume); `keep_on_overwrite` names entries `overwrite` leaves in place (the caller's lock files).
     """
+    check_output_dir(cfg.output.dir)
     out = Path(cfg.output.dir)
     out.mkdir(parents=True, exist_ok=True)
     if latest_checkpoint(out) is not None and not resume:

@@ -287,6 +287,7 @@ class Trainer:
                 interval_start, interval_tokens = now, 0
             if self.should_eval(self.step):
                 last_eval = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
+                self.check_finite_eval(last_eval)  # before the checkpoint and the report
                 path = self.save() if self.should_save(self.step) else None
                 if path is not None:
                     last_eval["checkpoint"] = str(path)
@@ -301,6 +302,7 @@ class Trainer:
 
         if not last_eval:  # resumed at the very end: nothing left to run, report the final state
             last_eval = {"step": self.step, "tokens": self.tokens_seen, **self.evaluate()}
+            self.check_finite_eval(last_eval)
         summary = {
             "steps": self.step,
             "tokens": self.tokens_seen,
@@ -314,6 +316,13 @@ class Trainer:
         }
         self._emit("on_train_end", summary)
         return summary
+
+    def check_finite_eval(self, evaluation: Metrics) -> None:
+        """A non-finite held-out loss is a divergence, as a non-finite train loss is: the weights no
+        longer score anything, so the run must not end `completed` with it nor report it as a result."""
+        loss = evaluation["eval_loss"]
+        if not math.isfinite(loss):
+            raise TrainingDiverged(f"diverged at step {self.step}: eval loss is {loss}")
 
     def start_info(self) -> Metrics:
         return {
