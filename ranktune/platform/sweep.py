@@ -24,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from ranktune.platform.sweep_files import write_json_atomic
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
 
@@ -325,7 +326,7 @@ def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | Non
     from ranktune.platform.confirm import run_confirm
 
     def save_state() -> None:
-        (spec.storage_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_json_atomic(spec.storage_dir / STATE_FILE, state)
 
     run_confirm(
         spec, state, functools.partial(make_trainable, spec, prepare),
@@ -393,7 +394,7 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
         except BaseException:
             mlflow_client(state["tracking_uri"]).set_terminated(state["parent_run_id"], status="FAILED")
             raise
-        (storage / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_json_atomic(storage / STATE_FILE, state)
         if all_trials_ended(tuner.fit()):
             confirm_best(spec, state, prepare, progress)
         return finish_sweep(spec, state)
@@ -402,12 +403,41 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
 def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     """The sweep in `storage_dir`, wherever that directory now is (see relocate.py)."""
     from ranktune.platform.relocate import relocate
+    from ranktune.platform.sweep_files import check_mlflow_store
 
     path = Path(storage_dir).expanduser().resolve() / STATE_FILE
     if not path.is_file():
         raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
-    state = json.loads(path.read_text())
-    return relocate(SweepSpec.model_validate(state["spec"]), state, path.parent)
+    spec, state = relocate(*read_state_file(path), path.parent)
+    if spec.tracking.tracking_uri is None:
+        check_mlflow_store(spec.storage_dir / "mlflow.db")
+    return spec, state
+
+
+def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
+    """sweep.json as written by `run_sweep`; a damaged or hand-broken one is refused naming the file."""
+    from pydantic import ValidationError
+
+    from ranktune.platform.sweep_files import read_json_object
+    from ranktune.trainables.config import describe_validation_errors
+
+    what = "the spec and MLflow ids `ranktune sweep` wrote; restore it from a copy of the sweep"
+    state = read_json_object(path, what, required=("spec", "tracking_uri", "experiment_id", "parent_run_id"))
+    wrong = [f"{key}: {state[key]!r}" for key in ("tracking_uri", "experiment_id", "parent_run_id")
+             if not isinstance(state[key], str) or not state[key]]  # fmt: skip
+    if not isinstance(state["spec"], dict):
+        wrong.append(f"spec: a JSON {type(state['spec']).__name__}, not an object")
+    if wrong:
+        raise ConfigError([f"{str(path)!r} is damaged ({'; '.join(wrong)}) -> {what}"])
+    prefix = "spec."
+    try:
+        spec = SweepSpec.model_validate(state["spec"])
+        prefix = "spec.space."
+        spec.search_space()
+    except ValidationError as exc:
+        problems = describe_validation_errors(exc, docs="docs/sweeps.md", prefix=prefix)
+        raise ConfigError([f"{str(path)!r}: {p}" for p in problems]) from None
+    return spec, state
 
 
 def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,

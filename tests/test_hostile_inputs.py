@@ -1,0 +1,256 @@
+"""Issue 24, items 9-18: hostile or damaged inputs give one-line refusals (exit 2) or correct results,
+never a traceback, a file written outside the sweep, or a file left half-written."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sqlite3
+
+import pytest
+
+from ranktune.platform import sweep
+from ranktune.platform.cli import main
+from ranktune.platform.locks import LOCK_FILE, OWNER_FILE, own_directory
+from ranktune.platform.sweep_files import write_json_atomic
+from ranktune.search_spaces.spec import spec_from_dict
+from ranktune.trainables.config import ConfigError
+
+
+def error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip() and not line.startswith(("WARNING", "INFO"))]
+
+
+def assert_one_line_refusal(rc: int, err: str, *expected: str) -> str:
+    assert rc == 2, err
+    assert "Traceback" not in err, err
+    [line] = error_lines(err)
+    assert line.startswith("error: "), line
+    for text in expected:
+        assert text in line, line
+    return line
+
+
+@pytest.fixture
+def cli(capsys):
+    def run(*argv: str) -> tuple[int, str, str]:
+        capsys.readouterr()
+        rc = main(list(argv))
+        out, err = capsys.readouterr()
+        return rc, out, err
+
+    return run
+
+
+@pytest.fixture(scope="module")
+def base_config(token_cache, tmp_path_factory) -> dict:
+    from tiny import tiny_config_dict
+
+    return tiny_config_dict(str(tmp_path_factory.mktemp("run")), token_cache)
+
+
+@pytest.fixture
+def raw_spec(base_config, tmp_path):
+    return {
+        "name": "hostile",
+        "base_overrides": base_config,
+        "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+        "budget": {"num_trials": 1, "steps_per_trial": 10},
+        "storage": str(tmp_path / "sweep"),
+    }
+
+
+@pytest.fixture(scope="module")
+def started_sweep_template(base_config, tmp_path_factory):
+    """A sweep directory as `ranktune sweep` leaves it before Ray runs a trial: sweep.json, mlflow.db with
+    the parent run. Created once (MLflow's schema setup takes seconds); each test gets a copy, which
+    works where it lies (relocate.py)."""
+    storage = tmp_path_factory.mktemp("template") / "sweep"
+    spec = spec_from_dict({
+        "name": "hostile", "base_overrides": base_config, "budget": {"num_trials": 1, "steps_per_trial": 10},
+        "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}}, "storage": str(storage),
+    })  # fmt: skip
+    storage.mkdir()
+    state = {"spec": json.loads(sweep.spec_json(spec)), **sweep.start_tracking(spec)}
+    write_json_atomic(storage / sweep.STATE_FILE, state)
+    return storage
+
+
+@pytest.fixture
+def started_sweep(started_sweep_template, tmp_path):
+    copy = tmp_path / "started"
+    shutil.copytree(started_sweep_template, copy)
+    return copy
+
+
+# ------------------------------------------------------------------ 12, 13: storage values and URI-unsafe paths
+
+
+@pytest.mark.parametrize(
+    "storage,expected",
+    [
+        ("", "storage: '' -> a directory path"),
+        ("  ", "storage: '  ' -> a directory path"),
+        ("{foo}", "storage: '{foo}' -> a path in which '{name}' is the only placeholder (found '{foo}')"),
+        ("{0}", "(found '{0}')"),
+        ("{", "storage: '{' -> a path in which '{name}' is the only placeholder (Single '{'"),
+        ("x}", "Single '}'"),
+        ("x/{name!r}", "(found '{name}')"),
+        ("{tmp}/a?b", "-> a path without '?'"),
+        ("{tmp}/a#b/{{name}}", "-> a path without '#'"),
+        ("{tmp}/100%/{name}", "-> a path without '%'"),
+    ],
+)  # fmt: skip
+def test_bad_storage_values_are_refused_in_one_line(raw_spec, tmp_path, storage, expected):
+    with pytest.raises(ConfigError) as exc:
+        spec_from_dict({**raw_spec, "storage": storage.replace("{tmp}", str(tmp_path))})
+    [problem] = exc.value.problems
+    assert problem.startswith("storage: ") and expected in problem, problem
+
+
+def test_a_storage_path_with_a_query_character_writes_nothing_outside_it(cli, raw_spec, tmp_path):
+    """Before: `sweeps/a?b` put mlflow.db and optuna.db in one sqlite file `sweeps/a`, outside the sweep."""
+    spec_file = tmp_path / "spec.yaml"
+    import yaml
+
+    spec_file.write_text(yaml.safe_dump({**raw_spec, "storage": str(tmp_path / "s" / "a?b")}))
+    rc, _, err = cli("sweep", str(spec_file), "--quiet")
+    assert_one_line_refusal(rc, err, "storage:", "a path without '?'")
+    assert not (tmp_path / "s").exists()
+
+
+def test_literal_braces_and_the_name_placeholder_still_work(raw_spec, tmp_path):
+    spec = spec_from_dict({**raw_spec, "storage": str(tmp_path / "{{x}}" / "{name}")})
+    assert spec.storage_dir == tmp_path / "{x}" / "hostile"
+
+
+def test_seed_outside_numpys_range_is_refused(cli, raw_spec):
+    with pytest.raises(ConfigError, match=r"seed: .* -> Input should be less than or equal to 4294967295"):
+        spec_from_dict({**raw_spec, "seed": 2**40})
+    rc, _, err = cli("config", "--set", "train.seed=1e20")
+    assert_one_line_refusal(rc, err, "train.seed")
+
+
+# ------------------------------------------------------------------ 14: damaged sweep files
+
+
+def test_report_of_an_intact_started_sweep_works(cli, started_sweep):
+    rc, _, err = cli("report", str(started_sweep), "--no-plots")
+    assert rc == 0, err
+
+
+@pytest.mark.parametrize(
+    "content,expected",
+    [
+        (b"", "is damaged (not JSON"),
+        (b'{"spec": {"name": "x"', "is damaged (not JSON"),
+        (b"\x00\xff\xfe garbage", "is damaged (not JSON"),
+        (b"[]", "holds a JSON list, not an object"),
+        (b"{}", "(no spec, tracking_uri, experiment_id, parent_run_id)"),
+        (b'{"spec": [], "tracking_uri": "x", "experiment_id": "1", "parent_run_id": "r"}', "spec: a JSON list"),
+        (b'{"spec": {}, "tracking_uri": 1, "experiment_id": "1", "parent_run_id": "r"}', "tracking_uri: 1"),
+    ],
+)  # fmt: skip
+def test_a_damaged_sweep_json_is_refused_naming_the_file(cli, started_sweep, content, expected):
+    (started_sweep / "sweep.json").write_bytes(content)
+    for command in ("report", "export", "ui", "dashboard"):
+        rc, _, err = cli(command, str(started_sweep))
+        assert_one_line_refusal(rc, err, f"'{started_sweep / 'sweep.json'}'", expected)
+    rc, _, err = cli("sweep", "--resume", str(started_sweep), "--quiet")
+    assert_one_line_refusal(rc, err, "sweep.json")
+
+
+@pytest.mark.parametrize(
+    "edit,expected",
+    [
+        ({"budget": {"num_trials": "many", "steps_per_trial": 10}}, "spec.budget.num_trials: 'many' -> Input"),
+        ({"objective": {"metric": "eval_loss", "mode": "sideways"}}, "spec.objective.mode: 'sideways'"),
+        ({"space": {"params": {"optim.lr": {"type": "uniformish"}}}}, "spec.space.params.optim.lr"),
+    ],
+)  # fmt: skip
+def test_hand_edited_spec_values_in_sweep_json_are_refused(cli, started_sweep, edit, expected):
+    path = started_sweep / "sweep.json"
+    state = json.loads(path.read_text())
+    state["spec"].update(edit)
+    path.write_text(json.dumps(state))
+    rc, _, err = cli("report", str(started_sweep))
+    assert rc == 2 and "Traceback" not in err, err
+    assert any(expected in line and "sweep.json" in line for line in error_lines(err)), err
+
+
+@pytest.mark.parametrize("damage", ["missing", "empty", "truncated", "garbage", "not-mlflow"])
+def test_a_missing_or_damaged_mlflow_db_is_refused_not_recreated(cli, started_sweep, damage):
+    db = started_sweep / "mlflow.db"
+    if damage == "missing":
+        db.unlink()
+    elif damage == "empty":
+        db.write_bytes(b"")
+    elif damage == "truncated":
+        db.write_bytes(db.read_bytes()[:3000])
+    elif damage == "garbage":
+        db.write_bytes(os.urandom(8192))
+    else:
+        db.unlink()
+        sqlite3.connect(db).execute("create table t (x)").connection.commit()
+    size = db.stat().st_size if db.exists() else None
+    rc, out, err = cli("report", str(started_sweep), "--no-plots")
+    line = assert_one_line_refusal(rc, err, f"'{db}'")
+    assert "--resume" not in line + out
+    assert (db.stat().st_size if db.exists() else None) == size  # no fresh empty store in its place
+
+
+@pytest.mark.parametrize(
+    "content",
+    [b"", b'{"configurations": [', b"[]", b"{}", b'{"configurations": [1], "verdict": "x", "why": "", '
+     b'"rule": "", "seeds": 2, "metric": "eval_loss"}'],
+)  # fmt: skip
+def test_a_damaged_confirm_json_is_refused_naming_the_file(cli, started_sweep, content):
+    (started_sweep / "confirm.json").write_bytes(content)
+    rc, _, err = cli("report", str(started_sweep), "--no-plots")
+    assert_one_line_refusal(rc, err, f"'{started_sweep / 'confirm.json'}' is damaged")
+
+
+def test_json_files_are_replaced_atomically(tmp_path, monkeypatch):
+    path = tmp_path / "sweep.json"
+    write_json_atomic(path, {"a": 1})
+
+    def disk_full(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", disk_full)
+    with pytest.raises(OSError):
+        write_json_atomic(path, {"a": 2, "b": "x" * 10000})
+    assert json.loads(path.read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.json"]  # no temporary file left
+
+
+# ------------------------------------------------------------------ 16: planted symlinks
+
+
+@pytest.mark.parametrize("name", [OWNER_FILE, LOCK_FILE])
+def test_a_planted_symlink_is_refused_and_its_target_untouched(tmp_path, name):
+    directory, target = tmp_path / "run", tmp_path / "precious.txt"
+    directory.mkdir()
+    target.write_text("keep me")
+    (directory / name).symlink_to(target)
+    with pytest.raises(ConfigError) as exc:
+        with own_directory(directory, "output.dir", "training run"):
+            pass
+    [problem] = exc.value.problems
+    assert problem.startswith(f"output.dir: '{directory / name}' is a symbolic link")
+    assert target.read_text() == "keep me"
+
+
+def test_a_symlink_planted_after_the_check_is_still_not_followed(tmp_path, monkeypatch):
+    from ranktune.platform import locks
+
+    directory, target = tmp_path / "run", tmp_path / "precious.txt"
+    directory.mkdir()
+    target.write_text("keep me")
+    monkeypatch.setattr(locks, "refuse_symlink", lambda path, field: None)  # the race: check passes, link appears
+    (directory / OWNER_FILE).symlink_to(target)
+    with pytest.raises(OSError):
+        with own_directory(directory, "output.dir", "training run"):
+            pass
+    assert target.read_text() == "keep me"
