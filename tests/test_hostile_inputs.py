@@ -254,3 +254,167 @@ def test_a_symlink_planted_after_the_check_is_still_not_followed(tmp_path, monke
         with own_directory(directory, "output.dir", "training run"):
             pass
     assert target.read_text() == "keep me"
+
+
+# ------------------------------------------------------------------ 17, 18: flags, plots, rules, checkpoints
+
+
+@pytest.fixture
+def argv_exit(capsys):
+    """rc and stderr of `ranktune ARGV`, argparse refusals (SystemExit 2) included."""
+
+    def run(*argv: str) -> tuple[int, str]:
+        capsys.readouterr()
+        try:
+            rc = main(list(argv))
+        except SystemExit as exc:
+            rc = exc.code
+        return rc, capsys.readouterr().err
+
+    return run
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["report", "S", "--max-memory-gib", "nan"], ["report", "S", "--max-memory-gib", "-3"],
+        ["export", "S", "--budget-gib", "nan"], ["export", "S", "--budget-gib", "inf"],
+        ["export", "S", "--budget-gib", "-24"], ["export", "S", "--max-memory-gib", "0"],
+        ["estimate", "--budget-gib=-inf"], ["ui", "S", "--port", "99999"], ["dashboard", "S", "--port", "0"],
+        ["mlflow-server", "--backend-store-uri", "sqlite:///x.db", "--artifacts-destination", "a", "--port", "-1"],
+    ],
+)  # fmt: skip
+def test_non_finite_negative_or_out_of_range_numbers_are_refused(argv_exit, argv):
+    rc, err = argv_exit(*argv)
+    assert rc == 2, err
+    assert "Traceback" not in err and "-> a " in err.splitlines()[-1], err
+
+
+def test_export_rules_that_are_not_yaml_and_an_out_directory_are_refused(cli, started_sweep, tmp_path):
+    rules = tmp_path / "rules.yaml"
+    for content, expected in [("a: [1,\n", "is not a YAML file of scaling rules"), ("- 1\n", "holds a list")]:
+        rules.write_text(content)
+        rc, _, err = cli("export", str(started_sweep), "--rules", str(rules))
+        assert_one_line_refusal(rc, err, "--rules:", expected)
+    rc, _, err = cli("export", str(started_sweep), "--out", str(tmp_path))
+    assert_one_line_refusal(rc, err, f"--out: '{tmp_path}' is a directory")
+
+
+def test_schedule_plot_says_the_file_it_wrote_and_refuses_an_unwritable_one(cli, tmp_path):
+    rc, out, err = cli("schedule", "--plot", str(tmp_path / "lr"))
+    assert rc == 0, err
+    assert f"plot: {tmp_path / 'lr.png'}" in out and (tmp_path / "lr.png").is_file()
+    rc, _, err = cli("schedule", "--plot", "/proc/ranktune-x.png")
+    assert_one_line_refusal(rc, err, "--plot: '/proc/ranktune-x.png' cannot be written")
+    rc, _, err = cli("schedule", "--plot", str(tmp_path))
+    assert_one_line_refusal(rc, err, "is a directory")
+
+
+def test_an_unsupported_tracking_uri_is_refused_with_the_spec(raw_spec):
+    with pytest.raises(ConfigError) as exc:
+        spec_from_dict({**raw_spec, "tracking": {"tracking_uri": "ftp://alice:pw@host/mlruns"}})
+    [problem] = exc.value.problems
+    assert problem.startswith("tracking.tracking_uri: 'ftp://host/mlruns' -> an MLflow tracking URI")
+    assert "pw" not in problem
+    for fine in ("sqlite:///x.db", "postgresql+psycopg2://db/x", "http://127.0.0.1:5000", "mlruns"):
+        spec_from_dict({**raw_spec, "tracking": {"tracking_uri": fine}})
+
+
+@pytest.mark.parametrize("content", ["tensor", "wrong-keys", "text", "random"])
+def test_a_file_that_is_not_a_ranktune_checkpoint_is_unreadable_not_dangerous(tmp_path, caplog, content):
+    """Resume skips it as damaged (with a warning naming it) instead of a KeyError or a "could run code"."""
+    import random
+
+    import torch
+
+    from ranktune.trainables.checkpoint import checkpoint_dir, load_latest_checkpoint
+
+    checkpoint_dir(tmp_path).mkdir(parents=True)
+    path = checkpoint_dir(tmp_path) / "step_00000005.pt"
+    rng = random.Random(24)
+    for _ in range(20 if content == "random" else 1):
+        if content == "tensor":
+            torch.save(torch.zeros(3), path)
+        elif content == "wrong-keys":
+            torch.save({"weights": {"w": torch.zeros(2)}, "step": 5}, path)
+        elif content == "text":
+            path.write_text("step: 5\nmodel: none\n")
+        else:
+            path.write_bytes(rng.randbytes(rng.randint(1, 8192)))
+        caplog.clear()
+        assert load_latest_checkpoint(tmp_path) is None
+        [warning] = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+        assert f"checkpoint {path} is unreadable" in warning and "could run code" not in warning
+
+
+def test_printed_commands_are_quoted_for_pasting(raw_spec):
+    from ranktune.platform.report_table import winner_lines
+
+    spec = spec_from_dict(raw_spec)
+    best = {"trial_id": "t1", "params": {"optim.lr": 1e-3}, "objective": 3.5}
+    lines = winner_lines(spec, best, "/tmp/my sweeps/k1")
+    assert "ranktune export '/tmp/my sweeps/k1' --target 7b" in lines[1]
+    assert "ranktune train '/tmp/my sweeps/k1/best_config.yaml'" in lines[1]
+    assert "ranktune sweep --resume '/tmp/my sweeps/k1'" in winner_lines(spec, None, "/tmp/my sweeps/k1")[0]
+
+
+def test_report_of_a_running_sweep_does_not_advise_resume(cli, started_sweep):
+    import subprocess
+    import sys
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import time
+        from ranktune.platform.locks import own_directory
+        with own_directory({str(started_sweep)!r}, "storage", "sweep"):
+            print("held", flush=True)
+            time.sleep(60)
+    """)
+    holder = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        rc, out, err = cli("report", str(started_sweep), "--no-plots")
+        assert rc == 0, err
+        assert "--resume" not in out and f"the sweep is still running (pid {holder.pid}" in out
+        rc, _, err = cli("export", str(started_sweep))
+        line = assert_one_line_refusal(rc, err, "the sweep is still running")
+        assert "--resume" not in line
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+@pytest.mark.parametrize(
+    "fault,expected",
+    [
+        (OSError(28, "No space left on device", "/x/metrics.jsonl"), "error: no space left on the device writing "
+         "/x/metrics.jsonl -> free some space"),
+        (MemoryError(), "error: out of memory (host RAM) -> lower train.micro_batch_size"),
+    ],
+)  # fmt: skip
+def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch, fault, expected):
+    from ranktune.platform import cli as cli_module
+
+    def failing(args):
+        raise fault
+
+    monkeypatch.setattr(cli_module, "cmd_config", failing)
+    rc, err = argv_exit("config")
+    assert rc == 1 and "Traceback" not in err, err
+    assert error_lines(err) == [error_lines(err)[0]] and error_lines(err)[0].startswith(expected), err
+
+
+def test_cuda_out_of_memory_is_a_one_line_error(argv_exit, monkeypatch):
+    import torch
+
+    from ranktune.platform import cli as cli_module
+
+    def failing(args):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(cli_module, "cmd_config", failing)
+    rc, err = argv_exit("config")
+    assert rc == 1 and error_lines(err) == [
+        "error: out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB) -> lower train.micro_batch_size "
+        "(the batch is kept by gradient accumulation) or the model; `ranktune estimate` shows the need"
+    ], err

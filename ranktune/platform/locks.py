@@ -113,3 +113,21 @@ def own_directory(directory: str | Path, field: str, what: str) -> Iterator[Path
     finally:
         owner_file.unlink(missing_ok=True)
         lock.release()
+
+
+def running_owner(directory: str | Path) -> str | None:
+    """Who holds `directory` now (e.g. a sweep's running driver), or None when nobody does. For reading
+    commands, whose advice differs while a sweep runs: `--resume` is refused then."""
+    directory = Path(directory)
+    lock_file = directory / LOCK_FILE
+    if not lock_file.is_file() or lock_file.is_symlink():
+        return None
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return describe_owner(directory)
+    except OSError:  # unreadable or read-only: nothing to tell
+        return None
+    lock.release()
+    return None

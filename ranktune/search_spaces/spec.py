@@ -92,11 +92,28 @@ class Resources(Strict):
     """>1: Ray Train (DDP) inside the trial"""
 
 
+# The tracking URIs MLflow can record runs in: a server, a database (SQLAlchemy dialect, optionally
+# `+driver`), a local file store, Databricks. Anything else fails only once Ray and the trials run.
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+
+
 class Tracking(Strict):
     tracking_uri: str | None = None
     """default: sqlite database inside the sweep directory"""
     experiment: str | None = None
     """MLflow experiment; default: the sweep's name"""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _check_scheme(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+        if not uri.strip() or (scheme and scheme not in TRACKING_SCHEMES):
+            shown = re.sub(r"//[^/@]*@", "//", uri)  # no credentials in the message
+            raise ValueError(f"{shown!r} -> an MLflow tracking URI: {', '.join(s + '://' for s in TRACKING_SCHEMES)}"
+                             " (or leave it out for the sweep's own sqlite store)")  # fmt: skip
+        return uri
 
 
 class SweepSpec(Strict):
