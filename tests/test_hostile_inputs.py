@@ -418,3 +418,72 @@ def test_cuda_out_of_memory_is_a_one_line_error(argv_exit, monkeypatch):
         "error: out of GPU memory (CUDA out of memory. Tried to allocate 2.00 GiB) -> lower train.micro_batch_size "
         "(the batch is kept by gradient accumulation) or the model; `ranktune estimate` shows the need"
     ], err
+
+
+# ------------------------------------------------------------------ 9, 15: interrupted or failing drivers
+
+
+class FakeResults:
+    """What `Tuner.fit()` returns, as far as the driver reads it."""
+
+    def __init__(self, ended: int, total: int) -> None:
+        self.num_terminated, self.num_errors, self.total = ended, 0, total
+
+    def __len__(self) -> int:
+        return self.total
+
+
+class FakeTuner:
+    def __init__(self, outcome) -> None:
+        self.outcome = outcome
+
+    def fit(self):
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return self.outcome
+
+
+def open_trial_run(spec, state, trial_id="t_1"):
+    from ranktune.platform.tracking import SWEEP_TAG, TRIAL_TAG, mlflow_client
+
+    client = mlflow_client(state["tracking_uri"])
+    tags = {"mlflow.parentRunId": state["parent_run_id"], TRIAL_TAG: trial_id, SWEEP_TAG: spec.name}
+    return client, client.create_run(state["experiment_id"], tags=tags).info.run_id
+
+
+def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resumable(cli, started_sweep, monkeypatch):
+    from ranktune.platform.tracking import REASON_TAG, STATUS_TAG
+
+    spec, state = sweep.load_state(started_sweep)
+    client, trial_run = open_trial_run(spec, state)
+    # Tune returns from fit() after Ctrl-C with the running trial not ended.
+    summary = sweep.fit_and_finish(spec, state, FakeTuner(FakeResults(ended=0, total=1)), None, False)
+    assert summary["interrupted"]
+    run = client.get_run(trial_run)
+    assert run.data.tags[STATUS_TAG] == "interrupted" and "--resume" in run.data.tags[REASON_TAG]
+    assert client.get_run(state["parent_run_id"]).info.status == "KILLED"  # not FINISHED: resumable
+
+    monkeypatch.setattr(sweep, "resume_sweep", lambda *a, **k: summary)
+    rc, out, err = cli("sweep", "--resume", str(started_sweep), "--quiet")
+    assert rc == 130, err
+    assert f"interrupted: `ranktune sweep --resume {started_sweep}` continues the sweep" in err
+    assert "lost" not in out + err
+
+    # The resumed sweep ends; a trial still tagged interrupted was not continued, so it is lost now.
+    summary = sweep.fit_and_finish(spec, state, FakeTuner(FakeResults(ended=1, total=1)), None, False)
+    assert not summary["interrupted"]
+    assert client.get_run(trial_run).data.tags[STATUS_TAG] == "lost"
+    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
+
+
+@pytest.mark.parametrize(
+    "fault,status",
+    [(OSError(28, "No space left on device"), "FAILED"), (KeyboardInterrupt(), "KILLED")],
+)  # fmt: skip
+def test_a_driver_that_dies_does_not_leave_the_parent_run_running(started_sweep, fault, status):
+    from ranktune.platform.tracking import mlflow_client
+
+    spec, state = sweep.load_state(started_sweep)
+    with pytest.raises(type(fault)):
+        sweep.fit_and_finish(spec, state, FakeTuner(fault), None, False)
+    assert mlflow_client(state["tracking_uri"]).get_run(state["parent_run_id"]).info.status == status

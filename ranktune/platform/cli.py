@@ -17,6 +17,7 @@ from ranktune.platform.budget import DEFAULT_BUDGET_GIB
 from ranktune.platform.serve import warn_if_exposed
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 
 def positive_gib(text: str) -> float:
@@ -149,6 +150,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = collect_trials(spec, state)
     render_table(spec, flat_rows(spec, rows))
     _print_outcome(spec, summary)
+    if summary.get("interrupted"):
+        print(f"interrupted: `ranktune sweep --resume {shlex.quote(str(summary['storage']))}` continues the sweep "
+              "(trials still to run or interrupted resume from their last checkpoint)", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
     return sweep_exit_code(rows)
 
 

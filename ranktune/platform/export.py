@@ -294,7 +294,7 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
     best = pick_winner(rows, mode, load_confirm(Path(sweep_dir)))
     if best is None:
         counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
-        unfinished = any(r["status"] in ("running", "lost") for r in rows) or not rows
+        unfinished = any(r["status"] in ("running", "lost", "interrupted") for r in rows) or not rows
         owner = running_owner(sweep_dir)
         if owner is not None:  # `--resume` is refused while the driver runs
             advice = f"the sweep is still running ({owner}); export when it ends"
