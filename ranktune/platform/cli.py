@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
+import math
 import os
+import shlex
 import signal
 import sys
 from pathlib import Path
@@ -14,6 +17,28 @@ from ranktune.platform.budget import DEFAULT_BUDGET_GIB
 from ranktune.platform.serve import warn_if_exposed
 
 EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
+
+
+def positive_gib(text: str) -> float:
+    """A memory size in GiB: a finite number above 0 (argparse refuses anything else, exit 2)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} -> a number of GiB, e.g. 24") from None
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"{text!r} -> a finite number of GiB above 0, e.g. 24")
+    return value
+
+
+def tcp_port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} -> a port number 1-65535") from None
+    if not 1 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} -> a port number 1-65535")
+    return value
 
 
 def _add_set_arg(p: argparse.ArgumentParser, what: str, example: str) -> None:
@@ -128,6 +153,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     rows = collect_trials(spec, state)
     render_table(spec, flat_rows(spec, rows))
     _print_outcome(spec, summary)
+    if summary.get("interrupted"):
+        print(f"interrupted: `ranktune sweep --resume {shlex.quote(str(summary['storage']))}` continues the sweep "
+              "(trials still to run or interrupted resume from their last checkpoint)", file=sys.stderr)  # fmt: skip
+        return EXIT_INTERRUPTED
     if summary.get("confirm_failures"):  # the replicates asked for did not all run: no verdict, not a result
         print(f"error: {summary['confirm_failures']}", file=sys.stderr)
         return 1
@@ -154,7 +183,8 @@ def _print_outcome(spec, summary: dict) -> None:
     storage = summary["storage"]
     _print_pareto(storage)
     _print_confirm(summary.get("confirm"))
-    print(f"plots: {storage}/plots/   HTML: ranktune report {storage} --html   MLflow UI: ranktune ui {storage}")
+    quoted = shlex.quote(str(storage))
+    print(f"plots: {storage}/plots/   HTML: ranktune report {quoted} --html   MLflow UI: ranktune ui {quoted}")
     print("\n".join(winner_lines(spec, summary["best"], storage, summary.get("confirm"))))
 
 
@@ -177,6 +207,7 @@ def _print_confirm(confirm: dict | None) -> None:
 
 def cmd_report(args: argparse.Namespace) -> int:
     from ranktune.platform.confirm import load_confirm
+    from ranktune.platform.locks import running_owner
     from ranktune.platform.ranking import pick_winner
     from ranktune.platform.report import write_plots
     from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
@@ -214,7 +245,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         print(f"HTML report: {write_html_report(spec, state, rows)}")
     winner = pick_winner(rows, spec.objective.mode, confirm)
-    print("\n".join(winner_lines(spec, winner, str(storage), confirm)))
+    print("\n".join(winner_lines(spec, winner, str(storage), confirm, running=running_owner(storage))))
     return 0
 
 
@@ -258,12 +289,20 @@ def cmd_ui(args: argparse.Namespace) -> int:
     from ranktune.platform.serve import serve_until_stopped
     from ranktune.platform.tracking import mlflow_client, runs_page_url, set_runs_view
 
-    base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
+    base = f"http://{url_host(args.host)}:{args.port}"
     # (Re)stored here too, for sweeps started before the view existed.
     view = set_runs_view(mlflow_client(state["tracking_uri"]), state["experiment_id"], spec.objective.metric,
                          spec.objective.mode)  # fmt: skip
     return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state["experiment_id"], view),
                                f"MLflow UI for {spec.name}", listen=(args.host, args.port))  # fmt: skip
+
+
+def url_host(host: str) -> str:
+    """The host part of a URL reaching a server that listens on `host`: loopback for the wildcard
+    addresses, an IPv6 address in brackets (`http://::1:8080` is no URL)."""
+    if host in ("0.0.0.0", "::", ""):
+        return "127.0.0.1"
+    return f"[{host}]" if ":" in host else host
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
@@ -275,7 +314,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     storage = f"sqlite:///{spec.storage_dir / 'optuna.db'}"
     cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())", storage,
            "--host", args.host, "--port", str(args.port), "--quiet"]  # fmt: skip
-    base = f"http://{args.host}:{args.port}"
+    base = f"http://{url_host(args.host)}:{args.port}"
     return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}",
                                listen=(args.host, args.port))  # fmt: skip
 
@@ -290,7 +329,7 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
 
 
 def cmd_schedule(args: argparse.Namespace) -> int:
-    from ranktune.trainables.config import load_config
+    from ranktune.trainables.config import ConfigError, load_config
     from ranktune.trainables.optim.relora_schedule import plot_schedule, restart_steps, schedule_points
 
     cfg = load_config(args.config, args.overrides)
@@ -309,7 +348,16 @@ def cmd_schedule(args: argparse.Namespace) -> int:
         for step in sorted(m for m in marks if 0 <= m < len(points)):
             print(f"  step {step:>7}  lr {points[step][1]:.6g}{'  <- restart' if step in restarts else ''}")
     if args.plot:
-        print(f"plot: {plot_schedule(cfg, args.plot)}")
+        path = Path(args.plot).expanduser()
+        if path.is_dir():
+            raise ConfigError([f"--plot: {args.plot!r} is a directory -> a PNG file to write"])
+        path = path if path.suffix else path.with_suffix(".png")  # what matplotlib would write; say so
+        try:
+            print(f"plot: {plot_schedule(cfg, str(path))}")
+        except OSError as exc:
+            raise ConfigError([f"--plot: {str(path)!r} cannot be written ({exc.strerror or exc})"]) from None
+        except ValueError as exc:  # matplotlib: "Format 'x' is not supported (supported formats: ...)"
+            raise ConfigError([f"--plot: {str(path)!r} -> a .png (or .pdf/.svg) file ({exc})"]) from None
     return 0
 
 
@@ -394,27 +442,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-plots", action="store_true", help="do not write plots")
     p.add_argument("--plots", action="store_true", help="redraw the plots (default: only when there are none)")
     p.add_argument("--html", action="store_true", help="write SWEEP_DIR/report.html (interactive, self-contained)")
-    p.add_argument("--max-memory-gib", type=float, default=None,
+    p.add_argument("--max-memory-gib", type=positive_gib, default=None,
                    help="also name the best finished trial whose memory estimate fits this many GiB")  # fmt: skip
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI on a sweep's tracking store (127.0.0.1 by default)")
     p.add_argument("sweep_dir")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
-    p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
+    p.add_argument("--port", type=tcp_port, default=5000, help="port to listen on (default 5000)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study (127.0.0.1 by default)")
     p.add_argument("sweep_dir")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
-    p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
+    p.add_argument("--port", type=tcp_port, default=8080, help="port to listen on (default 8080)")
     p.set_defaults(func=cmd_dashboard)
 
     p = sub.add_parser("mlflow-server", help="a shared MLflow tracking server, e.g. on the cluster head (127.0.0.1)")
     p.add_argument("--backend-store-uri", required=True, help="where runs go: sqlite:///PATH or postgresql://...")
     p.add_argument("--artifacts-destination", required=True, help="artifact store, e.g. a path on shared storage")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=tcp_port, default=5000)
     p.add_argument("--basic-auth", action="store_true", help="require a login (MLflow's basic-auth app)")
     p.add_argument("--pidfile", help="record the server here; a later start with it replaces that server")
     p.set_defaults(func=cmd_mlflow_server)
@@ -422,7 +470,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("estimate", help="estimate a config's training memory and check it against a GPU budget")
     _add_config_args(p)
     p.add_argument(
-        "--budget-gib", type=float, default=DEFAULT_BUDGET_GIB, help="GPU memory budget in GiB (default %(default)g)"
+        "--budget-gib", type=positive_gib, default=DEFAULT_BUDGET_GIB,
+        help="GPU memory budget in GiB (default %(default)g)",
     )
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cuda adds the fixed overhead")
     p.add_argument("--overhead-gib", type=float, default=None, help="fixed overhead (default 1 GiB on cuda)")
@@ -432,12 +481,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("sweep_dir")
     p.add_argument("--target", default="7b", help="target model preset (default 7b)")
     p.add_argument(
-        "--budget-gib", type=float, default=DEFAULT_BUDGET_GIB, help="GPU memory budget in GiB (default %(default)g)"
+        "--budget-gib", type=positive_gib, default=DEFAULT_BUDGET_GIB,
+        help="GPU memory budget in GiB (default %(default)g)",
     )
     p.add_argument("--out", help="config file to write (default SWEEP_DIR/export_<target>.yaml)")
     p.add_argument("--rules", help="YAML file of scaling rules (see docs/export.md)")
     p.add_argument("--trial", help="export this finished trial instead of the best one")
-    p.add_argument("--max-memory-gib", type=float, default=None,
+    p.add_argument("--max-memory-gib", type=positive_gib, default=None,
                    help="export the best finished trial whose target config's estimate fits this many GiB "
                         "(the budget for the export too)")  # fmt: skip
     _add_set_arg(p, "a field of the exported config", "train.steps=1000")
@@ -466,6 +516,25 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except TrainingDiverged as exc:
         print(f"error: {exc} (lower optim.lr, raise schedule.warmup_steps or enable train.grad_clip)", file=sys.stderr)
+        return 1
+    except MemoryError:  # host RAM; CUDA's OutOfMemoryError is handled below
+        print("error: out of memory (host RAM) -> lower train.micro_batch_size (the batch is kept by gradient "
+              "accumulation), data.seq_len or the model; `ranktune estimate` shows the need",
+              file=sys.stderr)  # fmt: skip
+        return 1
+    except OSError as exc:
+        if exc.errno != errno.ENOSPC:
+            raise
+        where = f" writing {exc.filename}" if exc.filename else ""
+        print(f"error: no space left on the device{where} -> free some space and rerun (`--resume` continues a "
+              "training run or a sweep from where it stopped)", file=sys.stderr)  # fmt: skip
+        return 1
+    except RuntimeError as exc:
+        if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA); torch not imported here
+            raise
+        print(f"error: out of GPU memory ({str(exc).splitlines()[0][:160]}) -> lower train.micro_batch_size (the "
+              "batch is kept by gradient accumulation) or the model; `ranktune estimate` shows the need",
+              file=sys.stderr)  # fmt: skip
         return 1
 
 

@@ -24,7 +24,9 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from ranktune.platform.sweep_files import write_json_atomic
 from ranktune.search_spaces.spec import SweepSpec
+from ranktune.trainables.config import ConfigError
 
 CONFIRM_DIR = "confirm"  # Ray Tune experiment of the replicates, under the sweep's storage
 CONFIRM_FILE = "confirm.json"
@@ -100,7 +102,7 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
 
     path = spec.storage_dir / CONFIRM_FILE
     if path.is_file():  # a resumed sweep whose replicates had all finished
-        return json.loads(path.read_text())
+        return load_confirm(spec.storage_dir)
     client = mlflow_client(state["tracking_uri"])
     chosen = select_configurations(spec, collect_trials(spec, state))
     if not chosen:
@@ -165,7 +167,7 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
                 client.log_metric(run_id, f"{spec.objective.metric}_{key}", float(entry[key]))
         client.set_terminated(run_id, status="FINISHED")
     client.set_tag(state["parent_run_id"], "ranktune.verdict", f"{summary['verdict']}: {summary['why']}")
-    path.write_text(json.dumps(summary, indent=2, default=str))
+    write_json_atomic(path, summary)
     client.log_artifact(state["parent_run_id"], str(path))
     return summary
 
@@ -205,10 +207,28 @@ def format_confirm(summary: dict[str, Any]) -> list[str]:
         std = "-" if entry["std"] is None else f"{entry['std']:.4f}"
         lines.append(f"  {name:<14} trial {entry['trial_id']}: {mean} +/- {std} (n={entry['n']}; "
                      f"search run {entry['search_objective']:.4f})")  # fmt: skip
-    lines.append(f"verdict: {summary['verdict']} ({summary['why']}; rule: {summary['rule']})")
+    lines.append(f"verdict: {summary['verdict']} ({summary.get('why', '')}; rule: {summary.get('rule', '')})")
     return lines
 
 
+CONFIRM_KEYS = ("configurations", "verdict", "metric")  # what every reader needs; the rest is shown when present
+CONFIGURATION_KEYS = ("trial_id", "params", "mean", "std", "n", "search_objective")
+
+
 def load_confirm(storage: Path) -> dict[str, Any] | None:
+    """The replicate phase's summary, or None before it ends; a damaged file is refused naming it."""
+    from ranktune.platform.sweep_files import read_json_object
+
     path = storage / CONFIRM_FILE
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    what = "the replicates' summary; delete it and `ranktune sweep --resume` the sweep to redo them"
+    summary = read_json_object(path, what, required=CONFIRM_KEYS)
+    entries = summary["configurations"]
+    if not isinstance(entries, list) or not all(
+        isinstance(e, dict) and all(k in e for k in CONFIGURATION_KEYS) and isinstance(e["params"], dict)
+        for e in entries
+    ):
+        raise ConfigError([f"{str(path)!r} is damaged (configurations: each needs {', '.join(CONFIGURATION_KEYS)})"
+                           f" -> {what}"])  # fmt: skip
+    return summary

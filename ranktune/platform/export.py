@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
@@ -88,7 +89,17 @@ def load_rules(path: str | None) -> ScalingRules:
     if not p.is_file():
         raise ConfigError([f"--rules: {path!r} -> an existing YAML file"])
     try:
-        return ScalingRules.model_validate(yaml.safe_load(p.read_text()) or {})
+        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError([f"--rules: {path!r} is not a YAML file of scaling rules ({first})"]) from None
+    except OSError as exc:
+        raise ConfigError([f"--rules: {path!r} cannot be read ({exc.strerror or exc})"]) from None
+    if not isinstance(raw, dict):
+        raise ConfigError([f"--rules: {path!r} holds a {type(raw).__name__} -> a mapping of scaling rules "
+                           "(see docs/export.md)"])  # fmt: skip
+    try:
+        return ScalingRules.model_validate(raw)
     except ValidationError as exc:
         raise ConfigError([f"rules.{'.'.join(map(str, e['loc']))}: {e.get('input')!r} -> {e['msg']}"
                            for e in exc.errors()]) from None  # fmt: skip
@@ -272,6 +283,7 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom
 def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str) -> dict[str, Any]:
     """`--trial`, else the sweep's winner (by the replicates' mean when the sweep ran replicates)."""
     from ranktune.platform.confirm import load_confirm
+    from ranktune.platform.locks import running_owner
     from ranktune.platform.ranking import pick_winner
 
     if trial_id is not None:
@@ -283,12 +295,14 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
     best = pick_winner(rows, mode, load_confirm(Path(sweep_dir)))
     if best is None:
         counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
-        unfinished = any(r["status"] in ("running", "lost") for r in rows) or not rows
-        advice = (
-            "finish the sweep first (ranktune sweep --resume SWEEP_DIR)"
-            if unfinished
-            else "no trial can finish on resume; see why with `ranktune report SWEEP_DIR` and start a new sweep"
-        )
+        unfinished = any(r["status"] in ("running", "lost", "interrupted") for r in rows) or not rows
+        owner = running_owner(sweep_dir)
+        if owner is not None:  # `--resume` is refused while the driver runs
+            advice = f"the sweep is still running ({owner}); export when it ends"
+        elif unfinished:
+            advice = f"finish the sweep first (ranktune sweep --resume {shlex.quote(str(sweep_dir))})"
+        else:
+            advice = "no trial can finish on resume; see why with `ranktune report SWEEP_DIR` and start a new sweep"
         raise ConfigError([f"sweep_dir: {sweep_dir!r} has no trial that finished its budget ({counts or 'no trials'})"
                            f" -> {advice}"])  # fmt: skip
     return best
@@ -332,6 +346,7 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
     A full-rank winner at 7b is the normal outcome of a small proxy sweep (at 2 layers the low-rank
     methods lose little memory and some loss), and the point of the export is the low-rank recipe."""
     from ranktune.platform.pareto import best_fitting
+    from ranktune.platform.report_table import method_of
 
     why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=budget_gib)
     problem = why_not(best)
@@ -340,15 +355,15 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
     low_rank = [r for r in rows if spec.trial_config(r["params"]).optim.name not in FULL_RANK and r is not best]
     chosen, passed_over = best_fitting(low_rank, spec.objective.mode, why_not)
     if chosen is None:
-        raise ConfigError([f"best trial {best['trial_id']} ({best['params'].get('optim.name')}): {problem}",
+        raise ConfigError([f"best trial {best['trial_id']} ({method_of(spec, best['params'])}): {problem}",
                            *passed_over, "no finished low-rank trial's export fits either -> raise --budget-gib, "
                            "or give --trial ID"])  # fmt: skip
     metric, gap = spec.objective.metric, chosen["objective"] - best["objective"]
     kind = "is full-rank and its" if spec.trial_config(best["params"]).optim.name in FULL_RANK else "has a"
-    line = (f"best trial {best['trial_id']} ({best['params'].get('optim.name')}, {metric} {best['objective']:.4f}) "
+    line = (f"best trial {best['trial_id']} ({method_of(spec, best['params'])}, {metric} {best['objective']:.4f}) "
             f"{kind} {target} config that does not fit {budget_gib:g} GiB ({problem.split(' -> ')[0]}); "
             f"exporting the best low-rank trial that fits: {chosen['trial_id']} "
-            f"({chosen['params'].get('optim.name')}, {metric} {chosen['objective']:.4f}, "
+            f"({method_of(spec, chosen['params'])}, {metric} {chosen['objective']:.4f}, "
             f"{gap:+.4f} vs the best = {100 * gap / abs(best['objective']):+.1f}%)")  # fmt: skip
     return chosen, "\n".join([line, *(f"  passed over {p}" for p in passed_over)])
 
@@ -364,6 +379,8 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     from ranktune.platform.trials import read_trials
 
     rules = rules or ScalingRules()
+    if out is not None:
+        check_out_path(Path(out))
     spec, state = load_state(sweep_dir)
     rows, offline = read_trials(spec, state)
     if offline and notify is not None:
@@ -383,11 +400,14 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     v = verdict(run, budget_gib)
 
     path = Path(out) if out else spec.storage_dir / f"export_{target}.yaml"
-    command = f"ranktune train {path}"
+    command = f"ranktune train {shlex.quote(str(path))}"
     header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, list(overrides))
     body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(header + body)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(header + body)
+    except OSError as exc:
+        raise ConfigError([f"--out: {str(path)!r} cannot be written ({exc.strerror or exc})"]) from None
     estimate_json = json.dumps({"budget_gib": budget_gib, "fits": v.fits, "headroom_bytes": v.headroom,
                                 "phases": [p.as_dict() for p in run.phases], "command": command,
                                 "source_trial": source["trial_id"], "rules": rules.model_dump()}, indent=2)  # fmt: skip
@@ -402,6 +422,13 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     client.set_tag(parent, f"ranktune.export.{target}.trial_id", source["trial_id"])
     client.set_tag(source["run_id"], "ranktune.exported_to", f"{target} ({gib(v.total)} of {budget_gib:g} GiB)")
     return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute)
+
+
+def check_out_path(path: Path) -> None:
+    """--out names a file to (over)write, not a directory."""
+    if path.is_dir():
+        raise ConfigError([f"--out: {str(path)!r} is a directory -> a YAML file to write, e.g. "
+                           f"{str(path / 'export.yaml')!r}"])  # fmt: skip
 
 
 def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,

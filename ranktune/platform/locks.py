@@ -4,11 +4,15 @@ The lock is an OS file lock (`filelock`, flock on Linux) on `DIR/.ranktune.lock`
 releases it when its holder dies, however it dies. Beside it, `DIR/.ranktune.owner` names the holder
 (host, pid, start time) for the refusal message; an owner file left by a holder that died without
 cleaning up (its lock released by the kernel) is taken over with a warning naming it.
+
+Both files are opened without following symbolic links: a link planted in a shared directory would
+otherwise have its target overwritten (the owner file) or fail deep inside filelock (the lock).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import logging
 import os
@@ -53,6 +57,24 @@ def make_directory(directory: Path, field: str) -> None:
         raise ConfigError([f"{field}: {str(directory)!r} -> a writable directory ({exc.strerror or exc})"]) from None
 
 
+def refuse_symlink(path: Path, field: str) -> None:
+    if path.is_symlink():
+        raise ConfigError([f"{field}: {str(path)!r} is a symbolic link (to {os.readlink(path)!r}) -> remove it; "
+                           "ranktune does not write through links in a directory it owns"])  # fmt: skip
+
+
+def write_no_follow(path: Path, text: str, field: str) -> None:
+    """Write `path` (created or truncated) unless it is a symbolic link, which is refused."""
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            refuse_symlink(path, field)
+        raise
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 @contextlib.contextmanager
 def own_directory(directory: str | Path, field: str, what: str) -> Iterator[Path]:
     """Hold `directory` for the duration; a second owner is refused with a `DirectoryBusy` naming the holder.
@@ -61,6 +83,9 @@ def own_directory(directory: str | Path, field: str, what: str) -> Iterator[Path
     (`sweep`, `training run`) in the messages."""
     directory = Path(directory)
     make_directory(directory, field)
+    owner_file = directory / OWNER_FILE
+    for path in (directory / LOCK_FILE, owner_file):
+        refuse_symlink(path, field)
     lock = FileLock(str(directory / LOCK_FILE), timeout=0)
     try:
         lock.acquire()
@@ -71,13 +96,38 @@ def own_directory(directory: str | Path, field: str, what: str) -> Iterator[Path
                 "wait for it to finish or stop it"
             ]  # fmt: skip
         ) from None
-    owner_file = directory / OWNER_FILE
+    except OSError as exc:  # a link planted between the check above and the open (filelock uses O_NOFOLLOW)
+        if exc.errno == errno.ELOOP:
+            refuse_symlink(directory / LOCK_FILE, field)
+        raise
     host = socket.gethostname()
     if owner_file.exists():  # we hold the lock, so its previous holder died without cleaning up
         log.warning("taking over %s from %s, which is no longer running", directory, describe_owner(directory))
-    owner_file.write_text(json.dumps({"host": host, "pid": os.getpid(), "started": time.time()}))
+    try:
+        write_no_follow(owner_file, json.dumps({"host": host, "pid": os.getpid(), "started": time.time()}), field)
+    except BaseException:
+        lock.release()
+        raise
     try:
         yield directory
     finally:
         owner_file.unlink(missing_ok=True)
         lock.release()
+
+
+def running_owner(directory: str | Path) -> str | None:
+    """Who holds `directory` now (e.g. a sweep's running driver), or None when nobody does. For reading
+    commands, whose advice differs while a sweep runs: `--resume` is refused then."""
+    directory = Path(directory)
+    lock_file = directory / LOCK_FILE
+    if not lock_file.is_file() or lock_file.is_symlink():
+        return None
+    lock = FileLock(str(lock_file), timeout=0)
+    try:
+        lock.acquire()
+    except Timeout:
+        return describe_owner(directory)
+    except OSError:  # unreadable or read-only: nothing to tell
+        return None
+    lock.release()
+    return None

@@ -6,7 +6,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "pruned_memory": 3, "lost": 4, "failed": 5}
+STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "interrupted": 2, "pruned_memory": 3, "lost": 4,
+                "failed": 5}  # fmt: skip
 
 
 def objective_key(row: dict[str, Any], mode: str) -> float:

@@ -29,6 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ranktune.platform.sweep_files import write_json_atomic
 from ranktune.search_spaces.spec import SweepSpec
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ def relocate(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[S
             rewrite_artifact_uris(sweep_dir / "mlflow.db", old, sweep_dir)
             state_file = sweep_dir / "sweep.json"
             saved = json.loads(state_file.read_text())
-            state_file.write_text(json.dumps({**saved, "storage_dir": str(sweep_dir)}, indent=2))
+            write_json_atomic(state_file, {**saved, "storage_dir": str(sweep_dir)})
         except (OSError, sqlite3.Error) as exc:  # e.g. a read-only copy: runs still read, artifacts may not
             log.warning("could not point %s's artifact locations at %s: %s", sweep_dir, sweep_dir, exc)
     state["storage_dir"] = str(sweep_dir)

@@ -12,12 +12,14 @@ import csv
 import io
 import json
 import math
+import shlex
+from pathlib import Path
 from typing import Any
 
 from ranktune.search_spaces.spec import SweepSpec
 
 STATUS_WORDS = {"finished": "finished", "stopped_early": "stopped", "pruned_memory": "pruned", "failed": "failed",
-                "lost": "lost", "running": "running"}  # fmt: skip
+                "lost": "lost", "running": "running", "interrupted": "interrupted"}  # fmt: skip
 # --sort keys -> (field of a flat row, descending?)
 SORT_KEYS = {"objective": ("objective", False), "method": ("method", False), "status": ("status_order", False),
              "optimizer_state": ("optimizer_state_mib", False), "peak": ("peak_mib", False),
@@ -157,14 +159,17 @@ def to_markdown(spec: SweepSpec, flat: list[dict[str, Any]]) -> str:
 
 
 def winner_lines(spec: SweepSpec, best: dict[str, Any] | None, storage: str,
-                 confirm: dict[str, Any] | None = None) -> list[str]:  # fmt: skip
+                 confirm: dict[str, Any] | None = None, running: str | None = None) -> list[str]:  # fmt: skip
     """The last lines of a report: who won (by the replicates' mean when there are replicates), and
-    the command to run next."""
+    the command to run next (quoted, to paste as is). `running`: who runs the sweep now, if anyone."""
     from ranktune.platform.ranking import confirmed_configuration
 
+    quoted = shlex.quote(str(storage))
     if best is None:
+        if running is not None:  # `--resume` is refused while the driver runs
+            return [f"no trial has run its whole budget yet: the sweep is still running ({running})"]
         return ["no trial ran its whole budget: nothing to export (reasons above); "
-                f"finish it with: ranktune sweep --resume {storage}"]  # fmt: skip
+                f"finish it with: ranktune sweep --resume {quoted}"]  # fmt: skip
     method, metric = method_of(spec, best["params"]), spec.objective.metric
     top = confirmed_configuration(confirm)
     if top is not None and top["trial_id"] == best["trial_id"]:
@@ -175,6 +180,6 @@ def winner_lines(spec: SweepSpec, best: dict[str, Any] | None, storage: str,
     return [
         f"winner: {method} (trial {best['trial_id']}, {value}"
         + (f"; {params_text(best['params'])})" if params_text(best["params"]) else ")"),
-        f"next: ranktune export {storage} --target 7b    (train the winner as is: ranktune train "
-        f"{storage}/best_config.yaml)",
+        f"next: ranktune export {quoted} --target 7b    (train the winner as is: ranktune train "
+        f"{shlex.quote(str(Path(storage) / 'best_config.yaml'))})",
     ]

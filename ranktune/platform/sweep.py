@@ -18,6 +18,7 @@ import functools
 import json
 import logging
 import math
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
+from ranktune.platform.sweep_files import write_json_atomic
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
 
@@ -327,7 +329,7 @@ def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | Non
     from ranktune.platform.confirm import run_confirm
 
     def save_state() -> None:
-        (spec.storage_dir / STATE_FILE).write_text(json.dumps(state, indent=2))
+        write_json_atomic(spec.storage_dir / STATE_FILE, state)
 
     run_confirm(
         spec, state, functools.partial(make_trainable, spec, prepare),
@@ -396,27 +398,47 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
         except BaseException:
             mlflow_client(state["tracking_uri"]).set_terminated(state["parent_run_id"], status="FAILED")
             raise
-        (storage / STATE_FILE).write_text(json.dumps(state, indent=2))
-        if all_trials_ended(tuner.fit()):
-            confirm_best(spec, state, prepare, progress)
-        return finish_sweep(spec, state)
+        write_json_atomic(storage / STATE_FILE, state)
+        return fit_and_finish(spec, state, tuner, prepare, progress)
 
 
 def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
     """The sweep in `storage_dir`, wherever that directory now is (see relocate.py)."""
     from ranktune.platform.relocate import relocate
+    from ranktune.platform.sweep_files import check_mlflow_store
 
     path = Path(storage_dir).expanduser().resolve() / STATE_FILE
     if not path.is_file():
         raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
-    state = json.loads(path.read_text())
+    spec, state = relocate(*read_state_file(path), path.parent)
+    if spec.tracking.tracking_uri is None:
+        check_mlflow_store(spec.storage_dir / "mlflow.db")
+    return spec, state
+
+
+def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
+    """sweep.json as written by `run_sweep`; a damaged or hand-broken one is refused naming the file."""
+
+    from ranktune.platform.sweep_files import read_json_object
+    from ranktune.trainables.config import describe_validation_errors
+
+    what = "the spec and MLflow ids `ranktune sweep` wrote; restore it from a copy of the sweep"
+    state = read_json_object(path, what, required=("spec", "tracking_uri", "experiment_id", "parent_run_id"))
+    wrong = [f"{key}: {state[key]!r}" for key in ("tracking_uri", "experiment_id", "parent_run_id")
+             if not isinstance(state[key], str) or not state[key]]  # fmt: skip
+    if not isinstance(state["spec"], dict):
+        wrong.append(f"spec: a JSON {type(state['spec']).__name__}, not an object")
+    if wrong:
+        raise ConfigError([f"{str(path)!r} is damaged ({'; '.join(wrong)}) -> {what}"])
+    prefix = "spec."
     try:
         spec = SweepSpec.model_validate(state["spec"])
-    except ValidationError as exc:  # a hand-edited spec (issue 24.3: resources no trial can get)
-        from ranktune.trainables.config import describe_validation_errors
-
-        raise ConfigError(describe_validation_errors(exc, docs="docs/sweeps.md")) from None
-    return relocate(spec, state, path.parent)
+        prefix = "spec.space."
+        spec.search_space()
+    except ValidationError as exc:
+        problems = describe_validation_errors(exc, docs="docs/sweeps.md", prefix=prefix)
+        raise ConfigError([f"{str(path)!r}: {p}" for p in problems]) from None
+    return spec, state
 
 
 def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,
@@ -442,26 +464,57 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
                                        resume_errored=retry_failed)  # fmt: skip
         else:  # killed before Tune saved any state: start the trials, keeping the same MLflow parent run
             tuner = build_tuner(spec, state, prepare, progress)
-        if all_trials_ended(tuner.fit()):
+        return fit_and_finish(spec, state, tuner, prepare, progress, retry_failed=retry_failed)
+
+
+def fit_and_finish(spec: SweepSpec, state: dict[str, Any], tuner, prepare: Callable | None,
+                   progress: bool, retry_failed: bool = False) -> dict[str, Any]:  # fmt: skip
+    """The search, then the replicates, then the results. Stopped early (Ctrl-C: Tune returns with trials
+    unfinished), the results so far are written and the sweep is left for `--resume`. Anything else that
+    ends the driver (a full disk, a bug) marks the parent run FAILED rather than leaving it RUNNING."""
+    from ranktune.platform.confirm import CONFIRM_FILE
+    from ranktune.platform.tracking import mlflow_client
+
+    try:
+        interrupted = not all_trials_ended(tuner.fit())
+        if not interrupted:
             confirm_best(spec, state, prepare, progress, retry_failed=retry_failed)
-        return finish_sweep(spec, state)
+            # The replicates, once started (their runs are in the state), stopped before all ended.
+            replicating = bool(state.get("confirm_runs")) and not (spec.storage_dir / CONFIRM_FILE).is_file()
+            interrupted = spec.confirm is not None and replicating
+        return finish_sweep(spec, state, interrupted)
+    except BaseException as exc:
+        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+        try:
+            mlflow_client(state["tracking_uri"]).set_terminated(state["parent_run_id"], status=status)
+        except Exception as err:  # noqa: BLE001 - the original error is the one to report
+            log.warning("could not mark the sweep's MLflow run %s: %s", status, err)
+        raise
 
 
-def close_lost_runs(client, state: dict[str, Any]) -> list[str]:
-    """Tag the trial runs that the ended sweep left open: trials the driver started and then died
-    before any Tune snapshot recorded them, so the resumed sweep could not continue them."""
-    from ranktune.platform.tracking import CONFIRM_OF_TAG, LOST, REASON_TAG, STATUS_TAG, child_runs
+def close_lost_runs(client, state: dict[str, Any], interrupted: bool = False) -> list[str]:
+    """Tag the trial runs that the ended sweep left open. After an interrupted search (Ctrl-C) they are
+    `interrupted`: Tune's snapshot holds them and `--resume` continues them. After a complete one they
+    are `lost`: the driver died before any Tune snapshot recorded them, so the resumed sweep could not
+    continue them (a run tagged `interrupted` earlier and not continued is lost then too)."""
+    from ranktune.platform.tracking import CONFIRM_OF_TAG, INTERRUPTED, LOST, REASON_TAG, STATUS_TAG, child_runs
 
-    lost = []
+    closed = []
+    storage = shlex.quote(state["storage_dir"]) if state.get("storage_dir") else "SWEEP_DIR"
     for run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
-        if STATUS_TAG in run.data.tags or CONFIRM_OF_TAG in run.data.tags:
+        if run.data.tags.get(STATUS_TAG, INTERRUPTED) != INTERRUPTED or CONFIRM_OF_TAG in run.data.tags:
             continue
-        client.set_tag(run.info.run_id, STATUS_TAG, LOST)
-        client.set_tag(run.info.run_id, REASON_TAG, "the sweep's driver died before Ray Tune's experiment snapshot "
-                       "recorded this trial, so the resumed sweep did not continue it")  # fmt: skip
+        if interrupted:
+            client.set_tag(run.info.run_id, STATUS_TAG, INTERRUPTED)
+            client.set_tag(run.info.run_id, REASON_TAG, "the sweep was interrupted while this trial ran; "
+                           f"`ranktune sweep --resume {storage}` continues it from its last checkpoint")  # fmt: skip
+        else:
+            client.set_tag(run.info.run_id, STATUS_TAG, LOST)
+            client.set_tag(run.info.run_id, REASON_TAG, "the sweep's driver died before Ray Tune's experiment "
+                           "snapshot recorded this trial, so the resumed sweep did not continue it")  # fmt: skip
         client.set_terminated(run.info.run_id, status="KILLED")
-        lost.append(run.info.run_id)
-    return lost
+        closed.append(run.info.run_id)
+    return closed
 
 
 def log_pareto_front(spec: SweepSpec, client, parent: str, trials: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -478,8 +531,11 @@ def log_pareto_front(spec: SweepSpec, client, parent: str, trials: list[dict[str
     return front
 
 
-def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
-    """Rank trials, write best config, results and plots, log them on the MLflow parent run."""
+def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = False) -> dict[str, Any]:
+    """Rank trials, write best config, results and plots, log them on the MLflow parent run.
+
+    `interrupted` (Ctrl-C before every trial ended): the same files from what has run so far, the open
+    trial runs tagged `interrupted`, and the parent run KILLED, not FINISHED: `--resume` continues it."""
     from ranktune.platform.confirm import load_confirm
     from ranktune.platform.ranking import pick_best, pick_winner
     from ranktune.platform.report import write_plots
@@ -489,7 +545,7 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     storage = spec.storage_dir
     client = mlflow_client(state["tracking_uri"])
     parent = state["parent_run_id"]
-    close_lost_runs(client, state)
+    close_lost_runs(client, state, interrupted)
     trials = collect_trials(spec, state)
     (storage / "results.json").write_text(results_json(trials))
     client.log_artifact(parent, str(storage / "results.json"))
@@ -515,8 +571,10 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
         client.log_artifact(parent, str(plot), "plots")
     summary["plots"] = [str(p) for p in plots]
     summary["confirm"] = confirm
-    summary["confirm_failures"] = None if confirm else confirm_failures(spec)
-    client.set_terminated(parent, status="FINISHED")
+    # Replicates that did not all run are no result (an interrupted sweep is not done yet: no verdict either).
+    summary["confirm_failures"] = None if (confirm or interrupted) else confirm_failures(spec)
+    summary["interrupted"] = interrupted
+    client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
     return summary
 
 

@@ -21,9 +21,10 @@ log = logging.getLogger(__name__)
 
 TRIAL_TAG = "ranktune.trial_id"
 SWEEP_TAG = "ranktune.sweep"
-STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed | pruned_memory | lost
+STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed | pruned_memory | lost | interrupted
 PRUNED_MEMORY = "pruned_memory"  # the trial's memory estimate exceeded the sweep's memory_budget_gib
 LOST = "lost"  # started, then its driver died before Tune's snapshot recorded it (see sweep.close_lost_runs)
+INTERRUPTED = "interrupted"  # running when the sweep was stopped (Ctrl-C); `--resume` continues it
 REASON_TAG = "ranktune.failure_reason"
 RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a checkpoint
 RETRIED_TAG = "ranktune.retried_after"  # a failed trial that `sweep --resume` ran again: the failure's reason

@@ -9,11 +9,12 @@ from __future__ import annotations
 import copy
 import math
 import re
+import string
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from ranktune.search_spaces.presets import PRESETS
 from ranktune.search_spaces.space import SearchSpace, format_value
@@ -105,11 +106,28 @@ class Resources(Strict):
         return value
 
 
+# The tracking URIs MLflow can record runs in: a server, a database (SQLAlchemy dialect, optionally
+# `+driver`), a local file store, Databricks. Anything else fails only once Ray and the trials run.
+TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
+
+
 class Tracking(Strict):
     tracking_uri: str | None = None
     """default: sqlite database inside the sweep directory"""
     experiment: str | None = None
     """MLflow experiment; default: the sweep's name"""
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _check_scheme(cls, uri: str | None) -> str | None:
+        if uri is None:
+            return None
+        scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
+        if not uri.strip() or (scheme and scheme not in TRACKING_SCHEMES):
+            shown = re.sub(r"//[^/@]*@", "//", uri)  # no credentials in the message
+            raise ValueError(f"{shown!r} -> an MLflow tracking URI: {', '.join(s + '://' for s in TRACKING_SCHEMES)}"
+                             " (or leave it out for the sweep's own sqlite store)")  # fmt: skip
+        return uri
 
 
 class SweepSpec(Strict):
@@ -137,7 +155,8 @@ class SweepSpec(Strict):
     storage: str = "sweeps/{name}"
     """relative to the working directory; `{name}` is the sweep's name"""
     tracking: Tracking = Field(default_factory=Tracking)
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
+    """Optuna sampler seed (NumPy's range)"""
     memory_budget_gib: float | None = Field(default=None, gt=0)
     """GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it trains (Optuna:
     PRUNED; MLflow: status pruned_memory with the reason). None: no check.
@@ -145,6 +164,14 @@ class SweepSpec(Strict):
 
     spec_dir: str = Field(default=".", exclude=True)
     """Where relative paths in the spec are resolved (the spec file's folder); not a YAML key."""
+
+    @field_validator("storage")
+    @classmethod
+    def _check_storage(cls, storage: str, info: ValidationInfo) -> str:
+        check_storage_template(storage)
+        name = info.data.get("name", "sweep")  # validated before storage (declared first)
+        check_uri_safe_path(Path(storage.format(name=name)).expanduser().resolve())
+        return storage
 
     @model_validator(mode="after")
     def _check_name(self) -> SweepSpec:
@@ -206,6 +233,35 @@ class SweepSpec(Strict):
         if output_dir is not None:
             raw.setdefault("output", {})["dir"] = str(output_dir)
         return config_from_dict(raw)
+
+
+# The sweep's sqlite stores are reached through URIs (`sqlite:///PATH` for Optuna's SQLAlchemy and
+# MLflow): there `?` starts the query, `#` the fragment and `%` an escape, so a path holding one
+# named another file (`sweeps/a?b` put both stores in `sweeps/a`). Such paths are refused.
+URI_UNSAFE_CHARACTERS = "?#%"
+
+
+def check_storage_template(storage: str) -> None:
+    """`storage` is a directory path in which `{name}` is the only placeholder."""
+    if not storage.strip():
+        raise ValueError(f"{storage!r} -> a directory path, e.g. 'sweeps/{{name}}' (empty would be the working "
+                         "directory)")
+    try:
+        fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(storage) if name is not None]
+    except ValueError as exc:
+        raise ValueError(f"{storage!r} -> a path in which '{{name}}' is the only placeholder ({exc}; "
+                         "write '{{' and '}}' for literal braces)") from None  # fmt: skip
+    bad = [name for name, spec, conv in fields if name != "name" or spec or conv]
+    if bad:
+        raise ValueError(f"{storage!r} -> a path in which '{{name}}' is the only placeholder "
+                         f"(found {', '.join(repr('{' + b + '}') for b in bad)})")  # fmt: skip
+
+
+def check_uri_safe_path(path: Path) -> None:
+    found = sorted({c for c in str(path) if c in URI_UNSAFE_CHARACTERS})
+    if found:
+        raise ValueError(f"{str(path)!r} -> a path without {' or '.join(repr(c) for c in found)} "
+                         "(the sweep's sqlite stores are opened by URI, where these characters end or escape the path)")
 
 
 def _yaml(value: Any) -> str:

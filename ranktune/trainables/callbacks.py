@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,21 @@ class Callback:
 
     def on_train_end(self, summary: Metrics) -> None:
         """Once, at a normal end."""
+
+
+def finite_or_null(value: Any) -> Any:
+    """NaN and +/-inf as JSON null: Python's json writes them as bare NaN / Infinity, which is not JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite_or_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite_or_null(v) for v in value]
+    return value
+
+
+def json_line(record: dict[str, Any]) -> str:
+    return json.dumps(finite_or_null(record), allow_nan=False)
 
 
 class JsonlMetrics(Callback):
@@ -57,12 +73,18 @@ class JsonlMetrics(Callback):
                     else (f"line {number}, which is not a JSON record")
                 )
                 log.warning("%s: dropped %s", self.path, where)
-        kept = [line for record, line in records if record["step"] <= step]
+        kept = []
+        for record, line in records:
+            recorded_step = record.get("step") if isinstance(record, dict) else None
+            if isinstance(recorded_step, bool) or not isinstance(recorded_step, int):
+                log.warning("%s: dropped a record without an integer step: %s", self.path, line[:80])
+            elif recorded_step <= step:
+                kept.append(line)
         self.path.write_text("".join(line + "\n" for line in kept))
 
     def _write(self, event: str, metrics: Metrics) -> None:
         with self.path.open("a") as f:
-            f.write(json.dumps({"event": event, **metrics}) + "\n")
+            f.write(json_line({"event": event, **metrics}) + "\n")
 
     def on_log(self, metrics: Metrics) -> None:
         self._write("log", metrics)

@@ -141,25 +141,53 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
     return load_tensors_file(path)
 
 
+# What Trainer.state_dict writes; a file without them (another tool's .pt, a bare tensor) is not resumable.
+CHECKPOINT_KEYS = {"step": int, "tokens_seen": int, "elapsed": float, "method": dict, "model": dict, "data": dict,
+                   "rng": dict, "config": dict}  # fmt: skip
+
+
+def checkpoint_shape_problem(state: Any) -> str | None:
+    if not isinstance(state, dict):
+        return f"it holds a {type(state).__name__}, not a mapping"
+    missing = sorted(CHECKPOINT_KEYS.keys() - state.keys())
+    if missing:
+        return f"no {', '.join(missing)}"
+    wrong = [f"{key} is a {type(state[key]).__name__}" for key, kind in CHECKPOINT_KEYS.items()
+             if not isinstance(state[key], (int, float) if kind is float else kind)]  # fmt: skip
+    return "; ".join(wrong) or None
+
+
 def load_tensors_file(path: str | Path) -> Any:
     """`torch.load` with `weights_only=True`: a file that would need to run code to load is refused."""
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        # The weights-only unpickler names the global it refused; any other unpickling error (e.g.
+        # "invalid load key" from random bytes) is a damaged file, not a dangerous one.
+        if "global" not in str(exc).lower():
+            raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a checkpoint): {first}") from None
         raise UnsafeCheckpoint(
             f"refusing to load {path}: it holds objects other than tensors and plain values, which could run "
             f"code when loaded ({first})"
         ) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a checkpoint): {exc}") from None
+    except Exception as exc:  # noqa: BLE001 - torch's weights-only unpickler fails on random bytes with
+        # IndexError ("pop from empty list"), KeyError, ...: all mean the file is no checkpoint
+        raise CheckpointError(f"checkpoint {path} is unreadable (not a checkpoint: {type(exc).__name__}: "
+                              f"{str(exc)[:120]})") from None  # fmt: skip
 
 
 def load_latest_checkpoint(output_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:
     """The newest checkpoint that verifies, with its state; damaged newer ones are skipped with a warning."""
     for path in reversed(list_checkpoints(output_dir)):
         try:
-            return path, load_checkpoint(path)
+            state = load_checkpoint(path)
+            problem = checkpoint_shape_problem(state)
+            if problem:
+                raise CheckpointError(f"checkpoint {path} is unreadable (not a ranktune checkpoint: {problem})")
+            return path, state
         except UnsafeCheckpoint:
             raise
         except CheckpointError as exc:

@@ -232,7 +232,7 @@ class TrainSection(Section):
     """sequences per forward/backward"""
     grad_clip: float = Field(default=1.0, ge=0.0)
     """global-norm clipping; 0 disables"""
-    seed: int = 0
+    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Model init and data order; CPU runs are bit-for-bit repeatable."""
     device: Literal["auto", "cpu", "cuda"] = "auto"
     """auto: CUDA when present, else CPU."""

@@ -23,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from ranktune.trainables.callbacks import Callback, JsonlMetrics
+from ranktune.trainables.callbacks import Callback, JsonlMetrics, finite_or_null
 from ranktune.trainables.checkpoint import check_resume_compatible, latest_checkpoint, load_latest_checkpoint
 from ranktune.trainables.config import TrainConfig
 from ranktune.trainables.errors import ConfigError
@@ -112,7 +112,7 @@ def start_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
 def finish_run(trainer: Trainer) -> dict[str, Any]:
     """`fit` the trainer and write its summary next to its metrics."""
     summary = trainer.fit()
-    (trainer.output_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    (trainer.output_dir / "summary.json").write_text(json.dumps(finite_or_null(summary), indent=2, allow_nan=False))
     return summary
 
 

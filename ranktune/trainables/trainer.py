@@ -24,6 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from ranktune.trainables.callbacks import Callback, Metrics
 from ranktune.trainables.checkpoint import (
     check_resume_compatible,
+    latest_checkpoint,
     load_latest_checkpoint,
     rng_state,
     save_checkpoint,
@@ -183,6 +184,15 @@ class Trainer:
         """Write a checkpoint (rank 0 only: every rank holds the same state under DDP)."""
         if self.rank != 0:
             return None
+        # A step can leave NaN/inf weights though its own loss (computed before the update) was finite;
+        # saved, they would replace the last good checkpoint that `--resume --set optim.lr=...` needs.
+        bad = next((name for name, p in self.model.named_parameters() if not torch.isfinite(p).all()), None)
+        if bad is not None:
+            kept = latest_checkpoint(self.output_dir)
+            raise TrainingDiverged(
+                f"diverged at step {self.step}: weight {bad} is not finite; not saved"
+                + (f", the last good checkpoint ({kept.name}) is kept" if kept else "")
+            )
         return save_checkpoint(self.output_dir, self.step, self.state_dict(), self.cfg.output.keep_checkpoints)
 
     def resume_from_latest(self) -> bool:
