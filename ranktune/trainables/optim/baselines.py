@@ -95,7 +95,8 @@ def estimate_full_rank(inner: str):
 register(
     "adamw",
     OptimizerEntry(
-        build=build_adamw, estimate_state=estimate_full_rank("adamw"), description="torch AdamW, fp32 moments"
+        build=build_adamw, estimate_state=estimate_full_rank("adamw"), description="torch AdamW, fp32 moments",
+        baseline=True,
     ),
 )
 register(
@@ -105,6 +106,7 @@ register(
         check=lambda cfg: eightbit.bitsandbytes_missing(),
         estimate_state=estimate_full_rank("adamw8bit"),
         description="bitsandbytes 8-bit AdamW",
+        baseline=True,
     ),
 )
 register(

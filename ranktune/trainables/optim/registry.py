@@ -17,6 +17,9 @@ An entry holds:
     estimate_state(shapes, cfg, device)  what the method holds in memory, for `ranktune estimate` and
                                          the sweep's memory budget; None: the estimator refuses the method
     description                          one line for listings
+    baseline                             True for a full-rank reference method (AdamW, 8-bit AdamW): a
+                                         sweep's `confirm` always replicates the best of them, and its
+                                         verdict says whether the winner beats it
     sections                             the TrainConfig sections the method reads besides optim,
                                          schedule and train (galore_*: `galore`; relora, lora:
                                          `relora`); a sweep's best_config.yaml keeps these and drops
@@ -159,6 +162,8 @@ class OptimizerEntry:
     summarize: Callable[[TrainConfig], str] | None = None
     # Config sections the method reads (e.g. ("galore",)): a best config leaves out the others' sections.
     sections: tuple[str, ...] = ()
+    # A full-rank reference (the papers' "full-rank Adam"): `confirm` replicates the best one as the baseline.
+    baseline: bool = False
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}
@@ -184,6 +189,11 @@ def lookup(name: str) -> OptimizerEntry:
         return OPTIMIZERS[name]
     except KeyError:
         raise ValueError(f"optim.name: {name!r} -> one of {sorted(OPTIMIZERS)}") from None
+
+
+def baseline_methods() -> list[str]:
+    """The registered full-rank reference methods (OptimizerEntry.baseline)."""
+    return sorted(name for name, entry in OPTIMIZERS.items() if entry.baseline)
 
 
 def foreign_sections(name: str) -> set[str]:
