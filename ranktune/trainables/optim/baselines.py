@@ -96,7 +96,7 @@ register(
     "adamw",
     OptimizerEntry(
         build=build_adamw, estimate_state=estimate_full_rank("adamw"), description="torch AdamW, fp32 moments",
-        baseline=True,
+        baseline=True, colour="#1f77b4",
     ),
 )
 register(
@@ -107,6 +107,7 @@ register(
         estimate_state=estimate_full_rank("adamw8bit"),
         description="bitsandbytes 8-bit AdamW",
         baseline=True,
+        colour="#8c564b",
     ),
 )
 register(
@@ -115,5 +116,6 @@ register(
         build=build_adafactor,
         estimate_state=estimate_full_rank("adafactor"),
         description="torch Adafactor, factored moments",
+        colour="#7f7f7f",
     ),
 )

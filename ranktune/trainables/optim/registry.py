@@ -17,6 +17,8 @@ An entry holds:
     estimate_state(shapes, cfg, device)  what the method holds in memory, for `ranktune estimate` and
                                          the sweep's memory budget; None: the estimator refuses the method
     description                          one line for listings
+    colour                               the method's colour in every plot and report (hex); distinct
+                                         from the other built-in methods' (None: one from a spare palette)
     baseline                             True for a full-rank reference method (AdamW, 8-bit AdamW): a
                                          sweep's `confirm` always replicates the best of them, and its
                                          verdict says whether the winner beats it
@@ -164,6 +166,8 @@ class OptimizerEntry:
     sections: tuple[str, ...] = ()
     # A full-rank reference (the papers' "full-rank Adam"): `confirm` replicates the best one as the baseline.
     baseline: bool = False
+    # Its colour in plots and reports, the same everywhere; chosen apart from the other methods' colours.
+    colour: str | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}
