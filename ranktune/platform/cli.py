@@ -14,6 +14,51 @@ from ranktune.platform.budget import DEFAULT_BUDGET_GIB
 from ranktune.platform.serve import warn_if_exposed
 
 EXIT_BAD_INPUT = 2
+TERMINAL_FALLBACK_WIDTH = 100  # piped output: the width the ranked table is drawn at
+SWEEP_DIR_HELP = ("a sweep's directory: its spec's `storage` (e.g. sweeps/compare-tiny), holding sweep_state.json, "
+                  "optuna.db and the MLflow store")  # fmt: skip
+
+
+def terminal_width() -> int:
+    import shutil
+
+    return max(40, shutil.get_terminal_size((TERMINAL_FALLBACK_WIDTH, 24)).columns)
+
+
+def wrapped(lines, width: int | None = None) -> str:
+    """`lines` folded to the terminal's width at spaces only (a path or a value is never cut), each
+    continuation indented under its line."""
+    import textwrap
+
+    width = width or terminal_width()
+    out = []
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 4)
+        out += textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
+                             break_on_hyphens=False) or [""]  # fmt: skip
+    return "\n".join(out)
+
+
+def say(*lines: str) -> None:
+    print(wrapped(lines))
+
+
+class TopLevelParser(argparse.ArgumentParser):
+    """`ranktune --help` ends with the registered optimization methods (importing them costs the torch
+    import, so only the top-level help does)."""
+
+    def format_help(self) -> str:
+        from ranktune.trainables.optim import OPTIMIZERS
+
+        width = min(terminal_width(), TERMINAL_FALLBACK_WIDTH)
+        name_width = max(map(len, OPTIMIZERS)) + 2
+        lines = ["methods (optim.name; a sweep's branches choose among them):"]
+        lines += [f"  {name:<{name_width}}{entry.description}" for name, entry in sorted(OPTIMIZERS.items())]
+        import textwrap
+
+        methods = "\n".join(textwrap.fill(line, width, subsequent_indent=" " * (name_width + 2),
+                                           break_long_words=False) for line in lines)  # fmt: skip
+        return super().format_help() + "\n" + methods + "\n"
 
 
 def _add_set_arg(p: argparse.ArgumentParser, what: str, example: str) -> None:
@@ -147,8 +192,8 @@ def _print_outcome(spec, summary: dict) -> None:
     storage = summary["storage"]
     _print_pareto(storage)
     _print_confirm(summary.get("confirm"))
-    print(f"plots: {storage}/plots/   HTML: ranktune report {storage} --html   MLflow UI: ranktune ui {storage}")
-    print("\n".join(winner_lines(spec, summary["best"], storage, summary.get("confirm"))))
+    say(f"plots: {storage}/plots/   HTML: ranktune report {storage} --html   MLflow UI: ranktune ui {storage}")
+    say(*winner_lines(spec, summary["best"], storage, summary.get("confirm")))
 
 
 def _print_pareto(storage: str | Path) -> None:
@@ -158,14 +203,14 @@ def _print_pareto(storage: str | Path) -> None:
     spec, _ = load_state(storage)
     path = Path(storage) / "pareto.json"
     if spec.objectives and path.is_file():
-        print("\n".join(format_front(spec, json.loads(path.read_text()))))
+        say(*format_front(spec, json.loads(path.read_text())))
 
 
 def _print_confirm(confirm: dict | None) -> None:
     from ranktune.platform.confirm import format_confirm
 
     if confirm:
-        print("\n".join(format_confirm(confirm)))
+        say(*format_confirm(confirm))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -185,7 +230,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if spec.objectives:
         from ranktune.platform.pareto import format_front, pareto_front
 
-        print("\n".join(format_front(spec, pareto_front(spec, rows))))
+        say(*format_front(spec, pareto_front(spec, rows)))
     if args.max_memory_gib is not None:
         _print_best_within(spec, rows, args.max_memory_gib)
     confirm = load_confirm(storage)
@@ -193,15 +238,15 @@ def cmd_report(args: argparse.Namespace) -> int:
     plots_dir = storage / "plots"
     if not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
         plots = write_plots(spec, state, rows, plots_dir)  # drawn once; --plots redraws
-        print("plots: " + ", ".join(str(p) for p in plots))
+        say("plots: " + ", ".join(str(p) for p in plots))
     elif plots_dir.is_dir():
-        print(f"plots: {plots_dir}/ (--plots redraws them)")
+        say(f"plots: {plots_dir}/ (--plots redraws them)")
     if args.html:
         from ranktune.platform.report_html import write_html_report
 
-        print(f"HTML report: {write_html_report(spec, state, rows)}")
+        say(f"HTML report: {write_html_report(spec, state, rows)}")
     winner = pick_winner(rows, spec.objective.mode, confirm)
-    print("\n".join(winner_lines(spec, winner, str(storage), confirm)))
+    say(*winner_lines(spec, winner, str(storage), confirm))
     return 0
 
 
@@ -218,12 +263,12 @@ def _print_best_within(spec, rows: list[dict], max_gib: float) -> None:
 
     best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
     for line in passed_over:
-        print(f"  passed over {line}")
+        say(f"  passed over {line}")
     if best is None:
-        print(f"no finished trial's memory estimate fits {max_gib:g} GiB")
+        say(f"no finished trial's memory estimate fits {max_gib:g} GiB")
     else:
-        print(f"best under {max_gib:g} GiB: trial {best['trial_id']} objective {best['objective']:.4f} with "
-              f"{best['params']}")  # fmt: skip
+        say(f"best under {max_gib:g} GiB: trial {best['trial_id']} objective {best['objective']:.4f} with "
+            f"{best['params']}")  # fmt: skip
 
 
 def _cuda() -> bool:
@@ -315,10 +360,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                          rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
                          max_memory_gib=args.max_memory_gib)  # fmt: skip
     if result.substitute:
-        print(result.substitute)
-    print(f"exported trial {result.trial_id} -> {result.config_path}")
-    print(result.verdict.line())
-    print(f"launch: {result.command}")
+        say(result.substitute)
+    say(f"exported trial {result.trial_id} -> {result.config_path}", result.verdict.line(), f"launch: {result.command}")
     return 0
 
 
@@ -329,12 +372,17 @@ def _dump_yaml(data: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from ranktune import __version__
+
+    parser = TopLevelParser(
         prog="ranktune",
-        description="Find the best low-rank (GaLore / ReLoRA) recipe for LLaMA pretraining.",
-    )
+        description="Find the best low-rank pretraining recipe (GaLore, Fira, APOLLO, ReLoRA, LoRA against full-rank "
+                    "AdamW) for LLaMA: sweep on a small proxy, replicate the winner, export it for a 7b run.",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"ranktune {__version__}")
+    # The commands' own parsers are plain: only the top-level help lists methods (and imports torch).
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser)
 
     p = sub.add_parser("train", help="pretrain one model from a config (progress, metrics.jsonl, checkpoints)")
     _add_config_args(p)
@@ -360,13 +408,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna + ASHA, tracked in MLflow)")
     p.add_argument("spec", nargs="?", help="sweep spec YAML (see docs/sweeps.md)")
     _add_set_arg(p, "a spec field", "budget.num_trials=4")
-    p.add_argument("--resume", metavar="SWEEP_DIR", help="finish a sweep whose driver stopped or was killed")
+    p.add_argument("--resume", metavar="SWEEP_DIR",
+                   help=f"finish a sweep whose driver stopped or was killed; SWEEP_DIR: {SWEEP_DIR_HELP}")  # fmt: skip
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--quiet", action="store_true", help="no live progress table")
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="ranked table of a sweep's trials, and its plots")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--csv", action="store_true", help="print the table as CSV (nothing else)")
     out.add_argument("--json", action="store_true", help="print the table as JSON (nothing else)")
@@ -381,13 +430,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI on a sweep's tracking store (127.0.0.1 by default)")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
     p.add_argument("--port", type=int, default=5000, help="port to listen on (default 5000)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study (127.0.0.1 by default)")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
     p.add_argument("--port", type=int, default=8080, help="port to listen on (default 8080)")
     p.set_defaults(func=cmd_dashboard)
@@ -411,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("export", help="turn a sweep's best trial into a single-GPU config for a target model")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.add_argument("--target", default="7b", help="target model preset (default 7b)")
     p.add_argument(
         "--budget-gib", type=float, default=DEFAULT_BUDGET_GIB, help="GPU memory budget in GiB (default %(default)g)"

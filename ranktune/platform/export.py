@@ -360,6 +360,8 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
 
     rules = rules or ScalingRules()
+    if target not in MODEL_PRESETS:  # before any memory estimate: those would be about a model that does not exist
+        raise ConfigError([f"--target: {target!r} -> one of {sorted(MODEL_PRESETS)} (model presets: ranktune models)"])
     spec, state = load_state(sweep_dir)
     rows = collect_trials(spec, state)
     substitute = None
