@@ -7,19 +7,19 @@ import re
 from browser import distinct_colours, dump_dom, needs_chromium, screenshot, with_error_probe
 from test_report_table import ROWS, SPEC
 
+from ranktune.platform.confirm import summarize
 from ranktune.platform.plots import informative_range, method_colour
 from ranktune.platform.report_html import render_html
 from ranktune.platform.report_table import flat_rows, method_of
+from ranktune.search_spaces import spec_from_dict
 
 METHODS = [method_of(SPEC, r["params"]) for r in ROWS]
 CURVES = {r["run_id"]: {"eval_loss": [(0, 10.4), (20, 7.9 + i / 10), (40, 7.2 + i / 10), (80, 6.8 + i / 10)],
                         "train_loss": [(5, 9.0), (40, 7.3), (80, 6.9)]} for i, r in enumerate(ROWS)}  # fmt: skip
-CONFIRM = {"seeds": 2, "metric": "eval_loss", "verdict": "not resolved", "why": "gap 0.01 < spread 0.03",
-           "rule": "mean gap > std + std", "configurations": [
-               {"trial_id": "3f2f0c47", "params": ROWS[0]["params"], "mean": 6.83, "std": 0.01, "n": 2,
-                "search_objective": 6.8278},
-               {"trial_id": "e5d27066", "params": ROWS[1]["params"], "mean": 6.84, "std": 0.02, "n": 2,
-                "search_objective": 6.8439}]}  # fmt: skip
+# The replicates of the top two, as confirm.summarize writes them: adamw is both runner-up and baseline.
+CONFIRM = summarize(spec_from_dict({"name": "compare-tiny", "space": {"params": {"optim.lr": {"type": "loguniform",
+                    "low": 1e-3, "high": 2e-2}}}, "confirm": {"top_k": 2, "seeds": 2}}), ROWS[:2],
+                    {0: [6.82, 6.84], 1: [6.83, 6.85]})  # fmt: skip
 
 
 def page(tmp_path):
@@ -36,7 +36,8 @@ def test_report_is_self_contained_with_table_charts_and_next_command(tmp_path):
     assert text.count("Plotly.newPlot") == 7
     assert "winner: adamw8bit (trial 3f2f0c47" in text and "ranktune export sweeps/demo --target 7b" in text
     assert "galore.rank=64 galore.update_proj_gap=30" in text and "diverged at step 3" in text
-    assert "verdict: not resolved" in text
+    assert "verdict, adamw8bit vs adamw (runner-up): add seeds" in text
+    assert "verdict, adamw8bit (baseline): winner is the baseline" in text and "about 32 seeds per arm" in text
 
 
 def test_method_colours_are_fixed_and_the_y_range_leaves_out_the_untrained_start():

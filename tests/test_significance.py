@@ -46,6 +46,9 @@ def test_clear_gap_is_resolved_small_gap_is_a_tie():
     # The same gap with a wide spread: neither; the seeds needed are those that would show the tie
     wide = compare(("a", [2.9, 3.0, 3.1]), [("b", [2.901, 3.001, 3.101])], tie_threshold=0.01)[0]
     assert wide.verdict == ADD_SEEDS and wide.seeds_per_arm > 100
+    # a gap right at the threshold: the count to detect it, finite (0.01 - 0.01 is not an effect size)
+    edge = compare(("a", [6.82, 6.84]), [("b", [6.83, 6.85])], tie_threshold=0.01)[0]
+    assert edge.verdict == ADD_SEEDS and edge.seeds_per_arm == 32  # 2 (2.8 x 0.01414 / 0.01)^2 = 31.4, rounded up
 
 
 def test_holm_correction_over_several_comparisons():

@@ -277,23 +277,46 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def mlflow_ui_command(state: dict, artifacts: Path, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """`mlflow ui` sized for one person reading one sweep: one web worker (MLflow's default is 4) and no
+    job-execution consumers (MLflow 3's Huey workers run GenAI jobs; together ~3.5 GiB of RAM idle)."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
+           "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    if artifacts.is_dir():
+        cmd += ["--default-artifact-root", artifacts.as_uri()]
+    return cmd, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+
+
+def refresh_sweep_views(spec, state: dict) -> bool:
+    """What `ranktune ui` shows, brought up to date: roles on runs tracked before they existed, the
+    trials view, the parent's note naming the sweep's directory as it is now (after a copy or move).
+    Returns whether the view was stored."""
+    from ranktune.platform.confirm import load_confirm
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.sweep import parent_note, store_runs_view
+    from ranktune.platform.tracking import NOTE_TAG, mlflow_client, tag_roles
+
+    client = mlflow_client(state["tracking_uri"])
+    tag_roles(client, state)
+    view = store_runs_view(client, spec, state["experiment_id"])
+    trials = collect_trials(spec, state)
+    if trials:
+        note = parent_note(spec, state, trials, load_confirm(spec.storage_dir))
+        client.set_tag(state["parent_run_id"], NOTE_TAG, note)
+    return view
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    from ranktune.platform.serve import serve_until_stopped
     from ranktune.platform.sweep import load_state
+    from ranktune.platform.tracking import runs_page_url
 
     spec, state = load_state(args.sweep_dir)
     warn_if_exposed("MLflow UI", args.host, args.port, "can read and change every run (MLflow has no login)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
-           "--host", args.host, "--port", str(args.port)]  # fmt: skip
-    artifacts = spec.storage_dir / "mlartifacts"
-    if artifacts.is_dir():
-        cmd += ["--default-artifact-root", artifacts.as_uri()]
-    from ranktune.platform.serve import serve_until_stopped
-    from ranktune.platform.tracking import mlflow_client, runs_page_url, set_runs_view
-
+    cmd, env = mlflow_ui_command(state, spec.storage_dir / "mlartifacts", args.host, args.port)
+    os.environ.update(env)  # inherited by the server
     base = f"http://{'127.0.0.1' if args.host in ('0.0.0.0', '::') else args.host}:{args.port}"
-    # (Re)stored here too, for sweeps started before the view existed.
-    view = set_runs_view(mlflow_client(state["tracking_uri"]), state["experiment_id"], spec.objective.metric,
-                         spec.objective.mode)  # fmt: skip
+    view = refresh_sweep_views(spec, state)  # also for sweeps started before the view existed
     return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state["experiment_id"], view),
                                f"MLflow UI for {spec.name}")  # fmt: skip
 

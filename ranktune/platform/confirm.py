@@ -133,10 +133,11 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
     """
     if spec.confirm is None:
         return None
+    from mlflow.entities import Param
     from ray import tune
 
     from ranktune.platform.report import collect_trials
-    from ranktune.platform.tracking import CONFIRM_OF_TAG, SWEEP_TAG, mlflow_client
+    from ranktune.platform.tracking import CONFIGURATION, CONFIRM_OF_TAG, ROLE_TAG, SWEEP_TAG, mlflow_client, run_name
 
     path = spec.storage_dir / CONFIRM_FILE
     if path.is_file():  # a resumed sweep whose replicates had all finished
@@ -148,10 +149,13 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
     config_runs = state.setdefault("confirm_runs", {})
     for row in chosen:
         if row["trial_id"] not in config_runs:
-            tags = {"mlflow.parentRunId": state["parent_run_id"], CONFIRM_OF_TAG: row["trial_id"], SWEEP_TAG: spec.name}
-            run = client.create_run(
-                state["experiment_id"], run_name=f"{spec.name}-confirm-{row['trial_id']}", tags=tags
-            )
+            tags = {"mlflow.parentRunId": state["parent_run_id"], CONFIRM_OF_TAG: row["trial_id"], SWEEP_TAG: spec.name,
+                    ROLE_TAG: CONFIGURATION}  # fmt: skip
+            name = f"{run_name(row['params'], row['trial_id'])}-replicated"
+            run = client.create_run(state["experiment_id"], run_name=name, tags=tags)
+            # its params as the trials': the runs view groups by optim.name and shows each method's own
+            params = [Param(k, str(v)[:6000]) for k, v in sorted(row["params"].items())]
+            client.log_batch(run.info.run_id, params=params)
             config_runs[row["trial_id"]] = run.info.run_id
     save_state()
     points = replicate_points(spec, chosen)
@@ -191,6 +195,8 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
         for key in ("mean", "std", "n"):
             if entry[key] is not None:
                 client.log_metric(run_id, f"{spec.objective.metric}_{key}", float(entry[key]))
+        if entry["mean"] is not None:  # ranks the configuration among the trials in the runs view
+            client.log_metric(run_id, f"final_{spec.objective.metric}", float(entry["mean"]))
         client.set_terminated(run_id, status="FINISHED")
     client.set_tag(state["parent_run_id"], "ranktune.verdict", f"{summary['verdict']}: {summary['why']}")
     if "baseline_verdict" in summary:

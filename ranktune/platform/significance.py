@@ -16,7 +16,8 @@ Verdict of one comparison:
     tie         the interval lies within +/- tie_threshold: the two are practically equal
     add seeds   neither: about 2 * (2.8 sigma / gap)^2 replicates per arm detect the observed gap with
                 80% power at alpha 5% (2.8 = z_0.975 + z_0.8; sigma^2 = the mean of the two variances);
-                when the gap is inside the threshold, the count that would show the tie instead
+                when the gap is under half the threshold, the count that would show the tie instead
+                (2.8 sigma / (threshold - gap) in place of 2.8 sigma / gap)
     too few replicates   an arm has fewer than 2 values (no spread)
 
 A std-overlap rule ("means differ by more than the sum of the stds") is not used: it compares spreads,
@@ -103,7 +104,9 @@ def seeds_per_arm(gap: float, winner: list[float], other: list[float], tie_thres
     """Replicates per arm for 80% power at alpha 5%: to detect `gap`, or, when the gap is inside the
     threshold, to show that the interval fits inside it."""
     sigma = math.sqrt((statistics.variance(winner) + statistics.variance(other)) / 2.0)
-    effect = abs(gap) if abs(gap) >= tie_threshold else tie_threshold - abs(gap)
+    # The nearer goal: a gap under half the threshold is shown a tie, a larger one detected; either way
+    # the effect is >= threshold / 2, so the count stays finite next to the threshold.
+    effect = tie_threshold - abs(gap) if abs(gap) < tie_threshold / 2 else abs(gap)
     return max(2, math.ceil(2.0 * (POWER_Z * sigma / effect) ** 2)) if effect > 0 else 2
 
 
