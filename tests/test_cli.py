@@ -89,3 +89,44 @@ def test_schedule_shows_relora_sawtooth(tmp_path):
     assert "restarts after [30, 60, 90]" in out.stdout
     assert "step      30  lr 0  <- restart" in out.stdout
     assert (tmp_path / "lr.png").stat().st_size > 1000
+
+
+def test_version_and_top_level_help_names_every_registered_method():
+    from ranktune import __version__
+    from ranktune.trainables.optim import OPTIMIZERS
+
+    out = ranktune("--version")
+    assert out.returncode == 0 and out.stdout.strip() == f"ranktune {__version__}"
+    out = ranktune("--help")
+    assert out.returncode == 0
+    methods = out.stdout.split("methods (optim.name", 1)[1]
+    assert all(f"  {name} " in methods for name in OPTIMIZERS), methods
+
+
+def test_every_command_that_takes_a_sweep_dir_says_what_it_is():
+    for command in ("report", "ui", "dashboard", "export"):
+        out = ranktune(command, "--help")
+        text = " ".join(out.stdout.split())
+        assert "sweep_dir a sweep's directory: its spec's `storage`" in text, (command, out.stdout)
+    assert "SWEEP_DIR: a sweep's directory" in " ".join(ranktune("sweep", "--help").stdout.split())
+
+
+def test_export_refuses_an_unknown_target_before_anything_else(tmp_path):
+    out = ranktune("export", str(tmp_path / "no-such-sweep"), "--target", "13b")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines() == [
+        "error: --target: '13b' -> one of ['130m', '1b', '350m', '60m', '7b', 'tiny', 'tiny4'] (model presets: "
+        "ranktune models)"]  # fmt: skip
+
+
+def test_printed_lines_fold_at_spaces_within_the_width():
+    from ranktune.platform.cli import wrapped
+
+    line = ("verdict, apollo_adamw vs galore_adamw (runner-up): add seeds (gap 0.0551, 95% interval [-0.0315, "
+            "0.142]; Welch t 1.98, df 3.1, p 0.14; about 7 seeds per arm needed) sweeps/compare-tiny-1765000000/"
+            "plots/a_very_long_path_that_cannot_be_broken.png")  # fmt: skip
+    text = wrapped(["  " + line], width=60)
+    lines = text.splitlines()
+    assert text.split() == line.split()  # every word whole, in order
+    assert all(len(ln) <= 60 for ln in lines if " " in ln.strip())  # only a lone unbreakable word may be wider
+    assert all(ln.startswith("      ") for ln in lines[1:])  # continuations indented under their line

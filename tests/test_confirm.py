@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ranktune.platform.confirm import fixed_points, select_configurations, summarize
+from ranktune.platform.confirm import fixed_points, format_confirm, select_configurations, summarize
 from ranktune.search_spaces import spec_from_dict
 
 BASE = {"model": {"name": "tiny"}, "train": {"batch_size": 8, "micro_batch_size": 8}}
@@ -39,17 +39,52 @@ def test_replicate_searcher_resumes_with_what_is_left(tmp_path):
     assert [resumed.suggest("t2"), resumed.suggest("t3"), resumed.suggest("t4")] == [*points[1:], Searcher.FINISHED]
 
 
-def test_verdict_resolved_only_when_the_gap_exceeds_the_spread():
+def test_verdict_is_welchs_test_against_the_runner_up():
     chosen = [row("a", "adamw", 3.0), row("l", "lora", 3.1)]
     clear = summarize(spec(), chosen, {0: [3.00, 3.01, 3.02], 1: [3.20, 3.21, 3.22]})
-    assert clear["verdict"] == "resolved" and clear["winner"] == "a"
-    assert clear["gap"] == pytest.approx(0.2) and clear["spread"] == pytest.approx(0.02)
-    # a 0.01 difference of means inside a 0.1 seed spread is not a win
+    assert clear["verdict"] == "resolved" and clear["winner"] == "a" and clear["runner_up"] == "l"
+    assert clear["comparisons"][0]["gap"] == pytest.approx(0.2) and clear["comparisons"][0]["p"] < 1e-4
+    # a 0.01 difference of means inside a 0.1 seed spread is not a win: more seeds would tell
     noisy = summarize(spec(), chosen, {0: [3.0, 3.1, 3.2], 1: [3.01, 3.11, 3.21]})
-    assert noisy["verdict"] == "not resolved" and noisy["configurations"][0]["trial_id"] == "a"
+    assert noisy["verdict"] == "add seeds" and noisy["configurations"][0]["trial_id"] == "a"
+    assert noisy["comparisons"][0]["seeds_per_arm"] > 3
     # ranking is by the replicates' mean, not by the searched run
     flipped = summarize(spec(), chosen, {0: [3.30, 3.31, 3.32], 1: [3.00, 3.01, 3.02]})
     assert flipped["winner"] == "l"
+    borderline = summarize(spec(), chosen, {0: [3.00, 3.03, 3.06], 1: [3.07, 3.10, 3.13]})
+    assert borderline["verdict"] == "resolved"  # gap 0.07, se 0.0245: t 2.86, p 0.046
+    lucky = summarize(spec(), chosen, {0: [3.00, 3.05, 3.10], 1: [3.11, 3.16, 3.21]})
+    # the old rule (gap > std + std) called this resolved; Welch's 95% interval contains 0
+    assert lucky["verdict"] == "add seeds"  # gap 0.11 > std + std 0.10, but t 2.69, p 0.054
+
+
+THREE_METHODS = {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+                 "branches": {"key": "optim.name", "choices": {"adamw": {}, "lora": {}, "galore_adamw": {}}}}
+
+
+def test_the_best_baseline_is_always_replicated_and_judged():
+    three = spec(space=THREE_METHODS)
+    rows = [row("g", "galore_adamw", 3.0), row("l", "lora", 3.05), row("a", "adamw", 3.2),
+            row("a2", "adamw", 3.3)]  # fmt: skip
+    chosen = select_configurations(three, rows)
+    assert [r["trial_id"] for r in chosen] == ["g", "l", "a"]  # top 2 methods, then the best full-rank baseline
+    summary = summarize(three, chosen, {0: [3.00, 3.01, 3.02], 1: [3.04, 3.06, 3.08], 2: [3.20, 3.21, 3.22]})
+    assert summary["winner"] == "g" and summary["runner_up"] == "l" and summary["baseline"] == "a"
+    assert summary["baseline_verdict"] == "resolved" and len(summary["comparisons"]) == 2
+    assert all(c["p_holm"] >= c["p"] for c in summary["comparisons"])  # Holm over the two comparisons
+    lines = format_confirm(summary)
+    assert any(line.startswith("verdict, galore_adamw vs lora (runner-up):") for line in lines)
+    assert any(line.startswith("verdict, galore_adamw vs adamw (baseline): resolved") for line in lines)
+    # a baseline already among the top methods is not replicated twice; a baseline winner says so
+    rows = [row("a", "adamw", 3.0), row("g", "galore_adamw", 3.1), row("l", "lora", 3.2)]
+    chosen = select_configurations(three, rows)
+    assert [r["trial_id"] for r in chosen] == ["a", "g"]
+    summary = summarize(three, chosen, {0: [3.0, 3.01, 3.02], 1: [3.1, 3.11, 3.12]})
+    assert summary["baseline_verdict"] == "winner is the baseline"
+    # no baseline method in the sweep: said, not guessed
+    no_base = spec(space={"branches": {"key": "optim.name", "choices": {"lora": {}, "galore_adamw": {}}}})
+    chosen = select_configurations(no_base, [row("g", "galore_adamw", 3.0), row("l", "lora", 3.1)])
+    assert summarize(no_base, chosen, {0: [3.0, 3.01], 1: [3.1, 3.11]})["baseline_verdict"] == "no baseline"
 
 
 @pytest.mark.slow  # about a minute on 2 cores: 3 search trials and 4 replicates of 10 steps

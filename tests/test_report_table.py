@@ -56,6 +56,9 @@ def test_table_fits_100_columns_method_first_one_params_column_reasons_below():
     galore_line = next(line for line in lines if "galore_adamw" in line)
     assert "relora." not in galore_line
     assert "stop@20" in text and "5e6f7a8b stopped: milestone 40" in text
+    # no key=value is cut across lines (relora.restart_warmup_steps=4 is wider than the column's share)
+    for word in " ".join(r["params"] for r in flat_rows(SPEC, ROWS)).split():
+        assert word in text, word
     assert "9c0d1e2f failed: diverged at step 3" in text
 
 

@@ -127,6 +127,48 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     assert best_text.startswith(f"# best config of sweep 'e2e': trial {good.data.tags['ranktune.trial_id']} (adamw)")
     assert not {"galore", "relora", "apollo", "apollo_mini", "fira"} & yaml.safe_load(best_text).keys()
 
+    # The Optuna study says what MLflow says (optuna-dashboard reads it): stopped trials PRUNED with their
+    # curves by step, the diverged one FAIL, metric names, the MLflow run and status on each trial.
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name="e2e", storage=f"sqlite:///{spec.storage_dir / 'optuna.db'}")
+    assert study.metric_names == ["eval_loss"]
+    by_run = {t.user_attrs.get("mlflow_run_id"): t for t in study.trials}
+    assert set(by_run) == {c.info.run_id for c in children}
+    assert by_run[good.info.run_id].state == TrialState.COMPLETE
+    assert sorted(by_run[good.info.run_id].intermediate_values) == [0, 5, 10, 15, 20]
+    for lr in (1e-6, 2e-6):
+        pruned = by_run[by_lr[lr].info.run_id]
+        assert pruned.state == TrialState.PRUNED and sorted(pruned.intermediate_values) == [0, 5]
+        assert pruned.user_attrs["status"] == "stopped_early" and "milestone" in pruned.user_attrs["stop_reason"]
+    assert by_run[failed.info.run_id].state == TrialState.FAIL
+    assert [t.user_attrs["status"] for t in sorted(study.trials, key=lambda t: t.number)] == [
+        "finished", "stopped_early", "stopped_early", "failed"]  # fmt: skip
+    assert "| adamw |" in study.user_attrs["ranked_table"]
+    from optuna_dashboard._note import get_note_from_system_attrs
+
+    note = get_note_from_system_attrs(study.system_attrs, None)["body"]
+    assert note.startswith("winner: adamw") and "| adamw |" in note
+    # the history's order is the order the trials started (grid order here), whatever their ids
+    rows = collect_trials(spec, state)
+    from ranktune.platform.plots import start_order
+
+    assert [rows[i]["params"]["optim.lr"] for i in start_order(rows)] == [3e-3, 1e-6, 2e-6, POISONED_LR]
+
+    # MLflow's shared trials view: the method and its params as columns, every run in the charts, MiB,
+    # runs found by their role (replicates nested under their configuration)
+    from ranktune.platform.tracking import ROLE_TAG, SHARED_VIEW_TAG
+
+    view = json.loads(client.get_experiment(state["experiment_id"]).tags[SHARED_VIEW_TAG])
+    assert view["selectedColumns"][:2] == ["params.`optim.name`", "params.`optim.lr`"]
+    assert view["runsHiddenMode"] == "SHOW_ALL" and "metrics.`final_optimizer_state_MiB`" in view["selectedColumns"]
+    listed = client.search_runs([state["experiment_id"]], filter_string=view["searchFilter"])
+    assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
+    assert {c.data.tags[ROLE_TAG] for c in children} == {"trial"}
+    assert good.data.metrics["final_optimizer_state_MiB"] == pytest.approx(
+        good.data.metrics["final_optimizer_state_bytes"] / 2**20)
+
 
 def _session_pids(sid: int) -> list[int]:
     pids = []

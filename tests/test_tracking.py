@@ -112,3 +112,53 @@ def test_run_names_say_method_rank_and_learning_rate():
     )
     assert run_name({"optim.name": "adamw8bit", "optim.lr": 0.0047}, "cd34") == "adamw8bit-lr4.7e-3-cd34"
     assert run_name({"train.steps": 10}, "ef56") == "ef56"
+
+
+def test_run_names_carry_every_methods_rank_and_a_replicates_seed():
+    from ranktune.platform.tracking import run_name
+
+    assert run_name({"optim.name": "apollo_adamw", "apollo.rank": 32, "optim.lr": 0.01}, "ab12") == (
+        "apollo_adamw-r32-lr1e-2-ab12")  # fmt: skip
+    assert run_name({"optim.name": "fira_adamw", "fira.rank": 16, "optim.lr": 0.002}, "cd34") == (
+        "fira_adamw-r16-lr2e-3-cd34")  # fmt: skip
+    assert run_name({"optim.name": "relora", "relora.rank": 8, "train.seed": 2}, "ef56") == "relora-r8-seed2-ef56"
+    # a rank of another method's section is not this method's
+    assert run_name({"optim.name": "adamw", "galore.rank": 64}, "gh78") == "adamw-gh78"
+
+
+def test_runs_view_has_method_columns_every_run_in_charts_and_method_groups():
+    from ranktune.platform.tracking import runs_view_state
+
+    view = runs_view_state("eval_loss", "min", ["galore.rank", "optim.lr", "optim.name"], ["adamw", "galore_adamw"])
+    assert view["selectedColumns"][:3] == ["params.`optim.name`", "params.`galore.rank`", "params.`optim.lr`"]
+    assert "metrics.`final_peak_memory_MiB`" in view["selectedColumns"]
+    assert not any("bytes" in column for column in view["selectedColumns"])
+    assert view["runsHiddenMode"] == "SHOW_ALL"  # MLflow's default charts only the first 10 runs
+    assert view["groupBy"]["groupByKeys"] == [{"mode": "param", "groupByData": "optim.name"}]
+    assert view["groupsExpanded"] == {"param.optim.name.adamw": True, "param.optim.name.galore_adamw": True}
+    assert view["searchFilter"] == "tags.`ranktune.role` LIKE '%'" and view["orderByAsc"] is True
+
+
+def test_roles_are_given_to_runs_of_older_sweeps_and_replicates_say_what_they_replicate(tmp_path):
+    from ranktune.platform.tracking import CONFIRM_OF_TAG, REPLICATE_OF_TAG, ROLE_TAG, tag_roles
+
+    client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    trial = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
+    config = client.create_run(experiment, tags={"mlflow.parentRunId": parent, CONFIRM_OF_TAG: "t1"}).info.run_id
+    replicate = client.create_run(experiment, tags={"mlflow.parentRunId": config}).info.run_id
+    state = {"experiment_id": experiment, "parent_run_id": parent}
+    assert tag_roles(client, state) == 3 and tag_roles(client, state) == 0
+    tags = {r: client.get_run(r).data.tags for r in (trial, config, replicate)}
+    assert [tags[r][ROLE_TAG] for r in (trial, config, replicate)] == ["trial", "configuration", "replicate"]
+    assert tags[replicate][REPLICATE_OF_TAG] == "t1"
+    assert ROLE_TAG not in client.get_run(parent).data.tags  # the sweep's parent is not listed
+
+
+def test_mlflow_ui_is_sized_for_one_person(tmp_path):
+    from ranktune.platform.cli import mlflow_ui_command
+
+    cmd, env = mlflow_ui_command({"tracking_uri": "sqlite:///x.db"}, tmp_path / "none", "127.0.0.1", 5000)
+    assert cmd[cmd.index("--workers") + 1] == "1"
+    assert env == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

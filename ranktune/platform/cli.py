@@ -39,6 +39,51 @@ def tcp_port(text: str) -> int:
     if not 1 <= value <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} -> a port number 1-65535")
     return value
+TERMINAL_FALLBACK_WIDTH = 100  # piped output: the width the ranked table is drawn at
+SWEEP_DIR_HELP = ("a sweep's directory: its spec's `storage` (e.g. sweeps/compare-tiny), holding sweep.json, "
+                  "optuna.db and the MLflow store")  # fmt: skip
+
+
+def terminal_width() -> int:
+    import shutil
+
+    return max(40, shutil.get_terminal_size((TERMINAL_FALLBACK_WIDTH, 24)).columns)
+
+
+def wrapped(lines, width: int | None = None) -> str:
+    """`lines` folded to the terminal's width at spaces only (a path or a value is never cut), each
+    continuation indented under its line."""
+    import textwrap
+
+    width = width or terminal_width()
+    out = []
+    for line in lines:
+        indent = " " * (len(line) - len(line.lstrip(" ")) + 4)
+        out += textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
+                             break_on_hyphens=False) or [""]  # fmt: skip
+    return "\n".join(out)
+
+
+def say(*lines: str) -> None:
+    print(wrapped(lines))
+
+
+class TopLevelParser(argparse.ArgumentParser):
+    """`ranktune --help` ends with the registered optimization methods (importing them costs the torch
+    import, so only the top-level help does)."""
+
+    def format_help(self) -> str:
+        from ranktune.trainables.optim import OPTIMIZERS
+
+        width = min(terminal_width(), TERMINAL_FALLBACK_WIDTH)
+        name_width = max(map(len, OPTIMIZERS)) + 2
+        lines = ["methods (optim.name; a sweep's branches choose among them):"]
+        lines += [f"  {name:<{name_width}}{entry.description}" for name, entry in sorted(OPTIMIZERS.items())]
+        import textwrap
+
+        methods = "\n".join(textwrap.fill(line, width, subsequent_indent=" " * (name_width + 2),
+                                           break_long_words=False) for line in lines)  # fmt: skip
+        return super().format_help() + "\n" + methods + "\n"
 
 
 def _add_set_arg(p: argparse.ArgumentParser, what: str, example: str) -> None:
@@ -184,8 +229,8 @@ def _print_outcome(spec, summary: dict) -> None:
     _print_pareto(storage)
     _print_confirm(summary.get("confirm"))
     quoted = shlex.quote(str(storage))
-    print(f"plots: {storage}/plots/   HTML: ranktune report {quoted} --html   MLflow UI: ranktune ui {quoted}")
-    print("\n".join(winner_lines(spec, summary["best"], storage, summary.get("confirm"))))
+    say(f"plots: {storage}/plots/   HTML: ranktune report {quoted} --html   MLflow UI: ranktune ui {quoted}")
+    say(*winner_lines(spec, summary["best"], storage, summary.get("confirm")))
 
 
 def _print_pareto(storage: str | Path) -> None:
@@ -195,14 +240,14 @@ def _print_pareto(storage: str | Path) -> None:
     spec, _ = load_state(storage)
     path = Path(storage) / "pareto.json"
     if spec.objectives and path.is_file():
-        print("\n".join(format_front(spec, json.loads(path.read_text()))))
+        say(*format_front(spec, json.loads(path.read_text())))
 
 
 def _print_confirm(confirm: dict | None) -> None:
     from ranktune.platform.confirm import format_confirm
 
     if confirm:
-        print("\n".join(format_confirm(confirm)))
+        say(*format_confirm(confirm))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
@@ -227,7 +272,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if spec.objectives:
         from ranktune.platform.pareto import format_front, pareto_front
 
-        print("\n".join(format_front(spec, pareto_front(spec, rows))))
+        say(*format_front(spec, pareto_front(spec, rows)))
     if args.max_memory_gib is not None:
         _print_best_within(spec, rows, args.max_memory_gib)
     confirm = load_confirm(storage)
@@ -237,15 +282,15 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"plots: {plots_dir}/ as last drawn" if plots_dir.is_dir() else "plots: none (they need the server)")
     elif not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
         plots = write_plots(spec, state, rows, plots_dir)  # drawn once; --plots redraws
-        print("plots: " + ", ".join(str(p) for p in plots))
+        say("plots: " + ", ".join(str(p) for p in plots))
     elif plots_dir.is_dir():
-        print(f"plots: {plots_dir}/ (--plots redraws them)")
+        say(f"plots: {plots_dir}/ (--plots redraws them)")
     if args.html and not offline:
         from ranktune.platform.report_html import write_html_report
 
-        print(f"HTML report: {write_html_report(spec, state, rows)}")
+        say(f"HTML report: {write_html_report(spec, state, rows)}")
     winner = pick_winner(rows, spec.objective.mode, confirm)
-    print("\n".join(winner_lines(spec, winner, str(storage), confirm, running=running_owner(storage))))
+    say(*winner_lines(spec, winner, str(storage), confirm, running=running_owner(storage)))
     return 0
 
 
@@ -262,12 +307,12 @@ def _print_best_within(spec, rows: list[dict], max_gib: float) -> None:
 
     best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
     for line in passed_over:
-        print(f"  passed over {line}")
+        say(f"  passed over {line}")
     if best is None:
-        print(f"no finished trial's memory estimate fits {max_gib:g} GiB")
+        say(f"no finished trial's memory estimate fits {max_gib:g} GiB")
     else:
-        print(f"best under {max_gib:g} GiB: trial {best['trial_id']} objective {best['objective']:.4f} with "
-              f"{best['params']}")  # fmt: skip
+        say(f"best under {max_gib:g} GiB: trial {best['trial_id']} objective {best['objective']:.4f} with "
+            f"{best['params']}")  # fmt: skip
 
 
 def _cuda() -> bool:
@@ -276,23 +321,46 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
+def mlflow_ui_command(state: dict, artifacts: Path, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+    """`mlflow ui` sized for one person reading one sweep: one web worker (MLflow's default is 4) and no
+    job-execution consumers (MLflow 3's Huey workers run GenAI jobs; together ~3.5 GiB of RAM idle)."""
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
+           "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    if artifacts.is_dir():
+        cmd += ["--default-artifact-root", artifacts.as_uri()]
+    return cmd, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
+
+
+def refresh_sweep_views(spec, state: dict) -> bool:
+    """What `ranktune ui` shows, brought up to date: roles on runs tracked before they existed, the
+    trials view, the parent's note naming the sweep's directory as it is now (after a copy or move).
+    Returns whether the view was stored."""
+    from ranktune.platform.confirm import load_confirm
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.sweep import parent_note, store_runs_view
+    from ranktune.platform.tracking import NOTE_TAG, mlflow_client, tag_roles
+
+    client = mlflow_client(state["tracking_uri"])
+    tag_roles(client, state)
+    view = store_runs_view(client, spec, state["experiment_id"])
+    trials = collect_trials(spec, state)
+    if trials:
+        note = parent_note(spec, state, trials, load_confirm(spec.storage_dir))
+        client.set_tag(state["parent_run_id"], NOTE_TAG, note)
+    return view
+
+
 def cmd_ui(args: argparse.Namespace) -> int:
+    from ranktune.platform.serve import serve_until_stopped
     from ranktune.platform.sweep import load_state
+    from ranktune.platform.tracking import runs_page_url
 
     spec, state = load_state(args.sweep_dir)
     warn_if_exposed("MLflow UI", args.host, args.port, "can read and change every run (MLflow has no login)")
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
-           "--host", args.host, "--port", str(args.port)]  # fmt: skip
-    artifacts = spec.storage_dir / "mlartifacts"
-    if artifacts.is_dir():
-        cmd += ["--default-artifact-root", artifacts.as_uri()]
-    from ranktune.platform.serve import serve_until_stopped
-    from ranktune.platform.tracking import mlflow_client, runs_page_url, set_runs_view
-
+    cmd, env = mlflow_ui_command(state, spec.storage_dir / "mlartifacts", args.host, args.port)
+    os.environ.update(env)  # inherited by the server
     base = f"http://{url_host(args.host)}:{args.port}"
-    # (Re)stored here too, for sweeps started before the view existed.
-    view = set_runs_view(mlflow_client(state["tracking_uri"]), state["experiment_id"], spec.objective.metric,
-                         spec.objective.mode)  # fmt: skip
+    view = refresh_sweep_views(spec, state)  # also for sweeps started before the view existed
     return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state["experiment_id"], view),
                                f"MLflow UI for {spec.name}", listen=(args.host, args.port))  # fmt: skip
 
@@ -378,10 +446,8 @@ def cmd_export(args: argparse.Namespace) -> int:
                          max_memory_gib=args.max_memory_gib,
                          notify=lambda line: print(line, file=sys.stderr))  # fmt: skip
     if result.substitute:
-        print(result.substitute)
-    print(f"exported trial {result.trial_id} -> {result.config_path}")
-    print(result.verdict.line())
-    print(f"launch: {result.command}")
+        say(result.substitute)
+    say(f"exported trial {result.trial_id} -> {result.config_path}", result.verdict.line(), f"launch: {result.command}")
     return 0
 
 
@@ -392,12 +458,17 @@ def _dump_yaml(data: dict) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    from ranktune import __version__
+
+    parser = TopLevelParser(
         prog="ranktune",
-        description="Find the best low-rank (GaLore / ReLoRA) recipe for LLaMA pretraining.",
-    )
+        description="Find the best low-rank pretraining recipe (GaLore, Fira, APOLLO, ReLoRA, LoRA against full-rank "
+                    "AdamW) for LLaMA: sweep on a small proxy, replicate the winner, export it for a 7b run.",
+    )  # fmt: skip
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="version", version=f"ranktune {__version__}")
+    # The commands' own parsers are plain: only the top-level help lists methods (and imports torch).
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND", parser_class=argparse.ArgumentParser)
 
     p = sub.add_parser("train", help="pretrain one model from a config (progress, metrics.jsonl, checkpoints)")
     _add_config_args(p)
@@ -423,7 +494,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna + ASHA, tracked in MLflow)")
     p.add_argument("spec", nargs="?", help="sweep spec YAML (see docs/sweeps.md)")
     _add_set_arg(p, "a spec field", "budget.num_trials=4")
-    p.add_argument("--resume", metavar="SWEEP_DIR", help="finish a sweep whose driver stopped or was killed")
+    p.add_argument("--resume", metavar="SWEEP_DIR",
+                   help=f"finish a sweep whose driver stopped or was killed; SWEEP_DIR: {SWEEP_DIR_HELP}")  # fmt: skip
     p.add_argument("--no-retry-failed", action="store_true",
                    help="with --resume: leave failed trials and replicates failed (default: run them again, each "
                         "from its last checkpoint)")  # fmt: skip
@@ -432,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_sweep)
 
     p = sub.add_parser("report", help="ranked table of a sweep's trials, and its plots")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     out = p.add_mutually_exclusive_group()
     out.add_argument("--csv", action="store_true", help="print the table as CSV (nothing else)")
     out.add_argument("--json", action="store_true", help="print the table as JSON (nothing else)")
@@ -447,13 +519,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_report)
 
     p = sub.add_parser("ui", help="open the MLflow UI on a sweep's tracking store (127.0.0.1 by default)")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
     p.add_argument("--port", type=tcp_port, default=5000, help="port to listen on (default 5000)")
     p.set_defaults(func=cmd_ui)
 
     p = sub.add_parser("dashboard", help="optuna-dashboard on a sweep's Optuna study (127.0.0.1 by default)")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on; anything but loopback is exposed")
     p.add_argument("--port", type=tcp_port, default=8080, help="port to listen on (default 8080)")
     p.set_defaults(func=cmd_dashboard)
@@ -478,7 +550,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("export", help="turn a sweep's best trial into a single-GPU config for a target model")
-    p.add_argument("sweep_dir")
+    p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.add_argument("--target", default="7b", help="target model preset (default 7b)")
     p.add_argument(
         "--budget-gib", type=positive_gib, default=DEFAULT_BUDGET_GIB,

@@ -381,6 +381,8 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     rules = rules or ScalingRules()
     if out is not None:
         check_out_path(Path(out))
+    if target not in MODEL_PRESETS:  # before any memory estimate: those would be about a model that does not exist
+        raise ConfigError([f"--target: {target!r} -> one of {sorted(MODEL_PRESETS)} (model presets: ranktune models)"])
     spec, state = load_state(sweep_dir)
     rows, offline = read_trials(spec, state)
     if offline and notify is not None:

@@ -67,20 +67,30 @@ def plot_front(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> Path 
     if not finished:
         return None
     front = pareto_front(spec, finished)
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    from ranktune.platform.plots import method_colour
+    from ranktune.platform.report_table import method_of
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    methods = sorted({method_of(spec, r["params"]) for r in finished})
     for r in finished:
         on_front = r in front
-        ax.scatter(r[other] / scale, r["objective"], s=40 if on_front else 18, c="C3" if on_front else "C0",
-                   zorder=3)  # fmt: skip
-        ax.annotate(f"{r['params'].get('optim.name', '')} {r['trial_id']}", (r[other] / scale, r["objective"]),
-                    fontsize=7, xytext=(3, 3), textcoords="offset points")  # fmt: skip
+        colour = method_colour(method_of(spec, r["params"]))
+        ax.scatter(r[other] / scale, r["objective"], s=44 if on_front else 22, zorder=3, color=colour,
+                   edgecolors="k" if on_front else "none")  # fmt: skip
+        ax.annotate(r["trial_id"], (r[other] / scale, r["objective"]), fontsize=6, xytext=(3, 3),
+                    textcoords="offset points", alpha=0.8)  # fmt: skip
     points = sorted((r[other] / scale, r["objective"]) for r in front)
-    ax.step([p[0] for p in points], [p[1] for p in points], where="post", color="C3", lw=1, label="Pareto front")
+    ax.step([p[0] for p in points], [p[1] for p in points], where="post", color="k", lw=1, label="Pareto front")
+    ax.margins(x=0.12, y=0.1)  # room for the trial ids next to the outermost points
     ax.set_xlabel(other + unit)
     ax.set_ylabel(f"{spec.objective.metric} at the end of the budget")
-    ax.set_title(f"sweep {spec.name}: {spec.objective.metric} vs {other} (full-budget trials)")
+    ax.set_title(f"sweep {spec.name}: {spec.objective.metric} vs {other} (full-budget trials)", fontsize=10)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    from matplotlib.lines import Line2D
+
+    handles = [Line2D([], [], color=method_colour(m), marker="o", ls="", label=m) for m in methods]
+    handles.append(Line2D([], [], color="k", lw=1, label="Pareto front (outlined)"))
+    ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     plt.close(fig)
     return path

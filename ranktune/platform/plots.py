@@ -1,11 +1,12 @@
 """Plots of a sweep, drawn the same way everywhere: one colour per method, legends outside the data.
 
-    loss_curves.png           train and held-out loss per trial; y-range on the trained part
+    loss_curves.png           train and held-out loss per trial and replicate; y-range on the trained part
+                              and every curve's last point (stopped trials included)
     best_per_method.png       best full-budget loss per method; replicates' mean +/- std where there are any
     loss_vs_memory.png        loss vs optimizer-state memory, Pareto front joined
     loss_vs_throughput.png    loss vs tokens/s
-    optimization_history.png  objective by trial number; early-stopped trials hollow (their last value)
-    parallel_coordinates.png  one panel per method branch, over that branch's own numeric params
+    optimization_history.png  objective in the order the trials started; early-stopped trials hollow
+    parallel_coordinates.png  one panel per method, over that method's own numeric params
 
 Inputs are trials.collect_trials rows and their MLflow curves (`trial_curves`), so the HTML report
 (report_html.py) draws from the same data.
@@ -19,20 +20,37 @@ from typing import Any
 
 from ranktune.search_spaces.spec import SweepSpec
 
-# Fixed per method so a method has the same colour in every plot, report and sweep (tab10 order).
-METHOD_COLOURS = {
-    "adamw": "#1f77b4", "adamw8bit": "#17becf", "adafactor": "#7f7f7f", "galore_adamw": "#2ca02c",
-    "galore_adamw8bit": "#98df8a", "galore_adafactor": "#bcbd22", "relora": "#d62728", "lora": "#ff7f0e",
-    "apollo": "#9467bd", "apollo_mini": "#c5b0d5", "fira": "#8c564b",
-}  # fmt: skip
-OTHER_COLOURS = ("#e377c2", "#f7b6d2", "#c49c94", "#dbdb8d", "#9edae5", "#aec7e8")
+# Methods without a colour of their own (OptimizerEntry.colour): dark shades apart from the built-ins' tab10.
+OTHER_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
 STATUS_STYLE = {"finished": "-", "stopped_early": "--"}  # anything else: dotted
 
 
 def method_colour(method: str) -> str:
-    if method in METHOD_COLOURS:
-        return METHOD_COLOURS[method]
+    """The method's colour from its registry entry, the same in every plot, report and sweep."""
+    from ranktune.trainables.optim import OPTIMIZERS
+
+    entry = OPTIMIZERS.get(method)
+    if entry is not None and entry.colour:
+        return entry.colour
     return OTHER_COLOURS[sum(map(ord, method)) % len(OTHER_COLOURS)]
+
+
+def start_order(rows: list[dict[str, Any]]) -> list[int]:
+    """Indices of `rows` in the order their trials started (their MLflow runs' start times; Tune's
+    trial ids are random hex, not an order)."""
+    return sorted(range(len(rows)), key=lambda i: (rows[i].get("start_time") or 0, i))
+
+
+def curve_range(curves: list[list[tuple[int, float]]]) -> tuple[float, float] | None:
+    """y-limits of loss curves: informative_range of what follows step 0, widened to every curve's last
+    point, so a trial stopped early at a high loss stays in the chart."""
+    limits = informative_range([v for points in curves for s, v in points if s > 0])
+    last = [points[-1][1] for points in curves if points and math.isfinite(points[-1][1])]
+    if limits is None or not last:
+        return limits
+    low, high = min(limits[0], min(last)), max(limits[1], max(last))
+    margin = 0.04 * (high - low or 1.0)
+    return low - (margin if low < limits[0] else 0.0), high + (margin if high > limits[1] else 0.0)
 
 
 def trial_curves(state: dict[str, Any], rows: list[dict[str, Any]],
@@ -60,43 +78,52 @@ def informative_range(values: list[float]) -> tuple[float, float] | None:
     return low - margin, high + margin
 
 
-def _method_legend(ax, methods: list[str], with_status: bool = False) -> None:
+def _method_legend(ax, methods: list[str], with_status: bool = False, with_replicates: bool = False) -> None:
     from matplotlib.lines import Line2D
 
     handles = [Line2D([], [], color=method_colour(m), lw=2, label=m) for m in methods]
     if with_status:
         handles += [Line2D([], [], color="k", ls="-", label="full budget"),
-                    Line2D([], [], color="k", ls="--", label="stopped early"),
+                    Line2D([], [], color="k", ls="--", marker="x", label="stopped early"),
                     Line2D([], [], color="k", ls=":", label="failed / other")]  # fmt: skip
+    if with_replicates:
+        handles.append(Line2D([], [], color="k", lw=0.8, alpha=0.5, label="replicate (new seed)"))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
 
 
-def plot_loss_curves(spec: SweepSpec, rows, curves, methods, path: Path) -> Path | None:
+def plot_loss_curves(spec: SweepSpec, rows, curves, methods, path: Path, replicates=()) -> Path | None:
+    """Every trial's curve (line gid = its trial id), and the replicates' (thin, gid `replicate:<id>`);
+    `replicates` are (row, method) pairs of report.collect_replicates."""
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
     drawn = False
+    lines = [(r, m, False) for r, m in zip(rows, methods, strict=True)] + [(r, m, True) for r, m in replicates]
     for ax, metric, title in ((axes[0], "train_loss", "train loss"), (axes[1], "eval_loss", "held-out loss")):
-        after_start = []
-        for r, method in zip(rows, methods, strict=True):
+        shown = []
+        for r, method, replicate in lines:
             points = curves.get(r["run_id"], {}).get(metric, [])
             if not points:
                 continue
             drawn = True
-            ax.plot([s for s, _ in points], [v for _, v in points], color=method_colour(method), lw=1.3,
-                    ls=STATUS_STYLE.get(r["status"], ":"), marker="." if metric == "eval_loss" else None,
-                    alpha=0.85)  # fmt: skip
-            after_start += [v for s, v in points if s > 0]
-        limits = informative_range(after_start)
+            ax.plot([s for s, _ in points], [v for _, v in points], color=method_colour(method),
+                    lw=0.8 if replicate else 1.3, ls="-" if replicate else STATUS_STYLE.get(r["status"], ":"),
+                    marker="." if metric == "eval_loss" and not replicate else None, alpha=0.5 if replicate else 0.85,
+                    gid=f"replicate:{r['trial_id']}" if replicate else r["trial_id"])  # fmt: skip
+            if r["status"] == "stopped_early" and not replicate:  # where it was stopped: an x at its last point
+                ax.plot(*points[-1], marker="x", color=method_colour(method), ms=6)
+            shown.append(points)
+        limits = curve_range(shown)
         if limits:
             ax.set_ylim(*limits)
         ax.set_xlabel("step (optimizer updates)")
-        ax.set_title(f"{title} (y from the trained part; step 0 is off the top)")
+        ax.set_title(f"{title} (step 0 off the top; x: stopped early)", fontsize=10)
         ax.grid(alpha=0.3)
     if not drawn:
         plt.close(fig)
         return None
-    _method_legend(axes[1], sorted(set(methods)), with_status=True)
+    _method_legend(axes[1], sorted(set(methods) | {m for _, m in replicates}), with_status=True,
+                   with_replicates=bool(replicates))  # fmt: skip
     fig.suptitle(f"{spec.name}: loss curves by method")
     return _save(fig, path)
 
@@ -168,28 +195,28 @@ def _scatter(spec: SweepSpec, rows, methods, key: str, scale: float, xlabel: str
 
 
 def plot_history(spec: SweepSpec, rows, methods, path: Path) -> Path | None:
-    """Objective by the order trials started (trial ids are assigned in order by Tune)."""
+    """Objective in the order the trials started (start_order), x = that position."""
     import matplotlib.pyplot as plt
 
-    scored = [(r, m) for r, m in zip(rows, methods, strict=True) if r["objective"] is not None]
+    scored = [(rows[i], methods[i]) for i in start_order(rows) if rows[i]["objective"] is not None]
     if not scored:
         return None
-    scored.sort(key=lambda p: p[0]["trial_id"] or "")
     fig, ax = plt.subplots(figsize=(8, 4))
     best, line = math.inf, []
     sign = 1 if spec.objective.mode == "min" else -1
     for i, (r, m) in enumerate(scored):
         full = r["status"] == "finished"
         ax.scatter(i, r["objective"], s=36, zorder=3, color=method_colour(m) if full else "none",
-                   edgecolors=method_colour(m), linewidths=1.2)  # fmt: skip
+                   edgecolors=method_colour(m), linewidths=1.2, gid=r["trial_id"])  # fmt: skip
         if full and sign * r["objective"] < best:
             best = sign * r["objective"]
         line.append(sign * best if math.isfinite(best) else math.nan)
     ax.plot(range(len(line)), line, color="k", lw=1, drawstyle="steps-post", label="best so far (full budget)")
-    limits = informative_range([r["objective"] for r, _ in scored])
-    if limits:
-        ax.set_ylim(*limits)
-    ax.set_xlabel("trial (in start order)")
+    values = [r["objective"] for r, _ in scored if math.isfinite(r["objective"])]
+    if values:  # every trial's point, the stopped ones' too
+        margin = 0.05 * (max(values) - min(values) or 1.0)
+        ax.set_ylim(min(values) - margin, max(values) + margin)
+    ax.set_xlabel("trial, in the order they started")
     ax.set_ylabel(spec.objective.metric)
     ax.set_title(f"{spec.name}: history; hollow = stopped early (its value at the last milestone), not a result")
     ax.grid(alpha=0.3)
@@ -198,7 +225,7 @@ def plot_history(spec: SweepSpec, rows, methods, path: Path) -> Path | None:
 
 
 def plot_parallel_per_method(spec: SweepSpec, rows, methods, path: Path) -> Path | None:
-    """One panel per method with >= 2 scored trials and >= 1 numeric param: axes are that branch's own
+    """One panel per method with a scored trial and a numeric param: axes are that method's own
     params scaled to their range (labelled min/max), lines coloured by the objective."""
     import matplotlib.pyplot as plt
     from matplotlib import cm, colors
@@ -207,7 +234,7 @@ def plot_parallel_per_method(spec: SweepSpec, rows, methods, path: Path) -> Path
     for r, m in zip(rows, methods, strict=True):
         if r["objective"] is not None and math.isfinite(r["objective"]):
             panels.setdefault(m, []).append(r)
-    panels = {m: rs for m, rs in panels.items() if len(rs) >= 2 and _numeric_keys(rs)}
+    panels = {m: rs for m, rs in panels.items() if _numeric_keys(rs)}  # every method, even with one trial
     if not panels:
         return None
     values = [r["objective"] for rs in panels.values() for r in rs]
@@ -263,9 +290,13 @@ def write_method_plots(spec: SweepSpec, state, rows, out_dir: Path, confirm=None
 
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = [method_of(spec, r["params"]) for r in rows]
-    curves = trial_curves(state, rows)
+    from ranktune.platform.trials import collect_replicates
+
+    replicates = collect_replicates(spec, state)
+    curves = trial_curves(state, rows + replicates)
     written = [
-        plot_loss_curves(spec, rows, curves, methods, out_dir / "loss_curves.png"),
+        plot_loss_curves(spec, rows, curves, methods, out_dir / "loss_curves.png",
+                         [(r, method_of(spec, r["params"])) for r in replicates]),
         plot_best_per_method(spec, rows, methods, confirm, out_dir / "best_per_method.png"),
         _scatter(spec, rows, methods, "optimizer_state_bytes", 2**20, "optimizer state (MiB)",
                  out_dir / "loss_vs_memory.png", front=True),

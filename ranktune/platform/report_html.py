@@ -1,8 +1,9 @@
 """`ranktune report DIR --html`: one self-contained `report.html` (plotly.js inlined, no network).
 
-Sections: who won and the command to run next; the ranked table; best loss per method (with the
-replicates' mean +/- std); loss vs optimizer-state memory with the Pareto front; loss vs tokens/s;
-held-out loss curves; the replicates' verdict. Colours per method are those of plots.py. The file is
+Sections: who won and the command to run next; the ranked table; every chart of the PNGs (best loss
+per method with the replicates' mean +/- std; loss vs optimizer-state memory with the Pareto front;
+loss vs tokens/s; train and held-out loss curves of every trial and replicate; history in start
+order; parallel coordinates per method); the replicates' verdicts. Colours per method are those of plots.py. The file is
 also logged on the sweep's MLflow parent run.
 """
 
@@ -22,20 +23,31 @@ h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 3px 8px; border-bottom: 1px solid #ddd; }
 th { text-align: left; background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
 code, pre { background: #f4f4f4; padding: 2px 5px; } .swatch { display: inline-block; width: 10px; height: 10px; }
-.charts { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; }
+.charts { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; } .chart.wide { grid-column: 1 / -1; }
 """
 
 
-def _figures(spec: SweepSpec, rows, methods, curves, confirm) -> list[tuple[str, Any]]:
+def _layout(**extra) -> dict[str, Any]:
+    """Legend under the plot area, title on the left, plotly's toolbar upright in the right margin: the
+    toolbar covers neither (tests/test_report_html.py measures it in Chromium)."""
+    return {"height": 400, "margin": {"l": 60, "r": 45, "t": 50, "b": 60}, "template": "plotly_white",
+            "modebar": {"orientation": "v"},
+            "title": {"x": 0.01, "xanchor": "left", "font": {"size": 14}},
+            "legend": {"orientation": "h", "x": 0, "xanchor": "left", "y": -0.2, "yanchor": "top"},
+            **extra}  # fmt: skip
+
+
+def _figures(spec: SweepSpec, rows, methods, curves, confirm, replicates=()) -> list[tuple[str, Any]]:
+    """Every chart the PNGs of plots.py have: best per method, loss vs memory (Pareto) and vs throughput,
+    train and held-out curves, history, parallel coordinates; `replicates` (row, method) pairs."""
     import plotly.graph_objects as go
 
-    from ranktune.platform.plots import informative_range, method_colour
+    from ranktune.platform.plots import curve_range, informative_range, method_colour, start_order
 
     metric = spec.objective.metric
     finished = [(r, m) for r, m in zip(rows, methods, strict=True) if r["status"] == "finished"
                 and r["objective"] is not None and math.isfinite(r["objective"])]  # fmt: skip
-    layout = {"height": 380, "margin": {"l": 60, "r": 20, "t": 40, "b": 50}, "template": "plotly_white",
-              "legend": {"x": 1.02, "y": 1}}  # fmt: skip
+    layout = _layout()
     figures = []
 
     best: dict[str, float] = {}
@@ -47,12 +59,13 @@ def _figures(spec: SweepSpec, rows, methods, curves, confirm) -> list[tuple[str,
                            name="best search trial", text=[f"{best[m]:.4f}" for m in order]))  # fmt: skip
     reps = [e for e in (confirm or {}).get("configurations", []) if e.get("mean") is not None]
     if reps:
-        fig.add_trace(go.Scatter(x=[e["params"].get("optim.name", e["trial_id"]) for e in reps],
+        fig.add_trace(go.Scatter(x=[e.get("method") or e["params"].get("optim.name", e["trial_id"]) for e in reps],
                                  y=[e["mean"] for e in reps], mode="markers", marker={"color": "black", "size": 9},
                                  error_y={"type": "data", "array": [e.get("std") or 0 for e in reps]},
                                  name="replicates mean +/- std"))  # fmt: skip
     limits = informative_range([best[m] for m in order] + [e["mean"] for e in reps])
-    fig.update_layout(title=f"best {metric} per method (full budget)", yaxis_title=metric, **layout)
+    fig.update_layout(**layout)
+    fig.update_layout(title_text=f"best {metric} per method (full budget)", yaxis_title=metric)
     if limits:
         fig.update_yaxes(range=[limits[0] - 0.5 * (limits[1] - limits[0]), limits[1]])
     figures.append(("best per method", fig))
@@ -78,31 +91,104 @@ def _figures(spec: SweepSpec, rows, methods, curves, confirm) -> list[tuple[str,
             fig.add_trace(go.Scatter(x=[r[key] / scale for r in chosen], y=[r["objective"] for r in chosen],
                                      mode="lines", line={"shape": "hv", "color": "black", "width": 1},
                                      name="Pareto front"))  # fmt: skip
-        fig.update_layout(title=f"{metric} vs {label}", xaxis_title=label, yaxis_title=metric, **layout)
-        figures.append((f"{metric} vs {label}", fig))
+        title = f"Pareto front: {metric} vs {label}" if front else f"{metric} vs {label}"
+        fig.update_layout(**layout)
+        fig.update_layout(title_text=title, xaxis_title=label, yaxis_title=metric)
+        figures.append((title, fig))
 
-    fig = go.Figure()
-    shown, after_start = set(), []
-    hover_step = "TRIAL: %{y:.4f} at step %{x}<extra></extra>"
-    for r, m in zip(rows, methods, strict=True):
-        points = curves.get(r["run_id"], {}).get("eval_loss", [])
-        if not points:
+    lines = [(r, m, False) for r, m in zip(rows, methods, strict=True)] + [(r, m, True) for r, m in replicates]
+    for key, label in (("train_loss", "train loss"), ("eval_loss", "held-out loss")):
+        fig, shown, legend = go.Figure(), [], set()
+        for r, m, replicate in lines:
+            points = curves.get(r["run_id"], {}).get(key, [])
+            if not points:
+                continue
+            dash = "solid" if replicate else {"finished": "solid", "stopped_early": "dash"}.get(r["status"], "dot")
+            what = f"replicate of {r.get('replicate_of')}" if replicate else r["status"]
+            fig.add_trace(go.Scatter(
+                x=[s for s, _ in points], y=[v for _, v in points], mode="lines" if replicate else "lines+markers",
+                name=m, legendgroup=m, showlegend=m not in legend, meta=r["trial_id"],
+                line={"color": method_colour(m), "dash": dash, "width": 1 if replicate else 2},
+                opacity=0.5 if replicate else 0.9,
+                hovertemplate=f"{r['trial_id']} ({what}): %{{y:.4f}} at step %{{x}}<extra>{m}</extra>",
+            ))  # fmt: skip
+            legend.add(m)
+            shown.append(points)
+        if not shown:
             continue
-        dash = {"finished": "solid", "stopped_early": "dash"}.get(r["status"], "dot")
-        fig.add_trace(go.Scatter(x=[s for s, _ in points], y=[v for _, v in points], mode="lines+markers",
-                                 name=m, legendgroup=m, showlegend=m not in shown,
-                                 line={"color": method_colour(m), "dash": dash},
-                                 hovertemplate=hover_step.replace("TRIAL", f"{r['trial_id']} ({r['status']})")),
-                      )  # fmt: skip
-        shown.add(m)
-        after_start += [v for s, v in points if s > 0]
-    fig.update_layout(title="held-out loss (dashed: stopped early; y-range leaves out step 0)",
-                      xaxis_title="step", yaxis_title="eval_loss", **layout)  # fmt: skip
-    limits = informative_range(after_start)
-    if limits:
-        fig.update_yaxes(range=list(limits))
-    figures.append(("curves", fig))
+        fig.update_layout(**layout)
+        fig.update_layout(title_text=f"{label} (dashed: stopped early; thin: replicates)", xaxis_title="step",
+                          yaxis_title=key)  # fmt: skip
+        limits = curve_range(shown)
+        if limits:
+            fig.update_yaxes(range=list(limits))
+        figures.append((f"{label} curves", fig))
+
+    scored = [(rows[i], methods[i]) for i in start_order(rows) if rows[i]["objective"] is not None
+              and math.isfinite(rows[i]["objective"])]  # fmt: skip
+    if scored:
+        fig, sign, best_so_far, line = go.Figure(), (1 if spec.objective.mode == "min" else -1), math.inf, []
+        for i, (r, m) in enumerate(scored):
+            full = r["status"] == "finished"
+            if full and sign * r["objective"] < best_so_far:
+                best_so_far = sign * r["objective"]
+            line.append(sign * best_so_far if math.isfinite(best_so_far) else None)
+            fig.add_trace(go.Scatter(
+                x=[i], y=[r["objective"]], mode="markers", name=m, legendgroup=m, meta=r["trial_id"],
+                showlegend=m not in {t.name for t in fig.data},
+                marker={"color": method_colour(m) if full else "white", "size": 10,
+                        "line": {"color": method_colour(m), "width": 2}},
+                hovertemplate=f"{r['trial_id']} ({r['status']}): %{{y:.4f}}<extra>{m}</extra>",
+            ))  # fmt: skip
+        fig.add_trace(go.Scatter(x=list(range(len(line))), y=line, mode="lines", line={"shape": "hv", "color": "black",
+                                 "width": 1}, name="best so far (full budget)"))  # fmt: skip
+        fig.update_layout(**layout)
+        fig.update_layout(title_text="history (hollow: stopped early, not a result)",
+                          xaxis_title="trial, in the order they started", yaxis_title=metric)  # fmt: skip
+        figures.append(("history", fig))
+
+    parallel = _parallel(spec, rows, methods)
+    if parallel is not None:
+        figures.append(("parallel coordinates", parallel))
     return figures
+
+
+def _parallel(spec: SweepSpec, rows, methods):
+    """One parallel-coordinates panel per method (its own numeric params, then the objective), stacked;
+    lines coloured by the objective on one scale for all methods."""
+    import plotly.graph_objects as go
+
+    from ranktune.platform.plots import _numeric_keys, method_colour
+
+    panels: dict[str, list] = {}
+    for r, m in zip(rows, methods, strict=True):
+        if r["objective"] is not None and math.isfinite(r["objective"]):
+            panels.setdefault(m, []).append(r)
+    if not panels:
+        return None
+    values = [r["objective"] for rs in panels.values() for r in rs]
+    fig, height = go.Figure(), 1.0 / len(panels)
+    for i, (m, rs) in enumerate(sorted(panels.items())):
+        top = 1.0 - i * height
+        dims = []
+        for k in _numeric_keys(rs):
+            log = k.endswith("lr") and all(float(r["params"][k]) > 0 for r in rs)
+            vals = [float(r["params"][k]) for r in rs]
+            dims.append({"label": f"log10 {k.split('.', 1)[-1]}" if log else k.split(".", 1)[-1],
+                         "values": [math.log10(v) for v in vals] if log else vals})  # fmt: skip
+        dims.append({"label": spec.objective.metric, "values": [r["objective"] for r in rs]})
+        fig.add_trace(go.Parcoords(
+            domain={"x": [0.0, 0.92], "y": [top - 0.88 * height, top - 0.36 * height]}, dimensions=dims, name=m,
+            line={"color": [r["objective"] for r in rs], "colorscale": "Viridis", "reversescale":
+                  spec.objective.mode == "min", "cmin": min(values), "cmax": max(values), "showscale": i == 0},
+        ))  # fmt: skip
+        fig.add_annotation(text=f"<b>{m}</b> ({len(rs)} trial{'s' if len(rs) > 1 else ''})", x=0.0, y=top,
+                           xref="paper",
+                           yref="paper", xanchor="left", yanchor="top", showarrow=False,
+                           font={"color": method_colour(m)})  # fmt: skip
+    fig.update_layout(**_layout(height=max(400, 230 * len(panels) + 80)))
+    fig.update_layout(title_text="parallel coordinates: each method's own params")
+    return fig
 
 
 def _table_html(spec: SweepSpec, flat: list[dict[str, Any]]) -> str:
@@ -131,14 +217,15 @@ def _table_html(spec: SweepSpec, flat: list[dict[str, Any]]) -> str:
     return "\n".join(out + ["</table>"])
 
 
-def render_html(spec: SweepSpec, rows, methods, flat, curves, confirm, best, storage: str) -> str:
+def render_html(spec: SweepSpec, rows, methods, flat, curves, confirm, best, storage: str, replicates=()) -> str:
     from ranktune.platform.confirm import format_confirm
     from ranktune.platform.report_table import winner_lines
 
     charts = []
-    for i, (_, fig) in enumerate(_figures(spec, rows, methods, curves, confirm)):
+    for i, (title, fig) in enumerate(_figures(spec, rows, methods, curves, confirm, replicates)):
         # plotly.js once, inlined: the file opens offline and from an MLflow artifact view
-        charts.append(fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False}))
+        chart = fig.to_html(full_html=False, include_plotlyjs=(i == 0), config={"displaylogo": False})
+        charts.append((chart, title == "parallel coordinates"))  # a panel per method: the page's width
     winner = "<br>".join(html.escape(line) for line in winner_lines(spec, best, storage, confirm))
     verdict = "<pre>" + html.escape("\n".join(format_confirm(confirm))) + "</pre>" if confirm else ""
     return f"""<!DOCTYPE html>
@@ -150,7 +237,7 @@ after {spec.budget.steps_per_trial} steps</h1>
 <h2>Ranked trials</h2>
 {_table_html(spec, flat)}
 <h2>Charts</h2>
-<div class="charts">{"".join(f'<div class="chart">{c}</div>' for c in charts)}</div>
+<div class="charts">{"".join(f'<div class="chart{" wide" if wide else ""}">{c}</div>' for c, wide in charts)}</div>
 {"<h2>Replicates</h2>" + verdict if verdict else ""}
 <h2>Next</h2>
 <p><code>ranktune export {html.escape(storage)} --target 7b</code> &nbsp; then the <code>ranktune train ...</code>
@@ -165,12 +252,15 @@ def write_html_report(spec: SweepSpec, state: dict[str, Any], rows: list[dict[st
     from ranktune.platform.ranking import pick_winner
     from ranktune.platform.report_table import flat_rows, method_of
     from ranktune.platform.tracking import mlflow_client
+    from ranktune.platform.trials import collect_replicates
 
     storage = spec.storage_dir
     confirm = load_confirm(storage)
     methods = [method_of(spec, r["params"]) for r in rows]
-    page = render_html(spec, rows, methods, flat_rows(spec, rows), trial_curves(state, rows, ("eval_loss",)),
-                       confirm, pick_winner(rows, spec.objective.mode, confirm), str(storage))  # fmt: skip
+    replicates = collect_replicates(spec, state)
+    page = render_html(spec, rows, methods, flat_rows(spec, rows), trial_curves(state, rows + replicates), confirm,
+                       pick_winner(rows, spec.objective.mode, confirm), str(storage),
+                       [(r, method_of(spec, r["params"])) for r in replicates])  # fmt: skip
     path = storage / REPORT_FILE
     path.write_text(page)
     mlflow_client(state["tracking_uri"]).log_artifact(state["parent_run_id"], str(path))

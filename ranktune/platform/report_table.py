@@ -112,7 +112,9 @@ def render_table(spec: SweepSpec, flat: list[dict[str, Any]], width: int = 100, 
                   padding=(0, 1, 0, 0))  # fmt: skip
     table.add_column("#", justify="right")
     table.add_column("method", no_wrap=True)
-    table.add_column("params", ratio=1, overflow="fold")
+    # As wide as its longest `key=value` at least, so none is cut mid-word (rich folds what does not fit).
+    longest = max((len(word) for r in flat for word in (r["params"] or "-").split()), default=1)
+    table.add_column("params", ratio=1, overflow="fold", min_width=min(longest, 40))
     table.add_column("status", no_wrap=True)
     table.add_column(metric.removeprefix("eval_"), justify="right", no_wrap=True)
     table.add_column("opt", justify="right", no_wrap=True)

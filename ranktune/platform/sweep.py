@@ -188,11 +188,11 @@ def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
 
 
-def build_searcher(spec: SweepSpec, storage: Path):
+def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None = None):
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     from ranktune.platform.study_storage import SweepStudyStorage
+    from ranktune.platform.study_view import SweepOptunaSearch
 
     space = spec.search_space()
     points = stratified_startup(spec)
@@ -215,9 +215,12 @@ def build_searcher(spec: SweepSpec, storage: Path):
     mode: str | list[str] = spec.objective.mode
     if spec.objectives:
         metric, mode = [o.metric for o in spec.all_objectives()], [o.mode for o in spec.all_objectives()]
-    searcher = OptunaSearch(
+    # Optuna hears what MLflow records: stopped trials PRUNED with their curves, metric names (study_view.py).
+    searcher = SweepOptunaSearch(
         space=space.sample, metric=metric, mode=mode, sampler=sampler, study_name=spec.name, storage=rdb,
-        points_to_evaluate=points,
+        points_to_evaluate=points, full_budget_step=spec.budget.steps_per_trial,
+        metric_names=[o.metric for o in spec.all_objectives()],
+        tracking=(state["tracking_uri"], state["experiment_id"]) if state else None,
     )  # fmt: skip
     return searcher, (len(points) if spec.search.algorithm == "grid" else spec.budget.num_trials)
 
@@ -282,7 +285,7 @@ def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None
     from ray import tune
 
     storage = spec.storage_dir
-    searcher, num_trials = build_searcher(spec, storage)
+    searcher, num_trials = build_searcher(spec, storage, state)
     eval_every = spec.trial_config({}).train.eval_every
     callbacks = tune_callbacks(spec, state, num_trials, progress)
     return tune.Tuner(
@@ -338,13 +341,36 @@ def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | Non
     )  # fmt: skip
 
 
+def store_runs_view(client, spec: SweepSpec, experiment_id: str) -> bool:
+    """The experiment's trials view (tracking.runs_view_state) with this sweep's methods and their params."""
+    from ranktune.platform.tracking import set_runs_view
+
+    space = spec.search_space()
+    if space.branches is not None and space.branches.key == "optim.name":
+        methods = list(space.branches.choices)
+    else:
+        methods = [spec.trial_config({}).optim.name]
+    return set_runs_view(client, experiment_id, spec.objective.metric, spec.objective.mode,
+                         sorted(space.all_params()), methods)  # fmt: skip
+
+
+def parent_note(spec: SweepSpec, state: dict[str, Any], trials: list[dict[str, Any]], confirm) -> str:
+    """The parent run's description in the MLflow UI: who won, the next commands (naming the sweep's
+    directory as it is now, also after a copy), the ranked table."""
+    from ranktune.platform.report import pick_winner
+    from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
+
+    winner = pick_winner(trials, spec.objective.mode, confirm)
+    said = "  \n".join(winner_lines(spec, winner, str(spec.storage_dir), confirm))
+    return f"{said}\n\n{to_markdown(spec, flat_rows(spec, trials))}"
+
+
 def start_tracking(spec: SweepSpec) -> dict[str, Any]:
     from ranktune.platform.tracking import (
         SWEEP_TAG,
         get_or_create_experiment,
         log_text_artifact,
         mlflow_client,
-        set_runs_view,
         strip_userinfo,
     )
 
@@ -352,7 +378,7 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
     client = mlflow_client(spec.tracking_uri)
     artifact_root = None if spec.tracking.tracking_uri else (storage / "mlartifacts").as_uri()
     experiment_id = get_or_create_experiment(client, spec.tracking.experiment or spec.name, artifact_root)
-    set_runs_view(client, experiment_id, spec.objective.metric, spec.objective.mode)
+    store_runs_view(client, spec, experiment_id)
     parent = client.create_run(experiment_id, run_name=spec.name, tags={SWEEP_TAG: spec.name})
     run_id = parent.info.run_id
     for key, value in {
@@ -560,12 +586,15 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = Fal
         client.set_tag(parent, "ranktune.best_trial_id", winner["trial_id"])
         client.log_metric(parent, f"best_{spec.objective.metric}", winner["objective"])
     summary["pareto"] = log_pareto_front(spec, client, parent, trials)
-    from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
     from ranktune.platform.tracking import NOTE_TAG
 
-    # The parent run's description in the MLflow UI: who won, the next command, the ranked table.
-    said = "  \n".join(winner_lines(spec, winner, str(storage), confirm))
-    client.set_tag(parent, NOTE_TAG, f"{said}\n\n{to_markdown(spec, flat_rows(spec, trials))}")
+    note = parent_note(spec, state, trials, confirm)
+    client.set_tag(parent, NOTE_TAG, note)
+    from ranktune.platform.confirm import format_confirm
+    from ranktune.platform.study_view import annotate_study
+
+    verdicts = "\n".join(format_confirm(confirm)) if confirm else None
+    annotate_study(spec, note + (f"\n\n```\n{verdicts}\n```" if verdicts else ""), verdicts)
     plots = write_plots(spec, state, trials, storage / "plots")
     for plot in plots:
         client.log_artifact(parent, str(plot), "plots")

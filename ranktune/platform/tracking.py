@@ -34,6 +34,9 @@ CONFIRM_OF_TAG = "ranktune.confirm_of"  # a replicated configuration's run (plat
 EVAL_SET_TAG = "ranktune.eval_set"  # identity of the held-out blocks the trial was scored on (data.eval_set_id)
 STOP_REASON_TAG = "ranktune.stop_reason"  # why the scheduler stopped a trial: milestone, its value, the cutoff
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
+ROLE_TAG = "ranktune.role"  # trial | configuration (a replicated one, platform/confirm.py) | replicate
+REPLICATE_OF_TAG = "ranktune.replicate_of"  # a replicate's searched trial (its configuration's confirm_of)
+TRIAL, CONFIGURATION, REPLICATE = "trial", "configuration", "replicate"
 # What the experiment holds (model training runs, not GenAI traces), for MLflow UIs that read it. The
 # UI of MLflow 3.17 does not: see runs_page_url.
 EXPERIMENT_KIND_TAGS = {"mlflow.experimentKind": "custom_model_development"}
@@ -103,23 +106,34 @@ def get_or_create_experiment(client, name: str, artifact_root: str | None = None
     return client.create_experiment(name, artifact_location=artifact_root, tags=EXPERIMENT_KIND_TAGS)
 
 
-def runs_view_state(metric: str, mode: str) -> dict[str, Any]:
-    """The trials (runs with a trial id: not the sweep's parent, under which they would sit folded),
-    best objective first, with the columns that say how each ended."""
+def runs_view_state(metric: str, mode: str, param_keys: list[str] = (), methods: list[str] = ()) -> dict[str, Any]:
+    """The sweep's runs with a role (trials, replicated configurations with their replicates nested
+    under them; not the sweep's parent, under which everything would sit folded), best objective
+    first, grouped by method (every group open), with the method, its own params and how each run
+    ended as columns; the charts show every run (MLflow's default: the first 10)."""
+    params = ["optim.name", *(k for k in param_keys if k != "optim.name")]
     return {
-        "searchFilter": f"tags.`{TRIAL_TAG}` LIKE '%'",
+        "searchFilter": f"tags.`{ROLE_TAG}` LIKE '%'",
         "orderByKey": f"metrics.`final_{metric}`",
         "orderByAsc": mode == "min",
-        "selectedColumns": [f"tags.`{STATUS_TAG}`", f"metrics.`final_{metric}`",
-                            "metrics.`final_optimizer_state_bytes`", "metrics.`final_peak_memory_bytes`",
-                            "metrics.`final_tokens_per_s`", f"tags.`{STOP_REASON_TAG}`", f"tags.`{REASON_TAG}`"],
+        "selectedColumns": [*(f"params.`{k}`" for k in params), f"tags.`{ROLE_TAG}`", f"tags.`{STATUS_TAG}`",
+                            f"metrics.`final_{metric}`", "metrics.`final_optimizer_state_MiB`",
+                            "metrics.`final_peak_memory_MiB`", "metrics.`final_tokens_per_s`",
+                            f"tags.`{STOP_REASON_TAG}`", f"tags.`{REASON_TAG}`"],
+        "runsHiddenMode": "SHOW_ALL",
+        "groupBy": {"aggregateFunction": "min" if mode == "min" else "max",
+                    "groupByKeys": [{"mode": "param", "groupByData": "optim.name"}]},
+        "groupsExpanded": {f"param.optim.name.{m}": True for m in methods},
+        "useGroupedValuesInCharts": False,  # each run its own line, not the group's aggregate
     }  # fmt: skip
 
 
-def set_runs_view(client, experiment_id: str, metric: str, mode: str) -> bool:
+def set_runs_view(client, experiment_id: str, metric: str, mode: str, param_keys: list[str] = (),
+                  methods: list[str] = ()) -> bool:  # fmt: skip
     """Store the trials view on the experiment; False (and a warning) when the store refuses it."""
     try:
-        client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG, json.dumps(runs_view_state(metric, mode)))
+        state = runs_view_state(metric, mode, param_keys, methods)
+        client.set_experiment_tag(experiment_id, SHARED_VIEW_TAG, json.dumps(state))
     except Exception as exc:  # e.g. a shared server without write permission for this user
         log.warning("could not store the trials view on MLflow experiment %s: %s", experiment_id, exc)
         return False
@@ -138,13 +152,22 @@ def runs_page_url(base: str, experiment_id: str, with_view: bool = True) -> str:
 
 
 def run_name(params: dict[str, Any], trial_id: str) -> str:
-    """What a trial is, readable in a list of runs: `galore_adamw-r64-lr3e-3-<trial id>`."""
+    """What a trial is, readable in a list of runs: `galore_adamw-r64-lr3e-3-<trial id>`; a replicate's
+    (params with `train.seed`) ends `-seed<N>`. The rank is `<section>.rank` of the method's own config
+    sections (registry), whichever method."""
     parts = [str(params["optim.name"])] if "optim.name" in params else []
-    rank = params.get("galore.rank", params.get("relora.rank"))
+    rank = None
+    if "optim.name" in params:
+        from ranktune.trainables.optim import OPTIMIZERS
+
+        entry = OPTIMIZERS.get(str(params["optim.name"]))
+        rank = next((params[f"{s}.rank"] for s in (entry.sections if entry else ()) if f"{s}.rank" in params), None)
     if rank is not None:
         parts.append(f"r{rank}")
     if isinstance(params.get("optim.lr"), (int, float)):
         parts.append(f"lr{short_float(params['optim.lr'])}")
+    if "train.seed" in params:
+        parts.append(f"seed{params['train.seed']}")
     return "-".join([*parts, trial_id])
 
 
@@ -152,6 +175,24 @@ def short_float(value: float) -> str:
     """2 significant digits, exponent without padding: 0.003 -> 3e-3, 0.0047 -> 4.7e-3."""
     mantissa, exponent = f"{value:.1e}".split("e")
     return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+
+
+def tag_roles(client, state: dict[str, Any]) -> int:
+    """Give the runs of a sweep tracked before ROLE_TAG existed their role (the runs view lists runs by
+    it); returns how many were tagged."""
+    tagged = 0
+    for run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
+        tags = run.data.tags
+        if CONFIRM_OF_TAG in tags:
+            for replicate in child_runs(client, state["experiment_id"], run.info.run_id):
+                if ROLE_TAG not in replicate.data.tags:
+                    client.set_tag(replicate.info.run_id, ROLE_TAG, REPLICATE)
+                    client.set_tag(replicate.info.run_id, REPLICATE_OF_TAG, tags[CONFIRM_OF_TAG])
+                    tagged += 1
+        if ROLE_TAG not in tags:
+            client.set_tag(run.info.run_id, ROLE_TAG, CONFIGURATION if CONFIRM_OF_TAG in tags else TRIAL)
+            tagged += 1
+    return tagged
 
 
 def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
@@ -230,11 +271,11 @@ class MlflowTrials(Callback):
             self._nodes[run_id] = [n for n in found[0].data.tags.get(NODES_TAG, "").split(",") if n]
             self.client.update_run(run_id, status="RUNNING")
         else:
-            run = self.client.create_run(
-                self.experiment_id,
-                run_name=run_name(trial.config, trial.trial_id),
-                tags={"mlflow.parentRunId": parent, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name},
-            )
+            tags = {"mlflow.parentRunId": parent, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name,
+                    ROLE_TAG: REPLICATE if self.parent_of else TRIAL}  # fmt: skip
+            if self.parent_of:  # a replicate: marked with the searched trial it replicates
+                tags[REPLICATE_OF_TAG] = self.client.get_run(parent).data.tags.get(CONFIRM_OF_TAG, "")
+            run = self.client.create_run(self.experiment_id, run_name=run_name(trial.config, trial.trial_id), tags=tags)
             run_id = run.info.run_id
             self._log_params(run_id, trial.config)
             self.client.set_tag(run_id, PARAMS_TAG, json.dumps(trial.config, sort_keys=True, default=str))
@@ -324,6 +365,8 @@ class MlflowTrials(Callback):
                     "optimizer_state_bytes"):  # fmt: skip
             if key in last and isinstance(last[key], (int, float)) and math.isfinite(float(last[key])):
                 self.client.log_metric(run_id, f"final_{key}", float(last[key]))
+                if key.endswith("_bytes"):  # what the runs view shows: MiB reads at a glance, bytes do not
+                    self.client.log_metric(run_id, f"final_{key.removesuffix('_bytes')}_MiB", float(last[key]) / 2**20)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id_for(trial)

@@ -37,6 +37,7 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
             {
                 "trial_id": tags.get(TRIAL_TAG),
                 "run_id": run.info.run_id,
+                "start_time": run.info.start_time,  # ms; the order trials started (trial ids are random hex)
                 "status": tags.get(STATUS_TAG, "running"),
                 "failure_reason": tags.get(REASON_TAG),
                 "stop_reason": tags.get(STOP_REASON_TAG),
@@ -54,6 +55,27 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
         )
     rows.sort(key=lambda r: (STATUS_ORDER.get(r["status"], 9), objective_key(r, spec.objective.mode)))
     return rows
+
+
+def collect_replicates(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:
+    """The replicate runs of `confirm` (nested under each replicated configuration's run), as rows with
+    `trial_id`, `run_id`, `status`, `params`, `objective` and `replicate_of` (the searched trial)."""
+    from ranktune.platform.tracking import CONFIRM_OF_TAG, PARAMS_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
+
+    client = mlflow_client(state["tracking_uri"])
+    rows = []
+    for config_run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
+        of = config_run.data.tags.get(CONFIRM_OF_TAG)
+        if of is None:
+            continue
+        for run in child_runs(client, state["experiment_id"], config_run.info.run_id):
+            tags = run.data.tags
+            rows.append({
+                "trial_id": tags.get(TRIAL_TAG), "run_id": run.info.run_id, "replicate_of": of,
+                "status": tags.get(STATUS_TAG, "running"), "params": json.loads(tags.get(PARAMS_TAG, "{}")),
+                "objective": run.data.metrics.get(f"final_{spec.objective.metric}"), "start_time": run.info.start_time,
+            })  # fmt: skip
+    return sorted(rows, key=lambda r: r["start_time"] or 0)
 
 
 RESULTS_FILE = "results.json"  # the trials as collect_trials gave them when the sweep last ended

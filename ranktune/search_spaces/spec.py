@@ -75,6 +75,8 @@ class Confirm(Strict):
     """methods (branches) or configurations to replicate; a verdict needs 2"""
     seeds: int = Field(default=3, ge=2)
     """new seeds each, at the full budget; a spread needs 2"""
+    tie_threshold: float = Field(default=0.01, ge=0)
+    """gaps of the objective within +/- this are practically equal (a tie); 0.01 nats of eval_loss = 1% perplexity"""
 
 
 class Budget(Strict):

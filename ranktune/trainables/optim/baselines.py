@@ -95,7 +95,8 @@ def estimate_full_rank(inner: str):
 register(
     "adamw",
     OptimizerEntry(
-        build=build_adamw, estimate_state=estimate_full_rank("adamw"), description="torch AdamW, fp32 moments"
+        build=build_adamw, estimate_state=estimate_full_rank("adamw"), description="torch AdamW, fp32 moments",
+        baseline=True, colour="#1f77b4",
     ),
 )
 register(
@@ -105,6 +106,8 @@ register(
         check=lambda cfg: eightbit.bitsandbytes_missing(),
         estimate_state=estimate_full_rank("adamw8bit"),
         description="bitsandbytes 8-bit AdamW",
+        baseline=True,
+        colour="#8c564b",
     ),
 )
 register(
@@ -113,5 +116,6 @@ register(
         build=build_adafactor,
         estimate_state=estimate_full_rank("adafactor"),
         description="torch Adafactor, factored moments",
+        colour="#7f7f7f",
     ),
 )

@@ -20,6 +20,11 @@ An entry holds:
     settling_windows(cfg) -> [(a, b)]    update counts (inclusive ranges) at which the method's loss rises by
                                          design and is not comparable with other methods' (ReLoRA's warm
                                          start and restart re-warmups); early stopping skips them. None: none
+    colour                               the method's colour in every plot and report (hex); distinct
+                                         from the other built-in methods' (None: one from a spare palette)
+    baseline                             True for a full-rank reference method (AdamW, 8-bit AdamW): a
+                                         sweep's `confirm` always replicates the best of them, and its
+                                         verdict says whether the winner beats it
     sections                             the TrainConfig sections the method reads besides optim,
                                          schedule and train (galore_*: `galore`; relora, lora:
                                          `relora`); a sweep's best_config.yaml keeps these and drops
@@ -164,6 +169,10 @@ class OptimizerEntry:
     sections: tuple[str, ...] = ()
     # (first, last) update counts, inclusive, where the loss rises by design (platform/milestones.py skips them).
     settling_windows: Callable[[TrainConfig], list[tuple[int, int]]] | None = None
+    # A full-rank reference (the papers' "full-rank Adam"): `confirm` replicates the best one as the baseline.
+    baseline: bool = False
+    # Its colour in plots and reports, the same everywhere; chosen apart from the other methods' colours.
+    colour: str | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}
@@ -189,6 +198,11 @@ def lookup(name: str) -> OptimizerEntry:
         return OPTIMIZERS[name]
     except KeyError:
         raise ValueError(f"optim.name: {name!r} -> one of {sorted(OPTIMIZERS)}") from None
+
+
+def baseline_methods() -> list[str]:
+    """The registered full-rank reference methods (OptimizerEntry.baseline)."""
+    return sorted(name for name, entry in OPTIMIZERS.items() if entry.baseline)
 
 
 def foreign_sections(name: str) -> set[str]:

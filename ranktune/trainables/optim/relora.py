@@ -316,6 +316,7 @@ register(
         summarize=summarize_lora,
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
         sections=("relora",),
+        colour="#d62728",
     ),
 )
 register(
@@ -329,5 +330,6 @@ register(
         summarize=summarize_lora,
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
         sections=("relora",),
+        colour="#ff7f0e",
     ),
 )

@@ -289,10 +289,11 @@ def summarize_scaled_gradient(cfg, name: str) -> str:
             f"{', per-layer' if s.per_layer else ''}")  # fmt: skip
 
 
-for _name, _description in [
-    ("apollo_adamw", "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient"),
-    ("apollo_mini", "APOLLO-Mini: APOLLO at rank 1 with one scale per matrix (SGD-like memory)"),
-    ("fira_adamw", "Fira: GaLore's low-rank AdamW plus the scaled out-of-subspace gradient"),
+for _name, _description, _colour in [
+    ("apollo_adamw", "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient",
+     "#9467bd"),
+    ("apollo_mini", "APOLLO-Mini: APOLLO at rank 1 with one scale per matrix (SGD-like memory)", "#e377c2"),
+    ("fira_adamw", "Fira: GaLore's low-rank AdamW plus the scaled out-of-subspace gradient", "#b5cf6b"),
 ]:
     register(
         _name,
@@ -303,5 +304,6 @@ for _name, _description in [
             summarize=partial(summarize_scaled_gradient, name=_name),
             description=_description,
             sections=(METHODS[_name][1],),
+            colour=_colour,
         ),
     )

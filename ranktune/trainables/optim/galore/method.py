@@ -408,10 +408,10 @@ def summarize_galore(cfg) -> str:
     return f"galore rank {cfg.galore.rank}{', per-layer' if cfg.galore.per_layer else ''}"
 
 
-for _inner, _description in [
-    ("adamw", "GaLore: low-rank gradient projection, AdamW inner (fp32 moments)"),
-    ("adamw8bit", "GaLore: low-rank gradient projection, bitsandbytes 8-bit AdamW inner"),
-    ("adafactor", "GaLore: low-rank gradient projection, Adafactor inner"),
+for _inner, _description, _colour in [
+    ("adamw", "GaLore: low-rank gradient projection, AdamW inner (fp32 moments)", "#2ca02c"),
+    ("adamw8bit", "GaLore: low-rank gradient projection, bitsandbytes 8-bit AdamW inner", "#17becf"),
+    ("adafactor", "GaLore: low-rank gradient projection, Adafactor inner", "#98df8a"),
 ]:
     register(
         f"galore_{_inner}",
@@ -422,5 +422,6 @@ for _inner, _description in [
             summarize=summarize_galore,
             description=_description,
             sections=("galore",),
+            colour=_colour,
         ),
     )
