@@ -7,6 +7,7 @@ them all); imports under `if TYPE_CHECKING:` never run and are left out.
 
 from __future__ import annotations
 
+import ast
 import graphlib
 import importlib
 import json
@@ -108,3 +109,27 @@ def test_every_name_pickled_into_an_old_sweep_still_resolves():
         except (ImportError, AttributeError) as exc:
             missing.append(f"{module}:{qualname} ({exc})")
     assert not missing, "pickled names that no longer resolve (keep a shim at the old path):\n" + "\n".join(missing)
+
+
+def test_every_import_of_a_ranktune_name_resolves():
+    """Imports inside functions run only when the function does: one that names a moved or deleted
+    module or name fails here rather than in the middle of a sweep."""
+    root = Path(__file__).resolve().parents[1]
+    broken = []
+    for path in sorted([*(root / "ranktune").rglob("*.py"), *(root / "tests").glob("*.py"),
+                        *(root / "benchmarks").glob("*.py")]):  # fmt: skip
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("ranktune"):
+                where = f"{path.relative_to(root)}:{node.lineno}"
+                try:
+                    module = importlib.import_module(node.module)
+                except ImportError as exc:
+                    broken.append(f"{where} {node.module} ({exc})")
+                    continue
+                for alias in node.names:
+                    if alias.name != "*" and not hasattr(module, alias.name):
+                        try:
+                            importlib.import_module(f"{node.module}.{alias.name}")
+                        except ImportError:
+                            broken.append(f"{where} {node.module}.{alias.name}")
+    assert not broken, "imports that fail:\n" + "\n".join(broken)

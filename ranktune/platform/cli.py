@@ -336,7 +336,7 @@ def refresh_sweep_views(spec, state: dict) -> bool:
     trials view, the parent's note naming the sweep's directory as it is now (after a copy or move).
     Returns whether the view was stored."""
     from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.report import collect_trials
+    from ranktune.platform.trials import collect_trials
     from ranktune.platform.sweep import parent_note, store_runs_view
     from ranktune.platform.tracking import NOTE_TAG, mlflow_client, tag_roles
 

@@ -357,7 +357,7 @@ def store_runs_view(client, spec: SweepSpec, experiment_id: str) -> bool:
 def parent_note(spec: SweepSpec, state: dict[str, Any], trials: list[dict[str, Any]], confirm) -> str:
     """The parent run's description in the MLflow UI: who won, the next commands (naming the sweep's
     directory as it is now, also after a copy), the ranked table."""
-    from ranktune.platform.report import pick_winner
+    from ranktune.platform.ranking import pick_winner
     from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
 
     winner = pick_winner(trials, spec.objective.mode, confirm)
