@@ -313,9 +313,11 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
                          rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
-                         max_memory_gib=args.max_memory_gib)  # fmt: skip
+                         max_memory_gib=args.max_memory_gib, fallback=args.fallback)  # fmt: skip
     if result.substitute:
         print(result.substitute)
+    for notice in result.notices:
+        print(notice)
     print(f"exported trial {result.trial_id} -> {result.config_path}")
     print(result.verdict.line())
     print(f"launch: {result.command}")
@@ -417,8 +419,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--budget-gib", type=float, default=DEFAULT_BUDGET_GIB, help="GPU memory budget in GiB (default %(default)g)"
     )
     p.add_argument("--out", help="config file to write (default SWEEP_DIR/export_<target>.yaml)")
-    p.add_argument("--rules", help="YAML file of scaling rules (see docs/export.md)")
-    p.add_argument("--trial", help="export this finished trial instead of the best one")
+    p.add_argument("--rules", help="scaling rules: published (default: the methods' published target recipes), "
+                                   "proxy (map the proxy's values), or a YAML file (see docs/export.md)")
+    p.add_argument("--trial", help="export this finished trial instead of the sweep's answer (a baseline such as "
+                                   "LoRA from a random init is exported only so)")
+    p.add_argument("--fallback", choices=["best-fitting"], default=None,
+                   help="when the sweep's answer cannot be exported: export the best trial that can, saying "
+                        "what is lost (default: refuse, exit 2)")
     p.add_argument("--max-memory-gib", type=float, default=None,
                    help="export the best finished trial whose target config's estimate fits this many GiB "
                         "(the budget for the export too)")  # fmt: skip

@@ -36,6 +36,7 @@ from ranktune.trainables.optim.baselines import inner_state_bytes
 from ranktune.trainables.optim.galore.optimizers import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreOptimizer
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS, projected_sides
 from ranktune.trainables.optim.registry import (
+    PublishedRecipe,
     Device,
     OptimizerEntry,
     ParamShape,
@@ -422,5 +423,11 @@ for _inner, _description in [
             summarize=summarize_galore,
             description=_description,
             sections=("galore",),
+            # GaLore's README 7b command (8-bit, per-layer); its 60m..1b scripts use lr 0.01.
+            published=(PublishedRecipe("7b", "galore", rank=1024, scale=0.25, update_proj_gap=500, lr=0.005,
+                                       reference_lr=0.01, source="GaLore README, 7b on one GPU"),),  # fmt: skip
+            single_gpu=(("optim.name", "galore_adamw8bit"), ("galore.per_layer", True),
+                        ("galore.accumulation", "low_rank")),  # fmt: skip
+            update_rule_keys=("optim.name", "galore.per_layer", "galore.accumulation", "galore.projector_dtype"),
         ),
     )
