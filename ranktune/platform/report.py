@@ -13,7 +13,8 @@ from ranktune.search_spaces.spec import SweepSpec
 
 log = logging.getLogger(__name__)
 
-STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "pruned_memory": 3, "lost": 4, "failed": 5}
+STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "pruned_memory": 3, "infeasible_target": 4,
+                "lost": 5, "failed": 6}  # fmt: skip
 
 
 def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:

@@ -16,7 +16,8 @@ from typing import Any
 
 from ranktune.search_spaces.spec import SweepSpec
 
-STATUS_WORDS = {"finished": "finished", "stopped_early": "stopped", "pruned_memory": "pruned", "failed": "failed",
+STATUS_WORDS = {"finished": "finished", "stopped_early": "stopped", "pruned_memory": "pruned",
+                "infeasible_target": "infeasible", "failed": "failed",
                 "lost": "lost", "running": "running"}  # fmt: skip
 # --sort keys -> (field of a flat row, descending?)
 SORT_KEYS = {"objective": ("objective", False), "method": ("method", False), "status": ("status_order", False),

@@ -36,8 +36,10 @@ SNAPSHOT_PERIOD_S = 2
 
 
 def resolved_config_yaml(spec_json: str, params: dict[str, Any]) -> str:
+    from ranktune.platform.target import proxy_config
+
     spec = SweepSpec.model_validate_json(spec_json)
-    return yaml.safe_dump(spec.trial_config(params).model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(proxy_config(spec, params).model_dump(mode="json"), sort_keys=False)
 
 
 def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[str, Any],
@@ -169,7 +171,7 @@ def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
 
     from ranktune.platform.trial import run_trial
 
-    if spec.memory_budget_gib is not None or spec.objectives:
+    if spec.memory_budget_gib is not None or spec.objectives or spec.target is not None:
         import os
 
         # A trial over the memory budget returns before training, without a result (Optuna then
@@ -190,6 +192,7 @@ def build_searcher(spec: SweepSpec, storage: Path):
     from ray.tune.search.optuna import OptunaSearch
 
     from ranktune.platform.study_storage import SweepStudyStorage
+    from ranktune.platform.target import feasible_search_class
 
     space = spec.search_space()
     points = stratified_startup(spec)
@@ -197,6 +200,8 @@ def build_searcher(spec: SweepSpec, storage: Path):
         # multivariate: lr and warmup (rank and scale, ...) interact, so model them jointly.
         # constant_liar: trials still running count as bad guesses, so concurrent trials spread out
         # instead of all sampling the same promising point.
+        # A target-aware sweep's infeasible draws are PRUNED trials with a violated constraint
+        # (platform/target.py, trial.set_constraint): TPE ranks them below every feasible trial.
         sampler = optuna.samplers.TPESampler(
             seed=spec.seed, n_startup_trials=spec.search.n_startup_trials, multivariate=True, constant_liar=True
         )
@@ -212,11 +217,15 @@ def build_searcher(spec: SweepSpec, storage: Path):
     mode: str | list[str] = spec.objective.mode
     if spec.objectives:
         metric, mode = [o.metric for o in spec.all_objectives()], [o.mode for o in spec.all_objectives()]
-    searcher = OptunaSearch(
-        space=space.sample, metric=metric, mode=mode, sampler=sampler, study_name=spec.name, storage=rdb,
-        points_to_evaluate=points,
-    )  # fmt: skip
-    return searcher, (len(points) if spec.search.algorithm == "grid" else spec.budget.num_trials)
+    num_trials = len(points) if spec.search.algorithm == "grid" else spec.budget.num_trials
+    kwargs = dict(space=space.sample, metric=metric, mode=mode, sampler=sampler, study_name=spec.name, storage=rdb,
+                  points_to_evaluate=points)  # fmt: skip
+    if spec.target is None:
+        return OptunaSearch(**kwargs), num_trials
+    searcher = feasible_search_class()(**kwargs, target_spec_json=spec.model_dump_json(), num_trials=num_trials)
+    if spec.search.algorithm == "grid":  # each grid point once: an infeasible one is not replaced
+        return searcher, num_trials
+    return searcher, num_trials + spec.target.infeasible_draws(num_trials)
 
 
 def stratified_startup(spec: SweepSpec) -> list[dict[str, Any]] | None:
@@ -364,11 +373,13 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
 
 def check_before_start(spec: SweepSpec) -> None:
     """What would fail every trial, or hang the driver, refused before Ray starts."""
+    from ranktune.platform.target import check_target_spec
     from ranktune.platform.tracking import check_tracking_store
     from ranktune.trainables.data import check_data_inputs
 
     check_tracking_store(spec.tracking_uri)
     check_data_inputs(spec.trial_config({}).data)
+    check_target_spec(spec)
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | None = None,

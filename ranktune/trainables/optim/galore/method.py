@@ -36,11 +36,11 @@ from ranktune.trainables.optim.baselines import inner_state_bytes
 from ranktune.trainables.optim.galore.optimizers import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreOptimizer
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS, projected_sides
 from ranktune.trainables.optim.registry import (
-    PublishedRecipe,
     Device,
     OptimizerEntry,
     ParamShape,
     PhaseState,
+    PublishedRecipe,
     depends_on_layer_index,
     expand_layers,
     register,
