@@ -140,3 +140,29 @@ def test_relora_warm_start_asks_for_a_checkpoint(make_config, tmp_path):
     assert not given.inputs and given.config is not None
     in_run = fit_to_target(cfg, "7b", load_rules("proxy"), [], 24.0)  # the full-rank phase at 7b: 39 GiB
     assert in_run.problems and "warm start" in in_run.problems[0]
+
+
+def test_lora_from_a_random_init_is_a_baseline_and_relora_is_not(make_config, tmp_path):
+    lora = make_config("optim.name=lora", "relora.rank=8")
+    fit = fit_to_target(lora, "7b", ScalingRules(), [], 24.0)
+    assert fit.config is not None and fit.baseline.startswith("lora: LoRA without restarts from a random init")
+    ckpt = tmp_path / "warm.pt"
+    ckpt.write_bytes(b"")
+    warm = fit_to_target(lora, "7b", ScalingRules(), [f"relora.warm_start_checkpoint={ckpt}"], 24.0)
+    assert warm.baseline is None  # LoRA + warm start: the ReLoRA paper's "LoRA + warm start" recipe
+    relora = make_config("optim.name=relora", "relora.rank=8", "relora.relora_every=4", "relora.restart_warmup_steps=1")
+    assert fit_to_target(relora, "7b", ScalingRules(), [], 24.0).baseline is None
+
+
+def test_token_notices_say_what_the_run_now_sees(make_config):
+    from ranktune.platform.export import token_notices
+    from ranktune.trainables.config import apply_overrides, config_from_dict
+
+    raw = map_to_target(make_config("optim.name=galore_adamw", "galore.rank=16"), "7b", ScalingRules())
+    before = config_from_dict(raw)
+    assert token_notices(before, before) == ()
+    after = config_from_dict(apply_overrides(raw, ["train.batch_size=16"]))
+    assert token_notices(before, after) == (
+        "the run now sees tokens per step: 4,096 (16 x 256) instead of the rules' 131,072",
+        "the run now sees tokens in all: 0.614B (150,000 steps) instead of 19.7B (150,000 steps)",
+    )

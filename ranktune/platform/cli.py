@@ -312,8 +312,8 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ranktune.platform.export import export_best, load_rules
 
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
-                         rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
-                         max_memory_gib=args.max_memory_gib, fallback=args.fallback)  # fmt: skip
+                         rules=load_rules(args.rules) if args.rules else None, overrides=args.overrides,
+                         trial_id=args.trial, max_memory_gib=args.max_memory_gib, fallback=args.fallback)  # fmt: skip
     if result.substitute:
         print(result.substitute)
     for notice in result.notices:

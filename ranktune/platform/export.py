@@ -455,16 +455,21 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
 
     Another trial only when asked: `trial_id` (by name: a baseline such as LoRA from a random init is
     exported only so), `max_memory_gib` (the best trial that fits it), or `fallback="best-fitting"` (the
-    best trial that fits the budget, with a line saying what is lost)."""
+    best trial that fits the budget, with a line saying what is lost). `rules` None: the sweep's
+    `target.rules` when it was searched for this target, else the defaults."""
     from ranktune.platform.report import collect_trials
     from ranktune.platform.sweep import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
 
     if fallback is not None and fallback not in FALLBACKS:
         raise ConfigError([f"--fallback: {fallback!r} -> one of {list(FALLBACKS)}"])
-    rules = rules or ScalingRules()
     overrides = list(overrides)
     spec, state = load_state(sweep_dir)
+    if rules is None:  # a target-aware sweep's own rules (and tokens per step) for its target
+        from ranktune.platform.target import target_rules
+
+        same_target = spec.target is not None and spec.target.model == target
+        rules = target_rules(spec) if same_target else ScalingRules()
     rows = collect_trials(spec, state)
     substitute = None
     if max_memory_gib is not None and trial_id is None:
