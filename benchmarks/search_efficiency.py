@@ -44,7 +44,8 @@ def run(kind: str, seed: int, args, root: Path) -> list[tuple[int, float | None,
     """(steps trained, final objective or None, status) per trial, in finishing order."""
     import ray
 
-    from ranktune.platform.sweep import load_state, run_sweep
+    from ranktune.platform.sweep import run_sweep
+    from ranktune.platform.sweep_state import load_state
     from ranktune.platform.tracking import STATUS_TAG, child_runs, mlflow_client
     from ranktune.search_spaces import spec_from_dict
 

@@ -31,7 +31,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     args = parser.parse_args()
 
-    from ranktune.platform.sweep import load_state, run_sweep
+    from ranktune.platform.sweep import run_sweep
+    from ranktune.platform.sweep_state import load_state
     from ranktune.platform.tracking import child_runs, mlflow_client
     from ranktune.platform.trial import trial_train_config
     from ranktune.platform.trials import collect_trials

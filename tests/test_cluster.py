@@ -21,7 +21,7 @@ from tiny import tiny_sweep_base
 
 from ranktune.platform.cluster import LocalCluster, start_cluster
 from ranktune.platform.serve import session_pids
-from ranktune.platform.sweep import load_state
+from ranktune.platform.sweep_state import load_state
 from ranktune.platform.tracking import NODES_TAG, RESUMED_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
 
 REPO = Path(__file__).resolve().parents[1]

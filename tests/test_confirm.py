@@ -91,7 +91,8 @@ def test_the_best_baseline_is_always_replicated_and_judged():
 def test_sweep_replicates_its_top_two_nested_in_mlflow(tmp_path, token_cache):
     import ray
 
-    from ranktune.platform.sweep import load_state, run_sweep
+    from ranktune.platform.sweep import run_sweep
+    from ranktune.platform.sweep_state import load_state
     from ranktune.platform.tracking import CONFIRM_OF_TAG, child_runs, mlflow_client
     from ranktune.platform.trials import collect_trials
     from tests.test_sweep import tiny_spec

@@ -1,6 +1,10 @@
-"""Memory-aware sweep (over-budget configs pruned before training) and export of its trials to 7b.
+"""Memory- and target-aware sweep and export of its trials to 7b.
 
-One tiny sweep on a local Ray (about a minute) feeds every export check below.
+One tiny sweep on a local Ray (about a minute) feeds every export check below. It declares the 7b
+target: configurations whose 7b run cannot be exported (AdamW: full-rank state; LoRA from a random
+init: a baseline) are not trained, over-budget proxies (seq_len 256) are pruned, and the rest train
+the 7b update rule (per-layer 8-bit GaLore with low-rank accumulation and int8 projectors, ReLoRA
+with 8-bit moments and an int8 base).
 """
 
 from __future__ import annotations
@@ -23,7 +27,7 @@ from tiny import tiny_sweep_base
 
 from ranktune.platform.export import ScalingRules, export_best, select_trial
 from ranktune.platform.memory import GIB
-from ranktune.platform.sweep import load_state
+from ranktune.platform.sweep_state import load_state
 from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, STATUS_TAG, child_runs, mlflow_client
 from ranktune.platform.trials import collect_trials
 from ranktune.search_spaces import spec_from_dict
@@ -42,13 +46,14 @@ def sweep(tmp_path_factory, token_cache):
     tmp = tmp_path_factory.mktemp("export")
     raw = {
         "name": "mem", "storage": str(tmp / "mem"), "max_concurrent": 1, "memory_budget_gib": BUDGET_GIB,
+        "target": {"model": "7b", "budget_gib": 24},
         "base_overrides": tiny_sweep_base(token_cache, relora={"rank": 8, "relora_every": 5,
                                                                "restart_warmup_steps": 1}),
         "space": {
             "params": {"data.seq_len": {"type": "choice", "values": [32, 256]}},
             "branches": {"key": "optim.name", "choices": {
                 "galore_adamw": {"galore.rank": {"type": "choice", "values": [8, 16]}},
-                "relora": {},
+                "relora": {}, "adamw": {}, "lora": {},
             }},
         },
         "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": 10},
@@ -61,16 +66,22 @@ def sweep(tmp_path_factory, token_cache):
     return spec
 
 
-def test_over_budget_configs_are_pruned_before_training(sweep):
+def test_over_budget_and_infeasible_configs_are_not_trained(sweep):
     import optuna
 
     spec, state = load_state(sweep.storage_dir)
     client = mlflow_client(state["tracking_uri"])
     runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
-    assert len(runs) == 6
+    assert len(runs) == 10
     for run in runs:
         params = json.loads(run.data.tags[PARAMS_TAG])
-        if params["data.seq_len"] == 256:  # estimate above the budget: never trained
+        if params["optim.name"] in ("adamw", "lora"):  # its 7b run cannot be exported: never trained
+            assert run.data.tags[STATUS_TAG] == "infeasible_target" and run.info.status == "KILLED"
+            reason = run.data.tags[REASON_TAG]
+            assert reason.startswith("not exportable to 7b on 24 GiB at 512 x 256 tokens per step: ")
+            assert ("memory:" if params["optim.name"] == "adamw" else "is a baseline") in reason
+            assert not client.get_metric_history(run.info.run_id, "train_loss")
+        elif params["data.seq_len"] == 256:  # estimate above the budget: never trained
             assert run.data.tags[STATUS_TAG] == "pruned_memory" and run.info.status == "KILLED"
             assert "exceeds memory_budget_gib 0.5" in run.data.tags[REASON_TAG]
             assert not client.get_metric_history(run.info.run_id, "train_loss")
@@ -78,7 +89,60 @@ def test_over_budget_configs_are_pruned_before_training(sweep):
             assert run.data.tags[STATUS_TAG] == "finished"
     study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{spec.storage_dir / 'optuna.db'}")
     states = sorted(t.state.name for t in study.trials)
-    assert states == ["COMPLETE"] * 3 + ["PRUNED"] * 3
+    assert states == ["COMPLETE"] * 3 + ["PRUNED"] * 7
+    infeasible = [t for t in study.trials if t.params["optim.name"] in ("adamw", "lora")]
+    assert len(infeasible) == 4 and all(t.system_attrs["constraints:target"] == 1.0 for t in infeasible)
+    # results.json and the report carry the status and the reason
+    results = json.loads((spec.storage_dir / "results.json").read_text())
+    assert sum(r["status"] == "infeasible_target" and r["failure_reason"] for r in results) == 4
+
+
+def test_proxies_trained_the_7b_update_rule(sweep):
+    spec, state = load_state(sweep.storage_dir)
+    client = mlflow_client(state["tracking_uri"])
+    for row in collect_trials(spec, state):
+        if row["status"] == "finished" and row["params"]["optim.name"] == "galore_adamw":
+            cfg = load_config(client.download_artifacts(row["run_id"], "config.yaml"))
+            assert cfg.optim.name == "galore_adamw8bit" and cfg.galore.per_layer
+            assert cfg.galore.accumulation == "low_rank" and cfg.galore.projector_dtype == "int8"
+
+
+def test_export_writes_the_target_aware_sweeps_winner(sweep, tmp_path, capsys):
+    from ranktune.platform.cli import main
+    from ranktune.platform.report import pick_best
+
+    spec, state = load_state(sweep.storage_dir)
+    winner = pick_best(collect_trials(spec, state), "min")
+    out = tmp_path / "winner_7b.yaml"
+    assert main(["export", str(sweep.storage_dir), "--target", "7b", "--out", str(out)]) == 0
+    assert f"exported trial {winner['trial_id']} ->" in capsys.readouterr().out
+    cfg = load_config(out)
+    assert cfg.tokens_per_step == 131_072 and cfg.model.name == "7b"
+    memory = json.loads(out.with_suffix(".memory.json").read_text())
+    assert memory["source_trial"] == winner["trial_id"] and memory["headroom_bytes"] >= 1 * GIB
+
+    # --set that changes what the run sees is said, in the output and the header
+    assert main(["export", str(sweep.storage_dir), "--out", str(out), "--set", "train.batch_size=16"]) == 0
+    said = capsys.readouterr().out
+    assert "the run now sees tokens per step: 4,096 (16 x 256) instead of the rules' 131,072" in said
+    assert "the run now sees tokens in all: 0.614B (150,000 steps) instead of 19.7B (150,000 steps)" in said
+    assert "# the run now sees tokens per step: 4,096" in out.read_text()
+
+    # On 16 GiB nothing of this sweep's answer fits: exit 2, one line per setting, and the fallback's cost.
+    assert main(["export", str(sweep.storage_dir), "--budget-gib", "16"]) == 2
+    err = capsys.readouterr().err
+    assert f"trial {winner['trial_id']} (" in err and "memory: " in err and "--budget-gib" in err
+    # On 18 GiB ReLoRA's 7b run fits (16.65 GiB), GaLore's does not (22.45 GiB at micro-batch 1): another
+    # trial only when asked, with what it loses.
+    args = ["export", str(sweep.storage_dir), "--budget-gib", "18", "--out", str(out)]
+    if winner["params"]["optim.name"] == "galore_adamw":
+        assert main(args) == 2
+        assert "--fallback best-fitting: exports trial " in capsys.readouterr().err
+        assert main([*args, "--fallback", "best-fitting"]) == 0
+        said = capsys.readouterr().out
+        assert "% vs the sweep's answer " + winner["trial_id"] in said and "(relora," in said
+    else:
+        assert main(args) == 0
 
 
 def finished_trial(sweep, method: str) -> str:

@@ -26,7 +26,7 @@ def make_sweep_dir(path):
 
 
 def test_a_moved_sweep_reads_its_own_store_and_artifacts_from_any_directory(tmp_path, monkeypatch):
-    from ranktune.platform.sweep import load_state
+    from ranktune.platform.sweep_state import load_state
 
     original, moved, elsewhere = tmp_path / "a" / "moved", tmp_path / "b" / "moved", tmp_path / "cwd"
     original.mkdir(parents=True)

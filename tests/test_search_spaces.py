@@ -34,6 +34,8 @@ def test_shipped_default_sweep_spec_is_valid():
     compare = PRESETS["compare"]["branches"]["choices"]
     assert list(s.search_space().branches.choices) == list(compare)
     assert s.budget.num_trials >= len(compare) * s.search.min_trials_per_branch
+    # It is searched for the run it exports: every trained trial is launchable at 7b on 24 GiB.
+    assert s.target is not None and (s.target.model, s.target.budget_gib) == ("7b", 24.0)
 
 
 def test_rank_above_smallest_targeted_dimension_is_named():

@@ -16,7 +16,7 @@ import pytest
 import yaml
 from tiny import tiny_sweep_base
 
-from ranktune.platform.sweep import load_state
+from ranktune.platform.sweep_state import load_state
 from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
 from ranktune.platform.trials import collect_trials
 from ranktune.search_spaces import spec_from_dict

@@ -176,7 +176,8 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ranktune.platform.report_table import flat_rows, render_table
-    from ranktune.platform.sweep import load_state, resume_sweep, run_sweep
+    from ranktune.platform.sweep import resume_sweep, run_sweep
+    from ranktune.platform.sweep_state import load_state
     from ranktune.platform.trials import collect_trials
     from ranktune.search_spaces.spec import load_spec
 
@@ -235,7 +236,7 @@ def _print_outcome(spec, summary: dict) -> None:
 
 def _print_pareto(storage: str | Path) -> None:
     from ranktune.platform.pareto import format_front
-    from ranktune.platform.sweep import load_state
+    from ranktune.platform.sweep_state import load_state
 
     spec, _ = load_state(storage)
     path = Path(storage) / "pareto.json"
@@ -256,7 +257,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ranktune.platform.ranking import pick_winner
     from ranktune.platform.report import write_plots
     from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
-    from ranktune.platform.sweep import load_state
+    from ranktune.platform.sweep_state import load_state
     from ranktune.platform.trials import read_trials
 
     spec, state = load_state(args.sweep_dir)
@@ -336,9 +337,9 @@ def refresh_sweep_views(spec, state: dict) -> bool:
     trials view, the parent's note naming the sweep's directory as it is now (after a copy or move).
     Returns whether the view was stored."""
     from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.trials import collect_trials
     from ranktune.platform.sweep import parent_note, store_runs_view
     from ranktune.platform.tracking import NOTE_TAG, mlflow_client, tag_roles
+    from ranktune.platform.trials import collect_trials
 
     client = mlflow_client(state["tracking_uri"])
     tag_roles(client, state)
@@ -352,7 +353,7 @@ def refresh_sweep_views(spec, state: dict) -> bool:
 
 def cmd_ui(args: argparse.Namespace) -> int:
     from ranktune.platform.serve import serve_until_stopped
-    from ranktune.platform.sweep import load_state
+    from ranktune.platform.sweep_state import load_state
     from ranktune.platform.tracking import runs_page_url
 
     spec, state = load_state(args.sweep_dir)
@@ -375,7 +376,7 @@ def url_host(host: str) -> str:
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
     from ranktune.platform.serve import serve_until_stopped
-    from ranktune.platform.sweep import load_state
+    from ranktune.platform.sweep_state import load_state
 
     spec, _ = load_state(args.sweep_dir)
     warn_if_exposed("optuna-dashboard", args.host, args.port, "can read and change the study (it has no login)")
@@ -442,12 +443,13 @@ def cmd_export(args: argparse.Namespace) -> int:
     from ranktune.platform.export import export_best, load_rules
 
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
-                         rules=load_rules(args.rules), overrides=args.overrides, trial_id=args.trial,
-                         max_memory_gib=args.max_memory_gib,
+                         rules=load_rules(args.rules) if args.rules else None, overrides=args.overrides,
+                         trial_id=args.trial, max_memory_gib=args.max_memory_gib, fallback=args.fallback,
                          notify=lambda line: print(line, file=sys.stderr))  # fmt: skip
     if result.substitute:
         say(result.substitute)
-    say(f"exported trial {result.trial_id} -> {result.config_path}", result.verdict.line(), f"launch: {result.command}")
+    say(*result.notices, f"exported trial {result.trial_id} -> {result.config_path}", result.verdict.line(),
+        f"launch: {result.command}")
     return 0
 
 
@@ -557,8 +559,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="GPU memory budget in GiB (default %(default)g)",
     )
     p.add_argument("--out", help="config file to write (default SWEEP_DIR/export_<target>.yaml)")
-    p.add_argument("--rules", help="YAML file of scaling rules (see docs/export.md)")
-    p.add_argument("--trial", help="export this finished trial instead of the best one")
+    p.add_argument("--rules", help="scaling rules: published (default: the methods' published target recipes), "
+                                   "proxy (map the proxy's values), or a YAML file (see docs/export.md)")
+    p.add_argument("--trial", help="export this finished trial instead of the sweep's answer (a baseline such as "
+                                   "LoRA from a random init is exported only so)")
+    p.add_argument("--fallback", choices=["best-fitting"], default=None,
+                   help="when the sweep's answer cannot be exported: export the best trial that can, saying "
+                        "what is lost (default: refuse, exit 2)")
     p.add_argument("--max-memory-gib", type=positive_gib, default=None,
                    help="export the best finished trial whose target config's estimate fits this many GiB "
                         "(the budget for the export too)")  # fmt: skip

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ranktune.platform.budget import DEFAULT_BUDGET_GIB
 from ranktune.platform.memory import (
@@ -39,6 +39,7 @@ from ranktune.platform.memory import (
 )
 from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
 from ranktune.trainables.model import MODEL_PRESETS
+from ranktune.trainables.optim.registry import lookup
 
 # The config section of each method that updates with the scaled full-rank gradient (docs/apollo.md).
 SCALED_GRADIENT_SECTIONS = {"apollo_adamw": "apollo", "apollo_mini": "apollo_mini", "fira_adamw": "fira"}
@@ -47,19 +48,32 @@ PAPER_STEPS = {"60m": 10_000, "130m": 20_000, "350m": 60_000, "1b": 100_000, "7b
 
 
 class ScalingRules(BaseModel):
-    """How proxy hyperparameters become target ones. Every rule is a key of a `--rules` YAML file."""
+    """How proxy hyperparameters become target ones. Every rule is a key of a `--rules` YAML file; the
+    named sets (`--rules published`, `--rules proxy`) are in RULE_SETS."""
 
     model_config = ConfigDict(extra="forbid")
 
+    # "published": a method with a published recipe at the target (its registry entry's `published`)
+    # takes rank, scale and update_proj_gap from it, and its lr is the published lr times the proxy's lr
+    # relative to the method's published small-model lr, clamped to lr_ratio_range: the papers fix rank
+    # by memory, not by rank / width, and their refresh gaps are not an 80-step proxy's. "proxy": the
+    # rules below (rank, update_proj_gap, lr, apollo_*) map the proxy's values, as before.
+    recipe: Literal["published", "proxy"] = "published"
+    lr_ratio_range: tuple[float, float] = (0.5, 2.0)
     # rank: "relative" keeps rank / hidden_size (the paper: 128 at 512 wide, 1024 at 4096), rounded to
-    # a multiple of rank_multiple; "absolute" keeps the number.
+    # a multiple of rank_multiple; "absolute" keeps the number. Methods without a published recipe
+    # (ReLoRA, LoRA) use it under both recipes.
     rank: Literal["relative", "absolute"] = "relative"
     rank_multiple: int = Field(default=64, ge=1)
-    # GaLore update_proj_gap, in optimizer updates: None keeps the proxy's value.
+    # GaLore update_proj_gap, in optimizer updates: None keeps the proxy's value (or the published one).
     update_proj_gap: int | None = Field(default=None, ge=1)
     # ReLoRA relora_every and warm_start_steps, and schedule.warmup_steps: "fraction" keeps their share of
     # the run (proxies are short); "tokens" keeps the tokens between events; "steps" keeps the count.
     intervals: Literal["fraction", "tokens", "steps"] = "fraction"
+    # ReLoRA / LoRA warm start at the target: "checkpoint": the exported run starts from a full-rank
+    # checkpoint the user gives (a full-rank warm start does not fit 24 GiB at 7b; export asks for it);
+    # "in_run": the proxy's warm start, scaled by `intervals` (needs the full-rank phase's memory).
+    relora_warm_start: Literal["checkpoint", "in_run"] = "checkpoint"
     # Learning rate: "same", or scaled by (proxy hidden / target hidden) ** 0.5 or ** 1; then x lr_multiplier.
     lr: Literal["same", "sqrt_width", "width"] = "same"
     lr_multiplier: float = Field(default=1.0, gt=0)
@@ -72,22 +86,38 @@ class ScalingRules(BaseModel):
     min_headroom_gib: float = Field(default=1.0, ge=0)
     activation_checkpointing: bool = True
     relora_base_precision: Literal["int8", "bf16"] = "int8"
-    # APOLLO's rank at the target: a number (the paper: 256 at 7b), or None for the `rank` rule.
+    # recipe "proxy": APOLLO's rank at the target: a number (the paper: 256 at 7b), or None for the `rank` rule.
     apollo_rank: int | None = Field(default=256, ge=1)
-    # APOLLO's scale: "hidden_over_rank" keeps scale * rank / hidden (the paper's alpha = sqrt(n / r)
-    # compensation, so scale grows with model size at a fixed rank); "same" keeps the proxy's value.
-    # APOLLO-Mini's paper runs use scale 128 at every size, hence its own rule, "same" by default.
+    # recipe "proxy": APOLLO's scale: "hidden_over_rank" keeps scale * rank / hidden (the paper's
+    # alpha = sqrt(n / r) compensation); "same" keeps the proxy's value. APOLLO-Mini's own rule is "same".
     apollo_scale: Literal["hidden_over_rank", "same"] = "hidden_over_rank"
     apollo_mini_scale: Literal["hidden_over_rank", "same"] = "same"
     data_source: Literal["c4", "proxy"] = "c4"  # c4: streamed, max_tokens = steps x tokens per step
 
+    @model_validator(mode="after")
+    def _check_lr_ratio_range(self) -> ScalingRules:
+        low, high = self.lr_ratio_range
+        if not 0 < low <= high:
+            raise ValueError(f"lr_ratio_range: {list(self.lr_ratio_range)} -> [low, high] with 0 < low <= high")
+        return self
+
+
+# `--rules NAME`: the default (published target recipes) and the rules ranktune used before them.
+RULE_SETS: dict[str, ScalingRules] = {
+    "published": ScalingRules(),
+    "proxy": ScalingRules(recipe="proxy", relora_warm_start="in_run"),
+}
+
 
 def load_rules(path: str | None) -> ScalingRules:
+    """`--rules`: a name of RULE_SETS, or a YAML file of ScalingRules keys (unset keys: the defaults)."""
     if path is None:
         return ScalingRules()
+    if path in RULE_SETS:
+        return RULE_SETS[path].model_copy()
     p = Path(path)
     if not p.is_file():
-        raise ConfigError([f"--rules: {path!r} -> an existing YAML file"])
+        raise ConfigError([f"--rules: {path!r} -> one of {sorted(RULE_SETS)}, or an existing YAML file"])
     try:
         raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
@@ -113,7 +143,8 @@ class ExportResult:
     estimate: RunEstimate
     verdict: Verdict
     command: str
-    substitute: str | None = None  # why the best trial was not the one exported (low_rank_if_best_does_not_fit)
+    substitute: str | None = None  # why the best trial was not the one exported, and what that loses
+    notices: tuple[str, ...] = ()  # what the user's --set changed in tokens per step / total tokens
 
 
 # ---------------------------------------------------------------------------------- mapping
@@ -166,14 +197,22 @@ def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[
     raw["output"] = {"dir": f"runs/{target}-export", "checkpoint_every": max(1, steps // 50), "keep_checkpoints": 2}
 
     name = proxy.optim.name
-    if name.startswith("galore_"):
+    entry = lookup(name)
+    for key, value in entry.single_gpu:  # the method's single-GPU settings (per-layer mode, 8-bit state)
+        set_key(raw, key, value)
+    recipe = entry.recipe_for(target) if rules.recipe == "published" else None
+    if recipe is not None:
+        # rank, scale and gap as published; the lr by how far the proxy's lr is from the method's
+        # published small-model lr (clamped: a tiny proxy's best lr says little beyond a direction).
+        low, high = rules.lr_ratio_range
+        ratio = min(max(proxy.optim.lr / recipe.reference_lr, low), high)
+        raw["optim"]["lr"] = recipe.lr * ratio * rules.lr_multiplier
+        raw[recipe.section].update(rank=recipe.rank, scale=recipe.scale, update_proj_gap=recipe.update_proj_gap)
+        if rules.update_proj_gap is not None:
+            raw[recipe.section]["update_proj_gap"] = rules.update_proj_gap
+    elif name.startswith("galore_"):
         g = raw["galore"]
-        raw["optim"]["name"] = "galore_adamw8bit"
         g["rank"] = target_rank(proxy.galore.rank, proxy_hidden, target_hidden, rules)
-        g["per_layer"] = True
-        # Low-rank accumulators keep the paper's tokens per step without full gradients, and defer the
-        # update so the proxy's global-norm clip (train.grad_clip, unchanged) still applies.
-        g["accumulation"] = "low_rank"
         if rules.update_proj_gap is not None:
             g["update_proj_gap"] = rules.update_proj_gap
     elif name in SCALED_GRADIENT_SECTIONS:
@@ -186,20 +225,33 @@ def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[
         scale_rule = {"apollo_adamw": rules.apollo_scale, "apollo_mini": rules.apollo_mini_scale}.get(name, "same")
         if scale_rule == "hidden_over_rank":
             a["scale"] = pa.scale * (target_hidden / a["rank"]) / (proxy_hidden / pa.rank)
-        a["per_layer"] = True  # the update needs the full gradient, but only one at a time without accumulation
         if rules.update_proj_gap is not None:
             a["update_proj_gap"] = rules.update_proj_gap
-        if proxy.train.grad_clip > 0 and not pa.per_tensor_clip:
-            a["per_tensor_clip"] = proxy.train.grad_clip
+    if name in SCALED_GRADIENT_SECTIONS:
+        # Their per-layer update needs each full gradient, so there is no low-rank accumulator to defer a
+        # global clip over: the proxy's global clip becomes a per-tensor one.
+        section = SCALED_GRADIENT_SECTIONS[name]
+        if proxy.train.grad_clip > 0 and not getattr(proxy, section).per_tensor_clip:
+            raw[section]["per_tensor_clip"] = proxy.train.grad_clip
         train["grad_clip"] = 0.0
     elif name in ("relora", "lora"):
         r, pr = raw["relora"], proxy.relora
         r["rank"] = target_rank(pr.rank, proxy_hidden, target_hidden, rules)
         r["base_precision"] = rules.relora_base_precision
-        r["inner_optimizer"] = "adamw8bit"
-        r["warm_start_steps"] = interval(pr.warm_start_steps) if pr.warm_start_steps else 0
+        in_run = rules.relora_warm_start == "in_run" and pr.warm_start_steps
+        r["warm_start_steps"] = interval(pr.warm_start_steps) if in_run else 0  # else: a checkpoint (export_inputs)
         r["relora_every"] = max(interval(pr.relora_every), pr.restart_warmup_steps + 1)
     return raw
+
+
+def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
+    section, _, key = dotted.partition(".")
+    raw.setdefault(section, {})[key] = value
+
+
+def get_key(cfg: TrainConfig, dotted: str) -> Any:
+    section, _, key = dotted.partition(".")
+    return getattr(getattr(cfg, section), key)
 
 
 # ---------------------------------------------------------------------------------- fitting
@@ -308,14 +360,44 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
     return best
 
 
-def target_fit_problem(spec, row: dict[str, Any], *, target: str, rules: ScalingRules, overrides: list[str],
-                       gib: float) -> str | None:  # fmt: skip
-    """Why trial `row`'s `target` config cannot fit `gib` at any micro-batch (None when it fits)."""
+@dataclass(frozen=True)
+class TargetFit:
+    """A proxy configuration's config at the target, fitted to the budget (or why it cannot be)."""
+
+    proxy: TrainConfig
+    config: TrainConfig | None  # None when `problems` is not empty
+    estimate: RunEstimate | None
+    problems: tuple[str, ...] = ()  # one `field: value -> what to change` line each
+    baseline: str | None = None  # why it is a baseline, not a pretraining recipe (registry `export_refusal`)
+    inputs: tuple[str, ...] = ()  # what the user still has to give (registry `export_inputs`)
+
+
+def fit_to_target(proxy: TrainConfig, target: str, rules: ScalingRules, overrides: list[str],
+                  budget_gib: float) -> TargetFit:  # fmt: skip
+    """Map `proxy` to `target`, ask its method what the config is (a baseline? missing inputs?) and fit
+    the budget. The one place export, `--max-memory-gib` and a target-aware sweep decide feasibility."""
+    raw = map_to_target(proxy, target, rules)
+    entry = lookup(proxy.optim.name)
     try:
-        fit_micro_batch(map_to_target(spec.trial_config(row["params"]), target, rules), overrides, rules, gib)
+        unfitted = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
     except ConfigError as exc:
-        return exc.problems[0]
-    return None
+        return TargetFit(proxy, None, None, tuple(exc.problems))
+    baseline = entry.export_refusal(proxy, unfitted)
+    inputs = tuple(entry.export_inputs(proxy, unfitted))
+    try:
+        cfg, run = fit_micro_batch(raw, overrides, rules, budget_gib)
+    except ConfigError as exc:
+        return TargetFit(proxy, None, None, tuple(exc.problems), baseline, inputs)
+    return TargetFit(proxy, cfg, run, (), baseline, inputs)
+
+
+def target_fit_problem(spec, row: dict[str, Any], *, target: str, rules: ScalingRules, overrides: list[str],
+                       gib: float, allow_baseline: bool = False) -> str | None:  # fmt: skip
+    """Why trial `row`'s `target` config cannot be exported within `gib` (None when it can)."""
+    fit = fit_to_target(spec.trial_config(row["params"]), target, rules, overrides, gib)
+    if fit.baseline and not allow_baseline:
+        return fit.baseline
+    return fit.problems[0] if fit.problems else None
 
 
 def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: ScalingRules, overrides: list[str],
@@ -334,76 +416,113 @@ def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: S
 
 
 FULL_RANK = ("adamw", "adamw8bit", "adafactor")
+FALLBACKS = ("best-fitting",)  # `--fallback`: the only way export exports another trial than the one asked for
 
 
-def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[str, Any], target: str,
-                                  rules: ScalingRules, overrides: list[str],
-                                  budget_gib: float) -> tuple[dict[str, Any], str | None]:  # fmt: skip
-    """The best trial, or, when its target config does not fit (a full-rank winner, or GaLore at the
-    paper's batch with accumulation), the best finished low-rank trial whose target config does, with
-    a line saying what was exported instead of what, and the loss gap.
+def what_is_lost(spec, best: dict[str, Any], chosen: dict[str, Any]) -> str:
+    metric, gap = spec.objective.metric, chosen["objective"] - best["objective"]
+    return (f"trial {chosen['trial_id']} ({chosen['params'].get('optim.name')}, {metric} {chosen['objective']:.4f}, "
+            f"{gap:+.4f} = {100 * gap / abs(best['objective']):+.1f}% vs the sweep's answer {best['trial_id']})")
 
-    A full-rank winner at 7b is the normal outcome of a small proxy sweep (at 2 layers the low-rank
-    methods lose little memory and some loss), and the point of the export is the low-rank recipe."""
+
+def best_fitting_instead(spec, rows: list[dict[str, Any]], best: dict[str, Any], target: str, rules: ScalingRules,
+                         overrides: list[str], budget_gib: float) -> tuple[dict[str, Any] | None, list[str]]:
+    """The best finished trial other than `best` whose target config can be exported, and the lines of
+    the better ones passed over."""
     from ranktune.platform.pareto import best_fitting
-    from ranktune.platform.report_table import method_of
 
     why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=budget_gib)
-    problem = why_not(best)
-    if problem is None:
-        return best, None
-    low_rank = [r for r in rows if spec.trial_config(r["params"]).optim.name not in FULL_RANK and r is not best]
-    chosen, passed_over = best_fitting(low_rank, spec.objective.mode, why_not)
-    if chosen is None:
-        raise ConfigError([f"best trial {best['trial_id']} ({method_of(spec, best['params'])}): {problem}",
-                           *passed_over, "no finished low-rank trial's export fits either -> raise --budget-gib, "
-                           "or give --trial ID"])  # fmt: skip
-    metric, gap = spec.objective.metric, chosen["objective"] - best["objective"]
-    kind = "is full-rank and its" if spec.trial_config(best["params"]).optim.name in FULL_RANK else "has a"
-    line = (f"best trial {best['trial_id']} ({method_of(spec, best['params'])}, {metric} {best['objective']:.4f}) "
-            f"{kind} {target} config that does not fit {budget_gib:g} GiB ({problem.split(' -> ')[0]}); "
-            f"exporting the best low-rank trial that fits: {chosen['trial_id']} "
-            f"({method_of(spec, chosen['params'])}, {metric} {chosen['objective']:.4f}, "
-            f"{gap:+.4f} vs the best = {100 * gap / abs(best['objective']):+.1f}%)")  # fmt: skip
-    return chosen, "\n".join([line, *(f"  passed over {p}" for p in passed_over)])
+    return best_fitting([r for r in rows if r is not best], spec.objective.mode, why_not)
+
+
+def refusal(spec, rows: list[dict[str, Any]], source: dict[str, Any], fit: TargetFit, target: str,
+            rules: ScalingRules, overrides: list[str], budget_gib: float) -> list[str]:  # fmt: skip
+    """Exit-2 lines for the sweep's answer: one per setting to change, then what a fallback would lose."""
+    head = (f"trial {source['trial_id']} ({source['params'].get('optim.name')}, the sweep's answer) cannot be "
+            f"exported to {target} on {budget_gib:g} GiB as it is:")
+    lines = [head, *([fit.baseline] if fit.baseline else []), *fit.problems]
+    lines.append(f"--trial: {source['trial_id']} -> export it anyway by name" if fit.baseline and not fit.problems
+                 else "--budget-gib / --set / --rules: change what the lines above name")  # fmt: skip
+    chosen, _ = best_fitting_instead(spec, rows, source, target, rules, overrides, budget_gib)
+    if chosen is not None:
+        lines.append(f"--fallback best-fitting: exports {what_is_lost(spec, source, chosen)}")
+    return lines
+
+
+def token_notices(before: TrainConfig, after: TrainConfig) -> tuple[str, ...]:
+    """What `--set` changed in the tokens a step and the run see, against the rules' config."""
+    notices = []
+    if after.tokens_per_step != before.tokens_per_step:
+        notices.append(f"tokens per step: {after.tokens_per_step:,} ({after.train.batch_size} x "
+                       f"{after.data.seq_len}) instead of the rules' {before.tokens_per_step:,}")  # fmt: skip
+    total_before, total_after = before.train.steps * before.tokens_per_step, after.train.steps * after.tokens_per_step
+    if total_after != total_before:
+        notices.append(f"tokens in all: {total_after / 1e9:.3g}B ({after.train.steps:,} steps) instead of "
+                       f"{total_before / 1e9:.3g}B ({before.train.steps:,} steps)")  # fmt: skip
+    return tuple(f"the run now sees {n}" for n in notices)
 
 
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
                 out: str | Path | None = None, rules: ScalingRules | None = None, overrides: list[str] = (),
                 trial_id: str | None = None, max_memory_gib: float | None = None,
-                notify: Callable[[str], None] | None = None) -> ExportResult:  # fmt: skip
-    """`notify` receives the line saying the tracking server is away and results.json was read instead
-    (the export is then not logged on the sweep's MLflow run)."""
-    from ranktune.platform.sweep import load_state
+                fallback: str | None = None, notify: Callable[[str], None] | None = None) -> ExportResult:  # fmt: skip
+    """Export the sweep's answer (the replicates' best mean, else the best full-budget trial), or refuse.
+
+    Another trial only when asked: `trial_id` (by name: a baseline such as LoRA from a random init is
+    exported only so), `max_memory_gib` (the best trial that fits it), or `fallback="best-fitting"` (the
+    best trial that fits the budget, with a line saying what is lost). `rules` None: the sweep's
+    `target.rules` when it was searched for this target, else the defaults. `notify` receives the line
+    saying the tracking server is away and results.json was read instead (the export is then not logged
+    on the sweep's MLflow run)."""
+    from ranktune.platform.sweep_state import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
     from ranktune.platform.trials import read_trials
 
-    rules = rules or ScalingRules()
+    if fallback is not None and fallback not in FALLBACKS:
+        raise ConfigError([f"--fallback: {fallback!r} -> one of {list(FALLBACKS)}"])
     if out is not None:
         check_out_path(Path(out))
     if target not in MODEL_PRESETS:  # before any memory estimate: those would be about a model that does not exist
         raise ConfigError([f"--target: {target!r} -> one of {sorted(MODEL_PRESETS)} (model presets: ranktune models)"])
+    overrides = list(overrides)
     spec, state = load_state(sweep_dir)
+    if rules is None:  # a target-aware sweep's own rules (and tokens per step) for its target
+        same_target = spec.target is not None and spec.target.model == target
+        rules = target_rules(spec) if same_target else ScalingRules()
     rows, offline = read_trials(spec, state)
     if offline and notify is not None:
         notify(offline)
     substitute = None
     if max_memory_gib is not None and trial_id is None:
         budget_gib = max_memory_gib
-        source = select_within_memory(spec, rows, target, rules, list(overrides), max_memory_gib)
+        source = select_within_memory(spec, rows, target, rules, overrides, max_memory_gib)
     else:
         source = select_trial(rows, spec.objective.mode, trial_id, str(sweep_dir))
-        if trial_id is None:
-            source, substitute = low_rank_if_best_does_not_fit(spec, rows, source, target, rules, list(overrides),
-                                                               budget_gib)  # fmt: skip
     proxy = spec.trial_config(source["params"])
-    raw = map_to_target(proxy, target, rules)
-    cfg, run = fit_micro_batch(raw, list(overrides), rules, budget_gib)
+    fit = fit_to_target(proxy, target, rules, overrides, budget_gib)
+    blocked = bool(fit.problems) or (fit.baseline is not None and trial_id is None)
+    if blocked and fallback is not None and trial_id is None:
+        chosen, passed_over = best_fitting_instead(spec, rows, source, target, rules, overrides, budget_gib)
+        if chosen is None:
+            raise ConfigError(refusal(spec, rows, source, fit, target, rules, overrides, budget_gib)
+                              + ["--fallback best-fitting: no other finished trial can be exported either"])
+        substitute = "\n".join([f"exporting {what_is_lost(spec, source, chosen)} instead of the sweep's answer "
+                                f"({(fit.baseline or fit.problems[0]).split(' -> ')[0]})",
+                                *(f"  passed over {p}" for p in passed_over)])  # fmt: skip
+        source, proxy = chosen, spec.trial_config(chosen["params"])
+        fit = fit_to_target(proxy, target, rules, overrides, budget_gib)
+    elif blocked:
+        raise ConfigError(refusal(spec, rows, source, fit, target, rules, overrides, budget_gib))
+    if fit.inputs:
+        raise ConfigError([f"trial {source['trial_id']} ({proxy.optim.name}): its {target} run needs input:",
+                           *fit.inputs])  # fmt: skip
+    cfg, run = fit.config, fit.estimate
     v = verdict(run, budget_gib)
+    notices = token_notices(config_from_dict(map_to_target(proxy, target, rules)), cfg) if overrides else ()
 
     path = Path(out) if out else spec.storage_dir / f"export_{target}.yaml"
     command = f"ranktune train {shlex.quote(str(path))}"
-    header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, list(overrides))
+    header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, overrides, substitute, notices)
     body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -412,18 +531,32 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
         raise ConfigError([f"--out: {str(path)!r} cannot be written ({exc.strerror or exc})"]) from None
     estimate_json = json.dumps({"budget_gib": budget_gib, "fits": v.fits, "headroom_bytes": v.headroom,
                                 "phases": [p.as_dict() for p in run.phases], "command": command,
-                                "source_trial": source["trial_id"], "rules": rules.model_dump()}, indent=2)  # fmt: skip
+                                "source_trial": source["trial_id"], "rules": rules.model_dump(),
+                                "substitute": substitute, "notices": list(notices)}, indent=2)  # fmt: skip
     path.with_suffix(".memory.json").write_text(estimate_json)
 
     if offline:
-        return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute)
+        return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute, notices)
     client = mlflow_client(state["tracking_uri"])
     parent = state["parent_run_id"]
     log_text_artifact(client, parent, path.name, header + body, "export")
     log_text_artifact(client, parent, path.with_suffix(".memory.json").name, estimate_json, "export")
     client.set_tag(parent, f"ranktune.export.{target}.trial_id", source["trial_id"])
     client.set_tag(source["run_id"], "ranktune.exported_to", f"{target} ({gib(v.total)} of {budget_gib:g} GiB)")
-    return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute)
+    return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute, notices)
+
+
+def target_rules(spec) -> ScalingRules:
+    """Export's rules for the spec's target, with the target's tokens per step."""
+    t = spec.target
+    if isinstance(t.rules, str):
+        rules = load_rules(t.rules)
+    else:
+        try:
+            rules = ScalingRules.model_validate(t.rules)
+        except ValueError as exc:
+            raise ConfigError([f"target.rules: {t.rules!r} -> {exc}"]) from None
+    return rules.model_copy(update={"batch_size": t.batch_size, "seq_len": t.seq_len})
 
 
 def check_out_path(path: Path) -> None:
@@ -434,14 +567,21 @@ def check_out_path(path: Path) -> None:
 
 
 def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,
-                  run: RunEstimate, v: Verdict, command: str, overrides: list[str]) -> str:  # fmt: skip
+                  run: RunEstimate, v: Verdict, command: str, overrides: list[str], substitute: str | None = None,
+                  notices: tuple[str, ...] = ()) -> str:  # fmt: skip
     peak: MemoryEstimate = run.peak
+    recipe = lookup(proxy.optim.name).recipe_for(cfg.model.name) if rules.recipe == "published" else None
     lines = [
         f"Exported by `ranktune export` from sweep {sweep!r}, trial {source['trial_id']} "
         f"(objective {source['objective']:.4f}; proxy {proxy.model.name}, {proxy.optim.name}).",
         f"Proxy params: {json.dumps(source['params'], sort_keys=True)}",
         f"Rules: {json.dumps(rules.model_dump(), sort_keys=True)}",
+        *([f"Recipe: {recipe.source} (rank {recipe.rank}, scale {recipe.scale:g}, update_proj_gap "
+           f"{recipe.update_proj_gap}, lr {recipe.lr:g} x the proxy's lr / {recipe.reference_lr:g}, clamped to "
+           f"{list(rules.lr_ratio_range)})"] if recipe else []),
         *([f"Overrides: {' '.join(overrides)}"] if overrides else []),
+        *(substitute.splitlines() if substitute else []),
+        *notices,
         f"Tokens per step: {cfg.train.batch_size} x {cfg.data.seq_len} = {cfg.tokens_per_step}; micro-batch "
         f"{cfg.train.micro_batch_size}, {cfg.grad_accum_steps} accumulation steps.",
         f"Memory estimate ({peak.phase} phase, ranktune.platform.memory):",

@@ -81,8 +81,8 @@ class SweepProgress(Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}
-        if "step" not in last:  # returned before training: over the sweep's memory budget
-            self._update(trial, status="pruned (memory)")
+        if "step" not in last:  # returned before training: over the memory budget, or infeasible at the target
+            self._update(trial, status="not trained")
         elif last["step"] < self.steps_per_trial:  # stopped by the scheduler
             self._update(trial, status="stopped early")
         else:

@@ -18,8 +18,9 @@ from typing import Any
 
 from ranktune.search_spaces.spec import SweepSpec
 
-STATUS_WORDS = {"finished": "finished", "stopped_early": "stopped", "pruned_memory": "pruned", "failed": "failed",
-                "lost": "lost", "running": "running", "interrupted": "interrupted"}  # fmt: skip
+STATUS_WORDS = {"finished": "finished", "stopped_early": "stopped", "pruned_memory": "pruned",
+                "infeasible_target": "infeasible", "failed": "failed", "lost": "lost", "running": "running",
+                "interrupted": "interrupted"}  # fmt: skip
 # --sort keys -> (field of a flat row, descending?)
 SORT_KEYS = {"objective": ("objective", False), "method": ("method", False), "status": ("status_order", False),
              "optimizer_state": ("optimizer_state_mib", False), "peak": ("peak_mib", False),

@@ -24,23 +24,24 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
 from ranktune.platform.sweep_files import write_json_atomic
+from ranktune.platform.sweep_state import STATE_FILE, load_state
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
 
 log = logging.getLogger(__name__)
 
-STATE_FILE = "sweep.json"
 TRAIN_DRIVER_CPUS = 0.01  # what the Tune trial that drives a multi-worker Ray Train run holds
 TUNE_DIR = "tune"
 SNAPSHOT_PERIOD_S = 2
 
 
 def resolved_config_yaml(spec_json: str, params: dict[str, Any]) -> str:
+    from ranktune.platform.target import proxy_config
+
     spec = SweepSpec.model_validate_json(spec_json)
-    return yaml.safe_dump(spec.trial_config(params).model_dump(mode="json"), sort_keys=False)
+    return yaml.safe_dump(proxy_config(spec, params).model_dump(mode="json"), sort_keys=False)
 
 
 def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[str, Any],
@@ -172,7 +173,7 @@ def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
 
     from ranktune.platform.trial import run_trial
 
-    if spec.memory_budget_gib is not None or spec.objectives:
+    if spec.memory_budget_gib is not None or spec.objectives or spec.target is not None:
         import os
 
         # A trial over the memory budget returns before training, without a result (Optuna then
@@ -193,6 +194,7 @@ def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None 
 
     from ranktune.platform.study_storage import SweepStudyStorage
     from ranktune.platform.study_view import SweepOptunaSearch
+    from ranktune.platform.target import feasible_search_class
 
     space = spec.search_space()
     points = stratified_startup(spec)
@@ -200,6 +202,8 @@ def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None 
         # multivariate: lr and warmup (rank and scale, ...) interact, so model them jointly.
         # constant_liar: trials still running count as bad guesses, so concurrent trials spread out
         # instead of all sampling the same promising point.
+        # A target-aware sweep's infeasible draws are PRUNED trials with a violated constraint
+        # (platform/target.py, trial.set_constraint): TPE ranks them below every feasible trial.
         sampler = optuna.samplers.TPESampler(
             seed=spec.seed, n_startup_trials=spec.search.n_startup_trials, multivariate=True, constant_liar=True
         )
@@ -215,14 +219,20 @@ def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None 
     mode: str | list[str] = spec.objective.mode
     if spec.objectives:
         metric, mode = [o.metric for o in spec.all_objectives()], [o.mode for o in spec.all_objectives()]
+    num_trials = len(points) if spec.search.algorithm == "grid" else spec.budget.num_trials
     # Optuna hears what MLflow records: stopped trials PRUNED with their curves, metric names (study_view.py).
-    searcher = SweepOptunaSearch(
+    kwargs = dict(
         space=space.sample, metric=metric, mode=mode, sampler=sampler, study_name=spec.name, storage=rdb,
         points_to_evaluate=points, full_budget_step=spec.budget.steps_per_trial,
         metric_names=[o.metric for o in spec.all_objectives()],
         tracking=(state["tracking_uri"], state["experiment_id"]) if state else None,
     )  # fmt: skip
-    return searcher, (len(points) if spec.search.algorithm == "grid" else spec.budget.num_trials)
+    if spec.target is None:
+        return SweepOptunaSearch(**kwargs), num_trials
+    searcher = feasible_search_class()(**kwargs, target_spec_json=spec.model_dump_json(), num_trials=num_trials)
+    if spec.search.algorithm == "grid":  # each grid point once: an infeasible one is not replaced
+        return searcher, num_trials
+    return searcher, num_trials + spec.target.infeasible_draws(num_trials)
 
 
 def stratified_startup(spec: SweepSpec) -> list[dict[str, Any]] | None:
@@ -395,11 +405,13 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
 
 def check_before_start(spec: SweepSpec) -> None:
     """What would fail every trial, or hang the driver, refused before Ray starts."""
+    from ranktune.platform.target import check_target_spec
     from ranktune.platform.tracking import check_tracking_store
     from ranktune.trainables.data import check_data_inputs
 
     check_tracking_store(spec.tracking_uri)
     check_data_inputs(spec.trial_config({}).data)
+    check_target_spec(spec)
 
 
 def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | None = None,
@@ -426,45 +438,6 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
             raise
         write_json_atomic(storage / STATE_FILE, state)
         return fit_and_finish(spec, state, tuner, prepare, progress)
-
-
-def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
-    """The sweep in `storage_dir`, wherever that directory now is (see relocate.py)."""
-    from ranktune.platform.relocate import relocate
-    from ranktune.platform.sweep_files import check_mlflow_store
-
-    path = Path(storage_dir).expanduser().resolve() / STATE_FILE
-    if not path.is_file():
-        raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
-    spec, state = relocate(*read_state_file(path), path.parent)
-    if spec.tracking.tracking_uri is None:
-        check_mlflow_store(spec.storage_dir / "mlflow.db")
-    return spec, state
-
-
-def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
-    """sweep.json as written by `run_sweep`; a damaged or hand-broken one is refused naming the file."""
-
-    from ranktune.platform.sweep_files import read_json_object
-    from ranktune.trainables.config import describe_validation_errors
-
-    what = "the spec and MLflow ids `ranktune sweep` wrote; restore it from a copy of the sweep"
-    state = read_json_object(path, what, required=("spec", "tracking_uri", "experiment_id", "parent_run_id"))
-    wrong = [f"{key}: {state[key]!r}" for key in ("tracking_uri", "experiment_id", "parent_run_id")
-             if not isinstance(state[key], str) or not state[key]]  # fmt: skip
-    if not isinstance(state["spec"], dict):
-        wrong.append(f"spec: a JSON {type(state['spec']).__name__}, not an object")
-    if wrong:
-        raise ConfigError([f"{str(path)!r} is damaged ({'; '.join(wrong)}) -> {what}"])
-    prefix = "spec."
-    try:
-        spec = SweepSpec.model_validate(state["spec"])
-        prefix = "spec.space."
-        spec.search_space()
-    except ValidationError as exc:
-        problems = describe_validation_errors(exc, docs="docs/sweeps.md", prefix=prefix)
-        raise ConfigError([f"{str(path)!r}: {p}" for p in problems]) from None
-    return spec, state
 
 
 def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,

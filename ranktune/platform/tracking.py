@@ -21,7 +21,7 @@ log = logging.getLogger(__name__)
 
 TRIAL_TAG = "ranktune.trial_id"
 SWEEP_TAG = "ranktune.sweep"
-STATUS_TAG = "ranktune.status"  # finished | stopped_early | failed | pruned_memory | lost | interrupted
+STATUS_TAG = "ranktune.status"  # finished stopped_early failed pruned_memory infeasible_target lost interrupted
 PRUNED_MEMORY = "pruned_memory"  # the trial's memory estimate exceeded the sweep's memory_budget_gib
 LOST = "lost"  # started, then its driver died before Tune's snapshot recorded it (see sweep.close_lost_runs)
 INTERRUPTED = "interrupted"  # running when the sweep was stopped (Ctrl-C); `--resume` continues it
@@ -227,7 +227,7 @@ class MlflowTrials(Callback):
         self.sweep_name = sweep_name
         self.steps_per_trial = steps_per_trial
         self.config_yaml = config_yaml  # params -> resolved training config (YAML text)
-        self.memory_check = memory_check  # params -> why the trial exceeds the memory budget, or None
+        self.memory_check = memory_check  # params -> (status, why) of a trial that is not trained, or None
         self.parent_of = parent_of  # params -> the run to nest under (replicates); None: the sweep's parent
         self._client = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
@@ -340,9 +340,10 @@ class MlflowTrials(Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id_for(trial)
         last = trial.last_result or {}
-        reason = self.memory_check(trial.config) if self.memory_check and "step" not in last else None
-        if reason:  # returned before training, without a result (see trial.memory_rejection)
-            self.client.set_tag(run_id, STATUS_TAG, PRUNED_MEMORY)
+        rejected = self.memory_check(trial.config) if self.memory_check and "step" not in last else None
+        if rejected:  # returned before training, without a result (see trial.rejection)
+            status, reason = rejected
+            self.client.set_tag(run_id, STATUS_TAG, status)
             self.client.set_tag(run_id, REASON_TAG, reason)
             self.client.set_terminated(run_id, status="KILLED")
             return

@@ -36,14 +36,29 @@ def memory_rejection(spec: SweepSpec, cfg: TrainConfig, gpus_per_trial: float) -
             f"{spec.memory_budget_gib:g}")  # fmt: skip
 
 
-def trial_memory_rejection(spec_json: str, gpus_per_trial: float, params: dict[str, Any]) -> str | None:
-    """`memory_rejection` from what the driver has: the spec and a trial's sampled params."""
+def rejection(spec: SweepSpec, params: dict[str, Any], cfg: TrainConfig,
+              gpus_per_trial: float) -> tuple[str, str] | None:  # fmt: skip
+    """(MLflow status, reason) of a configuration that is not trained: its target run cannot be exported
+    (a target-aware sweep, platform/target.py), or its own estimate exceeds memory_budget_gib."""
+    from ranktune.platform.target import INFEASIBLE_TARGET, infeasible_reason
+
+    reason = infeasible_reason(spec, params)
+    if reason is not None:
+        return INFEASIBLE_TARGET, reason
+    reason = memory_rejection(spec, cfg, gpus_per_trial)
+    return None if reason is None else ("pruned_memory", reason)
+
+
+def trial_memory_rejection(spec_json: str, gpus_per_trial: float, params: dict[str, Any]) -> tuple[str, str] | None:
+    """`rejection` from what the driver has: the spec and a trial's sampled params."""
+    from ranktune.platform.target import proxy_config
+
     spec = SweepSpec.model_validate_json(spec_json)
     try:
-        cfg = spec.trial_config(params)
+        cfg = proxy_config(spec, params)
     except ValueError:
         return None  # an invalid config fails in the trial itself, with its own message
-    return memory_rejection(spec, cfg, gpus_per_trial)
+    return rejection(spec, params, cfg, gpus_per_trial)
 
 
 TRIALS_DIR = "trials"  # under the sweep's storage: one directory per trial, holding its checkpoints
@@ -54,12 +69,15 @@ def trial_dir(spec: SweepSpec, trial_id: str) -> Path:
 
 
 def trial_train_config(spec: SweepSpec, params: dict[str, Any], output_dir: str | Path) -> TrainConfig:
-    """The trial's training config: base + sampled params, a checkpoint at every evaluation.
+    """The trial's training config: base + sampled params (with a target-aware sweep's update rule,
+    target.proxy_config), a checkpoint at every evaluation.
 
     ASHA stops trials, and a trial continues after a failure or a driver restart, only at reported
     results, so every evaluation comes with a checkpoint; only the newest is kept.
     """
-    cfg = spec.trial_config(params, output_dir=Path(output_dir))
+    from ranktune.platform.target import proxy_config
+
+    cfg = proxy_config(spec, params, output_dir=Path(output_dir))
     cfg.output.checkpoint_every = cfg.train.eval_every
     cfg.output.keep_checkpoints = 1
     return cfg
@@ -92,14 +110,14 @@ def run_trial(params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.
         # Ray Train keeps, and resumes from, the checkpoints of its own run (storage/train/<trial_id>).
         with tempfile.TemporaryDirectory(prefix="ranktune-trial-") as work_dir:
             cfg = trial_train_config(spec, params, work_dir)
-            if memory_rejection(spec, cfg, gpus_per_trial) is None:
+            if rejection(spec, params, cfg, gpus_per_trial) is None:
                 run_distributed_trial(spec, cfg, trial_id, gpus_per_trial)
         return
 
     cfg = trial_train_config(spec, params, trial_dir(spec, trial_id))
-    if memory_rejection(spec, cfg, gpus_per_trial) is not None:
+    if rejection(spec, params, cfg, gpus_per_trial) is not None:
         # Return without a result: Optuna records the trial as PRUNED (no value, no error) and
-        # the MLflow callback tags it pruned_memory with the reason.
+        # the MLflow callback tags it pruned_memory or infeasible_target with the reason.
         return
     torch.set_num_threads(max(1, int(spec.resources.cpus_per_trial)))
     trainer = start_run(cfg, resume=True, callbacks=[ReportTo(tune_report)])

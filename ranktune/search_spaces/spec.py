@@ -113,6 +113,31 @@ class Resources(Strict):
 TRACKING_SCHEMES = ("http", "https", "file", "sqlite", "postgresql", "mysql", "mssql", "databricks", "databricks-uc")
 
 
+class Target(Strict):
+    """The run the sweep is for (docs/export.md, "Target-aware sweeps"): every sampled configuration is mapped
+    to it by export's rules and estimated before it trains; one that cannot be exported is not trained."""
+
+    model: str = "7b"
+    """target model preset"""
+    budget_gib: float = Field(default=24.0, gt=0)
+    """GPU memory of the target run, GiB (export keeps its rules' min_headroom_gib of it free)"""
+    batch_size: int = Field(default=512, ge=1)
+    """target sequences per optimizer update (the paper: 512)"""
+    seq_len: int = Field(default=256, ge=8)
+    """target tokens per sequence (the paper: 256)"""
+    rules: str | dict[str, Any] = "published"
+    """export's scaling rules: a named set (published, proxy) or a mapping of rule keys"""
+    max_infeasible_draws: int | None = Field(default=None, ge=0)
+    """configurations that cannot be exported, drawn beyond budget.num_trials before the sweep stops drawing;
+    None: as many as budget.num_trials"""
+    proxy_update_rule: bool = True
+    """train each proxy with its target's update rule (per-layer and accumulation mode, inner optimizer, projector
+    dtype: the method's registry `update_rule_keys`), so the ranking is one of launchable recipes"""
+
+    def infeasible_draws(self, num_trials: int) -> int:
+        return num_trials if self.max_infeasible_draws is None else self.max_infeasible_draws
+
+
 class Tracking(Strict):
     tracking_uri: str | None = None
     """default: sqlite database inside the sweep directory"""
@@ -163,6 +188,9 @@ class SweepSpec(Strict):
     """GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it trains (Optuna:
     PRUNED; MLflow: status pruned_memory with the reason). None: no check.
     """
+
+    target: Target | None = None
+    """The run the sweep's answer is exported to, e.g. {model: 7b, budget_gib: 24}; None: any proxy config may win."""
 
     spec_dir: str = Field(default=".", exclude=True)
     """Where relative paths in the spec are resolved (the spec file's folder); not a YAML key."""

@@ -30,6 +30,21 @@ An entry holds:
                                          `relora`); a sweep's best_config.yaml keeps these and drops
                                          those of every other method
 
+What `ranktune export` and a target-aware sweep read (platform/export.py, docs/export.md), all optional:
+
+    published                            the method's public recipes at target sizes (PublishedRecipe):
+                                         the default transfer rule starts from them
+    single_gpu                           `key: value` settings of the method on one GPU at the target
+                                         (per-layer mode, 8-bit inner optimizer, ...), applied by export
+    update_rule_keys                     the keys that make the target's update rule (per-layer and
+                                         accumulation mode, inner optimizer, projector dtype): a
+                                         target-aware sweep trains its proxies with the target's values
+    export_refusal(proxy, target)        why the exported config is a baseline rather than a pretraining
+                                         recipe (None: it is one); export refuses it unless the trial is
+                                         asked for by name (`--trial`); a target-aware sweep skips it
+    export_inputs(proxy, target)         what the exported config still needs from the user
+                                         (`field: value -> what to give` lines), e.g. a warm-start checkpoint
+
 The `estimate_state` contract
 -----------------------------
     estimate_state(shapes: tuple[ParamShape, ...], cfg: TrainConfig, device: "cuda" | "cpu")
@@ -155,6 +170,30 @@ def _no_problems(cfg: TrainConfig) -> list[str]:
     return []
 
 
+def _no_reason(proxy: TrainConfig, target: TrainConfig) -> str | None:
+    return None
+
+
+def _no_inputs(proxy: TrainConfig, target: TrainConfig) -> list[str]:
+    return []
+
+
+@dataclass(frozen=True)
+class PublishedRecipe:
+    """A method's public recipe at one target size (its repository's launch script; /work/shared/reference.md
+    "The public 7b recipes"). `reference_lr` is the same repository's learning rate at small sizes: the
+    default transfer rule reads a proxy's lr relative to it and applies that ratio (clamped) to `lr`."""
+
+    target: str  # a model preset, e.g. "7b"
+    section: str  # the TrainConfig section holding rank, scale and update_proj_gap
+    rank: int
+    scale: float
+    update_proj_gap: int
+    lr: float
+    reference_lr: float
+    source: str  # where the numbers come from, printed in the export header
+
+
 @dataclass(frozen=True)
 class OptimizerEntry:
     build: Callable[[nn.Module, TrainConfig], Method]
@@ -173,6 +212,15 @@ class OptimizerEntry:
     baseline: bool = False
     # Its colour in plots and reports, the same everywhere; chosen apart from the other methods' colours.
     colour: str | None = None
+    # Export and target-aware sweeps (see the module docstring).
+    published: tuple[PublishedRecipe, ...] = ()
+    single_gpu: tuple[tuple[str, object], ...] = ()
+    update_rule_keys: tuple[str, ...] = ()
+    export_refusal: Callable[[TrainConfig, TrainConfig], str | None] = _no_reason
+    export_inputs: Callable[[TrainConfig, TrainConfig], list[str]] = _no_inputs
+
+    def recipe_for(self, target: str) -> PublishedRecipe | None:
+        return next((r for r in self.published if r.target == target), None)
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}

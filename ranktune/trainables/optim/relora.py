@@ -305,6 +305,34 @@ def summarize_lora(cfg) -> str:
     return f"lora rank {r.rank}, base {r.base_precision}, inner {r.inner_optimizer}"
 
 
+def needs_warm_start_checkpoint(proxy, target) -> list[str]:
+    """A full-rank warm start does not fit one 24 GiB GPU at 7b (full AdamW state): the exported run
+    starts from a full-rank checkpoint trained elsewhere for the proxy's share of the run instead."""
+    r = target.relora
+    if proxy.relora.warm_start_steps == 0 and not proxy.relora.warm_start_checkpoint:
+        return []
+    if r.warm_start_checkpoint or r.warm_start_steps:
+        return []
+    share = proxy.relora.warm_start_steps / proxy.train.steps
+    return [f"relora.warm_start_checkpoint: null -> the proxy trained full-rank for its first "
+            f"{proxy.relora.warm_start_steps} of {proxy.train.steps} steps; give a full-rank {target.model.name} "
+            f"checkpoint of {share:.0%} of this run's tokens (about {round(share * target.train.steps)} steps) with "
+            "--set relora.warm_start_checkpoint=PATH"]  # fmt: skip
+
+
+def lora_from_random_init(proxy, target) -> str | None:
+    """LoRA without restarts on a frozen random base trains a low-rank function: a baseline."""
+    r = target.relora
+    if r.warm_start_checkpoint or r.warm_start_steps or proxy.relora.warm_start_steps:
+        return None
+    return ("lora: LoRA without restarts from a random init is a baseline, not a pretraining recipe (the frozen "
+            "random base never changes)")  # fmt: skip
+
+
+# On one GPU at the target: 8-bit LoRA moments; the frozen base precision is export's rule (int8 by default).
+RELORA_SINGLE_GPU = (("relora.inner_optimizer", "adamw8bit"),)
+RELORA_UPDATE_RULE = ("relora.inner_optimizer", "relora.base_precision")
+
 register(
     "relora",
     OptimizerEntry(
@@ -317,6 +345,9 @@ register(
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
         sections=("relora",),
         colour="#d62728",
+        single_gpu=RELORA_SINGLE_GPU,
+        update_rule_keys=RELORA_UPDATE_RULE,
+        export_inputs=needs_warm_start_checkpoint,
     ),
 )
 register(
@@ -331,5 +362,9 @@ register(
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
         sections=("relora",),
         colour="#ff7f0e",
+        single_gpu=RELORA_SINGLE_GPU,
+        update_rule_keys=RELORA_UPDATE_RULE,
+        export_refusal=lora_from_random_init,
+        export_inputs=needs_warm_start_checkpoint,
     ),
 )

@@ -36,7 +36,14 @@ from ranktune.trainables.optim.galore.method import (
     targeted_linears,
 )
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS
-from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
+from ranktune.trainables.optim.registry import (
+    Device,
+    OptimizerEntry,
+    ParamShape,
+    PhaseState,
+    PublishedRecipe,
+    register,
+)
 
 log = logging.getLogger(__name__)
 
@@ -289,6 +296,17 @@ def summarize_scaled_gradient(cfg, name: str) -> str:
             f"{', per-layer' if s.per_layer else ''}")  # fmt: skip
 
 
+# The public 7b launch scripts (reference.md "The public 7b recipes"); reference_lr is each repository's lr
+# at 60m..350m. APOLLO uses 0.01 at every size; Fira halves it at 7b, as GaLore does.
+PUBLISHED_7B = {
+    "apollo_adamw": PublishedRecipe("7b", "apollo", rank=256, scale=1.0, update_proj_gap=200, lr=0.01,
+                                    reference_lr=0.01, source="APOLLO 7b script"),
+    "apollo_mini": PublishedRecipe("7b", "apollo_mini", rank=1, scale=128.0, update_proj_gap=200, lr=0.01,
+                                   reference_lr=0.01, source="APOLLO-Mini 7b script"),
+    "fira_adamw": PublishedRecipe("7b", "fira", rank=64, scale=0.0625, update_proj_gap=500, lr=0.005,
+                                  reference_lr=0.01, source="Fira 7b script (alpha 0.0625)"),
+}  # fmt: skip
+
 for _name, _description, _colour in [
     ("apollo_adamw", "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient",
      "#9467bd"),
@@ -305,5 +323,9 @@ for _name, _description, _colour in [
             description=_description,
             sections=(METHODS[_name][1],),
             colour=_colour,
+            published=(PUBLISHED_7B[_name],),
+            single_gpu=((f"{METHODS[_name][1]}.per_layer", True),),
+            update_rule_keys=(f"{METHODS[_name][1]}.per_layer", f"{METHODS[_name][1]}.per_tensor_clip",
+                              "train.grad_clip"),  # fmt: skip
         ),
     )

@@ -40,6 +40,7 @@ from ranktune.trainables.optim.registry import (
     OptimizerEntry,
     ParamShape,
     PhaseState,
+    PublishedRecipe,
     depends_on_layer_index,
     expand_layers,
     register,
@@ -423,5 +424,11 @@ for _inner, _description, _colour in [
             description=_description,
             sections=("galore",),
             colour=_colour,
+            # GaLore's README 7b command (8-bit, per-layer); its 60m..1b scripts use lr 0.01.
+            published=(PublishedRecipe("7b", "galore", rank=1024, scale=0.25, update_proj_gap=500, lr=0.005,
+                                       reference_lr=0.01, source="GaLore README, 7b on one GPU"),),  # fmt: skip
+            single_gpu=(("optim.name", "galore_adamw8bit"), ("galore.per_layer", True),
+                        ("galore.accumulation", "low_rank")),  # fmt: skip
+            update_rule_keys=("optim.name", "galore.per_layer", "galore.accumulation", "galore.projector_dtype"),
         ),
     )

@@ -1,0 +1,53 @@
+"""A sweep's state file (sweep.json): the spec and the MLflow ids the sweep runs under, read wherever the
+sweep's directory now is. Reading commands (report, export, ui) and the sweep itself load it here."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from ranktune.search_spaces.spec import SweepSpec
+from ranktune.trainables.config import ConfigError
+
+STATE_FILE = "sweep.json"
+
+
+def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
+    """The sweep in `storage_dir`, wherever that directory now is (see relocate.py)."""
+    from ranktune.platform.relocate import relocate
+    from ranktune.platform.sweep_files import check_mlflow_store
+
+    path = Path(storage_dir).expanduser().resolve() / STATE_FILE
+    if not path.is_file():
+        raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
+    spec, state = relocate(*read_state_file(path), path.parent)
+    if spec.tracking.tracking_uri is None:
+        check_mlflow_store(spec.storage_dir / "mlflow.db")
+    return spec, state
+
+
+def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
+    """sweep.json as written by `run_sweep`; a damaged or hand-broken one is refused naming the file."""
+
+    from ranktune.platform.sweep_files import read_json_object
+    from ranktune.trainables.config import describe_validation_errors
+
+    what = "the spec and MLflow ids `ranktune sweep` wrote; restore it from a copy of the sweep"
+    state = read_json_object(path, what, required=("spec", "tracking_uri", "experiment_id", "parent_run_id"))
+    wrong = [f"{key}: {state[key]!r}" for key in ("tracking_uri", "experiment_id", "parent_run_id")
+             if not isinstance(state[key], str) or not state[key]]  # fmt: skip
+    if not isinstance(state["spec"], dict):
+        wrong.append(f"spec: a JSON {type(state['spec']).__name__}, not an object")
+    if wrong:
+        raise ConfigError([f"{str(path)!r} is damaged ({'; '.join(wrong)}) -> {what}"])
+    prefix = "spec."
+    try:
+        spec = SweepSpec.model_validate(state["spec"])
+        prefix = "spec.space."
+        spec.search_space()
+    except ValidationError as exc:
+        problems = describe_validation_errors(exc, docs="docs/sweeps.md", prefix=prefix)
+        raise ConfigError([f"{str(path)!r}: {p}" for p in problems]) from None
+    return spec, state
