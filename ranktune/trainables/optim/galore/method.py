@@ -11,9 +11,23 @@ sums it into a low-rank accumulator held in the optimizer state; after the last 
 optimizer steps on it, in the hook, or, with global-norm clipping (`train.grad_clip`), in `step()`
 once every accumulator is complete. `galore.accumulation: full` keeps the older rule: gradients sum
 in `.grad` and the hooks update on the last micro-batch only; global clipping is refused there.
+
+A projector refresh (`galore.refresh: whole_batch`, the default) takes the SVD of the whole step's
+gradient, as whole-model GaLore does: on a refresh step the projected matrices' full gradients sum
+over the micro-batches in `galore.full_grad_buffer` (host memory by default, see grad_sums.py; or
+`.grad` on the device), and the last micro-batch's hook takes the SVD of the sum and projects it.
+`refresh: first_micro_batch` is the older approximation (the first micro-batch's gradient only).
+
+Global clipping clips by the full gradient's norm, as whole-model GaLore does, estimated without the
+full gradient: exact on refresh steps (the sum is there) and for unprojected tensors, and for
+projected matrices between refreshes from a Gaussian sketch (`galore.norm_sketch_rows`, see
+optimizers.py); the metrics log it as `grad_norm`, and the projected accumulators' norm as
+`grad_norm_projected`.
+
 Under torch.distributed the hooks average the accumulators across ranks themselves (the model is
-not wrapped in DDP): the low-rank ones, r / min(m, n) of a full gradient's bytes, and on refresh
-steps the full gradient the projector is taken from, so every rank computes the same projector.
+not wrapped in DDP): the low-rank ones, r / min(m, n) of a full gradient's bytes, the norm sketches,
+and on refresh steps the full gradient the projector is taken from, so every rank computes the same
+projector.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from ranktune.trainables.model import build_model
 from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.base import Method, tensor_bytes
 from ranktune.trainables.optim.baselines import inner_state_bytes
+from ranktune.trainables.optim.galore.grad_sums import HostGradientSums
 from ranktune.trainables.optim.galore.optimizers import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreOptimizer
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS, projected_sides
 from ranktune.trainables.optim.registry import (
@@ -83,6 +98,8 @@ class GaLoreMethod(Method):
         self.low_rank_accumulation = g.per_layer and g.accumulation == "low_rank"
         # Global clipping needs every accumulator complete, so the update waits for step().
         self.deferred_update = self.low_rank_accumulation and self.grad_clip > 0
+        self.whole_batch_refresh = self.low_rank_accumulation and g.refresh == "whole_batch"
+        self.host_sums = HostGradientSums() if self.whole_batch_refresh and g.full_grad_buffer == "host" else None
         self.world_size = world_size()
         if g.per_layer and self.world_size > 1 and not self.low_rank_accumulation:
             raise ValueError(
@@ -104,6 +121,7 @@ class GaLoreMethod(Method):
             "svd_oversample": g.svd_oversample,
             "svd_power_iters": g.svd_power_iters,
             "projector_dtype": g.projector_dtype,
+            "norm_sketch_rows": g.norm_sketch_rows if self.deferred_update else 0,
         }
         # nanoGPT's decay rule for the rest: 2-D weights decay, 1-D (norms) do not.
         groups = [
@@ -118,9 +136,11 @@ class GaLoreMethod(Method):
         self.hook_handles = []
         if self.per_layer:
             self.optimizers = []
+            position = 0  # seeds each matrix's norm sketch
             for group in groups:
                 for p in group["params"]:
-                    opt = make([{**group, "params": [p]}])
+                    opt = make([{**group, "params": [p], "norm_sketch_seed": position}])
+                    position += 1
                     self.optimizers.append(opt)
                     hook = self.accumulate_in_hook if self.low_rank_accumulation else self.update_in_hook
                     self.hook_handles.append(p.register_post_accumulate_grad_hook(partial(hook, opt)))
@@ -165,15 +185,36 @@ class GaLoreMethod(Method):
 
     def accumulate_in_hook(self, opt: GaLoreOptimizer, param: nn.Parameter) -> None:
         """Post-accumulate-grad hook (`accumulation: low_rank`): project and accumulate, update after the last."""
-        if self.world_size > 1 and "rank" in opt.param_groups[0] and self.projector_refresh_pending(opt, param):
-            # Every rank must take the SVD of the same gradient: the global first micro-batch's.
-            all_reduce_mean(param.grad, self.world_size)
-        opt.accumulate(param)
-        if not self.is_last_micro_batch:
-            return
-        if self.world_size > 1:
-            for accum in opt.accumulators():
-                all_reduce_mean(accum, self.world_size)
+        refreshing = "rank" in opt.param_groups[0] and self.projector_refresh_pending(opt, param)
+        if refreshing and self.whole_batch_refresh:
+            if not self.is_last_micro_batch:
+                if self.host_sums is not None:
+                    self.host_sums.add(param, param.grad)
+                    param.grad = None
+                return  # device: the full gradient keeps summing in param.grad
+            if self.host_sums is not None:
+                param.grad = self.host_sums.take(param, param.grad)
+            if self.world_size > 1:
+                all_reduce_mean(param.grad, self.world_size)  # every rank takes the SVD of the same sum
+            full_sq_norm = param.grad.to(torch.promote_types(param.grad.dtype, torch.float32)).square().sum()
+            opt.accumulate(param)  # the SVD of the whole batch's gradient; the sum projected
+            state = opt.state[param]
+            state.pop("norm_sketch", None)
+            if self.deferred_update:
+                state["full_sq_norm"] = full_sq_norm
+        else:
+            if self.world_size > 1 and refreshing:
+                # Every rank must take the SVD of the same gradient: the global first micro-batch's.
+                all_reduce_mean(param.grad, self.world_size)
+            opt.accumulate(param)
+            if not self.is_last_micro_batch:
+                return
+            if self.world_size > 1:
+                for accum in opt.accumulators():
+                    all_reduce_mean(accum, self.world_size)
+                sketch = opt.state[param].get("norm_sketch")
+                if sketch is not None:
+                    all_reduce_mean(sketch, self.world_size)
         if self.deferred_update:
             return  # step() clips by the global norm of all accumulators, then updates
         opt.step_accumulated(self.per_tensor_scale(opt))
@@ -195,13 +236,19 @@ class GaLoreMethod(Method):
         stats: dict[str, float] = {}
         if self.deferred_update:
             scales = [self.per_tensor_scale(opt) for opt in self.optimizers]
-            squares = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
-                       if (sq := opt.accumulated_sq_norm()) is not None]  # fmt: skip
-            total_norm = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+            projected = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
+                         if (sq := opt.accumulated_sq_norm()) is not None]  # fmt: skip
+            full = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
+                    if (sq := opt.accumulated_full_sq_norm()) is not None]  # fmt: skip
+            projected_norm = float(torch.stack(projected).sum().sqrt()) if projected else 0.0
+            full_norm = float(torch.stack(full).sum().sqrt()) if full else 0.0
+            # The norm whole-model GaLore clips by (the full gradient's), unless the sketch is off.
+            total_norm = full_norm if self.galore.norm_sketch_rows > 0 else projected_norm
             clip = min(1.0, self.grad_clip / (total_norm + 1e-6))  # the factor clip_grad_norm_ uses
             for opt, scale in zip(self.optimizers, scales, strict=True):
                 opt.step_accumulated(scale * clip)
             stats["grad_norm"] = total_norm
+            stats["grad_norm_projected"] = projected_norm
         elif not self.per_layer:
             if self.per_tensor_clip > 0:
                 for p in self.trainable_parameters():
@@ -267,7 +314,7 @@ class GaLoreMethod(Method):
         for opt in self.optimizers:
             for p, state in opt.state.items():
                 for key, value in state.items():
-                    if key == "grad_accum":
+                    if key in ("grad_accum", "norm_sketch", "full_sq_norm"):
                         continue  # a gradient (counted as such), not optimizer state
                     if key in PROJECTOR_KEYS:
                         by_category["projectors"] += tensor_bytes(value)
