@@ -405,12 +405,19 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
     if depends_on_layer_index(g.target_modules):
         shapes = expand_layers(shapes)
     moments = projectors = regular = temp = accumulators = 0
+    projected_low = projected_full = projected_values = sketches = 0
+    projected_shapes: list[ParamShape] = []
     for p in shapes:
         e = p.value_bytes
         if p.module == "Linear" and any(name_matches(p.module_name, pat) for pat in g.target_modules):
             low, projector = low_rank_shape(p.shape, g.rank, g.proj_type)
             moments += inner_state_bytes(inner, low, e, step_tensor=False) * p.count
             accumulators += math.prod(low) * e * p.count  # grad_accum, in the gradient dtype
+            projected_low += math.prod(low) * e * p.count
+            projected_full += p.numel * e * p.count
+            projected_values += p.numel * p.count
+            projected_shapes.append(p)
+            sketches += g.norm_sketch_rows * p.shape[1] * e * p.count
             m, n = p.shape
             k = min(m, n)
             svd = (m * n + m * k + k * n + k) * 4  # fp32 copy of the gradient and its thin SVD
@@ -426,18 +433,37 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
             accumulators += p.numel * e * p.count
             if inner != "adamw8bit":
                 temp = max(temp, 2 * p.numel * e)  # sqrt(v) + update (AdamW) or var estimate (Adafactor)
-    gradient_bytes, notes = None, []
+    gradient_bytes, notes, host = None, [], {}
     accum = cfg.grad_accum_steps
     if g.per_layer and g.accumulation == "low_rank" and (accum > 1 or cfg.train.grad_clip > 0):
         # Every accumulator is alive from the first micro-batch (or, deferred for global clipping, at
         # the end of backward), plus the one full gradient being projected or added.
         in_flight = max(p.numel * p.value_bytes for p in shapes)
+        if cfg.train.grad_clip > 0 and g.norm_sketch_rows:
+            accumulators += sketches  # Omega G summed per projected matrix, rows x n
         gradient_bytes = accumulators + in_flight
         notes.append(
             f"per-layer updates, low-rank accumulation over {accum} micro-batches"
             f"{' with deferred global clipping' if cfg.train.grad_clip > 0 else ''}: accumulators "
             f"{accumulators / 2**30:.2f} GiB + one full gradient in flight {in_flight / 2**30:.2f} GiB"
         )
+        if g.refresh == "whole_batch" and accum > 1:
+            # Refresh steps sum the projected matrices' full gradients over the micro-batches.
+            if g.full_grad_buffer == "device":
+                gradient_bytes = max(gradient_bytes, projected_full + accumulators - projected_low + in_flight)
+                notes.append(f"whole-batch refresh steps keep the projected matrices' full gradients on the "
+                             f"device ({projected_full / 2**30:.2f} GiB); galore.full_grad_buffer: host moves them "
+                             "out")  # fmt: skip
+            else:
+                # One projected matrix at a time on the device: its gradient, the fp32 sum brought back, the cast.
+                largest = max(projected_shapes, key=lambda p: p.numel)
+                gradient_bytes = max(gradient_bytes, accumulators + largest.numel * (2 * largest.value_bytes + 4))
+                staging = 2 * largest.numel * largest.value_bytes if device == "cuda" else 0
+                host = {"refresh-step full-gradient sums (fp32)": projected_values * 4, "pinned staging": staging}
+                traffic = (accum - 1) * projected_full + projected_values * 4
+                notes.append(f"whole-batch refresh steps (every {g.update_proj_gap} updates) sum full gradients in "
+                             f"host memory: PCIe {traffic / 1e9:.1f} GB on those steps, {traffic / 1e9 / 25:.1f} s at "
+                             "25 GB/s")  # fmt: skip
     state = PhaseState(
         phase="galore",
         weights=sum(p.numel * p.count * p.value_bytes for p in shapes),
@@ -446,6 +472,7 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
         step_temporaries=temp,
         one_gradient_at_a_time=g.per_layer,
         gradient_bytes=gradient_bytes,
+        host_bytes=host,
         notes=notes,
     )
     return [state]
