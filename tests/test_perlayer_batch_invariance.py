@@ -140,3 +140,28 @@ def test_galore_per_layer_clips_by_the_full_norm_within_the_sketch_error(make_co
     assert max(errors) < SKETCH_NORM_TOLERANCE
     # The projected norm is what the older rule clipped by: lower than the full one.
     assert all(p < f * (1 - SKETCH_NORM_TOLERANCE) for p, f in zip(projected[1:2], full[1:2], strict=True))
+
+
+@pytest.mark.parametrize("name", ["apollo_adamw", "fira_adamw"])
+def test_host_memory_estimate_is_what_the_host_sums_hold(make_config, name):
+    from ranktune.platform.memory import estimate_run, vocab_size
+
+    section = SCALED[name][0]
+    cfg = scaled_config(make_config, name, f"{section}.per_layer=true", f"{section}.full_grad_buffer=host",
+                        "train.grad_clip=0", "train.batch_size=8", "train.micro_batch_size=4")  # fmt: skip
+    torch.manual_seed(0)
+    model = build_model(cfg.model.llama_config(vocab_size=vocab_size(cfg)))
+    method = build_method(model, cfg)
+    method.begin_step(1e-3)
+    for i, part in enumerate(batches(1)[0].split(4)):
+        method.begin_micro_batch(is_last=i == 1)
+        (model(part[:, :-1], part[:, 1:])[1] / 2).backward()
+    method.step()
+    host = method.host_sums.host_bytes()
+    assert host == 4 * sum(p.numel() for p in model.parameters())  # fp32 sums, no staging on CPU
+    assert estimate_run(cfg, "cpu").peak.host == {"full-gradient sums (fp32)": host, "pinned staging": 0}
+    on_cuda = estimate_run(cfg, "cuda").peak
+    on_device_section = getattr(cfg, section).model_copy(update={"full_grad_buffer": "device"})
+    device_cfg = cfg.model_copy(update={section: on_device_section})
+    on_device = estimate_run(device_cfg, "cuda").peak
+    assert on_cuda.gradients < on_device.gradients and on_cuda.host["pinned staging"] > 0 and not on_device.host

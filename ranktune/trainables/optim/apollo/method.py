@@ -364,7 +364,8 @@ def full_gradient_sums(
         f"fp32); PCIe traffic {traffic / 1e9:.1f} GB per step ({to_host / 1e9:.1f} to host, {to_device / 1e9:.1f} "
         f"back), {traffic / 1e9 / PCIE_GB_PER_S:.1f} s at {PCIE_GB_PER_S:g} GB/s"
     ]
-    return largest.numel * (2 * e + HOST_SUM_BYTES), host, notes
+    # The last gradient, the fp32 sum brought back (their sum), and its cast to a narrower weight dtype.
+    return largest.numel * (e + HOST_SUM_BYTES + (e if e < HOST_SUM_BYTES else 0)), host, notes
 
 
 def summarize_scaled_gradient(cfg, name: str) -> str:
