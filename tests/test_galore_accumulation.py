@@ -77,8 +77,11 @@ def test_low_rank_accumulation_equals_whole_model_between_refreshes(make_config,
     assert all("grad_accum" not in s for opt in method.optimizers for s in opt.state.values())
 
 
-def test_refresh_step_takes_the_projector_from_the_first_micro_batch(make_config):
-    cfg = make_config(*COMMON, "galore.per_layer=true", "train.grad_clip=0")
+@pytest.mark.parametrize("refresh", ["whole_batch", "first_micro_batch"])
+@pytest.mark.parametrize("buffer", ["host", "device"])
+def test_refresh_step_takes_the_projector_from_the_rule_s_gradient(make_config, refresh, buffer):
+    cfg = make_config(*COMMON, "galore.per_layer=true", "train.grad_clip=0", f"galore.refresh={refresh}",
+                      f"galore.full_grad_buffer={buffer}")  # fmt: skip
     x0, x1 = random_batches(2)
     torch.manual_seed(0)
     plain = build_model(cfg.model.llama_config(vocab_size=256)).to(torch.float64)  # no hooks: keeps .grad
@@ -93,7 +96,8 @@ def test_refresh_step_takes_the_projector_from_the_first_micro_batch(make_config
     run_step(model, method, [x0, x1], cfg.optim.lr)
     _, from_first = top_singular_vectors(first, 8)  # q_proj is 64 x 64: std projects the right side
     _, from_sum = top_singular_vectors(summed, 8)
-    assert torch.equal(opt.state[weight]["proj_right"], from_first.to(torch.float64))
+    expected = from_sum if refresh == "whole_batch" else from_first
+    assert torch.equal(opt.state[weight]["proj_right"], expected.to(torch.float64))
     assert not torch.allclose(from_first, from_sum, atol=1e-3)  # the two rules differ here
 
 
@@ -131,7 +135,9 @@ def test_global_clipping_in_per_layer_mode_clips_what_the_inner_optimizer_sees(m
     clip = 0.3
     ref, ref_norms = clipped_reference(make_config(*COMMON, "train.grad_clip=0"), clip)
     assert min(ref_norms) > clip  # clipping engaged on every step
-    ours, _, stats = train(make_config(*COMMON, "galore.per_layer=true", f"train.grad_clip={clip}"), check_freed=True)
+    # norm_sketch_rows 0: the older rule, clip by the projected accumulators' norm (what the inner sees).
+    ours, _, stats = train(make_config(*COMMON, "galore.per_layer=true", f"train.grad_clip={clip}",
+                                       "galore.norm_sketch_rows=0"), check_freed=True)  # fmt: skip
     assert [s["grad_norm"] for s in stats] == pytest.approx(ref_norms, rel=1e-12)
     diff = max_relative_difference(ours, ref)
     print(f"clipped: max relative difference {diff:.3g}")

@@ -28,7 +28,7 @@ freed during backward while gradients appear.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from functools import cache
 
 from ranktune.trainables.config import ConfigError, TrainConfig
@@ -65,6 +65,7 @@ class MemoryEstimate:
     step_temporaries: int
     overhead: int
     notes: tuple[str, ...] = ()
+    host: dict[str, int] = field(default_factory=dict)  # host-memory bytes by category, not in `total`
 
     @property
     def optimizer_state(self) -> int:
@@ -89,6 +90,9 @@ class MemoryEstimate:
         ]
         return rows
 
+    def host_rows(self) -> list[tuple[str, int]]:
+        return [(f"host memory: {k}", v) for k, v in self.host.items()]
+
     def fits(self, budget_bytes: float) -> bool:
         return self.total <= budget_bytes
 
@@ -98,7 +102,7 @@ class MemoryEstimate:
             "optimizer": dict(self.optimizer), "optimizer_state": self.optimizer_state,
             "activations": self.activations, "logits": self.logits,
             "autocast_weight_copies": self.autocast_weight_copies, "step_temporaries": self.step_temporaries,
-            "overhead": self.overhead, "notes": list(self.notes),
+            "overhead": self.overhead, "notes": list(self.notes), "host": dict(self.host),
         }  # fmt: skip
 
 
@@ -260,7 +264,7 @@ def phase_estimate(
     return MemoryEstimate(
         phase=state.phase, weights=state.weights, gradients=grads, optimizer=dict(state.optimizer),
         activations=activations, logits=logits, autocast_weight_copies=copies,
-        step_temporaries=state.step_temporaries, overhead=overhead, notes=tuple(notes),
+        step_temporaries=state.step_temporaries, overhead=overhead, notes=tuple(notes), host=dict(state.host_bytes),
     )  # fmt: skip
 
 
@@ -315,6 +319,9 @@ def render_estimate(run: RunEstimate, budget_gib: float, console=None) -> Verdic
     for label in labels:
         table.add_row(label, *(gib(dict(p.rows()).get(label, 0)) for p in run.phases))
     table.add_row("total", *(gib(p.total) for p in run.phases), style="bold")
+    host_labels = [label for p in run.phases for label, _ in p.host_rows()]
+    for label in dict.fromkeys(host_labels):  # not device memory: below the device total
+        table.add_row(label, *(gib(dict(p.host_rows()).get(label, 0)) for p in run.phases), style="dim")
     console.print(table)
     for note in peak.notes:
         console.print(f"note: {note}")

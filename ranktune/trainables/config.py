@@ -124,6 +124,15 @@ class GaLoreSection(Section):
     """Per-layer mode with gradient accumulation: low_rank sums projected gradients in the optimizer state (full
     gradients freed per micro-batch); full sums them in .grad (no global clipping).
     """
+    refresh: Literal["whole_batch", "first_micro_batch"] = "whole_batch"
+    """Per-layer low-rank accumulation: a projector refresh takes the SVD of the whole step's gradient (summed in
+    full_grad_buffer on refresh steps), or of the first micro-batch's only (an approximation, the older rule)."""
+    full_grad_buffer: Literal["host", "device"] = "host"
+    """Where the full-gradient sums of a whole-batch refresh step live: host memory (freed on the device in each
+    hook) or the device (.grad)."""
+    norm_sketch_rows: int = Field(default=16, ge=0)
+    """Per-layer low-rank accumulation with train.grad_clip: rows of the Gaussian sketch that estimates each
+    projected matrix's full-gradient norm for clipping; 0 clips by the projected accumulators' norm instead."""
     svd: Literal["full", "randomized"] = "full"
     """Projector from a full SVD, or a randomized range finder."""
     svd_oversample: int = Field(default=8, ge=0)
@@ -152,7 +161,10 @@ class ScaledGradientSection(Section):
     target_modules: list[str] = Field(default_factory=lambda: list(ATTENTION_MLP_LINEARS))
     """Module-name suffixes of the Linear weights to project (attention and MLP by default)."""
     per_layer: bool = False
-    """update each weight in its gradient hook (full gradients accumulate in .grad)"""
+    """update each weight in its gradient hook (full gradients accumulate in full_grad_buffer)"""
+    full_grad_buffer: Literal["device", "host"] = "device"
+    """Per-layer mode with accumulation: full-gradient sums in .grad on the device, or in host memory (moved out
+    in each hook, brought back for the update; exact, costs PCIe traffic)"""
     per_tensor_clip: float = Field(default=0.0, ge=0.0)
     """per-tensor grad-norm clip (both modes)"""
     svd: Literal["full", "randomized"] = "full"

@@ -81,6 +81,9 @@ full-rank warm start is a phase before its LoRA phase), in the order they happen
                       gradient accumulation)
     gradient_bytes    peak bytes of gradients and accumulators when the method keeps them itself
                       (replaces the estimator's count), None otherwise
+    host_bytes        bytes the method keeps in host memory (pinned CPU RAM) rather than on the device,
+                      by category (per-layer APOLLO's `full_grad_buffer: host` sums); not part of the
+                      device total, shown as their own rows
     notes             lines printed under the table
 
 Write the estimate next to the code that allocates the state, from the same constants (e.g.
@@ -163,6 +166,8 @@ class PhaseState:
     # Peak bytes of gradients plus gradient accumulators, for a method that holds them itself (per-layer
     # GaLore's low-rank accumulators); None lets the estimator count the trainable tensors' gradients.
     gradient_bytes: int | None = None
+    # Host-memory bytes by category (not on the device, not in the device total).
+    host_bytes: dict[str, int] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
 

@@ -5,12 +5,16 @@ plain AdamW), read from the method's own section (`apollo:`, `apollo_mini:`, `fi
 
 Per-layer mode (`per_layer: true`) gives every parameter its own optimizer and updates it inside a
 post-accumulate-grad hook, freeing the gradient at once. Both methods update with the full-rank
-gradient (scaled), so GaLore's low-rank gradient accumulation does not apply: with gradient
-accumulation the full gradients sum in `.grad` and the hooks update on the last micro-batch only,
-so full gradients coexist between micro-batches (the memory estimator counts them). Global-norm
-clipping needs every gradient at once and is refused with per-layer mode; `per_tensor_clip` is
-offered instead. Under torch.distributed per-layer mode is refused (the hooks would update before
-DDP averages the gradients).
+gradient of the whole batch (scaled), so GaLore's low-rank gradient accumulation does not apply.
+With gradient accumulation the hooks update on the last micro-batch only, and the full-gradient sums
+live where `full_grad_buffer` says: `device` sums them in `.grad` (every full gradient coexists
+between micro-batches), `host` moves each micro-batch's gradient to a host-memory fp32 sum in its
+hook and brings the sum back for the update (galore/grad_sums.py). Both are exact.
+
+Global-norm clipping (`train.grad_clip`) is exact too: the last micro-batch's hooks complete each
+gradient, take its norm and keep it (in `.grad`, or back in the host sum), and `step()` updates every
+parameter once the global norm is known. Under torch.distributed the hooks average each completed
+gradient across ranks themselves (the model is not wrapped in DDP).
 
 APOLLO's random projectors are seeded by each parameter's position in the whole-model order, offset
 by `train.seed`: per-layer and whole-model mode draw the same matrices.
@@ -27,13 +31,16 @@ from typing import Any
 import torch
 from torch import nn
 
-from ranktune.trainables.optim.apollo.optimizers import ApolloAdamW, FiraAdamW
+from ranktune.trainables.optim.apollo.optimizers import ApolloAdamW, FiraAdamW, norm_dtype
 from ranktune.trainables.optim.base import Method, tensor_bytes
+from ranktune.trainables.optim.galore.grad_sums import HostGradientSums
 from ranktune.trainables.optim.galore.method import (
+    all_reduce_mean,
     check_targets_and_rank,
     low_rank_shape,
     name_matches,
     targeted_linears,
+    world_size,
 )
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS
 from ranktune.trainables.optim.registry import (
@@ -90,6 +97,12 @@ class ScaledGradientMethod(Method):
         self.grad_clip = cfg.train.grad_clip
         self.per_layer = s.per_layer
         self.per_tensor_clip = s.per_tensor_clip
+        self.world_size = world_size()
+        # Global clipping needs every gradient's norm before any update: the hooks complete the gradients
+        # and step() updates.
+        self.deferred_update = s.per_layer and self.grad_clip > 0
+        self.host_sums = HostGradientSums() if s.per_layer and s.full_grad_buffer == "host" else None
+        self.completed_norms: list[torch.Tensor] = []
 
         targets = targeted_linears(model, s.target_modules)
         projected = [m.weight for m in targets.values() if m.weight.requires_grad]
@@ -141,17 +154,56 @@ class ScaledGradientMethod(Method):
     def begin_micro_batch(self, is_last: bool) -> None:
         self.is_last_micro_batch = is_last
 
+    @property
+    def syncs_gradients(self) -> bool:
+        """True when the hooks average gradients across ranks themselves: the loop must not wrap in DDP."""
+        return self.per_layer
+
     def update_in_hook(self, opt: torch.optim.Optimizer, param: nn.Parameter) -> None:
         """Post-accumulate-grad hook: on the last micro-batch, update this parameter and free its gradient."""
         if not self.is_last_micro_batch:
-            return  # the full gradient keeps summing in param.grad: both methods update with it
+            if self.host_sums is not None:
+                self.host_sums.add(param, param.grad)
+                param.grad = None
+            return  # device: the full gradient keeps summing in param.grad
+        if self.host_sums is not None:
+            param.grad = self.host_sums.take(param, param.grad)
+        if self.world_size > 1:
+            all_reduce_mean(param.grad, self.world_size)
         if self.per_tensor_clip > 0:
             torch.nn.utils.clip_grad_norm_(param, self.per_tensor_clip)
+        if self.deferred_update:
+            self.completed_norms.append(torch.linalg.vector_norm(param.grad, dtype=norm_dtype(param.grad)))
+            if self.host_sums is not None:  # back out until step() knows the global norm
+                self.host_sums.add(param, param.grad)
+                param.grad = None
+            return
         opt.step()  # its LR was set with every other optimizer's in begin_step
         opt.zero_grad(set_to_none=True)
 
+    def step_deferred(self) -> float:
+        """Every parameter's update, clipped by the global norm of the completed gradients (clip_grad_norm_'s rule)."""
+        total = torch.linalg.vector_norm(torch.stack(self.completed_norms)) if self.completed_norms else torch.zeros(())
+        self.completed_norms = []
+        clip = torch.clamp(self.grad_clip / (total + 1e-6), max=1.0)
+        for opt in self.optimizers:
+            param = opt.param_groups[0]["params"][0]
+            if self.host_sums is not None and self.host_sums.summed(param):
+                param.grad = self.host_sums.take(param, None)
+            if param.grad is None:
+                continue
+            param.grad.mul_(clip.to(param.grad.device, param.grad.dtype))
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+        return float(total)
+
     def step(self) -> dict[str, float]:
         stats: dict[str, float] = {}
+        if self.deferred_update:
+            stats["grad_norm"] = self.step_deferred()
+        if self.host_sums is not None:
+            stats["host/bytes_to_host"] = self.host_sums.bytes_copied_to_host
+            stats["host/bytes_to_device"] = self.host_sums.bytes_copied_to_device
         if not self.per_layer:
             if self.per_tensor_clip > 0:
                 for p in self.trainable_parameters():
@@ -202,18 +254,10 @@ class ScaledGradientMethod(Method):
 def check_per_layer(cfg, name: str) -> list[str]:
     s, section = section_of(cfg, name), METHODS[name][1]
     problems = []
-    if s.per_layer and cfg.train.grad_clip > 0:
+    if s.full_grad_buffer == "host" and not s.per_layer:
         problems.append(
-            f"train.grad_clip: {cfg.train.grad_clip} -> 0 with {section}.per_layer: true (global-norm clipping "
-            f"needs every gradient at once, per-layer updates free each one as it arrives); use "
-            f"{section}.per_tensor_clip"
-        )
-    import torch.distributed as dist
-
-    if s.per_layer and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
-        problems.append(
-            f"{section}.per_layer: true -> false under torch.distributed ({dist.get_world_size()} processes): "
-            "the hooks would update before DDP averages the gradients"
+            f"{section}.full_grad_buffer: 'host' -> 'device' without {section}.per_layer: true (whole-model "
+            "mode sums gradients in .grad; the host buffer is filled by the per-layer hooks)"
         )
     return problems
 
@@ -271,12 +315,7 @@ def estimate_scaled_gradient(shapes: tuple[ParamShape, ...], cfg, device: Device
         else:
             regular += 2 * p.numel * e * p.count
             temp = max(temp, p.numel * e)  # sqrt(v) + eps; addcdiv_ writes the weight in place
-    notes = []
-    if s.per_layer and cfg.grad_accum_steps > 1:
-        notes.append(
-            f"{name} updates with the full-rank gradient: per-layer mode with accumulation keeps full "
-            "gradients (GaLore's low-rank accumulation does not apply)"
-        )
+    gradient_bytes, host, notes = full_gradient_sums(shapes, cfg, device, name)
     state = PhaseState(
         phase=name,
         weights=sum(p.numel * p.count * p.value_bytes for p in shapes),
@@ -284,9 +323,56 @@ def estimate_scaled_gradient(shapes: tuple[ParamShape, ...], cfg, device: Device
         optimizer={"moments": moments, "projectors": projectors, "regular_params": regular},
         step_temporaries=temp,
         one_gradient_at_a_time=s.per_layer,
+        gradient_bytes=gradient_bytes,
+        host_bytes=host,
         notes=notes,
     )
     return [state]
+
+
+HOST_SUM_BYTES = 4  # HostGradientSums keeps fp32 sums (grad_sums.sum_dtype of fp32 and bf16)
+PCIE_GB_PER_S = 25.0  # PCIe 4.0 x16, the rate the notes convert traffic at
+
+
+def full_gradient_sums(
+    shapes: tuple[ParamShape, ...], cfg, device: Device, name: str
+) -> tuple[int | None, dict[str, int], list[str]]:
+    """(device gradient bytes or None for the estimator's own count, host bytes, notes) of per-layer mode.
+
+    Device buffer: with accumulation or global clipping every full gradient is alive at once (the
+    estimator's count of all trainable gradients). Host buffer: the device holds the gradient being
+    produced plus, on the last micro-batch, the fp32 sum brought back and the result in the weight
+    dtype, one parameter at a time; the host holds an fp32 sum per parameter (and, on CUDA, two pinned
+    staging buffers of the largest gradient).
+    """
+    s = section_of(cfg, name)
+    section, accum, clip = METHODS[name][1], cfg.grad_accum_steps, cfg.train.grad_clip > 0
+    if not s.per_layer or (accum == 1 and not clip):
+        return None, {}, []
+    values = sum(p.numel * p.count for p in shapes)
+    largest = max(shapes, key=lambda p: p.numel)
+    e = largest.value_bytes
+    grads = sum(p.numel * p.count * p.value_bytes for p in shapes)
+    why = f"{accum} accumulation steps" + (" and global clipping (update after every norm is known)" if clip else "")
+    if s.full_grad_buffer == "device":
+        return None, {}, [
+            f"{name} per-layer with {why}: the full-gradient sums stay on the device "
+            f"({grads / 2**30:.2f} GiB); {section}.full_grad_buffer: host moves them to host memory"
+        ]
+    staging = 2 * largest.numel * e if device == "cuda" else 0
+    host = {"full-gradient sums (fp32)": values * HOST_SUM_BYTES, "pinned staging": staging}
+    # Each micro-batch but the last sends its gradients out; the sums come back once, fp32. Deferred
+    # clipping sends the completed gradients out once more and brings them back once more.
+    to_host = (accum - 1 + clip) * grads
+    to_device = (1 + clip) * values * HOST_SUM_BYTES
+    traffic = to_host + to_device
+    notes = [
+        f"{name} per-layer with {why}: full-gradient sums in host memory ({values * HOST_SUM_BYTES / 2**30:.2f} GiB "
+        f"fp32); PCIe traffic {traffic / 1e9:.1f} GB per step ({to_host / 1e9:.1f} to host, {to_device / 1e9:.1f} "
+        f"back), {traffic / 1e9 / PCIE_GB_PER_S:.1f} s at {PCIE_GB_PER_S:g} GB/s"
+    ]
+    # The last gradient, the fp32 sum brought back (their sum), and its cast to a narrower weight dtype.
+    return largest.numel * (e + HOST_SUM_BYTES + (e if e < HOST_SUM_BYTES else 0)), host, notes
 
 
 def summarize_scaled_gradient(cfg, name: str) -> str:

@@ -11,9 +11,23 @@ sums it into a low-rank accumulator held in the optimizer state; after the last 
 optimizer steps on it, in the hook, or, with global-norm clipping (`train.grad_clip`), in `step()`
 once every accumulator is complete. `galore.accumulation: full` keeps the older rule: gradients sum
 in `.grad` and the hooks update on the last micro-batch only; global clipping is refused there.
+
+A projector refresh (`galore.refresh: whole_batch`, the default) takes the SVD of the whole step's
+gradient, as whole-model GaLore does: on a refresh step the projected matrices' full gradients sum
+over the micro-batches in `galore.full_grad_buffer` (host memory by default, see grad_sums.py; or
+`.grad` on the device), and the last micro-batch's hook takes the SVD of the sum and projects it.
+`refresh: first_micro_batch` is the older approximation (the first micro-batch's gradient only).
+
+Global clipping clips by the full gradient's norm, as whole-model GaLore does, estimated without the
+full gradient: exact on refresh steps (the sum is there) and for unprojected tensors, and for
+projected matrices between refreshes from a Gaussian sketch (`galore.norm_sketch_rows`, see
+optimizers.py); the metrics log it as `grad_norm`, and the projected accumulators' norm as
+`grad_norm_projected`.
+
 Under torch.distributed the hooks average the accumulators across ranks themselves (the model is
-not wrapped in DDP): the low-rank ones, r / min(m, n) of a full gradient's bytes, and on refresh
-steps the full gradient the projector is taken from, so every rank computes the same projector.
+not wrapped in DDP): the low-rank ones, r / min(m, n) of a full gradient's bytes, the norm sketches,
+and on refresh steps the full gradient the projector is taken from, so every rank computes the same
+projector.
 """
 
 from __future__ import annotations
@@ -33,6 +47,7 @@ from ranktune.trainables.model import build_model
 from ranktune.trainables.optim import eightbit
 from ranktune.trainables.optim.base import Method, tensor_bytes
 from ranktune.trainables.optim.baselines import inner_state_bytes
+from ranktune.trainables.optim.galore.grad_sums import HostGradientSums
 from ranktune.trainables.optim.galore.optimizers import GaLoreAdafactor, GaLoreAdamW, GaLoreAdamW8bit, GaLoreOptimizer
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS, projected_sides
 from ranktune.trainables.optim.registry import (
@@ -84,6 +99,8 @@ class GaLoreMethod(Method):
         self.low_rank_accumulation = g.per_layer and g.accumulation == "low_rank"
         # Global clipping needs every accumulator complete, so the update waits for step().
         self.deferred_update = self.low_rank_accumulation and self.grad_clip > 0
+        self.whole_batch_refresh = self.low_rank_accumulation and g.refresh == "whole_batch"
+        self.host_sums = HostGradientSums() if self.whole_batch_refresh and g.full_grad_buffer == "host" else None
         self.world_size = world_size()
         if g.per_layer and self.world_size > 1 and not self.low_rank_accumulation:
             raise ValueError(
@@ -105,6 +122,7 @@ class GaLoreMethod(Method):
             "svd_oversample": g.svd_oversample,
             "svd_power_iters": g.svd_power_iters,
             "projector_dtype": g.projector_dtype,
+            "norm_sketch_rows": g.norm_sketch_rows if self.deferred_update else 0,
         }
         # nanoGPT's decay rule for the rest: 2-D weights decay, 1-D (norms) do not.
         groups = [
@@ -119,9 +137,11 @@ class GaLoreMethod(Method):
         self.hook_handles = []
         if self.per_layer:
             self.optimizers = []
+            position = 0  # seeds each matrix's norm sketch
             for group in groups:
                 for p in group["params"]:
-                    opt = make([{**group, "params": [p]}])
+                    opt = make([{**group, "params": [p], "norm_sketch_seed": position}])
+                    position += 1
                     self.optimizers.append(opt)
                     hook = self.accumulate_in_hook if self.low_rank_accumulation else self.update_in_hook
                     self.hook_handles.append(p.register_post_accumulate_grad_hook(partial(hook, opt)))
@@ -166,15 +186,36 @@ class GaLoreMethod(Method):
 
     def accumulate_in_hook(self, opt: GaLoreOptimizer, param: nn.Parameter) -> None:
         """Post-accumulate-grad hook (`accumulation: low_rank`): project and accumulate, update after the last."""
-        if self.world_size > 1 and "rank" in opt.param_groups[0] and self.projector_refresh_pending(opt, param):
-            # Every rank must take the SVD of the same gradient: the global first micro-batch's.
-            all_reduce_mean(param.grad, self.world_size)
-        opt.accumulate(param)
-        if not self.is_last_micro_batch:
-            return
-        if self.world_size > 1:
-            for accum in opt.accumulators():
-                all_reduce_mean(accum, self.world_size)
+        refreshing = "rank" in opt.param_groups[0] and self.projector_refresh_pending(opt, param)
+        if refreshing and self.whole_batch_refresh:
+            if not self.is_last_micro_batch:
+                if self.host_sums is not None:
+                    self.host_sums.add(param, param.grad)
+                    param.grad = None
+                return  # device: the full gradient keeps summing in param.grad
+            if self.host_sums is not None:
+                param.grad = self.host_sums.take(param, param.grad)
+            if self.world_size > 1:
+                all_reduce_mean(param.grad, self.world_size)  # every rank takes the SVD of the same sum
+            full_sq_norm = param.grad.to(torch.promote_types(param.grad.dtype, torch.float32)).square().sum()
+            opt.accumulate(param)  # the SVD of the whole batch's gradient; the sum projected
+            state = opt.state[param]
+            state.pop("norm_sketch", None)
+            if self.deferred_update:
+                state["full_sq_norm"] = full_sq_norm
+        else:
+            if self.world_size > 1 and refreshing:
+                # Every rank must take the SVD of the same gradient: the global first micro-batch's.
+                all_reduce_mean(param.grad, self.world_size)
+            opt.accumulate(param)
+            if not self.is_last_micro_batch:
+                return
+            if self.world_size > 1:
+                for accum in opt.accumulators():
+                    all_reduce_mean(accum, self.world_size)
+                sketch = opt.state[param].get("norm_sketch")
+                if sketch is not None:
+                    all_reduce_mean(sketch, self.world_size)
         if self.deferred_update:
             return  # step() clips by the global norm of all accumulators, then updates
         opt.step_accumulated(self.per_tensor_scale(opt))
@@ -196,13 +237,19 @@ class GaLoreMethod(Method):
         stats: dict[str, float] = {}
         if self.deferred_update:
             scales = [self.per_tensor_scale(opt) for opt in self.optimizers]
-            squares = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
-                       if (sq := opt.accumulated_sq_norm()) is not None]  # fmt: skip
-            total_norm = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
+            projected = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
+                         if (sq := opt.accumulated_sq_norm()) is not None]  # fmt: skip
+            full = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
+                    if (sq := opt.accumulated_full_sq_norm()) is not None]  # fmt: skip
+            projected_norm = float(torch.stack(projected).sum().sqrt()) if projected else 0.0
+            full_norm = float(torch.stack(full).sum().sqrt()) if full else 0.0
+            # The norm whole-model GaLore clips by (the full gradient's), unless the sketch is off.
+            total_norm = full_norm if self.galore.norm_sketch_rows > 0 else projected_norm
             clip = min(1.0, self.grad_clip / (total_norm + 1e-6))  # the factor clip_grad_norm_ uses
             for opt, scale in zip(self.optimizers, scales, strict=True):
                 opt.step_accumulated(scale * clip)
             stats["grad_norm"] = total_norm
+            stats["grad_norm_projected"] = projected_norm
         elif not self.per_layer:
             if self.per_tensor_clip > 0:
                 for p in self.trainable_parameters():
@@ -268,7 +315,7 @@ class GaLoreMethod(Method):
         for opt in self.optimizers:
             for p, state in opt.state.items():
                 for key, value in state.items():
-                    if key == "grad_accum":
+                    if key in ("grad_accum", "norm_sketch", "full_sq_norm"):
                         continue  # a gradient (counted as such), not optimizer state
                     if key in PROJECTOR_KEYS:
                         by_category["projectors"] += tensor_bytes(value)
@@ -359,12 +406,19 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
     if depends_on_layer_index(g.target_modules):
         shapes = expand_layers(shapes)
     moments = projectors = regular = temp = accumulators = 0
+    projected_low = projected_full = projected_values = sketches = 0
+    projected_shapes: list[ParamShape] = []
     for p in shapes:
         e = p.value_bytes
         if p.module == "Linear" and any(name_matches(p.module_name, pat) for pat in g.target_modules):
             low, projector = low_rank_shape(p.shape, g.rank, g.proj_type)
             moments += inner_state_bytes(inner, low, e, step_tensor=False) * p.count
             accumulators += math.prod(low) * e * p.count  # grad_accum, in the gradient dtype
+            projected_low += math.prod(low) * e * p.count
+            projected_full += p.numel * e * p.count
+            projected_values += p.numel * p.count
+            projected_shapes.append(p)
+            sketches += g.norm_sketch_rows * p.shape[1] * e * p.count
             m, n = p.shape
             k = min(m, n)
             svd = (m * n + m * k + k * n + k) * 4  # fp32 copy of the gradient and its thin SVD
@@ -380,18 +434,37 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
             accumulators += p.numel * e * p.count
             if inner != "adamw8bit":
                 temp = max(temp, 2 * p.numel * e)  # sqrt(v) + update (AdamW) or var estimate (Adafactor)
-    gradient_bytes, notes = None, []
+    gradient_bytes, notes, host = None, [], {}
     accum = cfg.grad_accum_steps
     if g.per_layer and g.accumulation == "low_rank" and (accum > 1 or cfg.train.grad_clip > 0):
         # Every accumulator is alive from the first micro-batch (or, deferred for global clipping, at
         # the end of backward), plus the one full gradient being projected or added.
         in_flight = max(p.numel * p.value_bytes for p in shapes)
+        if cfg.train.grad_clip > 0 and g.norm_sketch_rows:
+            accumulators += sketches  # Omega G summed per projected matrix, rows x n
         gradient_bytes = accumulators + in_flight
         notes.append(
             f"per-layer updates, low-rank accumulation over {accum} micro-batches"
             f"{' with deferred global clipping' if cfg.train.grad_clip > 0 else ''}: accumulators "
             f"{accumulators / 2**30:.2f} GiB + one full gradient in flight {in_flight / 2**30:.2f} GiB"
         )
+        if g.refresh == "whole_batch" and accum > 1:
+            # Refresh steps sum the projected matrices' full gradients over the micro-batches.
+            if g.full_grad_buffer == "device":
+                gradient_bytes = max(gradient_bytes, projected_full + accumulators - projected_low + in_flight)
+                notes.append(f"whole-batch refresh steps keep the projected matrices' full gradients on the "
+                             f"device ({projected_full / 2**30:.2f} GiB); galore.full_grad_buffer: host moves them "
+                             "out")  # fmt: skip
+            else:
+                # One projected matrix at a time on the device: its gradient, the fp32 sum brought back, the cast.
+                largest = max(projected_shapes, key=lambda p: p.numel)
+                gradient_bytes = max(gradient_bytes, accumulators + largest.numel * (2 * largest.value_bytes + 4))
+                staging = 2 * largest.numel * largest.value_bytes if device == "cuda" else 0
+                host = {"refresh-step full-gradient sums (fp32)": projected_values * 4, "pinned staging": staging}
+                traffic = (accum - 1) * projected_full + projected_values * 4
+                notes.append(f"whole-batch refresh steps (every {g.update_proj_gap} updates) sum full gradients in "
+                             f"host memory: PCIe {traffic / 1e9:.1f} GB on those steps, {traffic / 1e9 / 25:.1f} s at "
+                             "25 GB/s")  # fmt: skip
     state = PhaseState(
         phase="galore",
         weights=sum(p.numel * p.count * p.value_bytes for p in shapes),
@@ -400,6 +473,7 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
         step_temporaries=temp,
         one_gradient_at_a_time=g.per_layer,
         gradient_bytes=gradient_bytes,
+        host_bytes=host,
         notes=notes,
     )
     return [state]

@@ -38,6 +38,7 @@ from ranktune.trainables.optim.galore.projector import (
     SVD_METHODS,
     project,
     project_back,
+    projector,
     update_projector,
 )
 
@@ -119,9 +120,16 @@ class GaLoreOptimizer(torch.optim.Optimizer):
     # Each micro-batch's gradient is projected as soon as it exists and summed into state["grad_accum"]
     # (r x max(m, n) for a projected matrix, the full gradient for the rest); `.grad` is freed at once.
     # Projection is linear, so between projector refreshes the update equals the one of the summed
-    # full gradient. On a refresh step the first micro-batch's gradient (the accumulator is still
-    # empty then) gives the new projector. The accumulator is optimizer state: a state_dict taken
-    # between micro-batches resumes exactly.
+    # full gradient. On a refresh step the first gradient `accumulate` sees (the accumulator is still
+    # empty then) gives the new projector: the method hands it the whole step's gradient (refresh:
+    # whole_batch) or the first micro-batch's (first_micro_batch). The accumulator is optimizer state:
+    # a state_dict taken between micro-batches resumes exactly.
+    #
+    # With `norm_sketch_rows` s > 0 a projected matrix also sums a Gaussian sketch of its gradient,
+    # state["norm_sketch"] = sum_k Omega G_k (s x n, Omega s x m with N(0, 1/s) entries drawn from a
+    # seed fixed by the parameter and the update count), from which `accumulated_full_sq_norm`
+    # estimates ||G||^2 = ||P^T G||^2 + ||(I - P P^T) G||^2 without the full gradient: the first term
+    # exactly (the accumulator), the residual's by E||Omega R||^2 = ||R||^2 with Omega R = S - Omega P (P^T G).
 
     @torch.no_grad()
     def accumulate(self, p: torch.Tensor) -> None:
@@ -129,12 +137,42 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         group = next(g for g in self.param_groups if any(q is p for q in g["params"]))
         state = self.state[p]
         state.setdefault("step", 0)
+        rows = group.get("norm_sketch_rows", 0) if "rank" in group else 0
+        if rows:
+            sketch = norm_sketch_matrix(rows, p, group.get("norm_sketch_seed", 0), state["step"]) @ p.grad
+            if "norm_sketch" in state:
+                state["norm_sketch"].add_(sketch)
+            else:
+                state["norm_sketch"] = sketch
         if "grad_accum" not in state:
             low = self.low_rank_grad(p.grad, group, state)  # refreshes the projector when due
             state["grad_accum"] = low  # unprojected: the gradient tensor itself, no copy
         else:
             state["grad_accum"].add_(project(p.grad, state) if "rank" in group else p.grad)
         p.grad = None
+
+    def accumulated_full_sq_norm(self) -> torch.Tensor | None:
+        """||G||^2 summed over the parameters (at least fp32), G the full gradient the accumulators come
+        from: exact where the accumulator is the full gradient or `full_sq_norm` was recorded, estimated
+        from the norm sketch for projected matrices (see the comment above `accumulate`)."""
+        squares = []
+        for group in self.param_groups:
+            for p in group["params"]:
+                state = self.state[p]
+                if "grad_accum" not in state:
+                    continue
+                accum = state["grad_accum"]
+                in_space = accum.to(torch.promote_types(accum.dtype, torch.float32)).square().sum()
+                if "full_sq_norm" in state:
+                    squares.append(state["full_sq_norm"])
+                elif "norm_sketch" in state:
+                    omega = norm_sketch_matrix(state["norm_sketch"].shape[0], p, group.get("norm_sketch_seed", 0),
+                                               state["step"])  # fmt: skip
+                    residual = state["norm_sketch"] - sketch_projected_back(omega, accum, state)
+                    squares.append(in_space + residual.to(in_space.dtype).square().sum())
+                else:
+                    squares.append(in_space)
+        return torch.stack(squares).sum() if squares else None
 
     def accumulated_sq_norm(self) -> torch.Tensor | None:
         """Sum of squares (at least fp32) of every accumulator, i.e. of what the inner optimizers will see."""
@@ -151,6 +189,8 @@ class GaLoreOptimizer(torch.optim.Optimizer):
             for p in group["params"]:
                 state = self.state[p]
                 accum = state.pop("grad_accum", None)
+                state.pop("norm_sketch", None)
+                state.pop("full_sq_norm", None)
                 if accum is None:
                     continue
                 if grad_scale != 1.0:
@@ -195,6 +235,26 @@ class GaLoreOptimizer(torch.optim.Optimizer):
         counters = state_dict.get("galore", {})
         self.projector_updates = counters.get("projector_updates", 0)
         self.svd_seconds = counters.get("svd_seconds", 0.0)
+
+
+def norm_sketch_matrix(rows: int, p: torch.Tensor, seed: int, step: int) -> torch.Tensor:
+    """Omega (rows, m) with N(0, 1/rows) entries, fixed by (seed, step): every micro-batch of a step,
+    every rank and a resumed run draw the same one; the global RNG is untouched."""
+    gen = torch.Generator(device=p.device).manual_seed(seed * 1_000_003 + step)
+    omega = torch.randn(rows, p.shape[0], generator=gen, device=p.device, dtype=torch.float32)
+    return omega.div_(math.sqrt(rows)).to(p.dtype)
+
+
+def sketch_projected_back(omega: torch.Tensor, low: torch.Tensor, state: dict[str, Any]) -> torch.Tensor:
+    """Omega @ project_back(low) without the full-size matrix: (s, m) @ (m, r) @ (r, n) and the like."""
+    x = omega.to(low.dtype)
+    if "proj_left" in state:
+        x = (x @ projector(state, "proj_left", low.dtype)) @ low
+    else:
+        x = x @ low
+    if "proj_right" in state:
+        x = x @ projector(state, "proj_right", low.dtype)
+    return x
 
 
 class GaLoreAdamW(GaLoreOptimizer):
