@@ -27,6 +27,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ranktune.platform.budget import DEFAULT_BUDGET_GIB
+from ranktune.platform.duration import (
+    DEFAULT_CARD,
+    Duration,
+    MicroBatchChoice,
+    RunBudget,
+    estimate_duration,
+    fastest_micro_batch,
+    sized_steps,
+)
 from ranktune.platform.memory import (
     MemoryEstimate,
     RunEstimate,
@@ -102,6 +111,9 @@ class ExportResult:
     verdict: Verdict
     command: str
     substitute: str | None = None  # why the best trial was not the one exported (low_rank_if_best_does_not_fit)
+    duration: Duration | None = None
+    micro_batch: MicroBatchChoice | None = None
+    sizing: str | None = None  # what --tokens / --days sized, and how
 
 
 # ---------------------------------------------------------------------------------- mapping
@@ -199,8 +211,26 @@ def micro_batch_candidates(batch_size: int, largest: int) -> list[int]:
 
 
 def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
-                    budget_gib: float) -> tuple[TrainConfig, RunEstimate]:  # fmt: skip
-    """The config with the largest micro-batch that fits; a user-given micro-batch is kept as is."""
+                    budget_gib: float, card_key: str = DEFAULT_CARD) -> tuple[TrainConfig, RunEstimate]:  # fmt: skip
+    """The config with the fastest micro-batch that fits (duration.fastest_micro_batch); a user-given
+    micro-batch is kept as is."""
+    cfg, run, _ = fit_micro_batch_choice(raw, overrides, rules, budget_gib, card_key)
+    return cfg, run
+
+
+def fit_micro_batch_choice(
+    raw: dict[str, Any], overrides: list[str], rules: ScalingRules, budget_gib: float, card_key: str = DEFAULT_CARD
+) -> tuple[TrainConfig, RunEstimate, MicroBatchChoice]:
+    """fit_micro_batch, with the choice it made: the fastest fitting micro-batch and the runner-up."""
+    fits = fitting_micro_batches(raw, overrides, rules, budget_gib)
+    choice = fastest_micro_batch([cfg for cfg, _ in fits], card_key)
+    run = next(r for cfg, r in fits if cfg is choice.chosen)
+    return config_from_dict(choice.chosen.model_dump(mode="json")), run, choice
+
+
+def fitting_micro_batches(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
+                          budget_gib: float) -> list[tuple[TrainConfig, RunEstimate]]:  # fmt: skip
+    """Every micro-batch whose estimate fits, at the first memory-saving setting where one does."""
     keys = {o.split("=", 1)[0].strip() for o in overrides}
     fixed = "train.micro_batch_size" in keys
     merged = apply_overrides(copy.deepcopy(raw), overrides)
@@ -212,11 +242,14 @@ def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRul
         cfg = config_from_dict(apply_overrides(copy.deepcopy(merged), saving))
         candidates = [cfg.train.micro_batch_size] if fixed else micro_batch_candidates(
             cfg.train.batch_size, rules.max_micro_batch_size)  # fmt: skip
+        fits = []
         for mb in candidates:
             trial = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": mb})})
             run = estimate_run(trial)
             if verdict(run, budget_gib - rules.min_headroom_gib).fits:
-                return config_from_dict(trial.model_dump(mode="json")), run
+                fits.append((trial, run))
+        if fits:
+            return fits
     raise ConfigError(does_not_fit(trial, run, budget_gib, rules.min_headroom_gib))
 
 
@@ -354,7 +387,8 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
 
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
                 out: str | Path | None = None, rules: ScalingRules | None = None, overrides: list[str] = (),
-                trial_id: str | None = None, max_memory_gib: float | None = None) -> ExportResult:  # fmt: skip
+                trial_id: str | None = None, max_memory_gib: float | None = None,
+                run_budget: RunBudget | None = None, card_key: str = DEFAULT_CARD) -> ExportResult:  # fmt: skip
     from ranktune.platform.report import collect_trials
     from ranktune.platform.sweep import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
@@ -373,12 +407,18 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
                                                                budget_gib)  # fmt: skip
     proxy = spec.trial_config(source["params"])
     raw = map_to_target(proxy, target, rules)
-    cfg, run = fit_micro_batch(raw, list(overrides), rules, budget_gib)
+    sizing = None
+    if run_budget is not None:
+        raw, rules, sizing = size_to_budget(proxy, target, rules, raw, list(overrides), budget_gib, run_budget,
+                                            card_key)  # fmt: skip
+    cfg, run, choice = fit_micro_batch_choice(raw, list(overrides), rules, budget_gib, card_key)
+    duration = estimate_duration(cfg, card_key)
     v = verdict(run, budget_gib)
 
     path = Path(out) if out else spec.storage_dir / f"export_{target}.yaml"
     command = f"ranktune train {path}"
-    header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, list(overrides))
+    header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, list(overrides),
+                           duration=duration, choice=choice, sizing=sizing)  # fmt: skip
     body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + body)
@@ -393,11 +433,35 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     log_text_artifact(client, parent, path.with_suffix(".memory.json").name, estimate_json, "export")
     client.set_tag(parent, f"ranktune.export.{target}.trial_id", source["trial_id"])
     client.set_tag(source["run_id"], "ranktune.exported_to", f"{target} ({gib(v.total)} of {budget_gib:g} GiB)")
-    return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute)
+    return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute, duration, choice, sizing)
+
+
+SIZED_KEYS = ("train.steps", "data.max_tokens")  # what --tokens / --days decide
+
+
+def size_to_budget(proxy: TrainConfig, target: str, rules: ScalingRules, raw: dict[str, Any], overrides: list[str],
+                   budget_gib: float, run_budget: RunBudget,
+                   card_key: str) -> tuple[dict[str, Any], ScalingRules, str]:  # fmt: skip
+    """`--tokens` / `--days`: the steps that spend the budget at the fitted config's tokens per step (and,
+    for days, its step time on the card); the target is mapped again with them, so warmup and the
+    method's intervals follow the `intervals` rule and data.max_tokens the new steps."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    clash = [k for k in SIZED_KEYS if k in keys]
+    if clash:
+        raise ConfigError([f"--set {clash[0]}: --tokens / --days decide it -> drop the --set, or the budget"])
+    first, _ = fit_micro_batch(raw, overrides, rules, budget_gib, card_key)
+    steps, why = sized_steps(first, run_budget, card_key)
+    sized_rules = rules.model_copy(update={"steps": steps})
+    line = (f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule, "
+            f"data.max_tokens = {steps * first.tokens_per_step:,}" if rules.data_source == "c4" else
+            f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule "
+            "(data_source: proxy keeps the proxy's corpus and data.max_tokens)")  # fmt: skip
+    return map_to_target(proxy, target, sized_rules), sized_rules, line
 
 
 def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,
-                  run: RunEstimate, v: Verdict, command: str, overrides: list[str]) -> str:  # fmt: skip
+                  run: RunEstimate, v: Verdict, command: str, overrides: list[str], duration: Duration | None = None,
+                  choice: MicroBatchChoice | None = None, sizing: str | None = None) -> str:  # fmt: skip
     peak: MemoryEstimate = run.peak
     lines = [
         f"Exported by `ranktune export` from sweep {sweep!r}, trial {source['trial_id']} "
@@ -411,6 +475,9 @@ def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: T
         *(f"  {label:32s} {gib(value):>12s}" for label, value in peak.rows()),
         f"  {'total':32s} {gib(peak.total):>12s}",
         f"Verdict: {v.line()}",
+        *([f"Micro-batch: {choice.line()}"] if choice else []),
+        *([f"Sized: {sizing}"] if sizing else []),
+        *([f"Duration (ranktune.platform.duration): {duration.lines()[0]}", *duration.lines()[1:]] if duration else []),
         f"Launch: {command}",
         "",
     ]
