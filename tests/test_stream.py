@@ -137,3 +137,36 @@ def test_streamed_run_resumes_exactly(tmp_path, token_cache):
     assert summary["final_eval_loss"] == whole_summary["final_eval_loss"]
     for (name, a), b in zip(whole.model.state_dict().items(), resumed.model.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
+
+
+PREPARE = """
+import logging, sys
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from ranktune.trainables.config import DataSection
+from ranktune.trainables.data import Tokenizer, prepare_tokens
+from ranktune.trainables.stream import validation_tokens, iter_documents
+cfg = DataSection(source="files", files=[sys.argv[1]], text_field="body", seq_len=8, cache_dir=sys.argv[2],
+                  val_documents=5)
+prepare_tokens(cfg, progress=False)
+validation_tokens(cfg, Tokenizer(), lambda: iter_documents(cfg))
+"""
+
+
+@pytest.mark.slow  # two fresh Python processes importing torch: ~15 s idle, minutes on a loaded machine
+def test_processes_sharing_a_cache_directory_tokenize_once(tmp_path):
+    """Two trials on two nodes with the token cache on shared storage (docs/cluster.md): one tokenizes the
+    corpus and the streamed held-out set, the other waits on the file lock and reuses them."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    path, _ = write_documents(tmp_path, "json", 300)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    cmd = [sys.executable, "-c", PREPARE, str(path), str(tmp_path / "shared")]
+    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for _ in range(2)]  # fmt: skip
+    logs = "".join(p.communicate(timeout=300)[0] for p in procs)
+    assert all(p.returncode == 0 for p in procs), logs
+    assert logs.count("ranktune.trainables.data: tokenized files") == 1, logs
+    assert logs.count("streamed validation set:") == 1, logs

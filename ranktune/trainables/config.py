@@ -88,7 +88,7 @@ class DataSection(Section):
     streaming: Literal["auto", "on", "off"] = "auto"
     """on: tokenize in a background thread as training reads (step 1 within minutes); off: tokenize all of it into
     the cache first; auto: on when data.max_tokens is over 100M tokens (docs/data.md)."""
-    val_documents: int = Field(default=1000, ge=1)
+    val_documents: int = Field(default=200, ge=1)
     """Held-out documents of a streamed run: the first this many the split holds out (a fixed set, read once)."""
 
 
