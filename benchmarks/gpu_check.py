@@ -9,6 +9,10 @@ Rows (docs/gpu.md explains every column):
 - 7b, per-layer GaLore (8-bit inner when bitsandbytes imports), bf16, activation checkpointing, 16 x 256:
   measured peak vs estimate vs the 24 GiB budget; the same at 512 x 256 with accumulation when the config
   accepts per-layer low-rank accumulation (issue 11), skipped with the reason otherwise;
+- 7b throughput: the GaLore 7b export (ranktune.platform.export, 24 GiB) at the micro-batches the duration
+  estimate chooses between (the chosen one and the runner-up), 4 accumulation steps each, randomized SVD;
+  tokens/s next to the duration estimate's, and with --record PATH saved as measured figures for the
+  card (ranktune.platform.duration reads them instead of its assumed utilisation);
 - which SDPA backend ran in the model (profiler op names) and which backends run alone;
 - torch.compile off vs on at 350m (tokens/s, time to the first step).
 
@@ -183,6 +187,8 @@ def plan_rows(scale: Scale, device: str, out_dir: str) -> list[Row]:
     accum_label = f"7b {big_method} per-layer, ckpt, {scale.accum_batch}x{scale.seq_len} accum"
     accum_row = Row(accum_label, "7b", accum, skip_reason=no_option)
 
+    rows += throughput_rows(scale, device, out_dir, bnb)
+
     for model in scale.sizes:
         for method in ("adamw", "adamw8bit", "galore_adamw", "galore_adamw8bit", "relora", "lora"):
             raw = deep_merge(
@@ -205,6 +211,67 @@ def plan_rows(scale: Scale, device: str, out_dir: str) -> list[Row]:
         if row.skip_reason is None:
             row.expected_s = expected_seconds(row.raw, row.raw["train"]["steps"])
     return rows
+
+
+THROUGHPUT_ACCUMULATION = 4  # micro-batches per timed step: tokens/s of the micro-batch, not of a 512-sequence step
+
+
+def export_micro_batches() -> tuple[dict, list[int]]:
+    """The 7b export of a GaLore proxy (the paper's rank 128 at 60m) on 24 GiB, and the micro-batches the
+    duration estimate chose between: [chosen, runner-up]."""
+    from ranktune.platform.export import ScalingRules, fit_micro_batch_choice, map_to_target
+
+    # Synthetic data of the tokenizer's vocabulary (32000): the device has no mistral-common to read it from.
+    proxy = config_from_dict({"model": {"name": "60m"}, "optim": {"name": "galore_adamw"}, "galore": {"rank": 128},
+                              "data": {"source": "synthetic", "vocab_size": 32000},
+                              "train": {"steps": 1000}, "schedule": {"warmup_steps": 100}})  # fmt: skip
+    rules = ScalingRules(data_source="proxy")
+    cfg, _, choice = fit_micro_batch_choice(map_to_target(proxy, "7b", rules), [], rules, DEFAULT_BUDGET_GIB)
+    mbs = [choice.chosen.train.micro_batch_size]
+    if choice.runner_up is not None:
+        mbs.append(choice.runner_up.train.micro_batch_size)
+    return cfg.model_dump(mode="json"), mbs
+
+
+def throughput_rows(scale: Scale, device: str, out_dir: str, bnb: str | None) -> list[Row]:
+    exported, mbs = export_micro_batches()
+    rows = []
+    for mb in mbs:
+        raw = deep_merge(exported, {
+            "model": scale.models["7b"] | {"activation_checkpointing": True},
+            "data": {"source": "synthetic", "seq_len": scale.seq_len, "vocab_size": scale.vocab_size,
+                     "max_tokens": None},
+            "galore": {"svd": "randomized", "rank": scale.big_galore_rank},  # a full SVD of 224 matrices: minutes
+            "train": {"steps": scale.big_steps, "micro_batch_size": mb, "batch_size": mb * THROUGHPUT_ACCUMULATION,
+                      "device": device, "eval_every": 10**9, "eval_blocks": 4, "log_every": scale.big_steps},
+            "schedule": {"warmup_steps": 0},
+            "output": {"dir": out_dir, "checkpoint_every": 0},
+        })  # fmt: skip
+        if bnb is not None:
+            raw["optim"]["name"] = "galore_adamw"
+        label = f"7b throughput {raw['optim']['name']} mb {mb} x{THROUGHPUT_ACCUMULATION} micro-batches"
+        rows.append(Row(label, "throughput", raw))
+    return rows
+
+
+def record_throughput(rows: list[Row], meta: dict, path: Path) -> list[str]:
+    """Save the throughput rows' tokens/s as measured figures for this card; lines saying what was saved."""
+    from ranktune.platform.cards import card_key_for_device_name
+    from ranktune.platform.duration import MeasuredThroughput, record_measured
+
+    key = card_key_for_device_name(meta["device_name"])
+    if key is None or meta["device"] == "cpu":
+        return [f"--record: {meta['device_name']!r} is not a card of ranktune.platform.cards: nothing recorded"]
+    lines = []
+    for row in rows:
+        r = row.result
+        if row.kind == "throughput" and r.get("status") == "ok" and "tokens_per_s" in r:
+            cfg = config_from_dict(row.raw)
+            record = MeasuredThroughput(key, meta["device_name"], "7b", cfg.optim.name, cfg.train.micro_batch_size,
+                                        cfg.data.seq_len, True, r["tokens_per_s"], meta["started"][:10])  # fmt: skip
+            record_measured(path, record)
+            lines.append(f"recorded {record.tokens_per_s:.0f} tokens/s ({row.label}) for {key} in {path}")
+    return lines
 
 
 # ------------------------------------------------------------------------------------------- measuring
@@ -301,6 +368,15 @@ def run_training_row(row: Row, device: torch.device, warmup: int, stop_at: float
         result["within_tolerance"] = abs(ratio - 1) <= ESTIMATE_TOLERANCE
     if "footprint_bytes" in result:
         result["footprint_ratio"] = estimate.total / result["footprint_bytes"]
+    if row.kind == "throughput" and device.type == "cuda":
+        from ranktune.platform.cards import card_key_for_device_name
+        from ranktune.platform.duration import estimate_duration
+
+        key = card_key_for_device_name(torch.cuda.get_device_name(device))
+        if key is not None:
+            d = estimate_duration(cfg, key, measured=[])
+            result["estimate_tokens_per_s"] = cfg.tokens_per_step / d.step_seconds
+            result["estimate_card"] = key
     if row.kind == "7b":
         budget = int(DEFAULT_BUDGET_GIB * GIB)
         result["budget_bytes"] = budget
@@ -398,6 +474,9 @@ def table_cells(row: Row) -> list[str]:
         return [row.label, "ok", "", "", "", "", "", "", "", f"ran: {r['sdpa_backend']} ({r['dtype']}); alone: {alone}"]
     ratio = r.get("estimate_ratio")
     notes = list(r["notes"])
+    if "estimate_tokens_per_s" in r:
+        notes.insert(0, f"duration estimate {r['estimate_tokens_per_s']:.0f} tokens/s on {r['estimate_card']} "
+                        "(assumed utilisation)")  # fmt: skip
     if row.kind == "7b":
         measured = fmt_gib(r.get("footprint_bytes")) or "n/a"
         notes.insert(0, f"footprint {measured} vs est {fmt_gib(r['estimate_total_bytes'])} vs budget "
@@ -460,6 +539,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--time-budget-s", type=float, default=DEFAULT_TIME_BUDGET_S)
     parser.add_argument("--only", default="", help="comma-separated substrings: run only rows whose label has one")
+    parser.add_argument("--record", metavar="PATH", help="save the 7b throughput rows as measured figures (a JSON "
+                        "file ranktune.platform.duration reads: ranktune/platform/measured_throughput.json, or "
+                        "$RANKTUNE_CACHE/measured_throughput.json)")  # fmt: skip
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -505,8 +587,8 @@ def main(argv: list[str] | None = None) -> int:
                     if row.kind == "sdpa":
                         row.result = run_sdpa_row(row, device)
                     else:
-                        row.result = run_training_row(row, device, scale.warmup if row.kind != "7b" else 1,
-                                                      deadline, context)  # fmt: skip
+                        warmup = 1 if row.kind in ("7b", "throughput") else scale.warmup
+                        row.result = run_training_row(row, device, warmup, deadline, context)
                     row.result["status"] = "ok"
                 except Exception as exc:  # one row's failure (e.g. out of memory) must not lose the others
                     failed = True
@@ -521,6 +603,8 @@ def main(argv: list[str] | None = None) -> int:
             write_report(out, [r for r in rows if r.result], meta, started)  # a killed run keeps what it measured
     write_report(out, rows, meta, started)
     print_table(rows, meta)
+    if args.record:
+        print("\n".join(record_throughput(rows, meta, Path(args.record))))
     return 1 if failed else 0
 
 

@@ -5,19 +5,17 @@
 #   scripts/gpu_check.sh                 # print the steps
 #   scripts/gpu_check.sh fetch [DIR]     # download the wheels into DIR (default .whl, git-ignored)
 #
-# The pins are the versions of the project's venv. bitsandbytes (43 MB, CUDA 11.8-13.2 kernels in one
+# The pins come from constraints.txt (the lock of the project's tested venv). bitsandbytes (43 MB, CUDA 11.8-13.2 kernels in one
 # wheel) is what makes the 8-bit rows run; without it they are skipped and the 7b row uses galore_adamw.
 set -euo pipefail
 repo="$(cd "$(dirname "$0")/.." && pwd)"
 
-WHEELS=(
-  pydantic==2.14.4
-  pydantic_core==2.50.5
-  annotated-types==0.8.0
-  typing-inspection==0.4.5
-  typing_extensions==4.16.0
-  bitsandbytes==0.50.2
-)
+# At the versions constraints.txt pins (scripts/lock.py: the tested environment), like every other install.
+WHEELS=()
+for name in pydantic pydantic_core annotated-types typing-inspection typing_extensions bitsandbytes; do
+  pin=$(grep -iE "^${name}==" "$repo/constraints.txt") || { echo "constraints.txt has no pin for $name" >&2; exit 2; }
+  WHEELS+=("$pin")
+done
 # Python 3.12 (the device image's), x86-64; bitsandbytes is tagged manylinux_2_24.
 PLATFORM="--only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64"

@@ -234,6 +234,38 @@ def test_export_galore_keeps_the_paper_batch_and_global_clip(sweep, tmp_path, to
     assert summary["completed"] and summary["final_eval_loss"] < summary["initial_eval_loss"]
 
 
+def test_export_prints_duration_and_sizes_to_tokens_or_days(sweep, tmp_path, capsys):
+    from ranktune.platform.cli import main
+
+    spec, state = load_state(sweep.storage_dir)
+    trial = next(r["trial_id"] for r in collect_trials(spec, state) if r["status"] == "finished"
+                 and r["params"]["optim.name"] == "galore_adamw" and r["params"]["galore.rank"] == 16)  # fmt: skip
+    out = tmp_path / "tokens.yaml"
+    budget = 3000 * 512 * 256
+    capsys.readouterr()
+    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(out), "--tokens", str(budget)]) == 0
+    printed = capsys.readouterr().out
+    cfg = load_config(out)
+    assert cfg.train.steps * cfg.tokens_per_step == budget == cfg.data.max_tokens
+    header = out.read_text().split("\nmodel:")[0]
+    for text in ("# Sized: --tokens", "# Micro-batch: micro-batch", "runner-up", "# FLOPs:", "# Wall time:",
+                 "compute-optimal", "utilisation (assumed)"):  # fmt: skip
+        assert text in header and text.removeprefix("# ") in printed
+    out = tmp_path / "days.yaml"
+    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(out), "--days", "3",
+                 "--card", "h100"]) == 0  # fmt: skip
+    cfg = load_config(out)
+    assert cfg.train.steps * cfg.tokens_per_step == cfg.data.max_tokens
+    assert "--days 3 on NVIDIA H100 SXM" in out.read_text()
+    capsys.readouterr()
+    assert main(["estimate", str(out), "--card", "h100"]) in (0, 1)
+    assert "Wall time: 3.0 days" in capsys.readouterr().out
+    # The budget decides steps: a --set of them as well is refused.
+    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(out), "--days", "3",
+                 "--set", "train.steps=10"]) == 2  # fmt: skip
+    assert "--tokens / --days decide it" in capsys.readouterr().err
+
+
 def _cli(*args: str) -> list[str]:
     return [sys.executable, "-m", "ranktune.platform.cli", *args]
 

@@ -49,7 +49,10 @@ def test_smoke_run_exercises_every_row_kind(tmp_path):
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     report = json.loads((tmp_path / "gpu_check.json").read_text())
     rows = {r["label"]: r for r in report["rows"]}
-    assert {r["kind"] for r in rows.values()} == {"sdpa", "7b", "train", "compile"}
+    assert {r["kind"] for r in rows.values()} == {"sdpa", "7b", "train", "compile", "throughput"}
+    # tokens/s at the micro-batches the duration estimate chooses between (7b export: 2, runner-up 1)
+    throughput = sorted(label for label, r in rows.items() if r["kind"] == "throughput" and r["status"] == "ok")
+    assert [label.split(" mb ")[1].split()[0] for label in throughput] == ["1", "2"], throughput
     assert not [label for label, r in rows.items() if r["status"] == "failed"]
     for label, r in rows.items():
         if r["status"] == "skipped":

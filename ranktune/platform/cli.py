@@ -92,6 +92,24 @@ def _add_set_arg(p: argparse.ArgumentParser, what: str, example: str) -> None:
                    help=f"override {what}, e.g. --set {example} (repeatable)")  # fmt: skip
 
 
+def _add_card_arg(p: argparse.ArgumentParser) -> None:
+    from ranktune.platform.cards import CARDS, DEFAULT_CARD
+
+    p.add_argument("--card", default=DEFAULT_CARD, choices=sorted(CARDS),
+                   help="GPU the duration is estimated for (default %(default)s; see docs/export.md)")  # fmt: skip
+
+
+def _positive_tokens(text: str) -> int:
+    """`--tokens 2e10` or `--tokens 20000000000`: a whole number of tokens."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} -> a number of tokens, e.g. 2e10") from None
+    if value < 1 or value != int(value):
+        raise argparse.ArgumentTypeError(f"{text!r} -> a positive whole number of tokens")
+    return int(value)
+
+
 def _add_config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("config", nargs="?", help="YAML config (defaults apply to anything it leaves out)")
     _add_set_arg(p, "a config field", "optim.lr=1e-3 --set train.steps=50")
@@ -431,25 +449,35 @@ def cmd_schedule(args: argparse.Namespace) -> int:
 
 
 def cmd_estimate(args: argparse.Namespace) -> int:
+    from ranktune.platform.cards import card
+    from ranktune.platform.duration import estimate_duration
     from ranktune.platform.memory import estimate_run, render_estimate
     from ranktune.trainables.config import load_config
 
     cfg = load_config(args.config, args.overrides)
+    card(args.card)  # refuse an unknown card before printing anything
     verdict = render_estimate(estimate_run(cfg, device=args.device, overhead_gib=args.overhead_gib), args.budget_gib)
+    print("\n".join(estimate_duration(cfg, args.card).lines()))
     return 0 if verdict.fits else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from ranktune.platform.cards import card
+    from ranktune.platform.duration import RunBudget
     from ranktune.platform.export import export_best, load_rules
 
+    card(args.card)
+    run_budget = RunBudget(args.tokens, args.days) if args.tokens is not None or args.days is not None else None
     result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
                          rules=load_rules(args.rules) if args.rules else None, overrides=args.overrides,
                          trial_id=args.trial, max_memory_gib=args.max_memory_gib, fallback=args.fallback,
-                         notify=lambda line: print(line, file=sys.stderr))  # fmt: skip
+                         notify=lambda line: print(line, file=sys.stderr), run_budget=run_budget,
+                         card_key=args.card)  # fmt: skip
     if result.substitute:
         say(result.substitute)
     say(*result.notices, f"exported trial {result.trial_id} -> {result.config_path}", result.verdict.line(),
-        f"launch: {result.command}")
+        f"Micro-batch: {result.micro_batch.line()}", *([f"Sized: {result.sizing}"] if result.sizing else []),
+        *result.duration.lines(), f"launch: {result.command}")
     return 0
 
 
@@ -549,6 +577,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cuda adds the fixed overhead")
     p.add_argument("--overhead-gib", type=float, default=None, help="fixed overhead (default 1 GiB on cuda)")
+    _add_card_arg(p)
     p.set_defaults(func=cmd_estimate)
 
     p = sub.add_parser("export", help="turn a sweep's best trial into a single-GPU config for a target model")
@@ -570,6 +599,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="export the best finished trial whose target config's estimate fits this many GiB "
                         "(the budget for the export too)")  # fmt: skip
     _add_set_arg(p, "a field of the exported config", "train.steps=1000")
+    _add_card_arg(p)
+    size = p.add_mutually_exclusive_group()
+    size.add_argument("--tokens", type=_positive_tokens, default=None, metavar="N",
+                      help="size the run to N training tokens (e.g. 2e10): train.steps, warmup, intervals and "
+                           "data.max_tokens follow")  # fmt: skip
+    size.add_argument("--days", type=float, default=None, metavar="D",
+                      help="size the run to D days on --card at the duration estimate's throughput")
     p.set_defaults(func=cmd_export)
     return parser
 

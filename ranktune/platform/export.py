@@ -29,6 +29,15 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ranktune.platform.budget import DEFAULT_BUDGET_GIB
+from ranktune.platform.duration import (
+    DEFAULT_CARD,
+    Duration,
+    MicroBatchChoice,
+    RunBudget,
+    estimate_duration,
+    fastest_micro_batch,
+    sized_steps,
+)
 from ranktune.platform.memory import (
     MemoryEstimate,
     RunEstimate,
@@ -145,6 +154,9 @@ class ExportResult:
     command: str
     substitute: str | None = None  # why the best trial was not the one exported, and what that loses
     notices: tuple[str, ...] = ()  # what the user's --set changed in tokens per step / total tokens
+    duration: Duration | None = None
+    micro_batch: MicroBatchChoice | None = None
+    sizing: str | None = None  # what --tokens / --days sized, and how
 
 
 # ---------------------------------------------------------------------------------- mapping
@@ -263,8 +275,26 @@ def micro_batch_candidates(batch_size: int, largest: int) -> list[int]:
 
 
 def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
-                    budget_gib: float) -> tuple[TrainConfig, RunEstimate]:  # fmt: skip
-    """The config with the largest micro-batch that fits; a user-given micro-batch is kept as is."""
+                    budget_gib: float, card_key: str = DEFAULT_CARD) -> tuple[TrainConfig, RunEstimate]:  # fmt: skip
+    """The config with the fastest micro-batch that fits (duration.fastest_micro_batch); a user-given
+    micro-batch is kept as is."""
+    cfg, run, _ = fit_micro_batch_choice(raw, overrides, rules, budget_gib, card_key)
+    return cfg, run
+
+
+def fit_micro_batch_choice(
+    raw: dict[str, Any], overrides: list[str], rules: ScalingRules, budget_gib: float, card_key: str = DEFAULT_CARD
+) -> tuple[TrainConfig, RunEstimate, MicroBatchChoice]:
+    """fit_micro_batch, with the choice it made: the fastest fitting micro-batch and the runner-up."""
+    fits = fitting_micro_batches(raw, overrides, rules, budget_gib)
+    choice = fastest_micro_batch([cfg for cfg, _ in fits], card_key)
+    run = next(r for cfg, r in fits if cfg is choice.chosen)
+    return config_from_dict(choice.chosen.model_dump(mode="json")), run, choice
+
+
+def fitting_micro_batches(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
+                          budget_gib: float) -> list[tuple[TrainConfig, RunEstimate]]:  # fmt: skip
+    """Every micro-batch whose estimate fits, at the first memory-saving setting where one does."""
     keys = {o.split("=", 1)[0].strip() for o in overrides}
     fixed = "train.micro_batch_size" in keys
     merged = apply_overrides(copy.deepcopy(raw), overrides)
@@ -276,11 +306,14 @@ def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRul
         cfg = config_from_dict(apply_overrides(copy.deepcopy(merged), saving))
         candidates = [cfg.train.micro_batch_size] if fixed else micro_batch_candidates(
             cfg.train.batch_size, rules.max_micro_batch_size)  # fmt: skip
+        fits = []
         for mb in candidates:
             trial = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": mb})})
             run = estimate_run(trial)
             if verdict(run, budget_gib - rules.min_headroom_gib).fits:
-                return config_from_dict(trial.model_dump(mode="json")), run
+                fits.append((trial, run))
+        if fits:
+            return fits
     raise ConfigError(does_not_fit(trial, run, budget_gib, rules.min_headroom_gib))
 
 
@@ -465,7 +498,8 @@ def token_notices(before: TrainConfig, after: TrainConfig) -> tuple[str, ...]:
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
                 out: str | Path | None = None, rules: ScalingRules | None = None, overrides: list[str] = (),
                 trial_id: str | None = None, max_memory_gib: float | None = None,
-                fallback: str | None = None, notify: Callable[[str], None] | None = None) -> ExportResult:  # fmt: skip
+                fallback: str | None = None, notify: Callable[[str], None] | None = None,
+                run_budget: RunBudget | None = None, card_key: str = DEFAULT_CARD) -> ExportResult:  # fmt: skip
     """Export the sweep's answer (the replicates' best mean, else the best full-budget trial), or refuse.
 
     Another trial only when asked: `trial_id` (by name: a baseline such as LoRA from a random init is
@@ -516,13 +550,20 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     if fit.inputs:
         raise ConfigError([f"trial {source['trial_id']} ({proxy.optim.name}): its {target} run needs input:",
                            *fit.inputs])  # fmt: skip
-    cfg, run = fit.config, fit.estimate
+    sizing = None
+    if run_budget is not None:  # --tokens / --days: the rules' steps become the budget's
+        _, rules, sizing = size_to_budget(proxy, target, rules, map_to_target(proxy, target, rules), overrides,
+                                          budget_gib, run_budget, card_key)  # fmt: skip
+    cfg, run, choice = fit_micro_batch_choice(map_to_target(proxy, target, rules), overrides, rules, budget_gib,
+                                              card_key)  # fmt: skip
+    duration = estimate_duration(cfg, card_key)
     v = verdict(run, budget_gib)
     notices = token_notices(config_from_dict(map_to_target(proxy, target, rules)), cfg) if overrides else ()
 
     path = Path(out) if out else spec.storage_dir / f"export_{target}.yaml"
     command = f"ranktune train {shlex.quote(str(path))}"
-    header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, overrides, substitute, notices)
+    header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, overrides, substitute, notices,
+                           duration=duration, choice=choice, sizing=sizing)  # fmt: skip
     body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -535,15 +576,16 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
                                 "substitute": substitute, "notices": list(notices)}, indent=2)  # fmt: skip
     path.with_suffix(".memory.json").write_text(estimate_json)
 
+    result = ExportResult(source["trial_id"], path, cfg, run, v, command, substitute, notices, duration, choice, sizing)
     if offline:
-        return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute, notices)
+        return result
     client = mlflow_client(state["tracking_uri"])
     parent = state["parent_run_id"]
     log_text_artifact(client, parent, path.name, header + body, "export")
     log_text_artifact(client, parent, path.with_suffix(".memory.json").name, estimate_json, "export")
     client.set_tag(parent, f"ranktune.export.{target}.trial_id", source["trial_id"])
     client.set_tag(source["run_id"], "ranktune.exported_to", f"{target} ({gib(v.total)} of {budget_gib:g} GiB)")
-    return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute, notices)
+    return result
 
 
 def target_rules(spec) -> ScalingRules:
@@ -566,9 +608,33 @@ def check_out_path(path: Path) -> None:
                            f"{str(path / 'export.yaml')!r}"])  # fmt: skip
 
 
+SIZED_KEYS = ("train.steps", "data.max_tokens")  # what --tokens / --days decide
+
+
+def size_to_budget(proxy: TrainConfig, target: str, rules: ScalingRules, raw: dict[str, Any], overrides: list[str],
+                   budget_gib: float, run_budget: RunBudget,
+                   card_key: str) -> tuple[dict[str, Any], ScalingRules, str]:  # fmt: skip
+    """`--tokens` / `--days`: the steps that spend the budget at the fitted config's tokens per step (and,
+    for days, its step time on the card); the target is mapped again with them, so warmup and the
+    method's intervals follow the `intervals` rule and data.max_tokens the new steps."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    clash = [k for k in SIZED_KEYS if k in keys]
+    if clash:
+        raise ConfigError([f"--set {clash[0]}: --tokens / --days decide it -> drop the --set, or the budget"])
+    first, _ = fit_micro_batch(raw, overrides, rules, budget_gib, card_key)
+    steps, why = sized_steps(first, run_budget, card_key)
+    sized_rules = rules.model_copy(update={"steps": steps})
+    line = (f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule, "
+            f"data.max_tokens = {steps * first.tokens_per_step:,}" if rules.data_source == "c4" else
+            f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule "
+            "(data_source: proxy keeps the proxy's corpus and data.max_tokens)")  # fmt: skip
+    return map_to_target(proxy, target, sized_rules), sized_rules, line
+
+
 def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,
                   run: RunEstimate, v: Verdict, command: str, overrides: list[str], substitute: str | None = None,
-                  notices: tuple[str, ...] = ()) -> str:  # fmt: skip
+                  notices: tuple[str, ...] = (), duration: Duration | None = None,
+                  choice: MicroBatchChoice | None = None, sizing: str | None = None) -> str:  # fmt: skip
     peak: MemoryEstimate = run.peak
     recipe = lookup(proxy.optim.name).recipe_for(cfg.model.name) if rules.recipe == "published" else None
     lines = [
@@ -588,6 +654,9 @@ def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: T
         *(f"  {label:32s} {gib(value):>12s}" for label, value in peak.rows()),
         f"  {'total':32s} {gib(peak.total):>12s}",
         f"Verdict: {v.line()}",
+        *([f"Micro-batch: {choice.line()}"] if choice else []),
+        *([f"Sized: {sizing}"] if sizing else []),
+        *([f"Duration (ranktune.platform.duration): {duration.lines()[0]}", *duration.lines()[1:]] if duration else []),
         f"Launch: {command}",
         "",
     ]

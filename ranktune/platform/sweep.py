@@ -147,6 +147,12 @@ def gpus_per_trial(spec: SweepSpec) -> float:
     return 1.0 if ray.cluster_resources().get("GPU", 0) > 0 else 0.0
 
 
+def check_cluster_versions() -> None:
+    from ranktune.platform.versions import check_cluster_versions as check
+
+    check()
+
+
 def check_cluster_fits(spec: SweepSpec) -> None:
     """Refuse a trial that no node could ever run: Tune would otherwise wait for it forever."""
     import ray
@@ -427,6 +433,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
                                f"{storage}` continues it; choose another name or storage to start a new one"]
                               )  # fmt: skip
         init_ray(address)
+        if address:  # a cluster: its nodes must run the driver's versions
+            check_cluster_versions()
         check_cluster_fits(spec)
         state = {"spec": json.loads(spec_json(spec)), **start_tracking(spec)}
         # sweep.json makes the directory a sweep that --resume continues: written only once the
@@ -456,6 +464,8 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
     # Tune's pickled searcher and callbacks open this directory's stores, not those of where the sweep ran.
     with own_directory(spec.storage_dir, "storage", "sweep"), resuming(state):
         init_ray(address)
+        if address:  # a cluster: its nodes must run the driver's versions
+            check_cluster_versions()
         check_cluster_fits(spec)
         tune_dir = spec.storage_dir / TUNE_DIR
         if tune.Tuner.can_restore(str(tune_dir)):

@@ -85,6 +85,11 @@ class DataSection(Section):
     """Token cache shared by all runs and trials ($RANKTUNE_CACHE or ~/.cache/ranktune)."""
     vocab_size: int = Field(default=SYNTHETIC_VOCAB_SIZE, ge=2, le=65535)
     """Vocabulary of data.source: synthetic (real corpora take it from the tokenizer); 32000 is LLaMA's."""
+    streaming: Literal["auto", "on", "off"] = "auto"
+    """on: tokenize in a background thread as training reads (step 1 within minutes); off: tokenize all of it into
+    the cache first; auto: on when data.max_tokens is over 100M tokens (docs/data.md)."""
+    val_documents: int = Field(default=200, ge=1)
+    """Held-out documents of a streamed run: the first this many the split holds out (a fixed set, read once)."""
 
 
 class OptimSection(Section):

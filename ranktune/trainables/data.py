@@ -382,6 +382,32 @@ class ShuffledBatches:
         self._perm = self._permutation(self.epoch)
 
 
+class CachedBlocks:
+    """The cached corpus's training data: shuffled blocks of the token stream, one global micro-batch at a time
+    (the same interface as stream.StreamedBlocks)."""
+
+    def __init__(self, blocks: TokenBlocks, batches: ShuffledBatches) -> None:
+        self.blocks, self.batches = blocks, batches
+        self.num_blocks = len(blocks)
+
+    def next_rows(self) -> np.ndarray:
+        """(micro-batch blocks, seq_len + 1) int64 token rows: inputs are [:, :-1], targets [:, 1:]."""
+        L = self.blocks.seq_len
+        return np.stack([np.asarray(self.blocks.stream[i * L : i * L + L + 1], dtype=np.int64)
+                         for i in self.batches.next_indices()])  # fmt: skip
+
+    def state_dict(self) -> dict:
+        return self.batches.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        if state.get("streamed"):
+            raise ValueError("checkpoint was written with streamed data: resume with data.streaming: on")
+        self.batches.load_state_dict(state)
+
+    def close(self) -> None:
+        pass
+
+
 def validation_indices(num_blocks: int, count: int) -> np.ndarray:
     """`count` blocks spread evenly over the validation stream (all of them if fewer exist).
 

@@ -31,7 +31,14 @@ from ranktune.trainables.checkpoint import (
     set_rng_state,
 )
 from ranktune.trainables.config import ConfigError, TrainConfig
-from ranktune.trainables.data import ShuffledBatches, TokenBlocks, eval_set_id, prepare_tokens, validation_indices
+from ranktune.trainables.data import (
+    CachedBlocks,
+    ShuffledBatches,
+    TokenBlocks,
+    eval_set_id,
+    prepare_tokens,
+    validation_indices,
+)
 from ranktune.trainables.model import build_model, count_parameters
 from ranktune.trainables.optim import build_method, build_schedule
 from ranktune.trainables.runtime import (
@@ -42,6 +49,7 @@ from ranktune.trainables.runtime import (
     peak_memory_bytes,
     resolve_device,
 )
+from ranktune.trainables.stream import StreamedBlocks, open_stream, streaming_enabled
 
 MicroBatch = tuple[torch.Tensor, torch.Tensor]  # (inputs, targets), each (B, T)
 
@@ -59,11 +67,6 @@ class Trainer:
         self.device = resolve_device(cfg.train.device)
         self.output_dir = Path(cfg.output.dir)
 
-        tokens = prepare_tokens(cfg.data, progress=progress)
-        self.train_blocks = TokenBlocks(tokens.train, cfg.data.seq_len)
-        self.val_blocks = TokenBlocks(tokens.val, cfg.data.seq_len)
-        self.val_indices = validation_indices(len(self.val_blocks), cfg.train.eval_blocks)
-        self.eval_set = eval_set_id(tokens.corpus_key, cfg.data.seq_len, self.val_indices)
         # Data parallel (DDP, e.g. under Ray Train): every rank draws the same global micro-batch of
         # micro_batch_size * world_size blocks and trains on its own slice of it.
         self.rank, self.world_size = distributed_rank_and_size()
@@ -75,10 +78,23 @@ class Trainer:
             )
             raise ConfigError([problem])
         self.grad_accum_steps = cfg.train.batch_size // per_step
-        self.batches = ShuffledBatches(len(self.train_blocks), per_step, cfg.train.seed)
+        if streaming_enabled(cfg.data):
+            # Tokenized by a background thread as training reads it (stream.py): step 1 comes within minutes.
+            streamed = open_stream(cfg.data, per_step)
+            val_stream, vocab_size, corpus_key = streamed.val, streamed.vocab_size, streamed.corpus_key
+            self.train_data: CachedBlocks | StreamedBlocks = streamed.train
+        else:
+            tokens = prepare_tokens(cfg.data, progress=progress)
+            val_stream, vocab_size, corpus_key = tokens.val, tokens.vocab_size, tokens.corpus_key
+            self.train_blocks = TokenBlocks(tokens.train, cfg.data.seq_len)
+            self.batches = ShuffledBatches(len(self.train_blocks), per_step, cfg.train.seed)
+            self.train_data = CachedBlocks(self.train_blocks, self.batches)
+        self.val_blocks = TokenBlocks(val_stream, cfg.data.seq_len)
+        self.val_indices = validation_indices(len(self.val_blocks), cfg.train.eval_blocks)
+        self.eval_set = eval_set_id(corpus_key, cfg.data.seq_len, self.val_indices)
 
         torch.manual_seed(cfg.train.seed)
-        self.llama_cfg = cfg.model.llama_config(vocab_size=tokens.vocab_size)
+        self.llama_cfg = cfg.model.llama_config(vocab_size=vocab_size)
         dtype = torch.bfloat16 if cfg.train.precision == "bf16" else torch.float32
         self.model = build_model(self.llama_cfg, self.device, cfg.model.activation_checkpointing, dtype)
         # The method may wrap layers of the model in place (ReLoRA); always go through self.model.
@@ -164,7 +180,7 @@ class Trainer:
             "elapsed": self.elapsed,
             "method": self.method.state_dict(),
             "model": self.model.state_dict(),
-            "data": self.batches.state_dict(),
+            "data": self.train_data.state_dict(),
             "rng": rng_state(),
             "config": self.cfg.model_dump(mode="json"),
         }
@@ -176,7 +192,7 @@ class Trainer:
         # The method first: it may restore structure (e.g. ReLoRA's wrapped layers) the weights need.
         self.method.load_state_dict(state["method"])
         self.model.load_state_dict(state["model"])
-        self.batches.load_state_dict(state["data"])
+        self.train_data.load_state_dict(state["data"])
         set_rng_state(state["rng"])
         self.step, self.tokens_seen, self.elapsed = state["step"], state["tokens_seen"], state["elapsed"]
 
@@ -221,7 +237,8 @@ class Trainer:
     def next_micro_batches(self) -> Iterator[MicroBatch]:
         """This rank's micro-batches of the next optimizer step, drawn as they are consumed."""
         for _ in range(self.grad_accum_steps):
-            yield self._to_device(*self.train_blocks.batch(self.local_slice(self.batches.next_indices())))
+            rows = torch.from_numpy(self.local_slice(self.train_data.next_rows()))
+            yield self._to_device(rows[:, :-1], rows[:, 1:])
 
     def train_step(self, micro_batches: Iterable[MicroBatch], measure_gradients: bool = False) -> Metrics:
         """One optimizer update over `micro_batches` (grad_accum_steps of them; the loss is their mean);
@@ -270,6 +287,12 @@ class Trainer:
 
     def fit(self) -> Metrics:
         """Train until train.steps (or a stop request); returns the run's summary."""
+        try:
+            return self._fit()
+        finally:
+            self.train_data.close()  # a streamed run's tokenizer thread
+
+    def _fit(self) -> Metrics:
         self._emit("on_train_start", self.start_info())
         first_eval = None
         if self.step == 0:
@@ -341,7 +364,7 @@ class Trainer:
             "parameters": count_parameters(self.model),
             "trainable_parameters": sum(p.numel() for p in self.method.trainable_parameters()),
             "tokens_per_step": self.cfg.tokens_per_step,
-            "train_blocks": len(self.train_blocks),
+            "train_blocks": self.train_data.num_blocks,  # None when streamed (not counted up front)
             "val_blocks": len(self.val_blocks),
             "eval_set": self.eval_set,
             "device": str(self.device),

@@ -7,6 +7,7 @@ from ranktune.trainables.optim import apollo, baselines, galore, relora  # noqa:
 from ranktune.trainables.optim.base import Method, TorchOptimizerMethod, decay_groups, tensor_bytes
 from ranktune.trainables.optim.registry import (
     OPTIMIZERS,
+    MethodFlops,
     OptimizerEntry,
     ParamShape,
     PhaseState,
@@ -21,6 +22,7 @@ from ranktune.trainables.optim.registry import (
 __all__ = [
     "OPTIMIZERS",
     "Method",
+    "MethodFlops",
     "OptimizerEntry",
     "ParamShape",
     "PhaseState",

@@ -86,6 +86,18 @@ full-rank warm start is a phase before its LoRA phase), in the order they happen
                       device total, shown as their own rows
     notes             lines printed under the table
 
+The `estimate_flops` contract (optional; `ranktune estimate` / `export` duration)
+--------------------------------------------------------------------------------
+    estimate_flops(shapes: tuple[ParamShape, ...], cfg: TrainConfig) -> MethodFlops
+
+The floating-point work the method adds to the model's forward + backward (which the duration estimate
+counts itself: 6 N per token, plus the recompute of activation checkpointing): per micro-batch (per-layer
+low-rank accumulation projects every micro-batch's gradient), per optimizer step (projection and
+update), per refresh (GaLore's SVD every update_proj_gap steps, ReLoRA's merge every relora_every
+steps) and per token (LoRA's adapters, less the weight gradients a frozen base skips; may be negative).
+Count matrix products as 2 m n k. None: the method adds nothing beyond its inner AdamW-like update,
+which the estimate counts as negligible.
+
 Write the estimate next to the code that allocates the state, from the same constants (e.g.
 `ranktune.trainables.optim.eightbit` for bitsandbytes' layout), so that the two change together.
 Activations, logits, autocast copies and the fixed overhead are the estimator's (platform/memory.py).
@@ -171,6 +183,18 @@ class PhaseState:
     notes: list[str] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class MethodFlops:
+    """What a method adds to the model's forward + backward FLOPs (see the module docstring)."""
+
+    per_micro_batch: float = 0.0
+    per_step: float = 0.0
+    per_refresh: float = 0.0
+    refresh_every: int = 0  # optimizer steps between refreshes; 0: the method has none
+    per_token: float = 0.0  # averaged over the run (e.g. after a full-rank warm start only)
+    notes: tuple[str, ...] = ()
+
+
 def _no_problems(cfg: TrainConfig) -> list[str]:
     return []
 
@@ -226,6 +250,8 @@ class OptimizerEntry:
 
     def recipe_for(self, target: str) -> PublishedRecipe | None:
         return next((r for r in self.published if r.target == target), None)
+    # The method's own FLOPs for the duration estimate (see the module docstring); None: none beyond an update.
+    estimate_flops: Callable[[tuple[ParamShape, ...], TrainConfig], MethodFlops] | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}

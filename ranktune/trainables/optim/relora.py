@@ -30,6 +30,7 @@ from ranktune.trainables.optim.baselines import full_rank_state, inner_state_byt
 from ranktune.trainables.optim.lora import is_target, lora_layers, merge_lora_into_base, wrap_lora
 from ranktune.trainables.optim.registry import (
     Device,
+    MethodFlops,
     OptimizerEntry,
     ParamShape,
     PhaseState,
@@ -300,6 +301,27 @@ def estimate_lora(shapes: tuple[ParamShape, ...], cfg, device: Device) -> list[P
     return phases
 
 
+def estimate_lora_flops(shapes: tuple[ParamShape, ...], cfg) -> MethodFlops:
+    """Per token after the warm start: the adapters' forward and backward (6 r (in + out) per wrapped
+    projection) less the weight gradient the frozen base no longer needs (2 in out); ReLoRA merges
+    B A into every base each relora_every steps (2 out r in)."""
+    r, steps = cfg.relora, cfg.train.steps
+    adapters = skipped = merge = 0.0
+    for p in shapes:
+        if p.module == "Linear" and is_target(p.module_name, r.target_modules):
+            out_f, in_f = p.shape
+            adapters += 6 * r.rank * (in_f + out_f) * p.count
+            skipped += 2 * in_f * out_f * p.count
+            merge += 2 * out_f * r.rank * in_f * p.count
+    in_run_warm_start = r.warm_start_steps if not r.warm_start_checkpoint else 0
+    lora_share = max(0, steps - in_run_warm_start) / steps
+    restarts = cfg.optim.name == "relora"
+    return MethodFlops(per_token=(adapters - skipped) * lora_share, per_refresh=merge if restarts else 0.0,
+                       refresh_every=r.relora_every if restarts else 0,
+                       notes=(f"LoRA phase {100 * lora_share:.0f}% of the steps: adapters minus the frozen base's "
+                              "weight gradients",))  # fmt: skip
+
+
 def summarize_lora(cfg) -> str:
     r = cfg.relora
     return f"lora rank {r.rank}, base {r.base_precision}, inner {r.inner_optimizer}"
@@ -342,6 +364,7 @@ register(
         settling_windows=settling_windows,
         estimate_state=estimate_lora,
         summarize=summarize_lora,
+        estimate_flops=estimate_lora_flops,
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
         sections=("relora",),
         colour="#d62728",
@@ -359,6 +382,7 @@ register(
         settling_windows=settling_windows,
         estimate_state=estimate_lora,
         summarize=summarize_lora,
+        estimate_flops=estimate_lora_flops,
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
         sections=("relora",),
         colour="#ff7f0e",

@@ -39,12 +39,15 @@ from ranktune.trainables.optim.galore.method import (
     check_targets_and_rank,
     low_rank_shape,
     name_matches,
+    projection_flops,
+    svd_flops,
     targeted_linears,
     world_size,
 )
 from ranktune.trainables.optim.galore.projector import PROJECTOR_KEYS
 from ranktune.trainables.optim.registry import (
     Device,
+    MethodFlops,
     OptimizerEntry,
     ParamShape,
     PhaseState,
@@ -373,6 +376,22 @@ def full_gradient_sums(
     ]
     # The last gradient, the fp32 sum brought back (their sum), and its cast to a narrower weight dtype.
     return largest.numel * (e + HOST_SUM_BYTES + (e if e < HOST_SUM_BYTES else 0)), host, notes
+def estimate_scaled_gradient_flops(shapes: tuple[ParamShape, ...], cfg, name: str) -> MethodFlops:
+    """Each step projects the full gradient (APOLLO: to measure the channel scaling; Fira: for the
+    low-rank Adam update, projected back, plus the residual G - P P^T G, another projection pair);
+    the projector is refreshed every update_proj_gap steps: an SVD (Fira, APOLLO with proj: svd) or a
+    fresh random matrix (no FLOPs worth counting)."""
+    s, cls = section_of(cfg, name), METHODS[name][0]
+    svd = cls is FiraAdamW or s.proj == "svd"
+    project = refresh = 0.0
+    for p in shapes:
+        if p.module == "Linear" and any(name_matches(p.module_name, pat) for pat in s.target_modules):
+            project += projection_flops(p.shape, s.rank, s.proj_type) * p.count
+            refresh += (svd_flops(p.shape, s.rank, s) if svd else 0.0) * p.count
+    projections = 4 if cls is FiraAdamW else 1
+    notes = (f"SVD every {s.update_proj_gap} steps, counted at the matmul rate (a lower bound)",) if svd else ()
+    return MethodFlops(per_step=projections * project, per_refresh=refresh, refresh_every=s.update_proj_gap,
+                       notes=notes)  # fmt: skip
 
 
 def summarize_scaled_gradient(cfg, name: str) -> str:
@@ -406,6 +425,7 @@ for _name, _description, _colour in [
             check=partial(check_scaled_gradient, name=_name),
             estimate_state=partial(estimate_scaled_gradient, name=_name),
             summarize=partial(summarize_scaled_gradient, name=_name),
+            estimate_flops=partial(estimate_scaled_gradient_flops, name=_name),
             description=_description,
             sections=(METHODS[_name][1],),
             colour=_colour,
