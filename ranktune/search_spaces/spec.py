@@ -242,7 +242,7 @@ def self_contained(spec: SweepSpec) -> SweepSpec:
     if isinstance(data, dict):
         if data.get("files"):
             data["files"] = [str(Path(f).expanduser().resolve()) for f in data["files"]]
-        if data.get("tokenizer") not in (None, "embedded"):
+        if data.get("tokenizer") not in (None, "embedded") and not str(data["tokenizer"]).startswith("corpus:"):
             data["tokenizer"] = str(Path(data["tokenizer"]).expanduser().resolve())
     raw.get("train", {}).pop("steps", None)  # the budget sets it
     return spec.model_copy(update={"base": None, "base_overrides": raw, "spec_dir": str(Path(spec.spec_dir).resolve())})

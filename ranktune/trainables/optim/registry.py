@@ -159,6 +159,15 @@ class OptimizerEntry:
     summarize: Callable[[TrainConfig], str] | None = None
     # Config sections the method reads (e.g. ("galore",)): a best config leaves out the others' sections.
     sections: tuple[str, ...] = ()
+    # A sanity baseline (adamw_frozen_blocks): not a contender. When it ties or beats the best method, the
+    # sweep's report says the proxy cannot tell the methods apart (platform/proxy_checks.py).
+    sanity_baseline: bool = False
+    # The method's own step-size knob as a factor on the lr (GaLore's scale, Fira's alpha, APOLLO's
+    # sqrt(scale)): lr x this is the step size the ladder's fitted transfer rule scales with width
+    # (platform/ladder_rules.py). None: the lr alone.
+    step_size_factor: Callable[[TrainConfig], float] | None = None
+    # The config key of the method's rank (e.g. "galore.rank"), for the ladder's rank-vs-width fit. None: no rank.
+    rank_key: str | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}

@@ -315,6 +315,7 @@ register(
         summarize=summarize_lora,
         description="ReLoRA: LoRA with periodic merge-and-restart, pruned moments, jagged cosine",
         sections=("relora",),
+        rank_key="relora.rank",
     ),
 )
 register(
@@ -327,5 +328,6 @@ register(
         summarize=summarize_lora,
         description="LoRA on a frozen base (optionally after a full-rank warm start), no restarts",
         sections=("relora",),
+        rank_key="relora.rank",
     ),
 )

@@ -69,6 +69,8 @@ def group_keys(section, cls: type) -> dict[str, Any]:
     }
     if cls is ApolloAdamW:
         keys |= {"proj": section.proj, "proj_storage": section.proj_storage}
+    if cls is FiraAdamW:
+        keys["residual"] = section.residual
     return keys
 
 
@@ -289,6 +291,12 @@ def summarize_scaled_gradient(cfg, name: str) -> str:
             f"{', per-layer' if s.per_layer else ''}")  # fmt: skip
 
 
+def step_size_factor(cfg, name: str) -> float:
+    """What multiplies the lr in the update: APOLLO sqrt(scale), Fira alpha (`scale`)."""
+    s = section_of(cfg, name)
+    return s.scale if METHODS[name][0] is FiraAdamW else math.sqrt(s.scale)
+
+
 for _name, _description in [
     ("apollo_adamw", "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient"),
     ("apollo_mini", "APOLLO-Mini: APOLLO at rank 1 with one scale per matrix (SGD-like memory)"),
@@ -303,5 +311,7 @@ for _name, _description in [
             summarize=partial(summarize_scaled_gradient, name=_name),
             description=_description,
             sections=(METHODS[_name][1],),
+            step_size_factor=partial(step_size_factor, name=_name),
+            rank_key=f"{METHODS[_name][1]}.rank",
         ),
     )

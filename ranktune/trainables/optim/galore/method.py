@@ -422,5 +422,7 @@ for _inner, _description in [
             summarize=summarize_galore,
             description=_description,
             sections=("galore",),
+            step_size_factor=lambda cfg: cfg.galore.scale,  # the update is scale x the projected-back step
+            rank_key="galore.rank",
         ),
     )
