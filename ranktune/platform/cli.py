@@ -110,6 +110,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    from ranktune.platform.ladder import is_ladder_dir
+
+    if (args.resume and is_ladder_dir(args.resume)) or (args.spec and load_spec(args.spec, args.overrides).ladder):
+        return _ladder(args)
     if args.resume:
         summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet)
     elif args.spec:
@@ -126,6 +130,26 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     render_table(spec, flat_rows(spec, rows))
     _print_outcome(spec, summary)
     return sweep_exit_code(rows)
+
+
+def _ladder(args: argparse.Namespace) -> int:
+    """`ranktune sweep` of a spec with `ladder:` (platform/ladder.py), or --resume of a ladder directory."""
+    from ranktune.platform.ladder import LadderInterrupted, resume_ladder, run_ladder
+    from ranktune.platform.ladder_report import ladder_lines
+    from ranktune.search_spaces.spec import load_spec
+
+    try:
+        if args.resume:
+            ladder = resume_ladder(args.resume, address=args.address, progress=not args.quiet)
+        else:
+            spec = load_spec(args.spec, args.overrides)
+            print(f"ladder {spec.name}: {len(spec.ladder.rungs)} rungs -> {spec.storage_dir}", file=sys.stderr)
+            ladder = run_ladder(spec, address=args.address, progress=not args.quiet)
+    except LadderInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    print("\n".join(ladder_lines(ladder)))
+    return 0 if ladder["complete"] else 1
 
 
 def sweep_exit_code(rows: list[dict]) -> int:
@@ -149,6 +173,7 @@ def _print_outcome(spec, summary: dict) -> None:
     _print_confirm(summary.get("confirm"))
     print(f"plots: {storage}/plots/   HTML: ranktune report {storage} --html   MLflow UI: ranktune ui {storage}")
     print("\n".join(winner_lines(spec, summary["best"], storage, summary.get("confirm"))))
+    print("\n".join(summary.get("proxy_checks", [])))
 
 
 def _print_pareto(storage: str | Path) -> None:
@@ -174,6 +199,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
     from ranktune.platform.sweep import load_state
 
+    if (Path(args.sweep_dir) / "ladder.json").is_file():
+        from ranktune.platform.ladder_report import ladder_lines
+
+        print("\n".join(ladder_lines(json.loads((Path(args.sweep_dir) / "ladder.json").read_text()))))
+        print(f"HTML: {Path(args.sweep_dir) / 'ladder.html'}; each rung's sweep: ranktune report "
+              f"{Path(args.sweep_dir) / 'rungs'}/<rung>")  # fmt: skip
+        return 0
     spec, state = load_state(args.sweep_dir)
     rows = collect_trials(spec, state)
     flat = sort_rows(flat_rows(spec, rows), args.sort, spec.objective.mode)
@@ -202,6 +234,9 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"HTML report: {write_html_report(spec, state, rows)}")
     winner = pick_winner(rows, spec.objective.mode, confirm)
     print("\n".join(winner_lines(spec, winner, str(storage), confirm)))
+    from ranktune.platform.proxy_checks import proxy_check_lines
+
+    print("\n".join(proxy_check_lines(spec, rows)))
     return 0
 
 

@@ -359,7 +359,12 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     from ranktune.platform.sweep import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
 
+    from ranktune.platform.ladder_rules import ladder_source
+
     rules = rules or ScalingRules()
+    ladder = ladder_source(sweep_dir)  # a ladder: its top rung's trials, and its fitted lr rule (`rules: fitted`)
+    if ladder is not None:
+        sweep_dir = ladder.sweep_dir
     spec, state = load_state(sweep_dir)
     rows = collect_trials(spec, state)
     substitute = None
@@ -373,12 +378,14 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
                                                                budget_gib)  # fmt: skip
     proxy = spec.trial_config(source["params"])
     raw = map_to_target(proxy, target, rules)
+    fitted = fitted_lr_lines(raw, proxy, target, ladder) if ladder is not None else []
     cfg, run = fit_micro_batch(raw, list(overrides), rules, budget_gib)
     v = verdict(run, budget_gib)
 
     path = Path(out) if out else spec.storage_dir / f"export_{target}.yaml"
     command = f"ranktune train {path}"
     header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, list(overrides))
+    header = "".join(f"# {line}\n" for line in fitted) + header
     body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(header + body)
@@ -394,6 +401,19 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     client.set_tag(parent, f"ranktune.export.{target}.trial_id", source["trial_id"])
     client.set_tag(source["run_id"], "ranktune.exported_to", f"{target} ({gib(v.total)} of {budget_gib:g} GiB)")
     return ExportResult(source["trial_id"], path, cfg, run, v, command, substitute)
+
+
+def fitted_lr_lines(raw: dict[str, Any], proxy: TrainConfig, target: str, ladder) -> list[str]:
+    """`rules: fitted`: the target's lr from the ladder's power law (platform/ladder_rules.py), divided by the
+    target config's step-size knob; the header lines that say so."""
+    from ranktune.platform.ladder_rules import apply_fitted_lr
+    from ranktune.trainables.optim.registry import lookup
+
+    entry = lookup(proxy.optim.name)
+    knob = 1.0
+    if entry.step_size_factor is not None:
+        knob = entry.step_size_factor(config_from_dict(copy.deepcopy(raw)))
+    return apply_fitted_lr(raw, proxy.optim.name, MODEL_PRESETS[target].hidden_size, ladder, knob)
 
 
 def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,

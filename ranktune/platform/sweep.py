@@ -493,7 +493,10 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
     from ranktune.platform.tracking import NOTE_TAG
 
     # The parent run's description in the MLflow UI: who won, the next command, the ranked table.
-    said = "  \n".join(winner_lines(spec, winner, str(storage), confirm))
+    from ranktune.platform.proxy_checks import proxy_check_lines
+
+    summary["proxy_checks"] = proxy_check_lines(spec, trials)  # next to the winner: is the proxy's answer worth much?
+    said = "  \n".join([*winner_lines(spec, winner, str(storage), confirm), *summary["proxy_checks"]])
     client.set_tag(parent, NOTE_TAG, f"{said}\n\n{to_markdown(spec, flat_rows(spec, trials))}")
     plots = write_plots(spec, state, trials, storage / "plots")
     for plot in plots:

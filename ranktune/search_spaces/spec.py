@@ -75,6 +75,43 @@ class Confirm(Strict):
     """new seeds each, at the full budget; a spread needs 2"""
 
 
+class Rung(Strict):
+    """One model size of a ladder (platform/ladder.py, docs/ladder.md)."""
+
+    name: str
+    """label in ladder.json, the report and the rung's sweep directory (rungs/<index>-<name>)"""
+    model: dict[str, Any] = Field(default_factory=dict)
+    """model section settings over the base config's (e.g. {hidden_size: 256, num_layers: 4})"""
+    steps: int | None = Field(default=None, ge=1)
+    """steps per trial at this rung; None: budget.steps_per_trial"""
+
+    @model_validator(mode="after")
+    def _check_name(self) -> Rung:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"name {self.name!r} may hold only letters, digits, '_', '-' and '.'")
+        return self
+
+
+class Ladder(Strict):
+    """Model size as a fidelity: the search at the first rung, the promoted configurations re-trained at each next."""
+
+    rungs: list[Rung] = Field(min_length=2)
+    """smallest first; the first rung runs the ordinary search (with `confirm` if set)"""
+    promote: int = Field(default=2, ge=1)
+    """configurations per method (branch) that move up to the next rung, best first"""
+    lr_factors: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1)
+    """the lr re-searched at each next rung: the transferred lr times each factor (optimal lr moves with width)"""
+
+    @model_validator(mode="after")
+    def _check(self) -> Ladder:
+        names = [r.name for r in self.rungs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rungs: names {names} -> distinct names")
+        if any(f <= 0 for f in self.lr_factors):
+            raise ValueError(f"lr_factors: {self.lr_factors} -> positive factors")
+        return self
+
+
 class Budget(Strict):
     num_trials: int = Field(default=8, ge=1)
     steps_per_trial: int = Field(default=100, ge=1)
@@ -124,6 +161,8 @@ class SweepSpec(Strict):
     """relative to the working directory; `{name}` is the sweep's name"""
     tracking: Tracking = Field(default_factory=Tracking)
     seed: int = 0
+    ladder: Ladder | None = None
+    """Rungs of growing model size: does the ranking transfer? (platform/ladder.py, docs/ladder.md). None: one size."""
     memory_budget_gib: float | None = Field(default=None, gt=0)
     """GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it trains (Optuna:
     PRUNED; MLflow: status pruned_memory with the reason). None: no check.
@@ -217,6 +256,10 @@ def spec_from_dict(raw: dict[str, Any], spec_dir: str | Path = ".") -> SweepSpec
     spec = self_contained(spec)
     validate_against_base(spec, space)
     check_branch_balance(spec, space)
+    if spec.ladder is not None:
+        from ranktune.platform.ladder import validate_rungs
+
+        validate_rungs(spec)
     return spec
 
 
