@@ -161,8 +161,8 @@ def test_edges_are_flagged_on_the_scale_of_the_range():
 def test_sanity_baseline_verdict(tmp_path):
     spec = spec_from_dict({"base_overrides": BASE, "storage": str(tmp_path / "s"), "budget": {"steps_per_trial": 10},
                            "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
-                                     "branches": {"key": "optim.name", "choices": {"adamw": {},
-                                                                                   "adamw_frozen_blocks": {}}}}})  # fmt: skip
+                                     "branches": {"key": "optim.name",
+                                                  "choices": {"adamw": {}, "adamw_frozen_blocks": {}}}}})  # fmt: skip
 
     def row(name, loss):
         return {"status": "finished", "objective": loss, "params": {"optim.name": name, "optim.lr": 1e-3}}
@@ -171,3 +171,104 @@ def test_sanity_baseline_verdict(tmp_path):
     assert "ties or beats the best method, adamw (5.0000): this proxy cannot tell these methods apart" in beaten
     assert "the proxy separates them" in sanity_line(spec, [row("adamw", 4.0), row("adamw_frozen_blocks", 4.9)])
     assert sanity_line(spec, [row("adamw", 4.0)]) is None
+
+
+# ---------------------------------------------------------------------------------- end to end
+
+
+def _session_pids(sid: int) -> list[int]:
+    import os
+
+    pids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if os.getsid(int(entry)) == sid:
+                    pids.append(int(entry))
+            except (ProcessLookupError, PermissionError):
+                pass
+    return pids
+
+
+@pytest.mark.slow
+def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_rule(tmp_path, token_cache):
+    """Three rungs (width 32, 48, 64) of AdamW and GaLore on the embedded corpus with a 512-piece corpus
+    tokenizer; the driver is killed (with its Ray processes) once rung 2 has started, then resumed."""
+    import json
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import yaml
+    from tiny import tiny_sweep_base
+
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.sweep import load_state
+
+    base = tiny_sweep_base(token_cache, data={"tokenizer": "corpus:512"}, train={"device": "cpu"})
+    base["model"] = {"name": "tiny", "hidden_size": 32, "intermediate_size": 86, "num_heads": 4}
+    storage = tmp_path / "lad"
+    raw = {"name": "lad", "base_overrides": base, "storage": str(storage), "max_concurrent": 2,
+           "space": {"params": {"optim.lr": {"type": "choice", "values": [3e-3, 1e-2]}},
+                     "branches": {"key": "optim.name", "choices": {"adamw": {}, "galore_adamw": {
+                         "galore.rank": {"type": "choice", "values": [8]},
+                         "galore.update_proj_gap": {"type": "choice", "values": [5]}}}}},
+           "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": 10},
+           "ladder": {"promote": 1, "rungs": [
+               {"name": "w32"}, {"name": "w48", "model": {"hidden_size": 48, "intermediate_size": 128}},
+               {"name": "w64", "model": {"hidden_size": 64, "intermediate_size": 172}, "steps": 12}]}}  # fmt: skip
+    spec_file = tmp_path / "lad.yaml"
+    spec_file.write_text(yaml.safe_dump(raw))
+    cli = [sys.executable, "-m", "ranktune.platform.cli"]
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    driver = subprocess.Popen([*cli, "sweep", str(spec_file), "--quiet"], start_new_session=True, env=env,
+                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.log", "w"))  # fmt: skip
+    second_rung = storage / "rungs" / "2-w48" / "sweep.json"
+    try:
+        deadline = time.monotonic() + 600
+        while not second_rung.exists():  # rung 1 done and recorded, rung 2's trials starting
+            assert driver.poll() is None, (tmp_path / "driver.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "rung 2 did not start in 600 s"
+            time.sleep(0.2)
+    finally:
+        for pid in _session_pids(os.getsid(driver.pid)):  # the driver and its Ray processes: a hard crash
+            os.kill(pid, signal.SIGKILL)
+        driver.wait()
+    state = json.loads((storage / "ladder_state.json").read_text())
+    assert state["done"] == [0] and not (storage / "ladder.json").exists()
+
+    resumed = subprocess.run([*cli, "sweep", "--resume", str(storage), "--quiet"], capture_output=True, text=True,
+                             env=env, timeout=900)  # fmt: skip
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "transfer verdict: " in resumed.stdout
+    ladder = json.loads((storage / "ladder.json").read_text())
+    assert ladder["complete"] and [r["name"] for r in ladder["rungs"]] == ["w32", "w48", "w64"]
+    assert [r["width"] for r in ladder["rungs"]] == [32, 48, 64] and ladder["rungs"][2]["steps"] == 12
+    assert len(ladder["rungs"][0]["configurations"]) == 4  # 2 methods x 2 lrs, all finished
+    for index, name in ((1, "2-w48"), (2, "3-w64")):
+        configs = ladder["rungs"][index]["configurations"]
+        assert sorted(c["method"] for c in configs) == ["adamw", "galore_adamw"]  # promote: 1 per method
+        assert all(set(c["losses"]) == {"0.5", "1", "2"} for c in configs)  # the lr re-search, each finished
+        rspec, rstate = load_state(storage / "rungs" / name)
+        rows = collect_trials(rspec, rstate)
+        assert len(rows) == 6 and all(r["status"] == "finished" for r in rows)  # every run once after the resume
+    assert [(c["lower"], c["upper"]) for c in ladder["comparisons"]] == [("w32", "w48"), ("w48", "w64"),
+                                                                         ("w32", "w64")]  # fmt: skip
+    assert ladder["verdict"] and set(ladder["rules"]) == {"adamw", "galore_adamw"}
+    assert ladder["rules"]["galore_adamw"]["step_size"] is not None  # 3 rungs of distinct widths: a fit
+    assert (storage / "ladder.html").is_file() and (storage / "plots" / "ladder_lr_vs_width.png").is_file()
+
+    report = subprocess.run([*cli, "report", str(storage)], capture_output=True, text=True, env=env, timeout=300)
+    assert report.returncode == 0 and "transfer verdict: " + ladder["verdict"] in report.stdout
+
+    from ranktune.platform.export import export_best
+
+    result = export_best(storage, "60m", out=tmp_path / "export.yaml")
+    header = (tmp_path / "export.yaml").read_text()
+    assert "# Rules: fitted (ladder " in header and "extrapolates 8x beyond the widest rung (64)" in header
+    method = result.config.optim.name
+    law = ladder["rules"][method]["step_size"]
+    knob = result.config.galore.scale if method.startswith("galore") else 1.0
+    assert result.config.optim.lr == pytest.approx(law["coefficient"] * 512 ** law["exponent"] / knob, rel=1e-9)

@@ -355,11 +355,10 @@ def low_rank_if_best_does_not_fit(spec, rows: list[dict[str, Any]], best: dict[s
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
                 out: str | Path | None = None, rules: ScalingRules | None = None, overrides: list[str] = (),
                 trial_id: str | None = None, max_memory_gib: float | None = None) -> ExportResult:  # fmt: skip
+    from ranktune.platform.ladder_rules import ladder_source
     from ranktune.platform.report import collect_trials
     from ranktune.platform.sweep import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
-
-    from ranktune.platform.ladder_rules import ladder_source
 
     rules = rules or ScalingRules()
     ladder = ladder_source(sweep_dir)  # a ladder: its top rung's trials, and its fitted lr rule (`rules: fitted`)

@@ -283,7 +283,8 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
                     num_samples=len(points), max_concurrent_trials=rspec.max_concurrent,
                 ),
                 run_config=tune.RunConfig(
-                    name=TUNE_DIR, storage_path=str(storage), callbacks=tune_callbacks(rspec, state, len(points), progress),
+                    name=TUNE_DIR, storage_path=str(storage),
+                    callbacks=tune_callbacks(rspec, state, len(points), progress),
                     failure_config=tune.FailureConfig(max_failures=rspec.max_failures), verbose=0,
                 ),
             )  # fmt: skip

@@ -35,6 +35,8 @@ def ladder_lines(ladder: dict[str, Any]) -> list[str]:
     for method, rule in sorted(ladder.get("rules", {}).items()):
         fit = rule["step_size_text"] or f"no fit ({rule['note']})"
         lines.append(f"rule {method}: {fit}; {rule['rank_note']}")
+        if rule["step_size_text"] and rule["note"]:
+            lines.append(f"  warning: {rule['note']}")
     return lines
 
 
@@ -89,9 +91,11 @@ def write_ladder_html(ladder: dict[str, Any], storage: Path, plots: list[Path]) 
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in ladder_lines(ladder))
     images = "".join(f'<img src="plots/{p.name}" style="max-width:48%">' for p in plots)
     page = (f"<html><head><meta charset='utf-8'><title>ladder {html.escape(ladder['name'])}</title></head><body>"
-            f"<h1>ladder {html.escape(ladder['name'])}</h1><p><b>{html.escape(ladder['verdict'])}</b></p>"
+            f"<h1>ladder {html.escape(ladder['name'])}</h1>"
+            f"<p><b>{html.escape(ladder['verdict'])}</b></p>"
             "<table border=1 cellpadding=4><tr><th>rung</th><th>width</th><th>parameters</th><th>matrices</th>"
-            f"<th>steps</th><th>methods, best first</th></tr>{rows}</table><ul>{lines}</ul>{images}</body></html>")  # fmt: skip
+            f"<th>steps</th><th>methods, best first</th></tr>{rows}</table><ul>{lines}</ul>{images}"
+            "</body></html>")  # fmt: skip
     path = storage / "ladder.html"
     path.write_text(page)
     return path

@@ -80,6 +80,7 @@ class MethodRule:
 def fit_rules(rungs: list[dict[str, Any]]) -> dict[str, MethodRule]:
     """Per method, from ladder.json's rungs (each with `width` and `configurations`)."""
     per_method: dict[str, list[tuple[float, dict[str, Any]]]] = {}
+    edges: dict[str, list[str]] = {}
     for rung in rungs:
         best: dict[str, dict[str, Any]] = {}
         for c in rung["configurations"]:
@@ -87,6 +88,8 @@ def fit_rules(rungs: list[dict[str, Any]]) -> dict[str, MethodRule]:
                 best[c["method"]] = c
         for method, c in best.items():
             per_method.setdefault(method, []).append((float(rung["width"]), c))
+            if lr_on_edge(c):
+                edges.setdefault(method, []).append(str(rung.get("name", rung["width"])))
     rules = {}
     for method, rows in per_method.items():
         steps = [(w, c["step_size"]) for w, c in rows if c.get("step_size")]
@@ -106,8 +109,21 @@ def fit_rules(rungs: list[dict[str, Any]]) -> dict[str, MethodRule]:
                     rank_note = rank_law.describe("rank")
                 except ValueError as exc:
                     rank_note = str(exc)
+        if method in edges:
+            note = (f"{note}; " if note else "") + (
+                f"its best lr was at an end of the lr re-search at rung(s) {', '.join(edges[method])}: the optimum "
+                "may lie beyond it, so the fit is a bound there, not an optimum (widen ladder.lr_factors)")
         rules[method] = MethodRule(method, eta, rank_law, rank_note, note)
     return rules
+
+
+def lr_on_edge(config: dict[str, Any]) -> bool:
+    """Whether the configuration's best lr factor is the smallest or largest of several it tried."""
+    losses = {float(f): v for f, v in (config.get("losses") or {}).items()}
+    if len(losses) < 2:
+        return False
+    best = min(losses, key=losses.get)
+    return best in (min(losses), max(losses))
 
 
 def rule_from_dict(d: dict[str, Any]) -> MethodRule:
@@ -163,6 +179,8 @@ def apply_fitted_lr(raw: dict[str, Any], method: str, target_width: int, source:
     raw.setdefault("optim", {})["lr"] = eta / knob
     lines = [f"Rules: fitted (ladder {source.ladder_dir}): {rule.step_size.describe('lr x knob')}; at width "
              f"{target_width}: lr x knob {eta:.4g}, lr {eta / knob:.4g} (knob {knob:g}); {rule.rank_note}"]  # fmt: skip
+    if rule.note:
+        lines.append(f"warning: {rule.note}")
     widest = max(source.widths)
     if target_width > EXTRAPOLATION_FACTOR * widest:
         lines.append(f"warning: the fitted rule extrapolates {target_width / widest:.0f}x beyond the widest rung "

@@ -489,13 +489,13 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
         client.set_tag(parent, "ranktune.best_trial_id", winner["trial_id"])
         client.log_metric(parent, f"best_{spec.objective.metric}", winner["objective"])
     summary["pareto"] = log_pareto_front(spec, client, parent, trials)
+    from ranktune.platform.proxy_checks import proxy_check_lines
     from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
     from ranktune.platform.tracking import NOTE_TAG
 
-    # The parent run's description in the MLflow UI: who won, the next command, the ranked table.
-    from ranktune.platform.proxy_checks import proxy_check_lines
-
-    summary["proxy_checks"] = proxy_check_lines(spec, trials)  # next to the winner: is the proxy's answer worth much?
+    # The parent run's description in the MLflow UI: who won, the next command, the ranked table, and
+    # whether the proxy's answer is worth much (matrix share, sanity baseline, edges).
+    summary["proxy_checks"] = proxy_check_lines(spec, trials)
     said = "  \n".join([*winner_lines(spec, winner, str(storage), confirm), *summary["proxy_checks"]])
     client.set_tag(parent, NOTE_TAG, f"{said}\n\n{to_markdown(spec, flat_rows(spec, trials))}")
     plots = write_plots(spec, state, trials, storage / "plots")

@@ -41,7 +41,8 @@ def corpus_vocab_size(spec: str) -> int | None:
     size = int(m.group(1)) if m else None
     if size is None or not MIN_PIECES <= size <= MAX_PIECES:
         raise ConfigError(
-            [f"data.tokenizer: {spec!r} -> corpus:<pieces> with {MIN_PIECES} <= pieces <= {MAX_PIECES} (e.g. corpus:4096)"]
+            [f"data.tokenizer: {spec!r} -> corpus:<pieces> with {MIN_PIECES} <= pieces <= {MAX_PIECES} "
+             "(e.g. corpus:4096)"]
         )
     return size
 

@@ -19,6 +19,7 @@ from ranktune.trainables.optim.base import TorchOptimizerMethod, decay_groups
 from ranktune.trainables.optim.baselines import full_rank_state
 from ranktune.trainables.optim.registry import Device, OptimizerEntry, ParamShape, PhaseState, register
 
+
 def is_block_matrix(name: str) -> bool:
     """An attention or MLP projection weight of a decoder layer (what the low-rank methods change)."""
     from ranktune.trainables.config import ATTENTION_MLP_LINEARS  # config imports the registry: import late
@@ -33,7 +34,8 @@ def build_frozen_blocks(model, cfg) -> TorchOptimizerMethod:
             p.requires_grad_(False)
             frozen += 1
     if frozen == 0:
-        raise ValueError("optim.name: adamw_frozen_blocks -> a model with attention/MLP matrices to freeze (none found)")
+        raise ValueError("optim.name: adamw_frozen_blocks -> a model with attention/MLP matrices to freeze "
+                         "(none found)")
     o = cfg.optim
     opt = torch.optim.AdamW(decay_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
     return TorchOptimizerMethod(model, opt, cfg.train.grad_clip)
