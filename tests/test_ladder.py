@@ -272,3 +272,43 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
     law = ladder["rules"][method]["step_size"]
     knob = result.config.galore.scale if method.startswith("galore") else 1.0
     assert result.config.optim.lr == pytest.approx(law["coefficient"] * 512 ** law["exponent"] / knob, rel=1e-9)
+
+
+# ---------------------------------------------------------------------------------- proxy pieces
+
+
+def test_frozen_blocks_trains_everything_but_the_block_matrices(make_config):
+    import torch
+
+    from ranktune.platform.memory import estimate_run
+    from ranktune.trainables import Trainer
+
+    cfg = make_config("optim.name=adamw_frozen_blocks", "train.steps=3", "train.eval_every=3")
+    trainer = Trainer(cfg, progress=False)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+    trainer.fit()
+    moved = {n for n, p in trainer.model.named_parameters() if not torch.equal(p, before[n])}
+    matrices = {n for n in before if n.startswith("layers.") and n.endswith("proj.weight")}
+    assert matrices and not moved & matrices  # the 7 projections of each layer stay at init
+    assert "embed_tokens.weight" in moved and "lm_head.weight" in moved
+    # the estimate counts moments for the trained tensors only, as the optimizer holds them
+    held = trainer.method.state_bytes()["moments"]
+    (phase,) = estimate_run(cfg, device="cpu").phases
+    assert phase.optimizer["moments"] == held > 0
+
+
+def test_corpus_tokenizer_is_trained_on_the_training_split_once_and_cached(make_config, token_cache):
+    from ranktune.platform.memory import vocab_size
+    from ranktune.trainables.corpus_tokenizer import corpus_tokenizer_path
+    from ranktune.trainables.data import Tokenizer, prepare_tokens
+
+    cfg = make_config("data.tokenizer=corpus:512", "data.max_tokens=100000")
+    tok = Tokenizer.for_data(cfg.data)
+    assert tok.vocab_size == 512 == vocab_size(cfg) and (tok.bos_id, tok.eos_id) == (1, 2)
+    path = corpus_tokenizer_path(cfg.data, 512)
+    assert path.is_relative_to(token_cache) and path.stat().st_mtime_ns == tok.path.stat().st_mtime_ns
+    assert Tokenizer.for_data(cfg.data).fingerprint() == tok.fingerprint()  # cached, not retrained
+    streams = prepare_tokens(cfg.data, progress=False)
+    assert streams.vocab_size == 512 and int(streams.train.max()) < 512
+    with pytest.raises(ConfigError, match=r"data.tokenizer: 'corpus:12' -> corpus:<pieces> with 260 <= pieces"):
+        make_config("data.tokenizer=corpus:12")
