@@ -112,12 +112,14 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
     from ranktune.platform.ladder import is_ladder_dir
 
-    if (args.resume and is_ladder_dir(args.resume)) or (args.spec and load_spec(args.spec, args.overrides).ladder):
-        return _ladder(args)
+    if args.resume and is_ladder_dir(args.resume):
+        return _ladder(args, None)
     if args.resume:
         summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet)
     elif args.spec:
         spec = load_spec(args.spec, args.overrides)
+        if spec.ladder is not None:
+            return _ladder(args, spec)
         space = spec.search_space()
         trials = len(space.grid()) if spec.search.algorithm == "grid" else spec.budget.num_trials
         print(f"sweep {spec.name}: {trials} trials -> {spec.storage_dir}", file=sys.stderr)
@@ -132,17 +134,15 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return sweep_exit_code(rows)
 
 
-def _ladder(args: argparse.Namespace) -> int:
-    """`ranktune sweep` of a spec with `ladder:` (platform/ladder.py), or --resume of a ladder directory."""
+def _ladder(args: argparse.Namespace, spec) -> int:
+    """`ranktune sweep` of a spec with `ladder:` (platform/ladder.py), or --resume of a ladder directory (spec None)."""
     from ranktune.platform.ladder import LadderInterrupted, resume_ladder, run_ladder
     from ranktune.platform.ladder_report import ladder_lines
-    from ranktune.search_spaces.spec import load_spec
 
     try:
-        if args.resume:
+        if spec is None:
             ladder = resume_ladder(args.resume, address=args.address, progress=not args.quiet)
         else:
-            spec = load_spec(args.spec, args.overrides)
             print(f"ladder {spec.name}: {len(spec.ladder.rungs)} rungs -> {spec.storage_dir}", file=sys.stderr)
             ladder = run_ladder(spec, address=args.address, progress=not args.quiet)
     except LadderInterrupted as exc:
