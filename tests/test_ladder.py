@@ -253,7 +253,9 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
         assert all(set(c["losses"]) == {"0.5", "1", "2"} for c in configs)  # the lr re-search, each finished
         rspec, rstate = load_state(storage / "rungs" / name)
         rows = collect_trials(rspec, rstate)
-        assert len(rows) == 6 and all(r["status"] == "finished" for r in rows)  # every run once after the resume
+        finished = [json.dumps(r["params"], sort_keys=True) for r in rows if r["status"] == "finished"]
+        assert len(finished) == len(set(finished)) == 6  # every point trained to the end exactly once
+        assert all(r["status"] in ("finished", "lost") for r in rows)  # a run the kill interrupted: lost
     assert [(c["lower"], c["upper"]) for c in ladder["comparisons"]] == [("w32", "w48"), ("w48", "w64"),
                                                                          ("w32", "w64")]  # fmt: skip
     assert ladder["verdict"] and set(ladder["rules"]) == {"adamw", "galore_adamw"}

@@ -18,7 +18,9 @@ best_config.yaml; `ranktune report` works on it), tracked in the ladder's MLflow
 with a parent run per rung; the ladder adds a `<name>-ladder` run holding ladder.json and the plots.
 
 Resume: `ladder_state.json` records the rungs done and the points of the rung in progress; `ranktune
-sweep --resume <storage>` skips finished rungs and resumes the interrupted one with Tune's restore.
+sweep --resume <storage>` skips finished rungs and continues the interrupted one: the first rung with
+the sweep's own resume (Tune's restore, trials from their checkpoints), a later rung by training the
+points that have no finished run yet (run_fixed_points).
 
 ladder.json: `rungs` (per rung: shape, width, parameters, matrix share, steps, its sweep directory,
 the configurations with their loss, lr and step size, the ranking of methods), `comparisons` (each
@@ -31,6 +33,7 @@ from __future__ import annotations
 import copy
 import json
 import logging
+import os
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -160,7 +163,7 @@ def load_ladder_state(storage: Path) -> dict[str, Any]:
 
 
 def save_ladder_state(storage: Path, state: dict[str, Any]) -> None:
-    tmp = storage / (STATE_FILE + ".tmp")
+    tmp = storage / f"{STATE_FILE}.{os.getpid()}.tmp"  # written whole, then renamed: never half a file
     tmp.write_text(json.dumps(state, indent=2, default=str))
     tmp.replace(storage / STATE_FILE)
 
@@ -243,17 +246,20 @@ def _run_rung(spec: SweepSpec, state: dict[str, Any], index: int, address: str |
 
 def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: str | None,
                      progress: bool) -> dict[str, Any]:  # fmt: skip
-    """A sweep of exactly these configurations, each to the full budget; resumes a killed one."""
+    """A sweep of exactly these configurations, each to the full budget.
+
+    A killed one continues by training the points that have no finished run yet, in a new Tune
+    experiment (`tune-<attempt>`) under the same MLflow parent run; runs the kill interrupted are tagged
+    `lost` when the rung finishes and are trained again from the start. (Not Tune's restore: a driver
+    killed before Tune's first snapshot of the fixed-points searcher left a restored rung with one trial.)
+    """
     from ray import tune
 
     from ranktune.platform.confirm import fixed_points
     from ranktune.platform.locks import own_directory
-    from ranktune.platform.relocate import resuming
+    from ranktune.platform.report import collect_trials
+    from ranktune.platform.sweep import STATE_FILE as SWEEP_STATE
     from ranktune.platform.sweep import (
-        STATE_FILE as SWEEP_STATE,
-    )
-    from ranktune.platform.sweep import (
-        TUNE_DIR,
         check_cluster_fits,
         finish_sweep,
         init_ray,
@@ -270,29 +276,29 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
         check_cluster_fits(rspec)
         if (storage / SWEEP_STATE).is_file():
             rspec, state = load_state(storage)
-            with resuming(state):
-                tuner = tune.Tuner.restore(str(storage / TUNE_DIR), trainable=make_trainable(rspec),
-                                           resume_unfinished=True)  # fmt: skip
-                results = tuner.fit()
         else:
             state = {"spec": json.loads(spec_json(rspec)), **start_tracking(rspec)}
+            (storage / SWEEP_STATE).write_text(json.dumps(state, indent=2))
+        done = set(loss_by_params(collect_trials(rspec, state)))
+        todo = [p for p in points if params_key(p) not in done]
+        if todo:
+            attempt = 1 + sum(1 for d in storage.glob("tune-*") if d.is_dir())
             tuner = tune.Tuner(
                 make_trainable(rspec),
                 tune_config=tune.TuneConfig(
-                    metric=rspec.objective.metric, mode=rspec.objective.mode, search_alg=fixed_points(points),
-                    num_samples=len(points), max_concurrent_trials=rspec.max_concurrent,
+                    metric=rspec.objective.metric, mode=rspec.objective.mode, search_alg=fixed_points(todo),
+                    num_samples=len(todo), max_concurrent_trials=rspec.max_concurrent,
                 ),
                 run_config=tune.RunConfig(
-                    name=TUNE_DIR, storage_path=str(storage),
-                    callbacks=tune_callbacks(rspec, state, len(points), progress),
+                    name=f"tune-{attempt}", storage_path=str(storage),
+                    callbacks=tune_callbacks(rspec, state, len(todo), progress),
                     failure_config=tune.FailureConfig(max_failures=rspec.max_failures), verbose=0,
                 ),
             )  # fmt: skip
-            (storage / SWEEP_STATE).write_text(json.dumps(state, indent=2))
             results = tuner.fit()
-        if results.num_terminated + results.num_errors < len(results):
-            raise LadderInterrupted(f"rung {rspec.name} was interrupted; `ranktune sweep --resume "
-                                    f"{storage.parent.parent}` continues the ladder")  # fmt: skip
+            if results.num_terminated + results.num_errors < len(todo):
+                raise LadderInterrupted(f"rung {rspec.name} was interrupted; `ranktune sweep --resume "
+                                        f"{storage.parent.parent}` continues the ladder")  # fmt: skip
         return finish_sweep(rspec, state)
 
 

@@ -152,7 +152,8 @@ class LadderSource:
 
 
 def ladder_source(sweep_dir: str | Path) -> LadderSource | None:
-    """A ladder directory (ladder.json), or one of its rungs' sweep directories; None for a plain sweep."""
+    """A complete ladder's directory (ladder.json), or its top rung's sweep directory; None otherwise (a plain
+    sweep, or a lower rung, which exports as the sweep it is)."""
     d = Path(sweep_dir).expanduser().resolve()
     for candidate in (d, d.parent.parent):
         path = candidate / LADDER_FILE
@@ -160,8 +161,9 @@ def ladder_source(sweep_dir: str | Path) -> LadderSource | None:
             ladder = json.loads(path.read_text())
             if not ladder.get("complete"):
                 return None
-            top = Path(ladder["rungs"][-1]["sweep_dir"])
-            top = top if top.is_absolute() else candidate / top
+            top = (candidate / ladder["rungs"][-1]["sweep_dir"]).resolve()
+            if candidate != d and top != d:
+                return None
             rules = {m: rule_from_dict(r) for m, r in ladder.get("rules", {}).items()}
             return LadderSource(candidate, top, rules, [float(r["width"]) for r in ladder["rungs"]])
     return None
