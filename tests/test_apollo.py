@@ -121,6 +121,34 @@ def test_fira_matches_fira_at_alpha_1(proj_type):
     assert max_relative_difference(ours, ref) < PARITY_TOLERANCE
 
 
+@pytest.mark.parametrize("alpha", [0.25, 0.0625])
+def test_fira_published_residual_matches_fira_at_any_alpha(alpha):
+    """`residual: published` (G - alpha P P^T G) is the fira package's update at the papers' alphas; the
+    default orthogonal form is not (so the parity here means something)."""
+    keys = {"alpha": alpha, "proj_type": "std"}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        tensors, ours, ref, _ = step_side_by_side(
+            lambda ps: FiraAdamW(groups_of(ps, residual="published", **keys), lr=1e-2),
+            lambda ps: public("FiraAdamW")(groups_of(ps, **keys), lr=1e-2),
+        )
+        _, orthogonal, ref_again, _ = step_side_by_side(
+            lambda ps: FiraAdamW(groups_of(ps, **keys), lr=1e-2),
+            lambda ps: public("FiraAdamW")(groups_of(ps, **keys), lr=1e-2),
+        )
+    assert max_relative_difference(ref[1:4], tensors[1:4]) > 1e-2
+    assert max_relative_difference(ours, ref) < PARITY_TOLERANCE
+    assert max_relative_difference(orthogonal, ref_again) > 1e-3
+
+
+def test_fira_residual_form_is_checked():
+    w = torch.zeros(8, 12, requires_grad=True)
+    opt = FiraAdamW([{"params": [w], "rank": 2, "residual": "paper"}], lr=1e-2)
+    w.grad = torch.ones_like(w)
+    with pytest.raises(ValueError, match=r"residual: 'paper' -> one of \['orthogonal', 'published'\]"):
+        opt.step()
+
+
 def test_fira_residual_is_outside_the_subspace_at_any_scale():
     """First update from zero moments: the subspace part of the step is exactly scale * P N, so the
     residual part adds nothing inside the subspace (the fira package adds (1 - alpha) P P^T G there)."""

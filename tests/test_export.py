@@ -109,7 +109,7 @@ def test_proxies_trained_the_7b_update_rule(sweep):
 
 def test_export_writes_the_target_aware_sweeps_winner(sweep, tmp_path, capsys):
     from ranktune.platform.cli import main
-    from ranktune.platform.report import pick_best
+    from ranktune.platform.ranking import pick_best
 
     spec, state = load_state(sweep.storage_dir)
     winner = pick_best(collect_trials(spec, state), "min")

@@ -32,7 +32,7 @@ def test_shipped_default_sweep_spec_is_valid():
     assert s.base is None and s.base_overrides["model"]["name"] == "tiny"  # base file inlined
     # The README's demo answers for every method of `compare`, each with at least one trial.
     compare = PRESETS["compare"]["branches"]["choices"]
-    assert list(s.search_space().branches.choices) == list(compare)
+    assert list(s.search_space().branches.choices) == [*compare, "adamw_frozen_blocks"]  # + the sanity baseline
     assert s.budget.num_trials >= len(compare) * s.search.min_trials_per_branch
     # It is searched for the run it exports: every trained trial is launchable at 7b on 24 GiB.
     assert s.target is not None and (s.target.model, s.target.budget_gib) == ("7b", 24.0)

@@ -201,11 +201,17 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
+    from ranktune.platform.ladder import is_ladder_dir
+
+    if args.resume and is_ladder_dir(args.resume):
+        return _ladder(args, None)
     if args.resume:
         summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet,
                                retry_failed=not args.no_retry_failed)  # fmt: skip
     elif args.spec:
         spec = load_spec(args.spec, args.overrides)
+        if spec.ladder is not None:
+            return _ladder(args, spec)
         space = spec.search_space()
         trials = len(space.grid()) if spec.search.algorithm == "grid" else spec.budget.num_trials
         print(f"sweep {spec.name}: {trials} trials -> {spec.storage_dir}", file=sys.stderr)
@@ -225,6 +231,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         print(f"error: {summary['confirm_failures']}", file=sys.stderr)
         return 1
     return sweep_exit_code(rows)
+
+
+def _ladder(args: argparse.Namespace, spec) -> int:
+    """`ranktune sweep` of a spec with `ladder:` (platform/ladder.py), or --resume of a ladder directory (spec None)."""
+    from ranktune.platform.ladder import LadderInterrupted, resume_ladder, run_ladder
+    from ranktune.platform.ladder_report import ladder_lines
+
+    try:
+        if spec is None:
+            ladder = resume_ladder(args.resume, address=args.address, progress=not args.quiet)
+        else:
+            print(f"ladder {spec.name}: {len(spec.ladder.rungs)} rungs -> {spec.storage_dir}", file=sys.stderr)
+            ladder = run_ladder(spec, address=args.address, progress=not args.quiet)
+    except LadderInterrupted as exc:
+        print(f"interrupted: {exc}", file=sys.stderr)
+        return 130
+    print("\n".join(ladder_lines(ladder)))
+    return 0 if ladder["complete"] else 1
 
 
 def sweep_exit_code(rows: list[dict]) -> int:
@@ -249,7 +273,7 @@ def _print_outcome(spec, summary: dict) -> None:
     _print_confirm(summary.get("confirm"))
     quoted = shlex.quote(str(storage))
     say(f"plots: {storage}/plots/   HTML: ranktune report {quoted} --html   MLflow UI: ranktune ui {quoted}")
-    say(*winner_lines(spec, summary["best"], storage, summary.get("confirm")))
+    say(*winner_lines(spec, summary["best"], storage, summary.get("confirm")), *summary.get("proxy_checks", []))
 
 
 def _print_pareto(storage: str | Path) -> None:
@@ -278,6 +302,13 @@ def cmd_report(args: argparse.Namespace) -> int:
     from ranktune.platform.sweep_state import load_state
     from ranktune.platform.trials import read_trials
 
+    if (Path(args.sweep_dir) / "ladder.json").is_file():
+        from ranktune.platform.ladder_report import ladder_lines
+
+        print("\n".join(ladder_lines(json.loads((Path(args.sweep_dir) / "ladder.json").read_text()))))
+        print(f"HTML: {Path(args.sweep_dir) / 'ladder.html'}; each rung's sweep: ranktune report "
+              f"{Path(args.sweep_dir) / 'rungs'}/<rung>")  # fmt: skip
+        return 0
     spec, state = load_state(args.sweep_dir)
     rows, offline = read_trials(spec, state)
     if offline:
@@ -309,7 +340,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         say(f"HTML report: {write_html_report(spec, state, rows)}")
     winner = pick_winner(rows, spec.objective.mode, confirm)
-    say(*winner_lines(spec, winner, str(storage), confirm, running=running_owner(storage)))
+    from ranktune.platform.proxy_checks import proxy_check_lines
+
+    say(*winner_lines(spec, winner, str(storage), confirm, running=running_owner(storage)),
+        *proxy_check_lines(spec, rows))
     return 0
 
 

@@ -505,9 +505,11 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     Another trial only when asked: `trial_id` (by name: a baseline such as LoRA from a random init is
     exported only so), `max_memory_gib` (the best trial that fits it), or `fallback="best-fitting"` (the
     best trial that fits the budget, with a line saying what is lost). `rules` None: the sweep's
-    `target.rules` when it was searched for this target, else the defaults. `notify` receives the line
-    saying the tracking server is away and results.json was read instead (the export is then not logged
-    on the sweep's MLflow run)."""
+    `target.rules` when it was searched for this target, else the defaults. A complete ladder exports its
+    top rung's answer with the ladder's fitted lr (`rules: fitted`). `notify` receives the line saying the
+    tracking server is away and results.json was read instead (the export is then not logged on the
+    sweep's MLflow run)."""
+    from ranktune.platform.ladder_rules import ladder_source
     from ranktune.platform.sweep_state import load_state
     from ranktune.platform.tracking import log_text_artifact, mlflow_client
     from ranktune.platform.trials import read_trials
@@ -519,6 +521,9 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     if target not in MODEL_PRESETS:  # before any memory estimate: those would be about a model that does not exist
         raise ConfigError([f"--target: {target!r} -> one of {sorted(MODEL_PRESETS)} (model presets: ranktune models)"])
     overrides = list(overrides)
+    ladder = ladder_source(sweep_dir)  # a ladder: its top rung's trials, and its fitted lr rule (`rules: fitted`)
+    if ladder is not None:
+        sweep_dir = ladder.sweep_dir
     spec, state = load_state(sweep_dir)
     if rules is None:  # a target-aware sweep's own rules (and tokens per step) for its target
         same_target = spec.target is not None and spec.target.model == target
@@ -554,8 +559,9 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     if run_budget is not None:  # --tokens / --days: the rules' steps become the budget's
         _, rules, sizing = size_to_budget(proxy, target, rules, map_to_target(proxy, target, rules), overrides,
                                           budget_gib, run_budget, card_key)  # fmt: skip
-    cfg, run, choice = fit_micro_batch_choice(map_to_target(proxy, target, rules), overrides, rules, budget_gib,
-                                              card_key)  # fmt: skip
+    raw = map_to_target(proxy, target, rules)
+    fitted = fitted_lr_lines(raw, proxy, target, ladder) if ladder is not None else []  # the lr: memory is as fitted
+    cfg, run, choice = fit_micro_batch_choice(raw, overrides, rules, budget_gib, card_key)
     duration = estimate_duration(cfg, card_key)
     v = verdict(run, budget_gib)
     notices = token_notices(config_from_dict(map_to_target(proxy, target, rules)), cfg) if overrides else ()
@@ -564,6 +570,7 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     command = f"ranktune train {shlex.quote(str(path))}"
     header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, overrides, substitute, notices,
                            duration=duration, choice=choice, sizing=sizing)  # fmt: skip
+    header = "".join(f"# {line}\n" for line in fitted) + header
     body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -629,6 +636,19 @@ def size_to_budget(proxy: TrainConfig, target: str, rules: ScalingRules, raw: di
             f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule "
             "(data_source: proxy keeps the proxy's corpus and data.max_tokens)")  # fmt: skip
     return map_to_target(proxy, target, sized_rules), sized_rules, line
+
+
+def fitted_lr_lines(raw: dict[str, Any], proxy: TrainConfig, target: str, ladder) -> list[str]:
+    """`rules: fitted`: the target's lr from the ladder's power law (platform/ladder_rules.py), divided by the
+    target config's step-size knob; the header lines that say so."""
+    from ranktune.platform.ladder_rules import apply_fitted_lr
+    from ranktune.trainables.optim.registry import lookup
+
+    entry = lookup(proxy.optim.name)
+    knob = 1.0
+    if entry.step_size_factor is not None:
+        knob = entry.step_size_factor(config_from_dict(copy.deepcopy(raw)))
+    return apply_fitted_lr(raw, proxy.optim.name, MODEL_PRESETS[target].hidden_size, ladder, knob)
 
 
 def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,

@@ -152,9 +152,12 @@ def _sentencepiece_vocab(path: str) -> int:
 
 def vocab_size(cfg: TrainConfig) -> int:
     """The tokenizer's vocabulary (synthetic data: its own): the trainer sizes the embeddings and head by it."""
+    from ranktune.trainables.corpus_tokenizer import corpus_vocab_size
+
     if cfg.data.source == "synthetic":
         return cfg.data.vocab_size
-    return _sentencepiece_vocab(cfg.data.tokenizer)
+    trained = corpus_vocab_size(cfg.data.tokenizer)  # corpus:<size> has exactly <size> pieces
+    return trained if trained is not None else _sentencepiece_vocab(cfg.data.tokenizer)
 
 
 def weight_bytes_per_value(precision: str) -> int:

@@ -370,14 +370,17 @@ def store_runs_view(client, spec: SweepSpec, experiment_id: str) -> bool:
                          sorted(space.all_params()), methods)  # fmt: skip
 
 
-def parent_note(spec: SweepSpec, state: dict[str, Any], trials: list[dict[str, Any]], confirm) -> str:
+def parent_note(spec: SweepSpec, state: dict[str, Any], trials: list[dict[str, Any]], confirm,
+                proxy_checks: list[str] | None = None) -> str:  # fmt: skip
     """The parent run's description in the MLflow UI: who won, the next commands (naming the sweep's
-    directory as it is now, also after a copy), the ranked table."""
+    directory as it is now, also after a copy), whether the proxy's answer is worth much, the ranked table."""
+    from ranktune.platform.proxy_checks import proxy_check_lines
     from ranktune.platform.ranking import pick_winner
     from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
 
     winner = pick_winner(trials, spec.objective.mode, confirm)
-    said = "  \n".join(winner_lines(spec, winner, str(spec.storage_dir), confirm))
+    checks = proxy_check_lines(spec, trials) if proxy_checks is None else proxy_checks
+    said = "  \n".join([*winner_lines(spec, winner, str(spec.storage_dir), confirm), *checks])
     return f"{said}\n\n{to_markdown(spec, flat_rows(spec, trials))}"
 
 
@@ -569,9 +572,12 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = Fal
         client.set_tag(parent, "ranktune.best_trial_id", winner["trial_id"])
         client.log_metric(parent, f"best_{spec.objective.metric}", winner["objective"])
     summary["pareto"] = log_pareto_front(spec, client, parent, trials)
+    from ranktune.platform.proxy_checks import proxy_check_lines
     from ranktune.platform.tracking import NOTE_TAG
 
-    note = parent_note(spec, state, trials, confirm)
+    # Whether the proxy's answer is worth much (matrix share, sanity baseline, edges): in the note too.
+    summary["proxy_checks"] = proxy_check_lines(spec, trials)
+    note = parent_note(spec, state, trials, confirm, summary["proxy_checks"])
     client.set_tag(parent, NOTE_TAG, note)
     from ranktune.platform.confirm import format_confirm
     from ranktune.platform.study_view import annotate_study

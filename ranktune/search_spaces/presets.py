@@ -29,6 +29,16 @@ RELORA = {
 }
 
 
+# The step-size knobs as `compare` searches them: GaLore's papers use 0.25, Fira's alpha 0.25 (60m-350m) and
+# 0.0625 (1b/7b), APOLLO's scale 1 (its update is sqrt(scale) x the scaled gradient); each range holds the
+# papers' values with a factor of 4 to spare on the side the lr range does not already cover.
+STEP_KNOB = {
+    "galore": {"type": "loguniform", "low": 0.0625, "high": 1.0},
+    "fira": {"type": "loguniform", "low": 0.03125, "high": 1.0},
+    "apollo": {"type": "loguniform", "low": 0.25, "high": 4.0},
+}
+
+
 def _section(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
     return {f"{prefix}.{k}": v for k, v in params.items()}
 
@@ -48,7 +58,10 @@ PRESETS: dict[str, dict[str, Any]] = {
         "fixed": {"optim.name": "relora"},
         "params": {"optim.lr": LR, **_section("relora", RELORA)},
     },
-    # Which method wins at this budget? One branch per method, each with its own parameters.
+    # Which method wins at this budget? One branch per method, each with its own parameters. Each method's
+    # step-size knob (GaLore's scale, Fira's alpha, APOLLO's / APOLLO-Mini's scale) is searched with the lr:
+    # they multiply into one step size, so fixing the knob at one value and searching the lr is unfair to
+    # the methods whose good lr then lies outside the lr range (docs/ladder.md, "Fair tuning").
     "compare": {
         "params": {"optim.lr": LR},
         "branches": {
@@ -56,9 +69,12 @@ PRESETS: dict[str, dict[str, Any]] = {
             "choices": {
                 "adamw": {},
                 "adamw8bit": {},
-                "galore_adamw": _section("galore", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"]}),
-                "fira_adamw": _section("fira", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"]}),
-                "apollo_adamw": _section("apollo", {"rank": RANK, "update_proj_gap": APOLLO["update_proj_gap"]}),
+                "galore_adamw": _section("galore", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"],
+                                                    "scale": STEP_KNOB["galore"]}),
+                "fira_adamw": _section("fira", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"],
+                                                "scale": STEP_KNOB["fira"]}),
+                "apollo_adamw": _section("apollo", {"rank": RANK, "update_proj_gap": APOLLO["update_proj_gap"],
+                                                    "scale": STEP_KNOB["apollo"]}),
                 "apollo_mini": _section("apollo_mini", {"scale": {"type": "loguniform", "low": 32.0, "high": 512.0}}),
                 "relora": _section("relora", {"rank": RANK, "relora_every": RELORA["relora_every"],
                                               "warm_start_steps": RELORA["warm_start_steps"]}),

@@ -79,6 +79,43 @@ class Confirm(Strict):
     """gaps of the objective within +/- this are practically equal (a tie); 0.01 nats of eval_loss = 1% perplexity"""
 
 
+class Rung(Strict):
+    """One model size of a ladder (platform/ladder.py, docs/ladder.md)."""
+
+    name: str
+    """label in ladder.json, the report and the rung's sweep directory (rungs/<index>-<name>)"""
+    model: dict[str, Any] = Field(default_factory=dict)
+    """model section settings over the base config's (e.g. {hidden_size: 256, num_layers: 4})"""
+    steps: int | None = Field(default=None, ge=1)
+    """steps per trial at this rung; None: budget.steps_per_trial"""
+
+    @model_validator(mode="after")
+    def _check_name(self) -> Rung:
+        if not re.fullmatch(r"[A-Za-z0-9_.-]+", self.name):
+            raise ValueError(f"name {self.name!r} may hold only letters, digits, '_', '-' and '.'")
+        return self
+
+
+class Ladder(Strict):
+    """Model size as a fidelity: the search at the first rung, the promoted configurations re-trained at each next."""
+
+    rungs: list[Rung] = Field(min_length=2)
+    """smallest first; the first rung runs the ordinary search (with `confirm` if set)"""
+    promote: int = Field(default=2, ge=1)
+    """configurations per method (branch) that move up to the next rung, best first"""
+    lr_factors: list[float] = Field(default_factory=lambda: [0.5, 1.0, 2.0], min_length=1)
+    """the lr re-searched at each next rung: the transferred lr times each factor (optimal lr moves with width)"""
+
+    @model_validator(mode="after")
+    def _check(self) -> Ladder:
+        names = [r.name for r in self.rungs]
+        if len(set(names)) != len(names):
+            raise ValueError(f"rungs: names {names} -> distinct names")
+        if any(f <= 0 for f in self.lr_factors):
+            raise ValueError(f"lr_factors: {self.lr_factors} -> positive factors")
+        return self
+
+
 class Budget(Strict):
     num_trials: int = Field(default=8, ge=1)
     steps_per_trial: int = Field(default=100, ge=1)
@@ -184,6 +221,8 @@ class SweepSpec(Strict):
     tracking: Tracking = Field(default_factory=Tracking)
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Optuna sampler seed (NumPy's range)"""
+    ladder: Ladder | None = None
+    """Rungs of growing model size: does the ranking transfer? (platform/ladder.py, docs/ladder.md). None: one size."""
     memory_budget_gib: float | None = Field(default=None, gt=0)
     """GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it trains (Optuna:
     PRUNED; MLflow: status pruned_memory with the reason). None: no check.
@@ -317,6 +356,8 @@ def spec_from_dict(raw: dict[str, Any], spec_dir: str | Path = ".") -> SweepSpec
     spec = self_contained(spec)
     validate_against_base(spec, space)
     check_branch_balance(spec, space)
+    if spec.ladder is not None:
+        validate_rungs(spec)
     return spec
 
 
@@ -342,7 +383,7 @@ def self_contained(spec: SweepSpec) -> SweepSpec:
     if isinstance(data, dict):
         if data.get("files"):
             data["files"] = [str(Path(f).expanduser().resolve()) for f in data["files"]]
-        if data.get("tokenizer") not in (None, "embedded"):
+        if data.get("tokenizer") not in (None, "embedded") and not str(data["tokenizer"]).startswith("corpus:"):
             data["tokenizer"] = str(Path(data["tokenizer"]).expanduser().resolve())
     raw.get("train", {}).pop("steps", None)  # the budget sets it
     return spec.model_copy(update={"base": None, "base_overrides": raw, "spec_dir": str(Path(spec.spec_dir).resolve())})
@@ -402,5 +443,47 @@ def validate_against_base(spec: SweepSpec, space: SearchSpace) -> None:
         else:
             if len(points) > 10_000:
                 problems.append(f"search.algorithm: grid -> {len(points)} points; narrow the space")
+    if problems:
+        raise ConfigError(problems)
+
+
+# The sweeps of a ladder's rungs (platform/ladder.py runs them; docs/ladder.md).
+RUNGS_DIR = "rungs"
+
+
+# ---------------------------------------------------------------------------------- rung specs
+
+
+def rung_dir(spec: SweepSpec, index: int) -> Path:
+    return spec.storage_dir / RUNGS_DIR / f"{index + 1}-{spec.ladder.rungs[index].name}"
+
+
+def rung_spec(spec: SweepSpec, index: int) -> SweepSpec:
+    """The sweep of rung `index`: the base config with the rung's model settings and steps, tracked in the
+    ladder's MLflow store. Rungs after the first train fixed points to the end: no scheduler, no replicates."""
+    rung = spec.ladder.rungs[index]
+    base = copy.deepcopy(spec.base_overrides)
+    base.setdefault("model", {}).update(rung.model)
+    update: dict[str, Any] = {
+        "name": f"{spec.name}-{rung.name}", "base_overrides": base, "ladder": None,
+        "storage": str(rung_dir(spec, index)),
+        "budget": spec.budget.model_copy(update={"steps_per_trial": rung.steps or spec.budget.steps_per_trial}),
+        "tracking": spec.tracking.model_copy(update={"tracking_uri": spec.tracking_uri,
+                                                     "experiment": spec.tracking.experiment or spec.name}),
+    }  # fmt: skip
+    if index > 0:
+        update |= {"confirm": None, "scheduler": spec.scheduler.model_copy(update={"name": "none"})}
+    return SweepSpec.model_validate({**spec.model_dump(), **update, "spec_dir": spec.spec_dir})
+
+
+def validate_rungs(spec: SweepSpec) -> None:
+    """Every rung's config must accept every edge of the space (rank above a rung's smallest matrix side...)."""
+    problems = []
+    space = spec.search_space()
+    for i, rung in enumerate(spec.ladder.rungs):
+        try:
+            validate_against_base(rung_spec(spec, i), space)
+        except ConfigError as exc:
+            problems += [f"ladder.rungs[{i}] ({rung.name}): {p}" for p in exc.problems]
     if problems:
         raise ConfigError(problems)

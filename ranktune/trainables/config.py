@@ -18,7 +18,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ranktune.trainables.errors import ConfigError
-from ranktune.trainables.model import MODEL_PRESETS, LlamaConfig, model_config
+from ranktune.trainables.model import ATTENTION_MLP_LINEARS, MODEL_PRESETS, LlamaConfig, model_config
 from ranktune.trainables.optim import OPTIMIZERS
 
 SYNTHETIC_VOCAB_SIZE = 32000
@@ -74,7 +74,9 @@ class DataSection(Section):
     text_field: str = "text"
     """Field holding the document text in json and parquet files."""
     tokenizer: str = "embedded"
-    """Path to a SentencePiece model, or "embedded" for the 32k LLaMA-style model in `mistral-common`."""
+    """Path to a SentencePiece model, "embedded" for the 32k LLaMA-style model in `mistral-common`, or corpus:<pieces>
+    for a small BPE model trained on the corpus's training split (seconds, cached; docs/ladder.md).
+    """
     seq_len: int = Field(default=128, ge=8)
     """Tokens per training sequence (at most the model's max_seq_len)."""
     val_fraction: float = Field(default=0.05, gt=0.0, lt=0.5)
@@ -105,7 +107,6 @@ class OptimSection(Section):
     """Adam's denominator epsilon."""
 
 
-ATTENTION_MLP_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
 class GaLoreSection(Section):
@@ -202,6 +203,11 @@ class ApolloMiniSection(ApolloSection):
 
 class FiraSection(ScaledGradientSection):
     """Used by fira_adamw (SVD projector only)."""
+
+    residual: Literal["orthogonal", "published"] = "orthogonal"
+    """Out-of-subspace gradient: orthogonal G - P P^T G (the paper's equation), or published G - alpha P P^T G (the
+    fira package's code, which produced the paper's figures; alpha is `scale`). The two agree at scale 1.
+    """
 
 
 class ReLoRASection(Section):
@@ -440,8 +446,16 @@ def check_config(cfg: TrainConfig) -> None:
         )
     if cfg.data.source == "c4" and cfg.data.max_tokens is None:
         problems.append("data.max_tokens: None -> a token budget is required to stream C4 (e.g. 50000000)")
-    if cfg.data.tokenizer != "embedded" and not Path(cfg.data.tokenizer).expanduser().is_file():
-        problems.append(f"data.tokenizer: {cfg.data.tokenizer!r} -> 'embedded' or a SentencePiece model file")
+    if cfg.data.tokenizer.startswith("corpus:"):
+        from ranktune.trainables.corpus_tokenizer import corpus_vocab_size
+
+        try:
+            corpus_vocab_size(cfg.data.tokenizer)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+    elif cfg.data.tokenizer != "embedded" and not Path(cfg.data.tokenizer).expanduser().is_file():
+        problems.append(f"data.tokenizer: {cfg.data.tokenizer!r} -> 'embedded', corpus:<pieces> or a SentencePiece "
+                        "model file")  # fmt: skip
     if cfg.optim.name not in OPTIMIZERS:
         problems.append(f"optim.name: {cfg.optim.name!r} -> one of {sorted(OPTIMIZERS)}")
     else:

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from ranktune.trainables.config import ConfigError
+from ranktune.trainables.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +68,16 @@ class Tokenizer:
             raise ConfigError(
                 [f"data.tokenizer: vocabulary of {self.vocab_size} -> at most 65535 (uint16 token storage)"]
             )
+
+    @classmethod
+    def for_data(cls, data_cfg) -> Tokenizer:
+        """The run's tokenizer: `data.tokenizer` as a file, or `corpus:<size>` trained on the corpus (once, cached)."""
+        from ranktune.trainables.corpus_tokenizer import corpus_tokenizer_path, corpus_vocab_size
+
+        size = corpus_vocab_size(data_cfg.tokenizer)
+        if size is None:
+            return cls(data_cfg.tokenizer)
+        return cls(str(corpus_tokenizer_path(data_cfg, size)))
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
@@ -162,7 +172,7 @@ def check_data_inputs(data_cfg) -> None:
     """Refuse data files and a tokenizer that a run would fail on, before it writes or starts anything."""
     problems = check_data_files(data_cfg)
     try:
-        Tokenizer(data_cfg.tokenizer)
+        Tokenizer.for_data(data_cfg)
     except ConfigError as exc:
         problems += exc.problems
     if problems:
@@ -245,7 +255,7 @@ def prepare_tokens(data_cfg, progress: bool = True) -> TokenStreams:
         return synthetic_tokens(data_cfg)
     from filelock import FileLock
 
-    tok = Tokenizer(data_cfg.tokenizer)
+    tok = Tokenizer.for_data(data_cfg)
     key_fields = {
         "version": CACHE_FORMAT_VERSION,
         "corpus": corpus_fingerprint(data_cfg),

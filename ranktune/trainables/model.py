@@ -13,6 +13,10 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+# The decoder layer's attention and MLP projections: what the low-rank methods target by default.
+ATTENTION_MLP_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+
+
 
 @dataclass(frozen=True)
 class LlamaConfig:

@@ -3,7 +3,7 @@
 from ranktune.trainables.optim import OPTIMIZERS, build_method, register
 """
 
-from ranktune.trainables.optim import apollo, baselines, galore, relora  # noqa: F401  (each registers its methods)
+from ranktune.trainables.optim import apollo, baselines, frozen_blocks, galore, relora  # noqa: F401  (each registers its methods)
 from ranktune.trainables.optim.base import Method, TorchOptimizerMethod, decay_groups, tensor_bytes
 from ranktune.trainables.optim.registry import (
     OPTIMIZERS,

@@ -247,11 +247,20 @@ class OptimizerEntry:
     update_rule_keys: tuple[str, ...] = ()
     export_refusal: Callable[[TrainConfig, TrainConfig], str | None] = _no_reason
     export_inputs: Callable[[TrainConfig, TrainConfig], list[str]] = _no_inputs
+    # The method's own FLOPs for the duration estimate (see the module docstring); None: none beyond an update.
+    estimate_flops: Callable[[tuple[ParamShape, ...], TrainConfig], MethodFlops] | None = None
+    # A sanity baseline (adamw_frozen_blocks): not a contender. When it ties or beats the best method, the
+    # sweep's report says the proxy cannot tell the methods apart (platform/proxy_checks.py).
+    sanity_baseline: bool = False
+    # The method's own step-size knob as a factor on the lr (GaLore's scale, Fira's alpha, APOLLO's
+    # sqrt(scale)): lr x this is the step size the ladder's fitted transfer rule scales with width
+    # (platform/ladder_rules.py). None: the lr alone.
+    step_size_factor: Callable[[TrainConfig], float] | None = None
+    # The config key of the method's rank (e.g. "galore.rank"), for the ladder's rank-vs-width fit. None: no rank.
+    rank_key: str | None = None
 
     def recipe_for(self, target: str) -> PublishedRecipe | None:
         return next((r for r in self.published if r.target == target), None)
-    # The method's own FLOPs for the duration estimate (see the module docstring); None: none beyond an update.
-    estimate_flops: Callable[[tuple[ParamShape, ...], TrainConfig], MethodFlops] | None = None
 
 
 OPTIMIZERS: dict[str, OptimizerEntry] = {}

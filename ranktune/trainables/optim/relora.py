@@ -371,6 +371,7 @@ register(
         single_gpu=RELORA_SINGLE_GPU,
         update_rule_keys=RELORA_UPDATE_RULE,
         export_inputs=needs_warm_start_checkpoint,
+        rank_key="relora.rank",
     ),
 )
 register(
@@ -390,5 +391,6 @@ register(
         update_rule_keys=RELORA_UPDATE_RULE,
         export_refusal=lora_from_random_init,
         export_inputs=needs_warm_start_checkpoint,
+        rank_key="relora.rank",
     ),
 )

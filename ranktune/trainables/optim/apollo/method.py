@@ -86,6 +86,8 @@ def group_keys(section, cls: type) -> dict[str, Any]:
     }
     if cls is ApolloAdamW:
         keys |= {"proj": section.proj, "proj_storage": section.proj_storage}
+    if cls is FiraAdamW:
+        keys["residual"] = section.residual
     return keys
 
 
@@ -412,6 +414,13 @@ PUBLISHED_7B = {
                                   reference_lr=0.01, source="Fira 7b script (alpha 0.0625)"),
 }  # fmt: skip
 
+
+def step_size_factor(cfg, name: str) -> float:
+    """What multiplies the lr in the update: APOLLO sqrt(scale), Fira alpha (`scale`)."""
+    s = section_of(cfg, name)
+    return s.scale if METHODS[name][0] is FiraAdamW else math.sqrt(s.scale)
+
+
 for _name, _description, _colour in [
     ("apollo_adamw", "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient",
      "#9467bd"),
@@ -433,5 +442,7 @@ for _name, _description, _colour in [
             single_gpu=((f"{METHODS[_name][1]}.per_layer", True),),
             update_rule_keys=(f"{METHODS[_name][1]}.per_layer", f"{METHODS[_name][1]}.per_tensor_clip",
                               "train.grad_clip"),  # fmt: skip
+            step_size_factor=partial(step_size_factor, name=_name),
+            rank_key=f"{METHODS[_name][1]}.rank",
         ),
     )

@@ -44,7 +44,20 @@ APOLLO_GROUP_DEFAULTS = {
     "proj_storage": "seed",
     "seed": 0,
 }
-FIRA_GROUP_DEFAULTS = {"proj": "svd", "scale_type": "channel", "scale": 1.0, "norm_growth_limit": 1.01}
+FIRA_GROUP_DEFAULTS = {"proj": "svd", "scale_type": "channel", "scale": 1.0, "norm_growth_limit": 1.01,
+                       "residual": "orthogonal"}  # fmt: skip
+# Fira's out-of-subspace gradient: "orthogonal" G - P P^T G (the paper's equation), "published" G - alpha P P^T G
+# (the fira package's code, which produced the paper's figures).
+FIRA_RESIDUALS = ("orthogonal", "published")
+
+
+def fira_residual(full: torch.Tensor, low: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> torch.Tensor:
+    """The gradient Fira adds outside the low-rank AdamW step, as a new tensor (see FIRA_RESIDUALS)."""
+    form = group.get("residual", "orthogonal")
+    if form not in FIRA_RESIDUALS:
+        raise ValueError(f"residual: {form!r} -> one of {list(FIRA_RESIDUALS)}")
+    alpha = 1.0 if form == "orthogonal" else group["scale"]
+    return add_projected_back(full, low, state, alpha=-alpha, inplace=False)
 
 
 def fill_scaled_group(group: dict[str, Any], defaults: dict[str, Any]) -> None:
@@ -221,9 +234,9 @@ class ApolloAdamW(ScaledGradientAdamW):
 class FiraAdamW(ScaledGradientAdamW):
     """Fira: GaLore's AdamW in an SVD subspace, plus the gradient outside it, scaled by the norm ratio.
 
-    The out-of-subspace part is the true residual G - P P^T G. The fira package forms
-    G - alpha P P^T G, which leaves (1 - alpha) P P^T G of the subspace in it; the two agree at
-    alpha (`scale`) 1, where our parity test compares them.
+    The out-of-subspace part is by default the true residual G - P P^T G (`residual: orthogonal`). The
+    fira package forms G - alpha P P^T G (`residual: published`), which leaves (1 - alpha) P P^T G of the
+    subspace in it; the two agree at alpha (`scale`) 1. The paper's figures come from the package's form.
     """
 
     GROUP_DEFAULTS = FIRA_GROUP_DEFAULTS
@@ -236,7 +249,7 @@ class FiraAdamW(ScaledGradientAdamW):
         low, full = grad, p.grad
         direction, step_size = self.low_rank_adam(low, state, group)
         dim = self.channel_dim(p, group)
-        residual = add_projected_back(full, low, state, alpha=-1.0, inplace=False)  # G - P P^T G
+        residual = fira_residual(full, low, state, group)
         ratio = norm_ratio(direction, low, group["scale_type"], dim)
         ratio = ratio / norm_growth_limiter(scaled_norm(residual, ratio, dim), state, group["norm_growth_limit"])
         update = add_projected_back(residual.mul_(ratio), direction, state, alpha=group["scale"], inplace=True)

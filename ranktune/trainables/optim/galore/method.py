@@ -546,5 +546,7 @@ for _inner, _description, _colour in [
             single_gpu=(("optim.name", "galore_adamw8bit"), ("galore.per_layer", True),
                         ("galore.accumulation", "low_rank")),  # fmt: skip
             update_rule_keys=("optim.name", "galore.per_layer", "galore.accumulation", "galore.projector_dtype"),
+            step_size_factor=lambda cfg: cfg.galore.scale,  # the update is scale x the projected-back step
+            rank_key="galore.rank",
         ),
     )
