@@ -301,13 +301,12 @@ def test_frozen_blocks_trains_everything_but_the_block_matrices(make_config):
 
 def test_corpus_tokenizer_is_trained_on_the_training_split_once_and_cached(make_config, token_cache):
     from ranktune.platform.memory import vocab_size
-    from ranktune.trainables.corpus_tokenizer import corpus_tokenizer_path
-    from ranktune.trainables.data import Tokenizer, prepare_tokens
+    from ranktune.trainables.data import Tokenizer, corpus_tokenizer_file, prepare_tokens
 
     cfg = make_config("data.tokenizer=corpus:512", "data.max_tokens=100000")
     tok = Tokenizer.for_data(cfg.data)
     assert tok.vocab_size == 512 == vocab_size(cfg) and (tok.bos_id, tok.eos_id) == (1, 2)
-    path = corpus_tokenizer_path(cfg.data, 512)
+    path = corpus_tokenizer_file(cfg.data, 512)
     assert path.is_relative_to(token_cache) and path.stat().st_mtime_ns == tok.path.stat().st_mtime_ns
     assert Tokenizer.for_data(cfg.data).fingerprint() == tok.fingerprint()  # cached, not retrained
     streams = prepare_tokens(cfg.data, progress=False)

@@ -21,7 +21,7 @@ import io
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from ranktune.trainables.errors import ConfigError
@@ -47,38 +47,21 @@ def corpus_vocab_size(spec: str) -> int | None:
     return size
 
 
-def training_lines(data_cfg) -> Iterator[str]:
-    """Non-empty lines of the training split's documents, up to data.max_tokens worth of characters."""
-    from ranktune.trainables.data import is_validation_document, iter_documents
-
-    budget = data_cfg.max_tokens * 4 if data_cfg.max_tokens else None  # ~4 characters per token
-    used = 0
-    for index, text in enumerate(iter_documents(data_cfg)):
-        if is_validation_document(index, data_cfg.val_fraction):
-            continue
-        for line in text.splitlines():
-            if line.strip():
-                used += len(line)
-                yield line
-        if budget is not None and used >= budget:
-            return
-
-
-def model_dir(data_cfg, size: int) -> Path:
-    from ranktune.trainables.data import corpus_fingerprint
-
-    key_fields = {"corpus": corpus_fingerprint(data_cfg), "val_fraction": data_cfg.val_fraction,
+def model_dir(data_cfg, size: int, corpus_key: str) -> Path:
+    key_fields = {"corpus": corpus_key, "val_fraction": data_cfg.val_fraction,
                   "max_tokens": data_cfg.max_tokens, "trainer": TRAINER_VERSION}  # fmt: skip
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
     return Path(data_cfg.cache_dir).expanduser() / "tokenizers" / f"{key}-v{size}"
 
 
-def corpus_tokenizer_path(data_cfg, size: int) -> Path:
-    """Train (once) and return the path of the corpus's `size`-piece SentencePiece model."""
+def corpus_tokenizer_path(data_cfg, size: int, corpus_key: str, lines: Callable[[], Iterator[str]]) -> Path:
+    """Train (once) and return the path of the corpus's `size`-piece SentencePiece model. `corpus_key`
+    identifies the corpus (data.corpus_fingerprint), `lines` gives its training text when it must be trained
+    (data.py passes both: this module reads no corpus itself)."""
     import sentencepiece as spm
     from filelock import FileLock
 
-    root = model_dir(data_cfg, size)
+    root = model_dir(data_cfg, size, corpus_key)
     root.mkdir(parents=True, exist_ok=True)
     path = root / "sp.model"
     with FileLock(str(root / ".lock")):
@@ -87,7 +70,7 @@ def corpus_tokenizer_path(data_cfg, size: int) -> Path:
         buf = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=training_lines(data_cfg), model_writer=buf, vocab_size=size, model_type="bpe",
+                sentence_iterator=lines(), model_writer=buf, vocab_size=size, model_type="bpe",
                 byte_fallback=True, character_coverage=1.0, input_sentence_size=MAX_TRAINING_LINES,
                 shuffle_input_sentence=True, num_threads=1, minloglevel=2, max_sentence_length=16384,
                 unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # LLaMA's special ids

@@ -17,6 +17,7 @@ them, so changing seq_len never re-tokenizes.
 from __future__ import annotations
 
 import codecs
+import functools
 import gzip
 import hashlib
 import json
@@ -72,12 +73,12 @@ class Tokenizer:
     @classmethod
     def for_data(cls, data_cfg) -> Tokenizer:
         """The run's tokenizer: `data.tokenizer` as a file, or `corpus:<size>` trained on the corpus (once, cached)."""
-        from ranktune.trainables.corpus_tokenizer import corpus_tokenizer_path, corpus_vocab_size
+        from ranktune.trainables.corpus_tokenizer import corpus_vocab_size
 
         size = corpus_vocab_size(data_cfg.tokenizer)
         if size is None:
             return cls(data_cfg.tokenizer)
-        return cls(str(corpus_tokenizer_path(data_cfg, size)))
+        return cls(str(corpus_tokenizer_file(data_cfg, size)))
 
     def fingerprint(self) -> str:
         return hashlib.sha256(self.path.read_bytes()).hexdigest()[:16]
@@ -434,3 +435,27 @@ def eval_set_id(corpus_key: str, seq_len: int, indices: np.ndarray) -> str:
     length and the block indices. Two runs with the same id were scored on exactly the same tokens."""
     digest = hashlib.sha256(f"{corpus_key}:{seq_len}:".encode() + np.asarray(indices, dtype=np.int64).tobytes())
     return digest.hexdigest()[:16]
+
+
+def tokenizer_training_lines(data_cfg) -> Iterator[str]:
+    """What a corpus tokenizer trains on (corpus_tokenizer.py): non-empty lines of the training split's
+    documents, up to data.max_tokens worth of characters."""
+    budget = data_cfg.max_tokens * 4 if data_cfg.max_tokens else None  # ~4 characters per token
+    used = 0
+    for index, text in enumerate(iter_documents(data_cfg)):
+        if is_validation_document(index, data_cfg.val_fraction):
+            continue
+        for line in text.splitlines():
+            if line.strip():
+                used += len(line)
+                yield line
+        if budget is not None and used >= budget:
+            return
+
+
+def corpus_tokenizer_file(data_cfg, size: int) -> Path:
+    """The corpus's `size`-piece SentencePiece model, trained once on its training split and cached."""
+    from ranktune.trainables.corpus_tokenizer import corpus_tokenizer_path
+
+    lines = functools.partial(tokenizer_training_lines, data_cfg)
+    return corpus_tokenizer_path(data_cfg, size, corpus_fingerprint(data_cfg), lines)
