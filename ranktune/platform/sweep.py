@@ -424,6 +424,9 @@ def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
     state = read_json_object(path, what, required=("spec", "tracking_uri", "experiment_id", "parent_run_id"))
     wrong = [f"{key}: {state[key]!r}" for key in ("tracking_uri", "experiment_id", "parent_run_id")
              if not isinstance(state[key], str) or not state[key]]  # fmt: skip
+    recorded = state.get("storage_dir")  # where the sweep last was (relocate.py): absent in older sweeps
+    if recorded is not None and not (isinstance(recorded, str) and Path(recorded).is_absolute()):
+        wrong.append(f"storage_dir: {recorded!r} is not an absolute path")
     if not isinstance(state["spec"], dict):
         wrong.append(f"spec: a JSON {type(state['spec']).__name__}, not an object")
     if wrong:
