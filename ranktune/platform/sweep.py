@@ -399,18 +399,25 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
         return fit_and_finish(spec, state, tuner, prepare, progress)
 
 
-def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
-    """The sweep in `storage_dir`, wherever that directory now is (see relocate.py)."""
+def load_state(storage_dir: str | Path, check_store: bool = True) -> tuple[SweepSpec, dict[str, Any]]:
+    """The sweep in `storage_dir`, wherever that directory now is (see relocate.py); with `check_store`,
+    its default MLflow store must be there and intact (`check_sweep_store`)."""
     from ranktune.platform.relocate import relocate
-    from ranktune.platform.sweep_files import check_mlflow_store
-
     path = Path(storage_dir).expanduser().resolve() / STATE_FILE
     if not path.is_file():
         raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
     spec, state = relocate(*read_state_file(path), path.parent)
+    if check_store:
+        check_sweep_store(spec)
+    return spec, state
+
+
+def check_sweep_store(spec: SweepSpec) -> None:
+    """A sweep on its own sqlite store: the file must be intact, or MLflow would make a fresh empty one."""
+    from ranktune.platform.sweep_files import check_mlflow_store
+
     if spec.tracking.tracking_uri is None:
         check_mlflow_store(spec.storage_dir / "mlflow.db")
-    return spec, state
 
 
 def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
@@ -450,10 +457,11 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
     from ranktune.platform.locks import own_directory
     from ranktune.platform.relocate import resuming
 
-    spec, state = load_state(storage_dir)
+    spec, state = load_state(storage_dir, check_store=False)  # a running sweep is refused as such first
     check_before_start(spec)
     # Tune's pickled searcher and callbacks open this directory's stores, not those of where the sweep ran.
     with own_directory(spec.storage_dir, "storage", "sweep"), resuming(state):
+        check_sweep_store(spec)
         init_ray(address)
         check_cluster_fits(spec)
         tune_dir = spec.storage_dir / TUNE_DIR
