@@ -26,7 +26,7 @@ from typing import Any
 import yaml
 
 from ranktune.platform.sweep_files import write_json_atomic
-from ranktune.platform.sweep_state import STATE_FILE, load_state
+from ranktune.platform.sweep_state import STATE_FILE, check_sweep_store, load_state
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
 
@@ -462,10 +462,11 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
     from ranktune.platform.locks import own_directory
     from ranktune.platform.relocate import resuming
 
-    spec, state = load_state(storage_dir)
+    spec, state = load_state(storage_dir, check_store=False)  # a running sweep is refused as such first
     check_before_start(spec)
     # Tune's pickled searcher and callbacks open this directory's stores, not those of where the sweep ran.
     with own_directory(spec.storage_dir, "storage", "sweep"), resuming(state):
+        check_sweep_store(spec)
         init_ray(address)
         if address:  # a cluster: its nodes must run the driver's versions
             check_cluster_versions()

@@ -14,23 +14,30 @@ from ranktune.trainables.config import ConfigError
 STATE_FILE = "sweep.json"
 
 
-def load_state(storage_dir: str | Path) -> tuple[SweepSpec, dict[str, Any]]:
-    """The sweep in `storage_dir`, wherever that directory now is (see relocate.py)."""
+def load_state(storage_dir: str | Path, check_store: bool = True) -> tuple[SweepSpec, dict[str, Any]]:
+    """The sweep in `storage_dir`, wherever that directory now is (see relocate.py); with `check_store`,
+    its default MLflow store must be there and intact (`check_sweep_store`)."""
     from ranktune.platform.relocate import relocate
-    from ranktune.platform.sweep_files import check_mlflow_store
 
     path = Path(storage_dir).expanduser().resolve() / STATE_FILE
     if not path.is_file():
         raise ConfigError([f"{str(path.parent)!r} is not a sweep directory (no {STATE_FILE})"])
     spec, state = relocate(*read_state_file(path), path.parent)
+    if check_store:
+        check_sweep_store(spec)
+    return spec, state
+
+
+def check_sweep_store(spec: SweepSpec) -> None:
+    """A sweep on its own sqlite store: the file must be intact, or MLflow would make a fresh empty one."""
+    from ranktune.platform.sweep_files import check_mlflow_store
+
     if spec.tracking.tracking_uri is None:
         check_mlflow_store(spec.storage_dir / "mlflow.db")
-    return spec, state
 
 
 def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
     """sweep.json as written by `run_sweep`; a damaged or hand-broken one is refused naming the file."""
-
     from ranktune.platform.sweep_files import read_json_object
     from ranktune.trainables.config import describe_validation_errors
 
@@ -38,6 +45,9 @@ def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
     state = read_json_object(path, what, required=("spec", "tracking_uri", "experiment_id", "parent_run_id"))
     wrong = [f"{key}: {state[key]!r}" for key in ("tracking_uri", "experiment_id", "parent_run_id")
              if not isinstance(state[key], str) or not state[key]]  # fmt: skip
+    recorded = state.get("storage_dir")  # where the sweep last was (relocate.py): absent in older sweeps
+    if recorded is not None and not (isinstance(recorded, str) and Path(recorded).is_absolute()):
+        wrong.append(f"storage_dir: {recorded!r} is not an absolute path")
     if not isinstance(state["spec"], dict):
         wrong.append(f"spec: a JSON {type(state['spec']).__name__}, not an object")
     if wrong:
