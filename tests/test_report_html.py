@@ -159,7 +159,8 @@ def test_history_is_in_start_order_not_trial_id_order():
 def test_parallel_coordinates_have_every_method_with_a_scored_trial():
     fig = _figures_by_title()["parallel coordinates"]
     scored = {m for r, m in zip(ROWS, METHODS, strict=True) if r["objective"] is not None}
-    assert {t.name for t in fig.data} == scored
+    assert {t.name for t in fig.data if t.meta} == scored  # one line per trial, every method (the colour bar aside)
+    assert {t.meta for t in fig.data if t.meta} == {r["trial_id"] for r in ROWS if r["objective"] is not None}
 
 
 # Bounding boxes of every chart's toolbar against its legend and title, written where --dump-dom shows them.

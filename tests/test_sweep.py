@@ -148,7 +148,7 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     assert "| adamw |" in study.user_attrs["ranked_table"]
     from optuna_dashboard._note import get_note_from_system_attrs
 
-    note = get_note_from_system_attrs(study.system_attrs, None)["body"]
+    note = get_note_from_system_attrs(study._storage.get_study_system_attrs(study._study_id), None)["body"]
     assert note.startswith("winner: adamw") and "| adamw |" in note
     # the history's order is the order the trials started (grid order here), whatever their ids
     rows = collect_trials(spec, state)

@@ -22,7 +22,8 @@ body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1100px; 
 h1 { font-size: 1.5em; } h2 { font-size: 1.15em; margin-top: 1.6em; }
 table { border-collapse: collapse; font-size: 0.85em; } td, th { padding: 3px 8px; border-bottom: 1px solid #ddd; }
 th { text-align: left; background: #f4f4f4; } td.num { text-align: right; font-variant-numeric: tabular-nums; }
-code, pre { background: #f4f4f4; padding: 2px 5px; } .swatch { display: inline-block; width: 10px; height: 10px; }
+code, pre { background: #f4f4f4; padding: 2px 5px; }
+pre { white-space: pre-wrap; } .swatch { display: inline-block; width: 10px; height: 10px; }
 .charts { display: grid; grid-template-columns: 1fr 1fr; gap: 1em; } .chart.wide { grid-column: 1 / -1; }
 """
 
@@ -154,40 +155,52 @@ def _figures(spec: SweepSpec, rows, methods, curves, confirm, replicates=()) -> 
 
 
 def _parallel(spec: SweepSpec, rows, methods):
-    """One parallel-coordinates panel per method (its own numeric params, then the objective), stacked;
-    lines coloured by the objective on one scale for all methods."""
+    """One parallel-coordinates panel per method (its own numeric params, each scaled to its range as in
+    parallel_coordinates.png, lr on a log scale), stacked; lines coloured by the objective on one scale.
+    SVG lines, not plotly's Parcoords: those are WebGL, which drew only the first panel of several."""
     import plotly.graph_objects as go
+    from plotly.colors import sample_colorscale
+    from plotly.subplots import make_subplots
 
-    from ranktune.platform.plots import _numeric_keys, method_colour
+    from ranktune.platform.plots import _numeric_keys, _unit, method_colour
 
     panels: dict[str, list] = {}
     for r, m in zip(rows, methods, strict=True):
-        if r["objective"] is not None and math.isfinite(r["objective"]):
+        if r["objective"] is not None and math.isfinite(r["objective"]) and _numeric_keys([r]):
             panels.setdefault(m, []).append(r)
     if not panels:
         return None
     values = [r["objective"] for rs in panels.values() for r in rs]
-    fig, height = go.Figure(), 1.0 / len(panels)
-    for i, (m, rs) in enumerate(sorted(panels.items())):
-        top = 1.0 - i * height
-        dims = []
-        for k in _numeric_keys(rs):
-            log = k.endswith("lr") and all(float(r["params"][k]) > 0 for r in rs)
-            vals = [float(r["params"][k]) for r in rs]
-            dims.append({"label": f"log10 {k.split('.', 1)[-1]}" if log else k.split(".", 1)[-1],
-                         "values": [math.log10(v) for v in vals] if log else vals})  # fmt: skip
-        dims.append({"label": spec.objective.metric, "values": [r["objective"] for r in rs]})
-        fig.add_trace(go.Parcoords(
-            domain={"x": [0.0, 0.92], "y": [top - 0.88 * height, top - 0.36 * height]}, dimensions=dims, name=m,
-            line={"color": [r["objective"] for r in rs], "colorscale": "Viridis", "reversescale":
-                  spec.objective.mode == "min", "cmin": min(values), "cmax": max(values), "showscale": i == 0},
-        ))  # fmt: skip
-        fig.add_annotation(text=f"<b>{m}</b> ({len(rs)} trial{'s' if len(rs) > 1 else ''})", x=0.0, y=top,
-                           xref="paper",
-                           yref="paper", xanchor="left", yanchor="top", showarrow=False,
-                           font={"color": method_colour(m)})  # fmt: skip
-    fig.update_layout(**_layout(height=max(400, 230 * len(panels) + 80)))
-    fig.update_layout(title_text="parallel coordinates: each method's own params")
+    low, high = min(values), max(values)
+    scale = "Viridis_r" if spec.objective.mode == "min" else "Viridis"
+    order = sorted(panels)
+    fig = make_subplots(rows=len(order), cols=1, vertical_spacing=0.5 / len(order),
+                        subplot_titles=[f"{m} ({len(panels[m])} trial{'s' if len(panels[m]) > 1 else ''})"
+                                        for m in order])  # fmt: skip
+    for row, m in enumerate(order, 1):
+        rs = panels[m]
+        keys = _numeric_keys(rs)
+        spans = {k: (min(float(r["params"][k]) for r in rs), max(float(r["params"][k]) for r in rs)) for k in keys}
+        for r in sorted(rs, key=lambda r: -r["objective"]):
+            colour = sample_colorscale(scale, [(r["objective"] - low) / ((high - low) or 1.0)])[0]
+            ys = [_unit(float(r["params"][k]), *spans[k], log=k.endswith("lr")) for k in keys]
+            fig.add_trace(go.Scatter(
+                x=list(range(len(keys))), y=ys, mode="lines+markers", name=m, meta=r["trial_id"], showlegend=False,
+                line={"color": colour, "width": 2, "dash": "solid" if r["status"] == "finished" else "dash"},
+                hovertemplate=f"{r['trial_id']}: {spec.objective.metric} {r['objective']:.4f}<br>"
+                              + "<br>".join(f"{k}={r['params'][k]}" for k in keys) + f"<extra>{m}</extra>",
+            ), row=row, col=1)  # fmt: skip
+        labels = [f"{k.split('.', 1)[-1]}<br>{spans[k][0]:.3g} .. {spans[k][1]:.3g}" for k in keys]
+        fig.update_xaxes(tickvals=list(range(len(keys))), ticktext=labels, range=[-0.3, len(keys) - 0.7], row=row,
+                         col=1)  # fmt: skip
+        fig.update_yaxes(range=[-0.1, 1.1], showticklabels=False, row=row, col=1)
+    for annotation, m in zip(fig.layout.annotations, order, strict=True):
+        annotation.update(font={"color": method_colour(m)}, x=0, xanchor="left")
+    fig.add_trace(go.Scatter(x=[None], y=[None], mode="markers", showlegend=False, hoverinfo="skip",
+                             marker={"colorscale": scale, "cmin": low, "cmax": high, "color": [low], "showscale": True,
+                                     "colorbar": {"title": {"text": spec.objective.metric}}}))  # fmt: skip
+    fig.update_layout(**_layout(height=max(400, 190 * len(order) + 80)))
+    fig.update_layout(title_text="parallel coordinates: each method's own params (dashed: stopped early)")
     return fig
 
 
