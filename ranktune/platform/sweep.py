@@ -191,8 +191,8 @@ def build_searcher(spec: SweepSpec, storage: Path):
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from ranktune.platform.feasible_search import FeasibleSearch
     from ranktune.platform.study_storage import SweepStudyStorage
-    from ranktune.platform.target import feasible_search_class
 
     space = spec.search_space()
     points = stratified_startup(spec)
@@ -222,7 +222,7 @@ def build_searcher(spec: SweepSpec, storage: Path):
                   points_to_evaluate=points)  # fmt: skip
     if spec.target is None:
         return OptunaSearch(**kwargs), num_trials
-    searcher = feasible_search_class()(**kwargs, target_spec_json=spec.model_dump_json(), num_trials=num_trials)
+    searcher = FeasibleSearch(**kwargs, target_spec_json=spec.model_dump_json(), num_trials=num_trials)
     if spec.search.algorithm == "grid":  # each grid point once: an infeasible one is not replaced
         return searcher, num_trials
     return searcher, num_trials + spec.target.infeasible_draws(num_trials)
