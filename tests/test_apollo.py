@@ -439,11 +439,11 @@ def test_per_layer_keeps_full_gradients_only_with_accumulation(make_config, micr
     ],
 )
 def test_export_to_7b_maps_rank_and_scale_and_goes_per_layer(make_config, name, proxy, expected, budget):
-    from ranktune.platform.export import ScalingRules, fit_micro_batch, map_to_target
+    from ranktune.platform.export import ScalingRules, fit_micro_batch, load_rules, map_to_target
 
     section = SECTION[name]
     cfg = make_config(*TINY, f"optim.name={name}", *proxy, "train.grad_clip=1.0")
-    raw = map_to_target(cfg, "7b", ScalingRules())
+    raw = map_to_target(cfg, "7b", load_rules("proxy"))  # the proxy-mapping rules (published: test_target.py)
     assert {k: raw[section][k] for k in expected} == expected
     assert raw[section]["per_layer"] and raw[section]["per_tensor_clip"] == 1.0 and raw["train"]["grad_clip"] == 0
     # The paper's 512 sequences per step need accumulation, which keeps 7b's full gradients (13.5 GB in
@@ -459,5 +459,5 @@ def test_export_scale_rule_same_keeps_the_proxy_scale(make_config):
     from ranktune.platform.export import ScalingRules, map_to_target
 
     cfg = make_config(*TINY, "optim.name=apollo_adamw", "apollo.rank=32", "apollo.scale=2.0")
-    raw = map_to_target(cfg, "7b", ScalingRules(apollo_scale="same", apollo_rank=None))
+    raw = map_to_target(cfg, "7b", ScalingRules(recipe="proxy", apollo_scale="same", apollo_rank=None))
     assert raw["apollo"]["scale"] == 2.0 and raw["apollo"]["rank"] == 1024  # rank by the relative rule

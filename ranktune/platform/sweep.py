@@ -198,9 +198,9 @@ def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
 def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None = None):
     import optuna
 
+    from ranktune.platform.feasible_search import FeasibleSearch
     from ranktune.platform.study_storage import SweepStudyStorage
     from ranktune.platform.study_view import SweepOptunaSearch
-    from ranktune.platform.target import feasible_search_class
 
     space = spec.search_space()
     points = stratified_startup(spec)
@@ -235,7 +235,7 @@ def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None 
     )  # fmt: skip
     if spec.target is None:
         return SweepOptunaSearch(**kwargs), num_trials
-    searcher = feasible_search_class()(**kwargs, target_spec_json=spec.model_dump_json(), num_trials=num_trials)
+    searcher = FeasibleSearch(**kwargs, target_spec_json=spec.model_dump_json(), num_trials=num_trials)
     if spec.search.algorithm == "grid":  # each grid point once: an infeasible one is not replaced
         return searcher, num_trials
     return searcher, num_trials + spec.target.infeasible_draws(num_trials)

@@ -8,9 +8,10 @@ The decision is export's own (`export.fit_to_target`: the transfer rules, the me
 the micro-batch fit within the budget less the rules' headroom), so every full-budget trial of a
 target-aware sweep is one `ranktune export` writes. An infeasible configuration is handed to Tune like
 any other, returns before training (trial.py), is tagged `infeasible_target` with the reason in MLflow
-(tracking.py) and is told to Optuna as PRUNED with a violated constraint (`FeasibleSearch`, Optuna 5's
-`trial.set_constraint`), so TPE models it as infeasible rather than as a loss. Draws are bounded: the sweep stops after
-`budget.num_trials` feasible configurations or `target.max_infeasible_draws` infeasible ones more.
+(tracking.py) and is told to Optuna as PRUNED with a violated constraint (feasible_search.py, Optuna
+5's `trial.set_constraint`), so TPE models it as infeasible rather than as a loss. Draws are bounded:
+the sweep stops after `budget.num_trials` feasible configurations or `target.max_infeasible_draws`
+infeasible ones more.
 """
 
 from __future__ import annotations
@@ -97,42 +98,3 @@ def proxy_config(spec: SweepSpec, params: dict[str, Any], output_dir=None) -> Tr
         return cfg
     return cfg if fit.config is None else with_update_rule(cfg, fit.config)
 
-
-def feasible_search_class():
-    """OptunaSearch that checks each suggestion against the sweep's target before Tune starts it (imported
-    lazily: Ray is not needed to check a target)."""
-    from ray.tune.search import Searcher
-
-    from ranktune.platform.study_view import SweepOptunaSearch
-
-    class FeasibleSearch(SweepOptunaSearch):
-        """Marks each suggestion's feasibility in Optuna (a constraint, > 0 when infeasible, and the reason
-        as a user attribute; an infeasible trial then ends PRUNED, with no value), counts the draws and
-        finishes the search after `num_trials` feasible ones. Tune's num_samples (num_trials + the
-        infeasible allowance) bounds the rest. Its counters are in __dict__, which OptunaSearch's
-        save/restore pickle: a resumed sweep keeps them."""
-
-        def __init__(self, *args, target_spec_json: str, num_trials: int, **kwargs) -> None:
-            super().__init__(*args, **kwargs)
-            self.target_spec_json = target_spec_json
-            self.num_trials = num_trials
-            self.feasible_drawn = 0
-            self.infeasible_drawn = 0
-
-        def suggest(self, trial_id: str):
-            if self.feasible_drawn >= self.num_trials:
-                return Searcher.FINISHED
-            params = super().suggest(trial_id)
-            if not isinstance(params, dict):
-                return params
-            reason = infeasible_reason(SweepSpec.model_validate_json(self.target_spec_json), params)
-            ot_trial = self._ot_trials[trial_id]
-            ot_trial.set_constraint(CONSTRAINT, 0.0 if reason is None else 1.0)
-            if reason is None:
-                self.feasible_drawn += 1
-            else:
-                self.infeasible_drawn += 1
-                ot_trial.set_user_attr(INFEASIBLE_ATTR, reason)
-            return params
-
-    return FeasibleSearch
