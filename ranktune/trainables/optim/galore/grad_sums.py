@@ -103,7 +103,7 @@ class HostGradientSums:
         self.next_slot = (slot + 1) % self.STAGING_SLOTS
         self.finish_slot(slot)
         if self.staging[slot].dtype != grad.dtype:
-            self.staging[slot] = torch.empty_like(self.staging[slot], dtype=grad.dtype, pin_memory=True)
+            self.staging[slot] = torch.empty(self.staging[slot].numel(), dtype=grad.dtype, pin_memory=True)
         return slot
 
     def finish_slot(self, slot: int) -> None:
