@@ -12,9 +12,9 @@ from ranktune.search_spaces.spec import SweepSpec
 
 class FeasibleSearch(SweepOptunaSearch):
     """The study view's searcher (study_view.py) that also marks each suggestion's feasibility in Optuna
-    (a constraint, > 0 when infeasible, and the reason as a user attribute; an infeasible trial then ends PRUNED, with no value), counts the draws and
-    finishes the search after `num_trials` feasible ones. Tune's num_samples (num_trials + the
-    infeasible allowance) bounds the rest. Its counters are in __dict__, which OptunaSearch's
+    (a constraint, > 0 when infeasible, and the reason as a user attribute; an infeasible trial then ends
+    PRUNED, with no value), counts the draws and finishes the search after `num_trials` feasible ones.
+    Tune's num_samples (num_trials + the infeasible allowance) bounds the rest. Its counters are in __dict__, which OptunaSearch's
     save/restore pickle: a resumed sweep keeps them."""
 
     def __init__(self, *args, target_spec_json: str, num_trials: int, **kwargs) -> None:
