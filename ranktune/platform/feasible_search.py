@@ -14,8 +14,8 @@ class FeasibleSearch(SweepOptunaSearch):
     """The study view's searcher (study_view.py) that also marks each suggestion's feasibility in Optuna
     (a constraint, > 0 when infeasible, and the reason as a user attribute; an infeasible trial then ends
     PRUNED, with no value), counts the draws and finishes the search after `num_trials` feasible ones.
-    Tune's num_samples (num_trials + the infeasible allowance) bounds the rest. Its counters are in __dict__, which OptunaSearch's
-    save/restore pickle: a resumed sweep keeps them."""
+    Tune's num_samples (num_trials + the infeasible allowance) bounds the rest. Its counters are in
+    __dict__, which OptunaSearch's save/restore pickle: a resumed sweep keeps them."""
 
     def __init__(self, *args, target_spec_json: str, num_trials: int, **kwargs) -> None:
         super().__init__(*args, **kwargs)
