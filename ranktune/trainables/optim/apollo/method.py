@@ -439,9 +439,10 @@ for _name, _description, _colour in [
             sections=(METHODS[_name][1],),
             colour=_colour,
             published=(PUBLISHED_7B[_name],),
-            single_gpu=((f"{METHODS[_name][1]}.per_layer", True),),
-            update_rule_keys=(f"{METHODS[_name][1]}.per_layer", f"{METHODS[_name][1]}.per_tensor_clip",
-                              "train.grad_clip"),  # fmt: skip
+            # Per-layer with the full-gradient sums in host memory: exact at the paper's tokens per step.
+            single_gpu=((f"{METHODS[_name][1]}.per_layer", True), (f"{METHODS[_name][1]}.full_grad_buffer", "host")),
+            update_rule_keys=(f"{METHODS[_name][1]}.per_layer", f"{METHODS[_name][1]}.full_grad_buffer",
+                              f"{METHODS[_name][1]}.per_tensor_clip", "train.grad_clip"),  # fmt: skip
             step_size_factor=partial(step_size_factor, name=_name),
             rank_key=f"{METHODS[_name][1]}.rank",
         ),
