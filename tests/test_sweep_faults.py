@@ -240,3 +240,18 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     capsys.readouterr()
     _print_outcome(spec, second)
     assert "(n=2;" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,retry", [([], True), (["--no-retry-failed"], False)])
+def test_resume_retries_failed_trials_unless_told_not_to(monkeypatch, tmp_path, flags, retry):
+    """Issue 24.5: `--resume` replayed failures; now it runs them again by default (the slow chaos test
+    above shows it end to end)."""
+    asked = {}
+
+    def resume(storage_dir, **options):
+        asked.update(options)
+        raise ConfigError(["stop here"])
+
+    monkeypatch.setattr(sweep, "resume_sweep", resume)
+    assert main(["sweep", "--resume", str(tmp_path), "--quiet", *flags]) == 2
+    assert asked["retry_failed"] is retry
