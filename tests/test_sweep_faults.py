@@ -182,7 +182,7 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     import torch
 
     from ranktune.platform.cli import _print_outcome
-    from ranktune.platform.confirm import CONFIRM_FILE, FAILED_FILE
+    from ranktune.platform.confirm import CONFIRM_FILE
     from ranktune.platform.report import collect_trials
     from ranktune.platform.tracking import RESUMED_TAG, RETRIED_TAG, STATUS_TAG, child_runs, mlflow_client
     from ranktune.trainables.run import train_run
@@ -198,7 +198,7 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
 
     first = sweep.run_sweep(spec, prepare=disk_fills_during_replicates, progress=False)
     assert first["confirm"] is None and not (spec.storage_dir / CONFIRM_FILE).exists()  # nothing frozen
-    assert first["confirm_failures"].startswith("replicates: 2 of 2 failed (")
+    assert first.get("confirm_failures", "").startswith("replicates: 2 of 2 failed (")
     assert "No space left on device" in first["confirm_failures"] and "sweep --resume" in first["confirm_failures"]
     _, state = sweep.load_state(spec.storage_dir)
     rows = {r["params"]["optim.lr"]: r for r in collect_trials(spec, state)}
@@ -210,6 +210,8 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
 
     (spec.storage_dir / DISK_FULL).unlink()  # space is back
     second = sweep.resume_sweep(spec.storage_dir, prepare=disk_fills_during_replicates, progress=False)
+    from ranktune.platform.confirm import FAILED_FILE
+
     assert second["confirm_failures"] is None and not (spec.storage_dir / FAILED_FILE).exists()
     confirm = json.loads((spec.storage_dir / CONFIRM_FILE).read_text())
     [config] = confirm["configurations"]
