@@ -184,7 +184,8 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     from ranktune.platform.cli import _print_outcome
     from ranktune.platform.confirm import CONFIRM_FILE
     from ranktune.platform.report import collect_trials
-    from ranktune.platform.tracking import RESUMED_TAG, RETRIED_TAG, STATUS_TAG, child_runs, mlflow_client
+    from ranktune.platform import tracking
+    from ranktune.platform.tracking import RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
     from ranktune.trainables.run import train_run
     from tests.tiny import tiny_sweep_base
 
@@ -236,7 +237,7 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     assert len(replicates) == 2
     for run in replicates:
         assert run.data.tags[STATUS_TAG] == "finished" and run.info.status == "FINISHED"
-        assert "No space left on device" in run.data.tags[RETRIED_TAG] and run.data.tags[RESUMED_TAG] == "5"
+        assert "No space left on device" in run.data.tags[tracking.RETRIED_TAG] and run.data.tags[RESUMED_TAG] == "5"
     nan_trial = {r["params"]["optim.lr"]: r for r in collect_trials(spec, state)}[NAN_EVAL_LR]
     assert nan_trial["status"] == "failed" and nan_trial["failure_reason"].startswith("diverged at step 10")
     capsys.readouterr()
