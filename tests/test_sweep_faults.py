@@ -181,10 +181,10 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     import ray
     import torch
 
+    from ranktune.platform import tracking
     from ranktune.platform.cli import _print_outcome
     from ranktune.platform.confirm import CONFIRM_FILE
     from ranktune.platform.report import collect_trials
-    from ranktune.platform import tracking
     from ranktune.platform.tracking import RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
     from ranktune.trainables.run import train_run
     from tests.tiny import tiny_sweep_base
