@@ -181,9 +181,10 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     import ray
     import torch
 
+    from ranktune.platform import tracking
     from ranktune.platform.cli import _print_outcome
-    from ranktune.platform.confirm import CONFIRM_FILE, FAILED_FILE
-    from ranktune.platform.tracking import RESUMED_TAG, RETRIED_TAG, STATUS_TAG, child_runs, mlflow_client
+    from ranktune.platform.confirm import CONFIRM_FILE
+    from ranktune.platform.tracking import RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
     from ranktune.platform.trials import collect_trials
     from ranktune.trainables.run import train_run
     from tests.tiny import tiny_sweep_base
@@ -198,7 +199,7 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
 
     first = sweep.run_sweep(spec, prepare=disk_fills_during_replicates, progress=False)
     assert first["confirm"] is None and not (spec.storage_dir / CONFIRM_FILE).exists()  # nothing frozen
-    assert first["confirm_failures"].startswith("replicates: 2 of 2 failed (")
+    assert first.get("confirm_failures", "").startswith("replicates: 2 of 2 failed (")
     assert "No space left on device" in first["confirm_failures"] and "sweep --resume" in first["confirm_failures"]
     _, state = sweep.load_state(spec.storage_dir)
     rows = {r["params"]["optim.lr"]: r for r in collect_trials(spec, state)}
@@ -210,6 +211,8 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
 
     (spec.storage_dir / DISK_FULL).unlink()  # space is back
     second = sweep.resume_sweep(spec.storage_dir, prepare=disk_fills_during_replicates, progress=False)
+    from ranktune.platform.confirm import FAILED_FILE
+
     assert second["confirm_failures"] is None and not (spec.storage_dir / FAILED_FILE).exists()
     confirm = json.loads((spec.storage_dir / CONFIRM_FILE).read_text())
     [config] = confirm["configurations"]
@@ -234,9 +237,24 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     assert len(replicates) == 2
     for run in replicates:
         assert run.data.tags[STATUS_TAG] == "finished" and run.info.status == "FINISHED"
-        assert "No space left on device" in run.data.tags[RETRIED_TAG] and run.data.tags[RESUMED_TAG] == "5"
+        assert "No space left on device" in run.data.tags[tracking.RETRIED_TAG] and run.data.tags[RESUMED_TAG] == "5"
     nan_trial = {r["params"]["optim.lr"]: r for r in collect_trials(spec, state)}[NAN_EVAL_LR]
     assert nan_trial["status"] == "failed" and nan_trial["failure_reason"].startswith("diverged at step 10")
     capsys.readouterr()
     _print_outcome(spec, second)
     assert "(n=2;" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("flags,retry", [([], True), (["--no-retry-failed"], False)])
+def test_resume_retries_failed_trials_unless_told_not_to(monkeypatch, tmp_path, flags, retry):
+    """Issue 24.5: `--resume` replayed failures; now it runs them again by default (the slow chaos test
+    above shows it end to end)."""
+    asked = {}
+
+    def resume(storage_dir, **options):
+        asked.update(options)
+        raise ConfigError(["stop here"])
+
+    monkeypatch.setattr(sweep, "resume_sweep", resume)
+    assert main(["sweep", "--resume", str(tmp_path), "--quiet", *flags]) == 2
+    assert asked["retry_failed"] is retry
