@@ -127,3 +127,28 @@ def test_sweep_replicates_its_top_two_nested_in_mlflow(tmp_path, token_cache):
     assert parent.data.tags["ranktune.verdict"].startswith(confirm["verdict"])
     assert parent.data.tags["ranktune.pareto_trials"]
     assert (spec_.storage_dir / "plots" / "pareto.png").is_file()
+
+
+def test_a_target_aware_sweep_compares_with_its_references_but_never_answers_with_one():
+    """AdamW cannot run at 7b on 24 GiB, yet a target-aware sweep trains it as a reference: the winner,
+    the replicates' verdict and export's choice are among the configurations the target can launch, and the
+    verdict against the reference says when it is better (beaten)."""
+    from ranktune.platform.ranking import pick_winner
+    from ranktune.platform.report_table import flat_rows, is_reference
+    from ranktune.platform.target import infeasible_reason
+
+    three = spec(space=THREE_METHODS, target={"model": "7b", "budget_gib": 24})
+    assert is_reference(three, {"optim.name": "adamw"}) and not is_reference(spec(space=THREE_METHODS),
+                                                                              {"optim.name": "adamw"})  # fmt: skip
+    assert infeasible_reason(three, {"optim.name": "adamw", "optim.lr": 3e-3}) is None  # trained all the same
+    rows = [{**row("a", "adamw", 2.9), "reference": True}, row("g", "galore_adamw", 3.0), row("l", "lora", 3.1)]
+    for r in rows:
+        r.update(peak_memory_bytes=1, optimizer_state_bytes=1, tokens_per_s=1.0, device_hours=0.1, device_kind="CPU",
+                 step=10)
+    chosen = select_configurations(three, rows)
+    assert [r["trial_id"] for r in chosen] == ["g", "l", "a"]  # the reference is replicated as the baseline only
+    summary = summarize(three, chosen, {0: [3.00, 3.01, 3.02], 1: [3.10, 3.11, 3.12], 2: [2.90, 2.91, 2.92]})
+    assert [c["trial_id"] for c in summary["configurations"]] == ["g", "l", "a"]  # the reference ranks last
+    assert summary["winner"] == "g" and summary["baseline"] == "a" and summary["baseline_verdict"] == "beaten"
+    assert pick_winner(rows, "min", summary)["trial_id"] == "g" and pick_winner(rows, "min", None)["trial_id"] == "g"
+    assert flat_rows(three, rows)[0]["reason"].startswith("reference:")

@@ -48,12 +48,13 @@ def select_configurations(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[d
 
     finished = [r for r in rows if r["status"] == "finished" and r["objective"] is not None]
     finished.sort(key=lambda r: objective_key(r, spec.objective.mode))
+    answers = [r for r in finished if not r.get("reference")]  # a reference is replicated only as the baseline
     branches = spec.search_space().branches
     if branches is None:
-        top = finished[: spec.confirm.top_k]
+        top = answers[: spec.confirm.top_k]
     else:
         chosen: dict[Any, dict[str, Any]] = {}
-        for row in finished:
+        for row in answers:
             chosen.setdefault(row["params"].get(branches.key), row)
         top = list(chosen.values())[: spec.confirm.top_k]
     if not any(is_baseline(spec, r) for r in top):
@@ -84,11 +85,14 @@ def summarize(spec: SweepSpec, chosen: list[dict[str, Any]], values: dict[int, l
         vals = [v for v in values.get(i, []) if v is not None and math.isfinite(v)]
         table.append({
             "trial_id": row["trial_id"], "method": method_of(spec, row["params"]), "params": row["params"],
-            "baseline": is_baseline(spec, row), "search_objective": row["objective"],
+            "baseline": is_baseline(spec, row), "reference": bool(row.get("reference")),
+            "search_objective": row["objective"],
             "values": vals, "n": len(vals), "mean": statistics.fmean(vals) if vals else None,
             "std": statistics.stdev(vals) if len(vals) >= 2 else None,
         })  # fmt: skip
-    ranked = sorted((t for t in table if t["mean"] is not None), key=lambda t: sign * t["mean"])
+    # The winner is the best mean among the answers: a reference (a target-aware sweep's baseline, which
+    # its target cannot run) is compared with, ranked after them.
+    ranked = sorted((t for t in table if t["mean"] is not None), key=lambda t: (t["reference"], sign * t["mean"]))
     return {"metric": spec.objective.metric, "mode": spec.objective.mode, "seeds": spec.confirm.seeds,
             "tie_threshold": spec.confirm.tie_threshold,
             "configurations": ranked + [t for t in table if t["mean"] is None],

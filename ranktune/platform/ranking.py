@@ -18,23 +18,28 @@ def objective_key(row: dict[str, Any], mode: str) -> float:
 
 
 def pick_best(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
-    """Best trial that ran its whole budget; lower peak memory breaks ties."""
-    finished = [r for r in rows if r["status"] == "finished" and r["objective"] is not None]
+    """Best trial that ran its whole budget, references left out (a target-aware sweep's baselines, see
+    report_table.is_reference); lower peak memory breaks ties."""
+    finished = [r for r in rows if r["status"] == "finished" and r["objective"] is not None and not r.get("reference")]
     if not finished:
         return None
     return min(finished, key=lambda r: (objective_key(r, mode), r["peak_memory_bytes"] or 0))
 
 
-def confirmed_configuration(confirm: dict[str, Any] | None) -> dict[str, Any] | None:
-    """The replicated configuration with the best mean (confirm.json), None without replicates."""
-    return next((c for c in (confirm or {}).get("configurations", []) if c["mean"] is not None), None)
+def confirmed_configuration(confirm: dict[str, Any] | None, rows: list[dict[str, Any]] | None = None
+                            ) -> dict[str, Any] | None:  # fmt: skip
+    """The replicated configuration with the best mean (confirm.json), None without replicates; with the
+    sweep's `rows`, the best whose trial is not a reference (a baseline is replicated to compare with)."""
+    references = {r["trial_id"] for r in rows or () if r.get("reference")}
+    return next((c for c in (confirm or {}).get("configurations", [])
+                 if c["mean"] is not None and c["trial_id"] not in references), None)  # fmt: skip
 
 
 def pick_winner(rows: list[dict[str, Any]], mode: str, confirm: dict[str, Any] | None) -> dict[str, Any] | None:
     """The sweep's answer: the search trial whose configuration has the best replicate mean when the
     sweep ran replicates (the search's single best was chosen for being lowest, so its value is biased
-    low), else the search's best trial."""
-    top = confirmed_configuration(confirm)
+    low), else the search's best trial; never a reference trial."""
+    top = confirmed_configuration(confirm, rows)
     if top is not None:
         for r in rows:
             if r["trial_id"] == top["trial_id"]:

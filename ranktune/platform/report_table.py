@@ -38,6 +38,14 @@ def method_of(spec: SweepSpec, params: dict[str, Any]) -> str:
         return "?"
 
 
+def is_reference(spec: SweepSpec, params: dict[str, Any]) -> bool:
+    """A target-aware sweep's reference trial: its method is a baseline (registry `baseline` or
+    `sanity_baseline`), trained for comparison whatever its target run needs, and never the answer."""
+    from ranktune.trainables.optim import reference_methods
+
+    return spec.target is not None and method_of(spec, params) in reference_methods()
+
+
 def format_value(value: Any) -> str:
     from ranktune.platform.tracking import short_float
 
@@ -58,6 +66,8 @@ def flat_rows(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any
     out = []
     for i, r in enumerate(rows, 1):
         reason = r.get("failure_reason") or r.get("stop_reason")
+        if r.get("reference") and not reason:
+            reason = "reference: a baseline to compare with, never the answer nor exported"
         out.append({
             "rank": i, "trial_id": r["trial_id"], "method": method_of(spec, r["params"]),
             "params": params_text(r["params"]), "status": STATUS_WORDS.get(r["status"], r["status"]),
@@ -165,8 +175,6 @@ def winner_lines(spec: SweepSpec, best: dict[str, Any] | None, storage: str,
                  confirm: dict[str, Any] | None = None, running: str | None = None) -> list[str]:  # fmt: skip
     """The last lines of a report: who won (by the replicates' mean when there are replicates), and
     the command to run next (quoted, to paste as is). `running`: who runs the sweep now, if anyone."""
-    from ranktune.platform.ranking import confirmed_configuration
-
     quoted = shlex.quote(str(storage))
     if best is None:
         if running is not None:  # `--resume` is refused while the driver runs
@@ -174,8 +182,8 @@ def winner_lines(spec: SweepSpec, best: dict[str, Any] | None, storage: str,
         return ["no trial ran its whole budget: nothing to export (reasons above); "
                 f"finish it with: ranktune sweep --resume {quoted}"]  # fmt: skip
     method, metric = method_of(spec, best["params"]), spec.objective.metric
-    top = confirmed_configuration(confirm)
-    if top is not None and top["trial_id"] == best["trial_id"]:
+    top = next((c for c in (confirm or {}).get("configurations", []) if c["trial_id"] == best["trial_id"]), None)
+    if top is not None and top["mean"] is not None:
         std = "" if top["std"] is None else f" +/- {top['std']:.4f}"
         value = f"{metric} {top['mean']:.4f}{std} over {top['n']} replicates, {confirm['verdict']}"
     else:

@@ -13,6 +13,8 @@ Verdict of one comparison:
 
     resolved    p_holm < alpha: the winner is better; false-positive rate at most alpha (5%) over all
                 the comparisons together
+    beaten      p_holm < alpha and the other is better: only against a reference (a target-aware sweep's
+                baseline is ranked after the configurations it can launch, whatever its mean)
     tie         the interval lies within +/- tie_threshold: the two are practically equal
     add seeds   neither: about 2 * (2.8 sigma / gap)^2 replicates per arm detect the observed gap with
                 80% power at alpha 5% (2.8 = z_0.975 + z_0.8; sigma^2 = the mean of the two variances);
@@ -34,7 +36,7 @@ from dataclasses import asdict, dataclass
 
 ALPHA = 0.05
 POWER_Z = 2.8  # z_(1 - alpha/2) + z_(power) = 1.96 + 0.84: alpha 5% two-sided, power 80%
-RESOLVED, TIE, ADD_SEEDS, TOO_FEW = "resolved", "tie", "add seeds", "too few replicates"
+RESOLVED, BEATEN, TIE, ADD_SEEDS, TOO_FEW = "resolved", "beaten", "tie", "add seeds", "too few replicates"
 
 
 @dataclass(frozen=True)
@@ -127,7 +129,7 @@ def compare(winner: tuple[str, list[float]], others: list[tuple[str, list[float]
             continue
         gap, se, df, t, p, low, high = tests[other]
         if adjusted[other] < alpha:
-            verdict, seeds = RESOLVED, None
+            verdict, seeds = (RESOLVED if gap > 0 else BEATEN), None
         elif -tie_threshold <= low and high <= tie_threshold:
             verdict, seeds = TIE, None
         else:

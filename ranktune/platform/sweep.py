@@ -59,7 +59,7 @@ def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[s
     from ranktune.trainables.optim import foreign_sections
 
     metric, mode = spec.objective.metric, spec.objective.mode
-    confirmed = confirmed_configuration(confirm)
+    confirmed = confirmed_configuration(confirm, trials)
     if confirmed is not None:
         trial_id, params = confirmed["trial_id"], confirmed["params"]
         std = "-" if confirmed["std"] is None else f"{confirmed['std']:.4f}"

@@ -27,6 +27,7 @@ from ranktune.platform.export import (
     get_key,
     target_rules,
 )
+from ranktune.platform.report_table import is_reference
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
 from ranktune.trainables.model import MODEL_PRESETS
@@ -63,8 +64,11 @@ def _check_target(spec_json: str, params_json: str) -> TargetFit:
 
 
 def infeasible_reason(spec: SweepSpec, params: dict[str, Any]) -> str | None:
-    """Why the configuration's target run cannot be exported (None: it can, or the spec has no target)."""
+    """Why the configuration's target run cannot be exported (None: it can, the spec has no target, or it
+    is a reference trial, trained for comparison only)."""
     if spec.target is None:
+        return None
+    if is_reference(spec, params):
         return None
     try:
         fit = check_target(spec, params)

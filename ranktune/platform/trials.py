@@ -8,6 +8,7 @@ import json
 from typing import Any
 
 from ranktune.platform.ranking import STATUS_ORDER, objective_key
+from ranktune.platform.report_table import is_reference
 from ranktune.search_spaces.spec import SweepSpec
 
 
@@ -33,6 +34,7 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
             continue
         wall = metrics.get("final_wall_time")
         devices = _devices_per_trial(spec)
+        params = json.loads(tags.get(PARAMS_TAG, "{}"))
         rows.append(
             {
                 "trial_id": tags.get(TRIAL_TAG),
@@ -41,7 +43,8 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
                 "status": tags.get(STATUS_TAG, "running"),
                 "failure_reason": tags.get(REASON_TAG),
                 "stop_reason": tags.get(STOP_REASON_TAG),
-                "params": json.loads(tags.get(PARAMS_TAG, "{}")),
+                "params": params,
+                "reference": is_reference(spec, params),  # compared against, never the answer (ranking.py)
                 "objective": metrics.get(f"final_{metric}"),
                 "step": _last_step(client, run.info.run_id, metric),
                 "eval_ppl": metrics.get("final_eval_ppl"),

@@ -15,6 +15,7 @@ from ranktune.trainables.optim.registry import (
     build_method,
     build_schedule,
     foreign_sections,
+    reference_methods,
     register,
     unregister,
 )
@@ -28,6 +29,7 @@ __all__ = [
     "PhaseState",
     "TorchOptimizerMethod",
     "baseline_methods",
+    "reference_methods",
     "build_method",
     "build_schedule",
     "decay_groups",

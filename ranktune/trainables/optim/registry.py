@@ -293,6 +293,13 @@ def baseline_methods() -> list[str]:
     return sorted(name for name, entry in OPTIMIZERS.items() if entry.baseline)
 
 
+def reference_methods() -> list[str]:
+    """Methods a sweep trains to compare against, not to launch: the full-rank baselines and the sanity
+    baseline. A target-aware sweep trains them even though their target run does not fit, and never
+    makes one its answer."""
+    return sorted(name for name, entry in OPTIMIZERS.items() if entry.baseline or entry.sanity_baseline)
+
+
 def foreign_sections(name: str) -> set[str]:
     """Config sections that other registered methods read and `name` does not: noise in its config."""
     own = set(lookup(name).sections)
