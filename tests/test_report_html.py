@@ -76,9 +76,10 @@ def test_every_registered_method_has_its_own_colour_far_from_the_others():
 
     colours = {name: method_colour(name) for name in OPTIMIZERS}
     assert all(entry.colour for entry in OPTIMIZERS.values())
-    # The README demo's eight methods: no two closer than 80 in RGB (adamw and adamw8bit were two blues
-    # 76 apart, apollo_adamw a third).
-    demo = ["adamw", "adamw8bit", "galore_adamw", "fira_adamw", "apollo_adamw", "apollo_mini", "relora", "lora"]
+    # The README demo's methods: no two closer than 80 in RGB (adamw and adamw8bit were two blues 76 apart,
+    # apollo_adamw a third).
+    demo = ["adamw", "adamw8bit", "galore_adamw", "fira_adamw", "apollo_adamw", "apollo_mini", "relora", "lora",
+            "adamw_frozen_blocks"]  # fmt: skip
     for i, a in enumerate(demo):
         for b in demo[i + 1 :]:
             distance = sum((x - y) ** 2 for x, y in zip(_rgb(colours[a]), _rgb(colours[b]), strict=True)) ** 0.5

@@ -50,9 +50,11 @@ def test_a_sweep_json_with_unschedulable_resources_is_refused_on_resume(make_spe
     spec.storage_dir.mkdir(parents=True)
     raw = json.loads(sweep.spec_json(spec))
     raw["resources"]["gpus_per_trial"] = -1
-    (spec.storage_dir / sweep.STATE_FILE).write_text(json.dumps({"spec": raw}))
+    ids = {"tracking_uri": "sqlite:///unused.db", "experiment_id": "1", "parent_run_id": "0" * 32}
+    (spec.storage_dir / sweep.STATE_FILE).write_text(json.dumps({"spec": raw, **ids}))
     assert main(["sweep", "--resume", str(spec.storage_dir), "--quiet"]) == 2
-    assert capsys.readouterr().err.strip().startswith("error: resources.gpus_per_trial: -1 -> 'auto'")
+    err = capsys.readouterr().err.strip()  # one line, naming the file and the field
+    assert err.startswith("error: ") and "sweep.json': spec.resources.gpus_per_trial: -1 -> 'auto'" in err, err
 
 
 def test_a_finished_trial_without_a_finite_objective_is_not_a_result(capsys):

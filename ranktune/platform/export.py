@@ -345,11 +345,13 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom
         name in SCALED_GRADIENT_SECTIONS and getattr(cfg, SCALED_GRADIENT_SECTIONS[name]).per_layer
     )
     if full_accumulation and cfg.grad_accum_steps > 1:
+        on_device = name in SCALED_GRADIENT_SECTIONS and getattr(cfg, SCALED_GRADIENT_SECTIONS[name]).full_grad_buffer
+        host = (f"--set {SCALED_GRADIENT_SECTIONS[name]}.full_grad_buffer=host keeps them in host memory, exactly; or "
+                if on_device == "device" else "")  # fmt: skip
         problems.append(
-            f"train.batch_size: {cfg.train.batch_size} -> per-layer {name} frees gradients only without "
-            f"accumulation (here {gib(peak.gradients)} of full gradients stay alive between micro-batches); "
-            f"use --set train.batch_size=N with N small enough that N sequences fit in one micro-batch "
-            "(fewer tokens per step than the paper's 131k)"
+            f"train.batch_size: {cfg.train.batch_size} -> per-layer {name} with accumulation keeps full gradients "
+            f"(here {gib(peak.gradients)} stay alive between micro-batches): {host}--set train.batch_size=N "
+            "with N small enough that N sequences fit in one micro-batch (fewer tokens per step than the paper's 131k)"
         )
     if peak.phase.startswith("warm start"):
         problems.append(
@@ -521,6 +523,8 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     if target not in MODEL_PRESETS:  # before any memory estimate: those would be about a model that does not exist
         raise ConfigError([f"--target: {target!r} -> one of {sorted(MODEL_PRESETS)} (model presets: ranktune models)"])
     overrides = list(overrides)
+    if run_budget is not None:
+        check_budget_overrides(overrides)
     ladder = ladder_source(sweep_dir)  # a ladder: its top rung's trials, and its fitted lr rule (`rules: fitted`)
     if ladder is not None:
         sweep_dir = ladder.sweep_dir
@@ -618,16 +622,21 @@ def check_out_path(path: Path) -> None:
 SIZED_KEYS = ("train.steps", "data.max_tokens")  # what --tokens / --days decide
 
 
+def check_budget_overrides(overrides: list[str]) -> None:
+    """A --set of what --tokens / --days decide is refused (before anything is fitted with it)."""
+    keys = {o.split("=", 1)[0].strip() for o in overrides}
+    clash = [k for k in SIZED_KEYS if k in keys]
+    if clash:
+        raise ConfigError([f"--set {clash[0]}: --tokens / --days decide it -> drop the --set, or the budget"])
+
+
 def size_to_budget(proxy: TrainConfig, target: str, rules: ScalingRules, raw: dict[str, Any], overrides: list[str],
                    budget_gib: float, run_budget: RunBudget,
                    card_key: str) -> tuple[dict[str, Any], ScalingRules, str]:  # fmt: skip
     """`--tokens` / `--days`: the steps that spend the budget at the fitted config's tokens per step (and,
     for days, its step time on the card); the target is mapped again with them, so warmup and the
     method's intervals follow the `intervals` rule and data.max_tokens the new steps."""
-    keys = {o.split("=", 1)[0].strip() for o in overrides}
-    clash = [k for k in SIZED_KEYS if k in keys]
-    if clash:
-        raise ConfigError([f"--set {clash[0]}: --tokens / --days decide it -> drop the --set, or the budget"])
+    check_budget_overrides(overrides)
     first, _ = fit_micro_batch(raw, overrides, rules, budget_gib, card_key)
     steps, why = sized_steps(first, run_budget, card_key)
     sized_rules = rules.model_copy(update={"steps": steps})

@@ -53,5 +53,6 @@ register(
         estimate_state=estimate_frozen_blocks,
         description="sanity baseline: AdamW with the blocks' attention/MLP matrices frozen at init",
         sanity_baseline=True,
+        colour="#000000",  # black: a reference line, far from every method's colour
     ),
 )
