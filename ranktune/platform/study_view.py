@@ -53,11 +53,14 @@ class SweepOptunaSearch(OptunaSearch):
     def on_trial_result(self, trial_id: str, result: dict | None) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials or not result:
             return
-        metric = self.metric_names[0]
-        value, step = result.get(metric), result.get("step")
+        if len(self.metric_names) > 1:
+            # Optuna keeps no curves in a multi-objective study (Trial.report refuses them), and TPE scores a
+            # pruned trial that has intermediate values by `study.direction`, which raises there: the
+            # sampler's next suggestion would end the sweep. Their curves are in MLflow.
+            return
+        value, step = result.get(self.metric_names[0]), result.get("step")
         if not isinstance(value, (int, float)) or not math.isfinite(value) or step is None:
             return
-        # Trial.report refuses multi-objective studies; the storage keeps one curve (the primary objective) either way.
         ot_trial = self._ot_trials[trial_id]
         ot_trial.storage.set_trial_intermediate_value(ot_trial._trial_id, int(step), float(value))
 
