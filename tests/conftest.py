@@ -8,6 +8,7 @@ import pytest
 import torch
 from tiny import tiny_config_dict
 
+from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import apply_overrides, config_from_dict
 
 # Keep CPU runs deterministic and bounded on the 2-core CI machine.
@@ -27,5 +28,25 @@ def make_config(token_cache, tmp_path):
     def make(*overrides: str, **sections):
         raw = tiny_config_dict(str(tmp_path / "run"), token_cache, **sections)
         return config_from_dict(apply_overrides(raw, list(overrides)))
+
+    return make
+
+
+@pytest.fixture
+def make_spec(make_config, tmp_path, request):
+    """Factory: a one-trial sweep spec over the tiny config (lr searched), named after the test module;
+    keyword sections update the spec's (dicts merged one level deep)."""
+
+    def make(**sections):
+        raw = {
+            "name": request.module.__name__.removeprefix("test_").replace("_", "-"),
+            "base_overrides": make_config().model_dump(mode="json"),
+            "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+            "budget": {"num_trials": 1, "steps_per_trial": 10},
+            "storage": str(tmp_path / "sweep"),
+        }
+        for key, value in sections.items():
+            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+        return spec_from_dict(raw)
 
     return make

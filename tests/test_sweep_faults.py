@@ -14,23 +14,6 @@ from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
 
-@pytest.fixture
-def make_spec(make_config, tmp_path):
-    def make(**sections):
-        raw = {
-            "name": "faults",
-            "base_overrides": make_config().model_dump(mode="json"),
-            "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
-            "budget": {"num_trials": 1, "steps_per_trial": 10},
-            "storage": str(tmp_path / "sweep"),
-        }
-        for key, value in sections.items():
-            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-        return spec_from_dict(raw)
-
-    return make
-
-
 @pytest.mark.parametrize("gpus", [-1, -0.5, 1.5, math.nan, math.inf, "many", True])
 def test_unschedulable_gpus_per_trial_is_refused_in_one_line(make_spec, gpus):
     """Issue 24.3: gpus_per_trial -1 passed validation and the sweep waited forever for a GPU."""

@@ -17,25 +17,7 @@ from ranktune.platform.cli import sweep_exit_code
 from ranktune.platform.export import select_trial
 from ranktune.platform.locks import DirectoryBusy
 from ranktune.platform.tracking import strip_userinfo
-from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
-
-
-@pytest.fixture
-def make_spec(make_config, tmp_path):
-    def make(**sections):
-        raw = {
-            "name": "robust",
-            "base_overrides": make_config().model_dump(mode="json"),
-            "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
-            "budget": {"num_trials": 1, "steps_per_trial": 10},
-            "storage": str(tmp_path / "sweep"),
-        }
-        for key, value in sections.items():
-            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
-        return spec_from_dict(raw)
-
-    return make
 
 
 @pytest.fixture

@@ -35,11 +35,11 @@ from ranktune.trainables.optim.apollo.optimizers import ApolloAdamW, FiraAdamW, 
 from ranktune.trainables.optim.base import Method, tensor_bytes
 from ranktune.trainables.optim.galore.grad_sums import HostGradientSums
 from ranktune.trainables.optim.galore.method import (
-    all_reduce_mean,
     check_targets_and_rank,
     low_rank_shape,
     name_matches,
     projection_flops,
+    sum_micro_batches,
     svd_flops,
     targeted_linears,
     world_size,
@@ -166,15 +166,8 @@ class ScaledGradientMethod(Method):
 
     def update_in_hook(self, opt: torch.optim.Optimizer, param: nn.Parameter) -> None:
         """Post-accumulate-grad hook: on the last micro-batch, update this parameter and free its gradient."""
-        if not self.is_last_micro_batch:
-            if self.host_sums is not None:
-                self.host_sums.add(param, param.grad)
-                param.grad = None
-            return  # device: the full gradient keeps summing in param.grad
-        if self.host_sums is not None:
-            param.grad = self.host_sums.take(param, param.grad)
-        if self.world_size > 1:
-            all_reduce_mean(param.grad, self.world_size)
+        if not sum_micro_batches(param, self.host_sums, self.is_last_micro_batch, self.world_size):
+            return
         if self.per_tensor_clip > 0:
             torch.nn.utils.clip_grad_norm_(param, self.per_tensor_clip)
         if self.deferred_update:

@@ -189,15 +189,9 @@ class GaLoreMethod(Method):
         """Post-accumulate-grad hook (`accumulation: low_rank`): project and accumulate, update after the last."""
         refreshing = "rank" in opt.param_groups[0] and self.projector_refresh_pending(opt, param)
         if refreshing and self.whole_batch_refresh:
-            if not self.is_last_micro_batch:
-                if self.host_sums is not None:
-                    self.host_sums.add(param, param.grad)
-                    param.grad = None
-                return  # device: the full gradient keeps summing in param.grad
-            if self.host_sums is not None:
-                param.grad = self.host_sums.take(param, param.grad)
-            if self.world_size > 1:
-                all_reduce_mean(param.grad, self.world_size)  # every rank takes the SVD of the same sum
+            # every rank takes the SVD of the same sum
+            if not sum_micro_batches(param, self.host_sums, self.is_last_micro_batch, self.world_size):
+                return
             full_sq_norm = param.grad.to(torch.promote_types(param.grad.dtype, torch.float32)).square().sum()
             opt.accumulate(param)  # the SVD of the whole batch's gradient; the sum projected
             state = opt.state[param]
@@ -352,6 +346,23 @@ def all_reduce_mean(t: torch.Tensor, world: int) -> None:
 
     dist.all_reduce(t)
     t.div_(world)
+
+
+def sum_micro_batches(param: nn.Parameter, host_sums, is_last: bool, world: int) -> bool:
+    """A gradient hook's share of summing the batch's full gradient of `param`: before the last micro-batch
+    the gradient goes into `host_sums` (a HostGradientSums) and leaves the device, or, without host sums,
+    keeps summing in `param.grad`; on the last one `param.grad` becomes the whole batch's gradient, averaged
+    over ranks, and True is returned."""
+    if not is_last:
+        if host_sums is not None:
+            host_sums.add(param, param.grad)
+            param.grad = None
+        return False
+    if host_sums is not None:
+        param.grad = host_sums.take(param, param.grad)
+    if world > 1:
+        all_reduce_mean(param.grad, world)
+    return True
 
 
 def check_galore(cfg, inner: str) -> list[str]:
