@@ -227,7 +227,7 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     assert nan_trial["status"] == "failed" and nan_trial["failure_reason"].startswith("diverged at step 10")
     capsys.readouterr()
     _print_outcome(spec, second)
-    assert "(n=2;" in capsys.readouterr().out
+    assert "(n=2, baseline;" in capsys.readouterr().out  # AdamW, the tiny base's method, is the baseline
 
 
 @pytest.mark.parametrize("flags,retry", [([], True), (["--no-retry-failed"], False)])

@@ -485,16 +485,17 @@ def fit_and_finish(spec: SweepSpec, state: dict[str, Any], tuner, prepare: Calla
     """The search, then the replicates, then the results. Stopped early (Ctrl-C: Tune returns with trials
     unfinished), the results so far are written and the sweep is left for `--resume`. Anything else that
     ends the driver (a full disk, a bug) marks the parent run FAILED rather than leaving it RUNNING."""
-    from ranktune.platform.confirm import CONFIRM_FILE
+    from ranktune.platform.confirm import CONFIRM_FILE, FAILED_FILE
     from ranktune.platform.tracking import mlflow_client
 
     try:
         interrupted = not all_trials_ended(tuner.fit())
         if not interrupted:
             confirm_best(spec, state, prepare, progress, retry_failed=retry_failed)
-            # The replicates, once started (their runs are in the state), stopped before all ended.
-            replicating = bool(state.get("confirm_runs")) and not (spec.storage_dir / CONFIRM_FILE).is_file()
-            interrupted = spec.confirm is not None and replicating
+            # The replicates, once started (their runs are in the state), stopped before all ended; ended
+            # with failures (FAILED_FILE) they are not interrupted but failed, and say so (confirm_failures).
+            ended = any((spec.storage_dir / name).is_file() for name in (CONFIRM_FILE, FAILED_FILE))
+            interrupted = spec.confirm is not None and bool(state.get("confirm_runs")) and not ended
         return finish_sweep(spec, state, interrupted)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
