@@ -9,7 +9,7 @@ Rows (docs/gpu.md explains every column):
 - 7b, per-layer GaLore (8-bit inner when bitsandbytes imports), bf16, activation checkpointing, 16 x 256:
   measured peak vs estimate vs the 24 GiB budget; the same at 512 x 256 with accumulation when the config
   accepts per-layer low-rank accumulation (issue 11), skipped with the reason otherwise;
-- 7b throughput: the GaLore 7b export (ranktune.platform.export, 24 GiB) at the micro-batches the duration
+- 7b throughput: the GaLore 7b export (ranktune.platform.export.recipe, 24 GiB) at the micro-batches the duration
   estimate chooses between (the chosen one and the runner-up), 4 accumulation steps each, randomized SVD;
   tokens/s next to the duration estimate's, and with --record PATH saved as measured figures for the
   card (ranktune.platform.duration reads them instead of its assumed utilisation);
@@ -219,7 +219,7 @@ THROUGHPUT_ACCUMULATION = 4  # micro-batches per timed step: tokens/s of the mic
 def export_micro_batches() -> tuple[dict, list[int]]:
     """The 7b export of a GaLore proxy (the paper's rank 128 at 60m) on 24 GiB, and the micro-batches the
     duration estimate chose between: [chosen, runner-up]."""
-    from ranktune.platform.export import ScalingRules, fit_micro_batch_choice, map_to_target
+    from ranktune.platform.export.recipe import ScalingRules, fit_micro_batch_choice, map_to_target
 
     # Synthetic data of the tokenizer's vocabulary (32000): the device has no mistral-common to read it from.
     proxy = config_from_dict({"model": {"name": "60m"}, "optim": {"name": "galore_adamw"}, "galore": {"rank": 128},

@@ -47,7 +47,7 @@ def table(ladder: dict) -> str:
 
 
 def main() -> int:
-    from ranktune.platform.ladder import resume_ladder, run_ladder
+    from ranktune.platform.sweep.ladder import resume_ladder, run_ladder
     from ranktune.search_spaces.spec import load_spec
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -66,7 +66,7 @@ def pipeline_tokens_per_s(corpus: Path, seconds: float, seq_len: int = 256, rows
 
 def reference_7b_tokens_per_s() -> tuple[float, list[str]]:
     from ranktune.platform.duration import estimate_duration
-    from ranktune.platform.export import ScalingRules, fit_micro_batch_choice, map_to_target
+    from ranktune.platform.export.recipe import ScalingRules, fit_micro_batch_choice, map_to_target
     from ranktune.trainables.config import config_from_dict
 
     proxy = config_from_dict({"model": {"name": "60m"}, "optim": {"name": "galore_adamw"}, "galore": {"rank": 128},
@@ -78,7 +78,7 @@ def reference_7b_tokens_per_s() -> tuple[float, list[str]]:
 
 
 def time_two_steps(corpus: Path, workdir: Path) -> float:
-    cmd = [sys.executable, "-m", "ranktune.platform.cli", "train", "--quiet",
+    cmd = [sys.executable, "-m", "ranktune.platform.cli.main", "train", "--quiet",
            "--set", "model.name=tiny", "--set", "data.source=files", "--set", f"data.files=[{corpus}]",
            "--set", "data.max_tokens=2000000000", "--set", f"data.cache_dir={workdir / 'cache'}",
            "--set", "data.seq_len=256", "--set", "train.steps=2", "--set", "train.batch_size=8",

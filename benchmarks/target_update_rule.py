@@ -30,7 +30,7 @@ CONFIGS = [
 def main() -> None:
     import torch
 
-    from ranktune.platform.target import proxy_config
+    from ranktune.platform.export.target import proxy_config
     from ranktune.search_spaces.spec import load_spec
     from ranktune.trainables import Trainer
 

@@ -5,7 +5,7 @@
     scripts/local_cluster.sh kill worker1            # SIGKILL one node, as if its machine died
     scripts/local_cluster.sh stop                    # stop every node this script started
 
-The nodes themselves are `ranktune.platform.cluster.LocalCluster` (docs/cluster.md); this is its command line.
+The nodes themselves are `ranktune.platform.serve.cluster.LocalCluster` (docs/cluster.md); this is its command line.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 
-from ranktune.platform.cluster import DEFAULT_DIR, LocalCluster, start_cluster
+from ranktune.platform.serve.cluster import DEFAULT_DIR, LocalCluster, start_cluster
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -4,10 +4,10 @@ import json
 
 import yaml
 
-from ranktune.platform.export import select_trial
-from ranktune.platform.ranking import pick_winner
-from ranktune.platform.report_table import winner_lines
-from ranktune.platform.sweep import best_config_yaml
+from ranktune.platform.export.recipe import select_trial
+from ranktune.platform.report.ranking import pick_winner
+from ranktune.platform.report.table import winner_lines
+from ranktune.platform.sweep.driver import best_config_yaml
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import load_config
 

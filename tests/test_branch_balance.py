@@ -2,7 +2,7 @@
 
 import pytest
 
-from ranktune.platform.sweep import build_searcher
+from ranktune.platform.sweep.driver import build_searcher
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
 

@@ -19,7 +19,7 @@ TINY = [
 def ranktune(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "ranktune.platform.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
+        [sys.executable, "-m", "ranktune.platform.cli.main", *args], capture_output=True, text=True, cwd=cwd, env=env
     )
 
 
@@ -36,7 +36,7 @@ def test_help_lists_commands():
 
 
 def test_help_does_not_import_torch():
-    probe = ("import sys\nfrom ranktune.platform.cli import main\ntry:\n    main(['sweep', '--help'])\n"
+    probe = ("import sys\nfrom ranktune.platform.cli.main import main\ntry:\n    main(['sweep', '--help'])\n"
              "except SystemExit:\n    pass\nprint('torch' in sys.modules)")  # fmt: skip
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
@@ -120,7 +120,7 @@ def test_export_refuses_an_unknown_target_before_anything_else(tmp_path):
 
 
 def test_printed_lines_fold_at_spaces_within_the_width():
-    from ranktune.platform.cli import wrapped
+    from ranktune.platform.cli.main import wrapped
 
     line = ("verdict, apollo_adamw vs galore_adamw (runner-up): add seeds (gap 0.0551, 95% interval [-0.0315, "
             "0.142]; Welch t 1.98, df 3.1, p 0.14; about 7 seeds per arm needed) sweeps/compare-tiny-1765000000/"

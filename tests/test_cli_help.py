@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from ranktune.platform.cli import build_parser
+from ranktune.platform.cli.main import build_parser
 
 SNAPSHOTS = Path(__file__).parent / "snapshots" / "help"
 # Python 3.13 lays help out differently (e.g. `-o, --out FILE`); the snapshots are 3.10-3.12's.

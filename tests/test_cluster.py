@@ -19,10 +19,10 @@ import pytest
 import yaml
 from tiny import tiny_sweep_base
 
-from ranktune.platform.cluster import LocalCluster, start_cluster
-from ranktune.platform.serve import session_pids
-from ranktune.platform.sweep_state import load_state
-from ranktune.platform.tracking import NODES_TAG, RESUMED_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
+from ranktune.platform.serve.cluster import LocalCluster, start_cluster
+from ranktune.platform.serve.processes import session_pids
+from ranktune.platform.store.state import load_state
+from ranktune.platform.tracking.client import NODES_TAG, RESUMED_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
 
 REPO = Path(__file__).resolve().parents[1]
 CLUSTER_YAML = REPO / "cluster.yaml"
@@ -75,7 +75,7 @@ def test_cluster_yaml_commands_use_real_flags_and_safe_defaults():
 
     # The MLflow server on the head: loopback only, sqlite/PostgreSQL store, artifacts on shared storage.
     (server,) = [c for c in cfg["head_start_ray_commands"] if "mlflow-server" in c]
-    from ranktune.platform.cli import build_parser
+    from ranktune.platform.cli.main import build_parser
 
     parsed = build_parser().parse_args(shlex.split(server[server.index("mlflow-server") :].split(" > ")[0]))
     assert parsed.host == "127.0.0.1" and parsed.pidfile
@@ -127,7 +127,7 @@ class SweepDriver:
 
     def __init__(self, cluster: LocalCluster, spec_file: Path, log: Path) -> None:
         env = {**os.environ, **cluster.driver_env(), "PYTHONWARNINGS": "ignore", "RAY_USAGE_STATS_ENABLED": "0"}
-        cmd = [sys.executable, "-m", "ranktune.platform.cli", "sweep", str(spec_file), "--address", cluster.address,
+        cmd = [sys.executable, "-m", "ranktune.platform.cli.main", "sweep", str(spec_file), "--address", cluster.address,
                "--quiet"]  # fmt: skip
         self.log = log
         self.proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=open(log, "w"),

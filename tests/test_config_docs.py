@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from ranktune.platform.cli import main
+from ranktune.platform.cli.main import main
 from ranktune.trainables.config import config_keys
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"

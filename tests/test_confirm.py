@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from ranktune.platform.confirm import fixed_points, format_confirm, select_configurations, summarize
+from ranktune.platform.sweep.confirm import fixed_points, format_confirm, select_configurations, summarize
 from ranktune.search_spaces import spec_from_dict
 
 BASE = {"model": {"name": "tiny"}, "train": {"batch_size": 8, "micro_batch_size": 8}}
@@ -91,10 +91,10 @@ def test_the_best_baseline_is_always_replicated_and_judged():
 def test_sweep_replicates_its_top_two_nested_in_mlflow(tmp_path, token_cache):
     import ray
 
-    from ranktune.platform.sweep import run_sweep
-    from ranktune.platform.sweep_state import load_state
-    from ranktune.platform.tracking import CONFIRM_OF_TAG, child_runs, mlflow_client
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.sweep.driver import run_sweep
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.tracking.client import CONFIRM_OF_TAG, child_runs, mlflow_client
+    from ranktune.platform.report.trials import collect_trials
     from tests.test_sweep import tiny_spec
 
     raw = tiny_spec(tmp_path, token_cache, "confirm", space=TWO_METHODS, search={"algorithm": "random"},
@@ -133,9 +133,9 @@ def test_a_target_aware_sweep_compares_with_its_references_but_never_answers_wit
     """AdamW cannot run at 7b on 24 GiB, yet a target-aware sweep trains it as a reference: the winner,
     the replicates' verdict and export's choice are among the configurations the target can launch, and the
     verdict against the reference says when it is better (beaten)."""
-    from ranktune.platform.ranking import pick_winner
-    from ranktune.platform.report_table import flat_rows, is_reference
-    from ranktune.platform.target import infeasible_reason
+    from ranktune.platform.report.ranking import pick_winner
+    from ranktune.platform.report.table import flat_rows, is_reference
+    from ranktune.platform.export.target import infeasible_reason
 
     three = spec(space=THREE_METHODS, target={"model": "7b", "budget_gib": 24})
     assert is_reference(three, {"optim.name": "adamw"}) and not is_reference(spec(space=THREE_METHODS),

@@ -16,7 +16,7 @@ from ranktune.platform.duration import (
     run_flops,
     sized_steps,
 )
-from ranktune.platform.export import (
+from ranktune.platform.export.recipe import (
     ScalingRules,
     fit_micro_batch_choice,
     fitting_micro_batches,

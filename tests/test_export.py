@@ -25,12 +25,12 @@ import pytest
 from browser import dump_dom, needs_chromium, page_text
 from tiny import tiny_sweep_base
 
-from ranktune.platform.export import ScalingRules, export_best, select_trial
+from ranktune.platform.export.recipe import ScalingRules, export_best, select_trial
 from ranktune.platform.memory import GIB
-from ranktune.platform.ranking import pick_winner
-from ranktune.platform.sweep_state import load_state
-from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, STATUS_TAG, child_runs, mlflow_client
-from ranktune.platform.trials import collect_trials
+from ranktune.platform.report.ranking import pick_winner
+from ranktune.platform.store.state import load_state
+from ranktune.platform.tracking.client import PARAMS_TAG, REASON_TAG, STATUS_TAG, child_runs, mlflow_client
+from ranktune.platform.report.trials import collect_trials
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError, load_config
 from ranktune.trainables.model import build_model, count_parameters, model_config
@@ -42,7 +42,7 @@ BUDGET_GIB = 0.5  # on CPU: seq_len 32 trials estimate ~0.17 GiB, seq_len 256 on
 def sweep(tmp_path_factory, token_cache):
     import ray
 
-    from ranktune.platform.sweep import run_sweep
+    from ranktune.platform.sweep.driver import run_sweep
 
     tmp = tmp_path_factory.mktemp("export")
     raw = {
@@ -112,8 +112,8 @@ def test_proxies_trained_the_7b_update_rule(sweep):
 
 
 def test_export_writes_the_target_aware_sweeps_winner(sweep, tmp_path, capsys):
-    from ranktune.platform.cli import main
-    from ranktune.platform.ranking import pick_best
+    from ranktune.platform.cli.main import main
+    from ranktune.platform.report.ranking import pick_best
 
     spec, state = load_state(sweep.storage_dir)
     winner = pick_best(collect_trials(spec, state), "min")
@@ -167,7 +167,7 @@ def tiny_swap(out_dir, token_cache, rank_key: str) -> list[str]:
 
 
 def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(sweep, tmp_path, token_cache):
-    from ranktune.platform.cli import main
+    from ranktune.platform.cli.main import main
     from ranktune.trainables.trainer import Trainer
 
     trial = finished_trial(sweep, "relora")
@@ -205,7 +205,7 @@ def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(sweep, tmp_path, token_ca
 
 
 def test_export_galore_keeps_the_paper_batch_and_global_clip(sweep, tmp_path, token_cache, capsys):
-    from ranktune.platform.cli import main
+    from ranktune.platform.cli.main import main
     from ranktune.trainables.trainer import Trainer
 
     spec, state = load_state(sweep.storage_dir)
@@ -239,7 +239,7 @@ def test_export_galore_keeps_the_paper_batch_and_global_clip(sweep, tmp_path, to
 
 
 def test_export_prints_duration_and_sizes_to_tokens_or_days(sweep, tmp_path, capsys):
-    from ranktune.platform.cli import main
+    from ranktune.platform.cli.main import main
 
     spec, state = load_state(sweep.storage_dir)
     trial = next(r["trial_id"] for r in collect_trials(spec, state) if r["status"] == "finished"
@@ -271,7 +271,7 @@ def test_export_prints_duration_and_sizes_to_tokens_or_days(sweep, tmp_path, cap
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ranktune.platform.cli", *args]
+    return [sys.executable, "-m", "ranktune.platform.cli.main", *args]
 
 
 def _start_ui(sweep_dir, cwd, port: int) -> tuple[subprocess.Popen, queue.Queue]:
@@ -310,7 +310,7 @@ def _stop(proc: subprocess.Popen) -> None:
 def test_a_copied_sweep_works_from_another_directory_with_the_original_gone(sweep, tmp_path):
     """The module's finished sweep, copied; the original renamed away (restored after, for the other
     tests); every command run from an unrelated working directory must use the copy alone."""
-    from ranktune.platform.cluster import free_port
+    from ranktune.platform.serve.cluster import free_port
 
     original = sweep.storage_dir
     copy, elsewhere = tmp_path / "moved" / original.name, tmp_path / "elsewhere"
@@ -361,7 +361,7 @@ def test_a_copied_sweep_works_from_another_directory_with_the_original_gone(swee
 def test_mlflow_ui_opens_on_the_trials_in_the_training_view(sweep, tmp_path):
     """The URL `ranktune ui` prints, in headless Chromium: the training view (not GenAI's traces), the
     trials listed (not folded under the sweep's parent) by their method-prefixed names, with status."""
-    from ranktune.platform.cluster import free_port
+    from ranktune.platform.serve.cluster import free_port
 
     spec, state = load_state(sweep.storage_dir)
     client = mlflow_client(state["tracking_uri"])
@@ -389,7 +389,7 @@ def test_export_refuses_without_a_finished_trial():
 
 
 def test_relative_rank_rule():
-    from ranktune.platform.export import target_rank
+    from ranktune.platform.export.recipe import target_rank
 
     assert target_rank(128, 512, 4096, ScalingRules()) == 1024  # the paper's 60m -> 7b ranks
     assert target_rank(128, 512, 4096, ScalingRules(rank="absolute")) == 128

@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from ranktune.platform.export import ScalingRules, fit_micro_batch, map_to_target
+from ranktune.platform.export.recipe import ScalingRules, fit_micro_batch, map_to_target
 from ranktune.trainables.config import ConfigError
 
 

@@ -12,7 +12,7 @@ import pytest
 import yaml
 from tiny import TINY_MODEL
 
-from ranktune.platform.cli import main
+from ranktune.platform.cli.main import main
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
@@ -207,8 +207,8 @@ def test_damaged_sweep_files_are_refused_in_one_line_or_still_read(tmp_path_fact
 
     from tiny import tiny_sweep_base
 
-    from ranktune.platform import sweep
-    from ranktune.platform.sweep_files import write_json_atomic
+    from ranktune.platform.sweep import driver as sweep
+    from ranktune.platform.store.files import write_json_atomic
 
     template = tmp_path_factory.mktemp("fuzz-sweep") / "sweep"
     spec = spec_from_dict({**VALID_SPEC, "base_overrides": tiny_sweep_base(token_cache), "storage": str(template)})

@@ -10,10 +10,10 @@ import sqlite3
 
 import pytest
 
-from ranktune.platform import sweep
-from ranktune.platform.cli import main
-from ranktune.platform.locks import LOCK_FILE, OWNER_FILE, own_directory
-from ranktune.platform.sweep_files import write_json_atomic
+from ranktune.platform.sweep import driver as sweep
+from ranktune.platform.cli.main import main
+from ranktune.platform.store.locks import LOCK_FILE, OWNER_FILE, own_directory
+from ranktune.platform.store.files import write_json_atomic
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
@@ -243,7 +243,7 @@ def test_a_planted_symlink_is_refused_and_its_target_untouched(tmp_path, name):
 
 
 def test_a_symlink_planted_after_the_check_is_still_not_followed(tmp_path, monkeypatch):
-    from ranktune.platform import locks
+    from ranktune.platform.store import locks
 
     directory, target = tmp_path / "run", tmp_path / "precious.txt"
     directory.mkdir()
@@ -348,7 +348,7 @@ def test_a_file_that_is_not_a_ranktune_checkpoint_is_unreadable_not_dangerous(tm
 
 
 def test_printed_commands_are_quoted_for_pasting(raw_spec):
-    from ranktune.platform.report_table import winner_lines
+    from ranktune.platform.report.table import winner_lines
 
     spec = spec_from_dict(raw_spec)
     best = {"trial_id": "t1", "params": {"optim.lr": 1e-3}, "objective": 3.5}
@@ -365,7 +365,7 @@ def test_report_of_a_running_sweep_does_not_advise_resume(cli, started_sweep):
 
     code = textwrap.dedent(f"""
         import time
-        from ranktune.platform.locks import own_directory
+        from ranktune.platform.store.locks import own_directory
         with own_directory({str(started_sweep)!r}, "storage", "sweep"):
             print("held", flush=True)
             time.sleep(60)
@@ -393,7 +393,7 @@ def test_report_of_a_running_sweep_does_not_advise_resume(cli, started_sweep):
     ],
 )  # fmt: skip
 def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch, fault, expected):
-    from ranktune.platform import cli as cli_module
+    from ranktune.platform.cli import main as cli_module
 
     def failing(args):
         raise fault
@@ -407,7 +407,7 @@ def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch,
 def test_cuda_out_of_memory_is_a_one_line_error(argv_exit, monkeypatch):
     import torch
 
-    from ranktune.platform import cli as cli_module
+    from ranktune.platform.cli import main as cli_module
 
     def failing(args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -444,7 +444,7 @@ class FakeTuner:
 
 
 def open_trial_run(spec, state, trial_id="t_1"):
-    from ranktune.platform.tracking import SWEEP_TAG, TRIAL_TAG, mlflow_client
+    from ranktune.platform.tracking.client import SWEEP_TAG, TRIAL_TAG, mlflow_client
 
     client = mlflow_client(state["tracking_uri"])
     tags = {"mlflow.parentRunId": state["parent_run_id"], TRIAL_TAG: trial_id, SWEEP_TAG: spec.name}
@@ -452,7 +452,7 @@ def open_trial_run(spec, state, trial_id="t_1"):
 
 
 def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resumable(cli, started_sweep, monkeypatch):
-    from ranktune.platform.tracking import REASON_TAG, STATUS_TAG
+    from ranktune.platform.tracking.client import REASON_TAG, STATUS_TAG
 
     spec, state = sweep.load_state(started_sweep)
     client, trial_run = open_trial_run(spec, state)
@@ -481,7 +481,7 @@ def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resuma
     [(OSError(28, "No space left on device"), "FAILED"), (KeyboardInterrupt(), "KILLED")],
 )  # fmt: skip
 def test_a_driver_that_dies_does_not_leave_the_parent_run_running(started_sweep, fault, status):
-    from ranktune.platform.tracking import mlflow_client
+    from ranktune.platform.tracking.client import mlflow_client
 
     spec, state = sweep.load_state(started_sweep)
     with pytest.raises(type(fault)):

@@ -201,7 +201,7 @@ def test_relora_warm_start_is_its_own_phase(make_config):
 
 
 def test_estimate_cli_prints_the_table_and_the_verdict(tmp_path, capsys):
-    from ranktune.platform.cli import main
+    from ranktune.platform.cli.main import main
 
     code = main(["estimate", "--set", "model.name=7b", "--set", "optim.name=galore_adamw8bit",
                  "--set", "galore.rank=1024", "--set", "galore.per_layer=true", "--set", "train.grad_clip=0",

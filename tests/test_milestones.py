@@ -4,7 +4,7 @@ from types import SimpleNamespace
 
 from ray.tune.schedulers import AsyncHyperBandScheduler, TrialScheduler
 
-from ranktune.platform.milestones import MethodAwareASHA, settling_windows
+from ranktune.platform.sweep.milestones import MethodAwareASHA, settling_windows
 
 RELORA = ("optim.name=relora", "relora.rank=8", "relora.relora_every=30", "relora.restart_warmup_steps=4")
 
@@ -78,7 +78,7 @@ def test_first_trial_of_each_branch_runs_its_full_budget():
 
 
 def test_a_stopped_trial_says_at_which_milestone_with_what_value_against_what_cutoff():
-    from ranktune.platform.milestones import stop_reasons
+    from ranktune.platform.sweep.milestones import stop_reasons
 
     s = asha({})
     a, b, c = fake_trial("x1", name="adamw"), fake_trial("x2", name="adamw"), fake_trial("x3", name="adamw")

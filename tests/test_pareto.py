@@ -2,8 +2,8 @@
 
 import pytest
 
-from ranktune.platform.export import ScalingRules, select_within_memory
-from ranktune.platform.pareto import pareto_front
+from ranktune.platform.export.recipe import ScalingRules, select_within_memory
+from ranktune.platform.report.pareto import pareto_front
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
 

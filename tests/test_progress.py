@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ranktune.platform.progress import SweepProgress
+from ranktune.platform.sweep.progress import SweepProgress
 
 
 def test_log_lines_say_steps_of_total_eta_and_best_so_far(capsys):

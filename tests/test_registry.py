@@ -10,7 +10,7 @@ import torch
 import yaml
 from torch import nn
 
-from ranktune.platform.cli import main
+from ranktune.platform.cli.main import main
 from ranktune.platform.memory import estimate_run
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import shutil
 
-from ranktune.platform.relocate import relocate
-from ranktune.platform.tracking import get_or_create_experiment, log_text_artifact, mlflow_client
+from ranktune.platform.store.relocate import relocate
+from ranktune.platform.tracking.client import get_or_create_experiment, log_text_artifact, mlflow_client
 from ranktune.search_spaces import spec_from_dict
 
 SPEC = {"name": "moved", "space": {"params": {"optim.lr": {"type": "choice", "values": [1e-3]}}}}
@@ -26,7 +26,7 @@ def make_sweep_dir(path):
 
 
 def test_a_moved_sweep_reads_its_own_store_and_artifacts_from_any_directory(tmp_path, monkeypatch):
-    from ranktune.platform.sweep_state import load_state
+    from ranktune.platform.store.state import load_state
 
     original, moved, elsewhere = tmp_path / "a" / "moved", tmp_path / "b" / "moved", tmp_path / "cwd"
     original.mkdir(parents=True)
@@ -60,9 +60,9 @@ def test_what_tune_pickled_reopens_the_resumed_copys_stores(tmp_path):
     resume of a copy they must open the copy's optuna.db and mlflow.db, never the original's."""
     import pickle
 
-    from ranktune.platform.relocate import resuming
-    from ranktune.platform.study_storage import SweepStudyStorage
-    from ranktune.platform.tracking import MlflowTrials
+    from ranktune.platform.store.relocate import resuming
+    from ranktune.platform.store.study_storage import SweepStudyStorage
+    from ranktune.platform.tracking.client import MlflowTrials
 
     original, copy = tmp_path / "a" / "moved", tmp_path / "b" / "moved"
     original.mkdir(parents=True)

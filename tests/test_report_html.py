@@ -7,10 +7,10 @@ import re
 from browser import distinct_colours, dump_dom, needs_chromium, screenshot, with_error_probe
 from test_report_table import ROWS, SPEC
 
-from ranktune.platform.confirm import summarize
-from ranktune.platform.plots import informative_range, method_colour
-from ranktune.platform.report_html import render_html
-from ranktune.platform.report_table import flat_rows, method_of
+from ranktune.platform.sweep.confirm import summarize
+from ranktune.platform.report.plots import informative_range, method_colour
+from ranktune.platform.report.html import render_html
+from ranktune.platform.report.table import flat_rows, method_of
 from ranktune.search_spaces import spec_from_dict
 
 METHODS = [method_of(SPEC, r["params"]) for r in ROWS]
@@ -88,7 +88,7 @@ def test_every_registered_method_has_its_own_colour_far_from_the_others():
 
 
 def _figures_by_title():
-    from ranktune.platform.report_html import _figures
+    from ranktune.platform.report.html import _figures
 
     return dict(_figures(SPEC, ROWS, METHODS, CURVES, CONFIRM))
 
@@ -97,7 +97,7 @@ def test_every_trial_is_in_the_loss_charts_and_the_y_range_holds_the_stopped_one
     curves = {r["run_id"]: {"eval_loss": [(0, 10.4), (20, 6.9), (40, 6.7), (80, 6.5)]} for r in ROWS}
     stopped = next(r for r in ROWS if r["status"] == "stopped_early")
     curves[stopped["run_id"]] = {"eval_loss": [(0, 10.4), (20, 7.97)]}  # stopped at 20, far above the others
-    from ranktune.platform.report_html import _figures
+    from ranktune.platform.report.html import _figures
 
     figures = dict(_figures(SPEC, ROWS, METHODS, curves, CONFIRM))
     fig = figures["held-out loss curves"]
@@ -108,7 +108,7 @@ def test_every_trial_is_in_the_loss_charts_and_the_y_range_holds_the_stopped_one
     import matplotlib
 
     matplotlib.use("Agg")
-    from ranktune.platform import plots
+    from ranktune.platform.report import plots
 
     captured = []
     original = plots._save
@@ -130,13 +130,13 @@ def test_history_is_in_start_order_not_trial_id_order():
     import matplotlib
 
     matplotlib.use("Agg")
-    from ranktune.platform import plots
+    from ranktune.platform.report import plots
 
     # Tune's trial ids are random hex: here they sort in the reverse of the order the trials started.
     rows = [dict(r, start_time=1000 * (len(ROWS) - i)) for i, r in enumerate(ROWS)]
     assert sorted(r["trial_id"] for r in rows) != [r["trial_id"] for r in sorted(rows, key=lambda r: r["start_time"])]
     started = [r["trial_id"] for r in sorted(rows, key=lambda r: r["start_time"]) if r["objective"] is not None]
-    from ranktune.platform.report_html import _figures
+    from ranktune.platform.report.html import _figures
 
     history = dict(_figures(SPEC, rows, METHODS, CURVES, CONFIRM))["history"]
     points = sorted((t.x[0], t.meta) for t in history.data if t.meta)

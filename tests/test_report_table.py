@@ -9,7 +9,7 @@ import json
 import pytest
 from rich.console import Console
 
-from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
+from ranktune.platform.report.table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
 

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ranktune.platform.cli import main
-from ranktune.platform.locks import OWNER_FILE, DirectoryBusy, own_directory
+from ranktune.platform.cli.main import main
+from ranktune.platform.store.locks import OWNER_FILE, DirectoryBusy, own_directory
 from ranktune.trainables.callbacks import JsonlMetrics
 
 
@@ -57,7 +57,7 @@ def holder(tmp_path):
     def hold(directory, field="output.dir", what="training run"):
         code = textwrap.dedent(f"""
             import sys, time
-            from ranktune.platform.locks import own_directory
+            from ranktune.platform.store.locks import own_directory
             with own_directory({str(directory)!r}, {field!r}, {what!r}):
                 print("held", flush=True)
                 time.sleep(120)

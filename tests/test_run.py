@@ -106,7 +106,7 @@ def test_train_with_an_empty_output_dir_refuses_and_writes_nothing(make_config, 
 
     import yaml
 
-    from ranktune.platform.cli import main
+    from ranktune.platform.cli.main import main
 
     work = tmp_path / "folder"
     (work / "data").mkdir(parents=True)

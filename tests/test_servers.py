@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ranktune.platform import serve
+from ranktune.platform.serve import processes as serve
 from ranktune.trainables.config import ConfigError
 
 
@@ -134,7 +134,7 @@ def test_no_signal_to_the_command_orphans_its_server(tmp_path, sig):
     """Issue 24.7: closing the terminal (SIGHUP) or SIGKILL of `ranktune ui` left the servers listening."""
     pid_file = tmp_path / "worker.pid"
     server = f"import subprocess, time; p = subprocess.Popen(['sleep', '300']); open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(300)"  # noqa: E501
-    driver = f"from ranktune.platform.serve import run_process_group; run_process_group([{sys.executable!r}, '-c', {server!r}])"  # noqa: E501
+    driver = f"from ranktune.platform.serve.processes import run_process_group; run_process_group([{sys.executable!r}, '-c', {server!r}])"  # noqa: E501
     proc = subprocess.Popen([sys.executable, "-c", driver])
     deadline = time.monotonic() + 60
     while not (pid_file.exists() and pid_file.read_text()) and time.monotonic() < deadline:

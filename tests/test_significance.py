@@ -2,7 +2,7 @@
 
 import pytest
 
-from ranktune.platform.significance import ADD_SEEDS, RESOLVED, TIE, TOO_FEW, compare, holm, welch
+from ranktune.platform.report.significance import ADD_SEEDS, RESOLVED, TIE, TOO_FEW, compare, holm, welch
 
 # The README demo's replicates (issue 23): APOLLO wins on the mean, GaLore is the runner-up.
 APOLLO = [6.3286, 6.3439, 6.3746]

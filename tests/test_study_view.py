@@ -1,10 +1,10 @@
-"""The Optuna study a sweep keeps (platform/study_view.py) while TPE samples from it."""
+"""The Optuna study a sweep keeps (platform/sweep/study_view.py) while TPE samples from it."""
 
 from __future__ import annotations
 
 from tiny import TINY_MODEL
 
-from ranktune.platform.sweep import build_searcher
+from ranktune.platform.sweep.driver import build_searcher
 from ranktune.search_spaces import spec_from_dict
 
 

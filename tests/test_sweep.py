@@ -16,9 +16,9 @@ import pytest
 import yaml
 from tiny import tiny_sweep_base
 
-from ranktune.platform.sweep_state import load_state
-from ranktune.platform.tracking import PARAMS_TAG, REASON_TAG, RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
-from ranktune.platform.trials import collect_trials
+from ranktune.platform.store.state import load_state
+from ranktune.platform.tracking.client import PARAMS_TAG, REASON_TAG, RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
+from ranktune.platform.report.trials import collect_trials
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import load_config
 
@@ -60,7 +60,7 @@ class _Records(logging.Handler):
 
 
 def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cache, local_ray, capfd):
-    from ranktune.platform.sweep import RAY_AUTH_LOGGER, RAY_TOKEN_AUTH_NOTICE, run_sweep
+    from ranktune.platform.sweep.driver import RAY_AUTH_LOGGER, RAY_TOKEN_AUTH_NOTICE, run_sweep
 
     # What Ray's token-auth logger lets through: its handlers (Ray's own, on the `ray` logger) print
     # whatever reaches them to the console, inside the live progress.
@@ -152,13 +152,13 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     assert note.startswith("winner: adamw") and "| adamw |" in note
     # the history's order is the order the trials started (grid order here), whatever their ids
     rows = collect_trials(spec, state)
-    from ranktune.platform.plots import start_order
+    from ranktune.platform.report.plots import start_order
 
     assert [rows[i]["params"]["optim.lr"] for i in start_order(rows)] == [3e-3, 1e-6, 2e-6, POISONED_LR]
 
     # MLflow's shared trials view: the method and its params as columns, every run in the charts, MiB,
     # runs found by their role (replicates nested under their configuration)
-    from ranktune.platform.tracking import ROLE_TAG, SHARED_VIEW_TAG
+    from ranktune.platform.tracking.client import ROLE_TAG, SHARED_VIEW_TAG
 
     view = json.loads(client.get_experiment(state["experiment_id"]).tags[SHARED_VIEW_TAG])
     assert view["selectedColumns"][:2] == ["params.`optim.name`", "params.`optim.lr`"]
@@ -202,7 +202,7 @@ def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, tok
     spec_file = tmp_path / "killed.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     storage = tmp_path / "killed"
-    cli = [sys.executable, "-m", "ranktune.platform.cli"]
+    cli = [sys.executable, "-m", "ranktune.platform.cli.main"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     driver = subprocess.Popen([*cli, "sweep", str(spec_file), "--quiet"], start_new_session=True, env=env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.log", "w"))  # fmt: skip
@@ -253,7 +253,7 @@ def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, tok
 
 @pytest.mark.slow
 def test_two_worker_ray_train_trial_on_cpu(tmp_path, token_cache, local_ray):
-    from ranktune.platform.sweep import run_sweep
+    from ranktune.platform.sweep.driver import run_sweep
 
     raw = tiny_spec(
         tmp_path, token_cache, "ddp",
@@ -275,7 +275,7 @@ def test_two_worker_ray_train_trial_on_cpu(tmp_path, token_cache, local_ray):
 def test_hyperband_is_asynchronous_with_brackets_up_to_the_budget(tmp_path, token_cache):
     from ray.tune.schedulers import AsyncHyperBandScheduler
 
-    from ranktune.platform.sweep import build_scheduler
+    from ranktune.platform.sweep.driver import build_scheduler
 
     raw = tiny_spec(tmp_path, token_cache, "hb", scheduler={"name": "hyperband", "reduction_factor": 3},
                     space={"params": {"optim.lr": {"type": "choice", "values": [3e-3]}}},

@@ -12,11 +12,11 @@ import time
 
 import pytest
 
-from ranktune.platform import sweep
-from ranktune.platform.cli import sweep_exit_code
-from ranktune.platform.export import select_trial
-from ranktune.platform.locks import DirectoryBusy
-from ranktune.platform.tracking import strip_userinfo
+from ranktune.platform.sweep import driver as sweep
+from ranktune.platform.cli.main import sweep_exit_code
+from ranktune.platform.export.recipe import select_trial
+from ranktune.platform.store.locks import DirectoryBusy
+from ranktune.platform.tracking.client import strip_userinfo
 from ranktune.trainables.config import ConfigError
 
 
@@ -37,7 +37,7 @@ def holder():
     def hold(directory):
         code = textwrap.dedent(f"""
             import time
-            from ranktune.platform.locks import own_directory
+            from ranktune.platform.store.locks import own_directory
             with own_directory({str(directory)!r}, "storage", "sweep"):
                 print("held", flush=True)
                 time.sleep(120)
@@ -146,7 +146,7 @@ def test_stopping_the_ui_stops_its_whole_process_group(tmp_path):
     """`ranktune ui` runs `mlflow ui` through run_process_group; its forked workers must not outlive a SIGTERM."""
     pid_file = tmp_path / "worker.pid"
     server = f"import subprocess, time; p = subprocess.Popen(['sleep', '300']); open({str(pid_file)!r}, 'w').write(str(p.pid)); time.sleep(300)"  # noqa: E501
-    driver = f"from ranktune.platform.serve import run_process_group; run_process_group([{sys.executable!r}, '-c', {server!r}])"  # noqa: E501
+    driver = f"from ranktune.platform.serve.processes import run_process_group; run_process_group([{sys.executable!r}, '-c', {server!r}])"  # noqa: E501
     proc = subprocess.Popen([sys.executable, "-c", driver])
     for _ in range(300):
         if pid_file.exists() and pid_file.read_text():

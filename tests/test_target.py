@@ -1,4 +1,4 @@
-"""Target-aware search (platform/target.py) and export's transfer rules, without a Ray cluster.
+"""Target-aware search (platform/export/target.py) and export's transfer rules, without a Ray cluster.
 
 The end-to-end sweep with a target is in tests/test_export.py."""
 
@@ -7,9 +7,9 @@ from __future__ import annotations
 import pytest
 from tiny import TINY_MODEL
 
-from ranktune.platform.export import RULE_SETS, ScalingRules, fit_to_target, load_rules, map_to_target
-from ranktune.platform.sweep import build_searcher
-from ranktune.platform.target import INFEASIBLE_ATTR, check_target, infeasible_reason, proxy_config
+from ranktune.platform.export.recipe import RULE_SETS, ScalingRules, fit_to_target, load_rules, map_to_target
+from ranktune.platform.sweep.driver import build_searcher
+from ranktune.platform.export.target import INFEASIBLE_ATTR, check_target, infeasible_reason, proxy_config
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
@@ -84,7 +84,7 @@ def test_the_proxy_trains_the_target_update_rule(tmp_path):
 
 
 def test_bad_target_is_refused_before_the_sweep(tmp_path):
-    from ranktune.platform.target import check_target_spec
+    from ranktune.platform.export.target import check_target_spec
 
     with pytest.raises(ConfigError, match=r"target.model: '8b' -> one of"):
         check_target_spec(target_spec(tmp_path, target={"model": "8b"}))
@@ -160,7 +160,7 @@ def test_lora_from_a_random_init_is_a_baseline_and_relora_is_not(make_config, tm
 
 
 def test_token_notices_say_what_the_run_now_sees(make_config):
-    from ranktune.platform.export import token_notices
+    from ranktune.platform.export.recipe import token_notices
     from ranktune.trainables.config import apply_overrides, config_from_dict
 
     raw = map_to_target(make_config("optim.name=galore_adamw", "galore.rank=16"), "7b", ScalingRules())

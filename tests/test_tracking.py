@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ranktune.platform.tracking import RESUMED_TAG, STATUS_TAG, MlflowTrials, child_runs, mlflow_client
-from ranktune.platform.trial import ReportTo
+from ranktune.platform.tracking.client import RESUMED_TAG, STATUS_TAG, MlflowTrials, child_runs, mlflow_client
+from ranktune.platform.sweep.trial import ReportTo
 from ranktune.trainables import Trainer
 
 
@@ -84,7 +84,7 @@ def test_a_finished_trial_stays_finished_across_a_driver_restart(tmp_path):
 
 
 def test_runs_left_open_by_a_dead_driver_are_closed_as_lost(tmp_path):
-    from ranktune.platform.sweep import close_lost_runs
+    from ranktune.platform.sweep.driver import close_lost_runs
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow_client(uri)
@@ -105,7 +105,7 @@ def test_runs_left_open_by_a_dead_driver_are_closed_as_lost(tmp_path):
 
 
 def test_run_names_say_method_rank_and_learning_rate():
-    from ranktune.platform.tracking import run_name
+    from ranktune.platform.tracking.client import run_name
 
     assert run_name({"optim.name": "galore_adamw", "galore.rank": 64, "optim.lr": 0.003}, "ab12") == (
         "galore_adamw-r64-lr3e-3-ab12"
@@ -115,7 +115,7 @@ def test_run_names_say_method_rank_and_learning_rate():
 
 
 def test_run_names_carry_every_methods_rank_and_a_replicates_seed():
-    from ranktune.platform.tracking import run_name
+    from ranktune.platform.tracking.client import run_name
 
     assert run_name({"optim.name": "apollo_adamw", "apollo.rank": 32, "optim.lr": 0.01}, "ab12") == (
         "apollo_adamw-r32-lr1e-2-ab12")  # fmt: skip
@@ -127,7 +127,7 @@ def test_run_names_carry_every_methods_rank_and_a_replicates_seed():
 
 
 def test_runs_view_has_method_columns_every_run_in_charts_and_method_groups():
-    from ranktune.platform.tracking import runs_view_state
+    from ranktune.platform.tracking.client import runs_view_state
 
     view = runs_view_state("eval_loss", "min", ["galore.rank", "optim.lr", "optim.name"], ["adamw", "galore_adamw"])
     assert view["selectedColumns"][:3] == ["params.`optim.name`", "params.`galore.rank`", "params.`optim.lr`"]
@@ -140,7 +140,7 @@ def test_runs_view_has_method_columns_every_run_in_charts_and_method_groups():
 
 
 def test_roles_are_given_to_runs_of_older_sweeps_and_replicates_say_what_they_replicate(tmp_path):
-    from ranktune.platform.tracking import CONFIRM_OF_TAG, REPLICATE_OF_TAG, ROLE_TAG, tag_roles
+    from ranktune.platform.tracking.client import CONFIRM_OF_TAG, REPLICATE_OF_TAG, ROLE_TAG, tag_roles
 
     client = mlflow_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
     experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
@@ -157,7 +157,7 @@ def test_roles_are_given_to_runs_of_older_sweeps_and_replicates_say_what_they_re
 
 
 def test_mlflow_ui_is_sized_for_one_person(tmp_path):
-    from ranktune.platform.cli import mlflow_ui_command
+    from ranktune.platform.cli.main import mlflow_ui_command
 
     cmd, env = mlflow_ui_command({"tracking_uri": "sqlite:///x.db"}, tmp_path / "none", "127.0.0.1", 5000)
     assert cmd[cmd.index("--workers") + 1] == "1"

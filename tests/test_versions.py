@@ -6,8 +6,8 @@ import dataclasses
 
 import pytest
 
-from ranktune.platform import versions
-from ranktune.platform.versions import NodeVersions, version_mismatches
+from ranktune.platform.sweep import versions
+from ranktune.platform.sweep.versions import NodeVersions, version_mismatches
 from ranktune.trainables.config import ConfigError
 
 DRIVER = NodeVersions("head (10.0.0.1)", "3.11.7", "0.1.0 (source abc)", "2.60.0", "2.13.0")

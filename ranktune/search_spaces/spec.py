@@ -47,7 +47,7 @@ class Objective(Strict):
 
 
 # What `objectives` (the trade-offs searched with the primary objective) may name: metrics every
-# evaluation's result carries and the MLflow run keeps as final_<metric> (platform/tracking.py).
+# evaluation's result carries and the MLflow run keeps as final_<metric> (platform/tracking/client.py).
 TRADE_OFF_METRICS = ("optimizer_state_bytes", "peak_memory_bytes", "tokens_per_s")
 
 
@@ -69,7 +69,7 @@ class Scheduler(Strict):
 
 
 class Confirm(Strict):
-    """After the search: replicate the best configurations with new seeds (platform/confirm.py)."""
+    """After the search: replicate the best configurations with new seeds (platform/sweep/confirm.py)."""
 
     top_k: int = Field(default=2, ge=2)
     """methods (branches) or configurations to replicate; a verdict needs 2"""
@@ -80,7 +80,7 @@ class Confirm(Strict):
 
 
 class Rung(Strict):
-    """One model size of a ladder (platform/ladder.py, docs/ladder.md)."""
+    """One model size of a ladder (platform/sweep/ladder.py, docs/ladder.md)."""
 
     name: str
     """label in ladder.json, the report and the rung's sweep directory (rungs/<index>-<name>)"""
@@ -222,7 +222,7 @@ class SweepSpec(Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Optuna sampler seed (NumPy's range)"""
     ladder: Ladder | None = None
-    """Rungs of growing model size: does the ranking transfer? (platform/ladder.py, docs/ladder.md). None: one size."""
+    """Rungs of growing model size: does the ranking transfer? (platform/sweep/ladder.py, docs/ladder.md). None: one size."""
     memory_budget_gib: float | None = Field(default=None, gt=0)
     """GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it trains (Optuna:
     PRUNED; MLflow: status pruned_memory with the reason). None: no check.
@@ -447,7 +447,7 @@ def validate_against_base(spec: SweepSpec, space: SearchSpace) -> None:
         raise ConfigError(problems)
 
 
-# The sweeps of a ladder's rungs (platform/ladder.py runs them; docs/ladder.md).
+# The sweeps of a ladder's rungs (platform/sweep/ladder.py runs them; docs/ladder.md).
 RUNGS_DIR = "rungs"
 
 

@@ -4,7 +4,7 @@ MLP matrices frozen at their initialization. A sanity baseline, not a method to 
 The compared methods (GaLore, APOLLO, Fira, ReLoRA, LoRA) change exactly those matrices and leave the
 rest to plain AdamW. On a proxy whose parameters are mostly embeddings (`tiny`: 95%), a method can win
 by how little it moves the matrices; this baseline moves them not at all. When it ties or beats the best
-method, the proxy cannot tell the methods apart, and the report says so (platform/proxy_checks.py reads
+method, the proxy cannot tell the methods apart, and the report says so (platform/report/proxy_checks.py reads
 `sanity_baseline` from this entry). docs/ladder.md has the measurements that motivated it.
 """
 

@@ -30,7 +30,7 @@ An entry holds:
                                          `relora`); a sweep's best_config.yaml keeps these and drops
                                          those of every other method
 
-What `ranktune export` and a target-aware sweep read (platform/export.py, docs/export.md), all optional:
+What `ranktune export` and a target-aware sweep read (platform/export/recipe.py, docs/export.md), all optional:
 
     published                            the method's public recipes at target sizes (PublishedRecipe):
                                          the default transfer rule starts from them
@@ -235,7 +235,7 @@ class OptimizerEntry:
     summarize: Callable[[TrainConfig], str] | None = None
     # Config sections the method reads (e.g. ("galore",)): a best config leaves out the others' sections.
     sections: tuple[str, ...] = ()
-    # (first, last) update counts, inclusive, where the loss rises by design (platform/milestones.py skips them).
+    # (first, last) update counts, inclusive, where the loss rises by design (platform/sweep/milestones.py skips them).
     settling_windows: Callable[[TrainConfig], list[tuple[int, int]]] | None = None
     # A full-rank reference (the papers' "full-rank Adam"): `confirm` replicates the best one as the baseline.
     baseline: bool = False
@@ -250,11 +250,11 @@ class OptimizerEntry:
     # The method's own FLOPs for the duration estimate (see the module docstring); None: none beyond an update.
     estimate_flops: Callable[[tuple[ParamShape, ...], TrainConfig], MethodFlops] | None = None
     # A sanity baseline (adamw_frozen_blocks): not a contender. When it ties or beats the best method, the
-    # sweep's report says the proxy cannot tell the methods apart (platform/proxy_checks.py).
+    # sweep's report says the proxy cannot tell the methods apart (platform/report/proxy_checks.py).
     sanity_baseline: bool = False
     # The method's own step-size knob as a factor on the lr (GaLore's scale, Fira's alpha, APOLLO's
     # sqrt(scale)): lr x this is the step size the ladder's fitted transfer rule scales with width
-    # (platform/ladder_rules.py). None: the lr alone.
+    # (platform/export/fitted_rules.py). None: the lr alone.
     step_size_factor: Callable[[TrainConfig], float] | None = None
     # The config key of the method's rank (e.g. "galore.rank"), for the ladder's rank-vs-width fit. None: no rank.
     rank_key: str | None = None

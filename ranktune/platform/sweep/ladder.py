@@ -37,7 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from ranktune.platform.ladder_analysis import (
+from ranktune.platform.report.ladder_analysis import (
     ConfigResult,
     RungPoint,
     compare,
@@ -49,7 +49,7 @@ from ranktune.platform.ladder_analysis import (
     transfer_verdict,
     unique_points,
 )
-from ranktune.platform.ladder_rules import LADDER_FILE, fit_rules
+from ranktune.platform.export.fitted_rules import LADDER_FILE, fit_rules
 from ranktune.search_spaces.spec import RUNGS_DIR, SweepSpec, rung_dir, rung_spec, validate_rungs  # noqa: F401
 from ranktune.trainables.config import ConfigError
 
@@ -62,7 +62,7 @@ class LadderInterrupted(RuntimeError):
     """A rung's trials were interrupted (Ctrl-C): nothing above it runs until the ladder is resumed."""
 
 def rung_shape(rspec: SweepSpec) -> dict[str, Any]:
-    from ranktune.platform.proxy_checks import proxy_share
+    from ranktune.platform.report.proxy_checks import proxy_share
 
     cfg = rspec.trial_config({})
     llama = cfg.model.llama_config()
@@ -77,7 +77,7 @@ def rung_shape(rspec: SweepSpec) -> dict[str, Any]:
 
 
 def method_label(spec: SweepSpec, params: dict[str, Any]) -> str:
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.table import method_of
 
     return method_of(spec, params)
 
@@ -126,8 +126,8 @@ def save_ladder_state(storage: Path, state: dict[str, Any]) -> None:
 
 def run_ladder(spec: SweepSpec, address: str | None = None, progress: bool = True) -> dict[str, Any]:
     """Run (or continue) every rung, then write ladder.json and its report; returns ladder.json's content."""
-    from ranktune.platform.locks import own_directory
-    from ranktune.platform.sweep import check_before_start, spec_json
+    from ranktune.platform.store.locks import own_directory
+    from ranktune.platform.sweep.driver import check_before_start, spec_json
 
     if spec.ladder is None:
         raise ConfigError(["ladder: none -> a spec with a `ladder:` section"])
@@ -165,16 +165,16 @@ def is_ladder_dir(path: str | Path) -> bool:
 
 def _create_experiment(spec: SweepSpec) -> None:
     """The ladder's experiment, with its artifact root in the ladder's directory (each rung's sweep logs to it)."""
-    from ranktune.platform.tracking import get_or_create_experiment, mlflow_client
+    from ranktune.platform.tracking.client import get_or_create_experiment, mlflow_client
 
     root = None if spec.tracking.tracking_uri else (spec.storage_dir / "mlartifacts").as_uri()
     get_or_create_experiment(mlflow_client(spec.tracking_uri), spec.tracking.experiment or spec.name, root)
 
 
 def _run_rung(spec: SweepSpec, state: dict[str, Any], index: int, address: str | None, progress: bool) -> None:
-    from ranktune.platform.sweep import resume_sweep, run_sweep
-    from ranktune.platform.sweep_state import load_state
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.sweep.driver import resume_sweep, run_sweep
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.report.trials import collect_trials
 
     rspec = rung_spec(spec, index)
     started = (rspec.storage_dir / "sweep.json").is_file()
@@ -212,10 +212,10 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
     """
     from ray import tune
 
-    from ranktune.platform.confirm import fixed_points
-    from ranktune.platform.locks import own_directory
-    from ranktune.platform.sweep import STATE_FILE as SWEEP_STATE
-    from ranktune.platform.sweep import (
+    from ranktune.platform.sweep.confirm import fixed_points
+    from ranktune.platform.store.locks import own_directory
+    from ranktune.platform.sweep.driver import STATE_FILE as SWEEP_STATE
+    from ranktune.platform.sweep.driver import (
         check_cluster_fits,
         finish_sweep,
         init_ray,
@@ -225,7 +225,7 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
         start_tracking,
         tune_callbacks,
     )
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.report.trials import collect_trials
 
     storage = rspec.storage_dir
     with own_directory(storage, "storage", "sweep"):
@@ -295,7 +295,7 @@ def build_ladder(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
 
 
 def write_ladder(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
-    from ranktune.platform.ladder_report import log_ladder_run, write_ladder_html, write_ladder_plots
+    from ranktune.platform.report.ladder import log_ladder_run, write_ladder_html, write_ladder_plots
 
     ladder = build_ladder(spec, state)
     storage = spec.storage_dir

@@ -99,7 +99,7 @@ def run_process_group(cmd: list[str], on_start: Callable[[subprocess.Popen], Non
     (`mlflow ui` forks gunicorn/uvicorn workers that would otherwise keep listening). `on_start` runs
     once the process exists, with the signal handlers already in place."""
     # The guard leads the server's session and stops it when this process dies (server_guard.py).
-    guarded = [sys.executable, "-m", "ranktune.platform.server_guard", str(os.getpid()), "--", *cmd]
+    guarded = [sys.executable, "-m", "ranktune.platform.serve.guard", str(os.getpid()), "--", *cmd]
     proc = subprocess.Popen(guarded, start_new_session=True)
     stopping = []
 

@@ -7,14 +7,14 @@ import datetime
 import json
 from typing import Any
 
-from ranktune.platform.ranking import STATUS_ORDER, objective_key
-from ranktune.platform.report_table import is_reference
+from ranktune.platform.report.ranking import STATUS_ORDER, objective_key
+from ranktune.platform.report.table import is_reference
 from ranktune.search_spaces.spec import SweepSpec
 
 
 def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:
     """One row per trial (child run), with typed params, status, objective and cost."""
-    from ranktune.platform.tracking import (
+    from ranktune.platform.tracking.client import (
         CONFIRM_OF_TAG,
         PARAMS_TAG,
         REASON_TAG,
@@ -63,7 +63,7 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
 def collect_replicates(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:
     """The replicate runs of `confirm` (nested under each replicated configuration's run), as rows with
     `trial_id`, `run_id`, `status`, `params`, `objective` and `replicate_of` (the searched trial)."""
-    from ranktune.platform.tracking import CONFIRM_OF_TAG, PARAMS_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
+    from ranktune.platform.tracking.client import CONFIRM_OF_TAG, PARAMS_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
 
     client = mlflow_client(state["tracking_uri"])
     rows = []
@@ -88,7 +88,7 @@ def read_trials(spec: SweepSpec, state: dict[str, Any]) -> tuple[list[dict[str, 
     """(the sweep's trials, None) from its tracking store; when that store is a server that does not
     answer within seconds (MLflow's own retries take minutes, issue 24.8): (the trials saved in
     results.json, one line saying so). Neither: ConfigError naming the tracking URI."""
-    from ranktune.platform.tracking import check_tracking_store, strip_userinfo
+    from ranktune.platform.tracking.client import check_tracking_store, strip_userinfo
     from ranktune.trainables.config import ConfigError
 
     try:

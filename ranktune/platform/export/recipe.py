@@ -369,9 +369,9 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom
 
 def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str) -> dict[str, Any]:
     """`--trial`, else the sweep's winner (by the replicates' mean when the sweep ran replicates)."""
-    from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.locks import running_owner
-    from ranktune.platform.ranking import pick_winner
+    from ranktune.platform.sweep.confirm import load_confirm
+    from ranktune.platform.store.locks import running_owner
+    from ranktune.platform.report.ranking import pick_winner
 
     if trial_id is not None:
         for r in rows:
@@ -440,7 +440,7 @@ def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: S
     """`--max-memory-gib`: the best finished trial whose exported target config's estimate fits.
 
     Trials are tried best objective first; each one passed over is reported with what it needs."""
-    from ranktune.platform.pareto import best_fitting
+    from ranktune.platform.report.pareto import best_fitting
 
     why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=max_memory_gib)
     best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
@@ -464,7 +464,7 @@ def best_fitting_instead(spec, rows: list[dict[str, Any]], best: dict[str, Any],
                          overrides: list[str], budget_gib: float) -> tuple[dict[str, Any] | None, list[str]]:
     """The best finished trial other than `best` whose target config can be exported, and the lines of
     the better ones passed over."""
-    from ranktune.platform.pareto import best_fitting
+    from ranktune.platform.report.pareto import best_fitting
 
     why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=budget_gib)
     return best_fitting([r for r in rows if r is not best], spec.objective.mode, why_not)
@@ -511,10 +511,10 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     top rung's answer with the ladder's fitted lr (`rules: fitted`). `notify` receives the line saying the
     tracking server is away and results.json was read instead (the export is then not logged on the
     sweep's MLflow run)."""
-    from ranktune.platform.ladder_rules import ladder_source
-    from ranktune.platform.sweep_state import load_state
-    from ranktune.platform.tracking import log_text_artifact, mlflow_client
-    from ranktune.platform.trials import read_trials
+    from ranktune.platform.export.fitted_rules import ladder_source
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.tracking.client import log_text_artifact, mlflow_client
+    from ranktune.platform.report.trials import read_trials
 
     if fallback is not None and fallback not in FALLBACKS:
         raise ConfigError([f"--fallback: {fallback!r} -> one of {list(FALLBACKS)}"])
@@ -648,9 +648,9 @@ def size_to_budget(proxy: TrainConfig, target: str, rules: ScalingRules, raw: di
 
 
 def fitted_lr_lines(raw: dict[str, Any], proxy: TrainConfig, target: str, ladder) -> list[str]:
-    """`rules: fitted`: the target's lr from the ladder's power law (platform/ladder_rules.py), divided by the
+    """`rules: fitted`: the target's lr from the ladder's power law (platform/export/fitted_rules.py), divided by the
     target config's step-size knob; the header lines that say so."""
-    from ranktune.platform.ladder_rules import apply_fitted_lr
+    from ranktune.platform.export.fitted_rules import apply_fitted_lr
     from ranktune.trainables.optim.registry import lookup
 
     entry = lookup(proxy.optim.name)

@@ -47,7 +47,7 @@ def write_ladder_plots(ladder: dict[str, Any], out_dir: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from ranktune.platform.plots import method_colour
+    from ranktune.platform.report.plots import method_colour
 
     out_dir.mkdir(parents=True, exist_ok=True)
     per_method: dict[str, list[tuple[float, float, float, float]]] = {}
@@ -104,7 +104,7 @@ def write_ladder_html(ladder: dict[str, Any], storage: Path, plots: list[Path]) 
 def log_ladder_run(spec, ladder: dict[str, Any], storage: Path, plots: list[Path]) -> None:
     """One MLflow run `<name>-ladder` (the rungs' sweeps have a parent run each) with ladder.json, the plots
     and the verdict; re-used when the ladder is written again."""
-    from ranktune.platform.tracking import NOTE_TAG, SWEEP_TAG, get_or_create_experiment, mlflow_client
+    from ranktune.platform.tracking.client import NOTE_TAG, SWEEP_TAG, get_or_create_experiment, mlflow_client
 
     client = mlflow_client(spec.tracking_uri)
     experiment = get_or_create_experiment(client, spec.tracking.experiment or spec.name)

@@ -10,7 +10,7 @@ The best full-budget trial of the best full-rank baseline method (registry: `Opt
 i.e. AdamW or 8-bit AdamW) is always replicated too, even when it is not among the top-N: the verdict
 says whether the winner beats it.
 
-Verdict rule (platform/significance.py, docs/sweeps.md "Fair comparison"): the configurations are
+Verdict rule (platform/report/significance.py, docs/sweeps.md "Fair comparison"): the configurations are
 ranked by their replicates' mean; the winner is compared with each other one by Welch's t-test, Holm-
 adjusted over the comparisons: *resolved* (Holm p < 0.05), *tie* (the gap's 95% interval lies within
 +/- `confirm.tie_threshold`) or *add seeds* (with the replicates per arm the observed gap and spread
@@ -31,7 +31,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ranktune.platform.sweep_files import write_json_atomic
+from ranktune.platform.store.files import write_json_atomic
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
 
@@ -44,7 +44,7 @@ def select_configurations(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[d
     """The searched trials to replicate: best full-budget trial of each of the top_k methods (or the
     top_k trials without branches), best first; then the best full-budget trial of a baseline method
     (full-rank AdamW / 8-bit AdamW) when none of those is one."""
-    from ranktune.platform.ranking import objective_key
+    from ranktune.platform.report.ranking import objective_key
 
     finished = [r for r in rows if r["status"] == "finished" and r["objective"] is not None]
     finished.sort(key=lambda r: objective_key(r, spec.objective.mode))
@@ -64,7 +64,7 @@ def select_configurations(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[d
 
 def is_baseline(spec: SweepSpec, row: dict[str, Any]) -> bool:
     """Whether the trial's method is a full-rank reference (OptimizerEntry.baseline in the registry)."""
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.table import method_of
     from ranktune.trainables.optim import baseline_methods
 
     return method_of(spec, row["params"]) in baseline_methods()
@@ -77,7 +77,7 @@ def replicate_points(spec: SweepSpec, chosen: list[dict[str, Any]]) -> list[dict
 
 def summarize(spec: SweepSpec, chosen: list[dict[str, Any]], values: dict[int, list[float]]) -> dict[str, Any]:
     """values: index into `chosen` -> the replicates' objective values. Returns the table and verdict."""
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.table import method_of
 
     sign = 1.0 if spec.objective.mode == "min" else -1.0
     table = []
@@ -105,7 +105,7 @@ RULE = ("Welch's t-test of the winner against each other configuration, Holm-adj
 
 def verdict(ranked: list[dict[str, Any]], sign: float, tie_threshold: float) -> dict[str, Any]:
     """The winner (best mean) against the runner-up and the best baseline (see the module doc)."""
-    from ranktune.platform.significance import TOO_FEW, compare
+    from ranktune.platform.report.significance import TOO_FEW, compare
 
     if len(ranked) < 2:
         return {"verdict": TOO_FEW, "rule": RULE, "why": "fewer than two configurations with replicates",
@@ -146,8 +146,8 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
     from mlflow.entities import Param
     from ray import tune
 
-    from ranktune.platform.tracking import CONFIGURATION, CONFIRM_OF_TAG, ROLE_TAG, SWEEP_TAG, mlflow_client, run_name
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.tracking.client import CONFIGURATION, CONFIRM_OF_TAG, ROLE_TAG, SWEEP_TAG, mlflow_client, run_name
+    from ranktune.platform.report.trials import collect_trials
 
     path = spec.storage_dir / CONFIRM_FILE
     if path.is_file():  # a resumed sweep whose replicates had all finished
@@ -194,7 +194,7 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
         return None
     failed_file = spec.storage_dir / FAILED_FILE
     if results.num_errors:
-        from ranktune.platform.tracking import failure_reason
+        from ranktune.platform.tracking.client import failure_reason
 
         reasons = sorted({failure_reason(str(r.error)) for r in results if r.error is not None})
         failed_file.write_text(
@@ -285,7 +285,7 @@ CONFIGURATION_KEYS = ("trial_id", "params", "mean", "std", "n", "search_objectiv
 
 def load_confirm(storage: Path) -> dict[str, Any] | None:
     """The replicate phase's summary, or None before it ends; a damaged file is refused naming it."""
-    from ranktune.platform.sweep_files import read_json_object
+    from ranktune.platform.store.files import read_json_object
 
     path = storage / CONFIRM_FILE
     if not path.is_file():

@@ -43,7 +43,7 @@ Row = dict[str, Any]
 def best_fitting(rows: list[Row], mode: str, why_not: Callable[[Row], str | None]) -> tuple[Row | None, list[str]]:
     """Best finished trial for which `why_not(row)` (e.g. "its memory estimate exceeds X") is None,
     and the reasons of the better trials passed over."""
-    from ranktune.platform.ranking import objective_key
+    from ranktune.platform.report.ranking import objective_key
 
     finished = sorted((r for r in rows if r["status"] == "finished"), key=lambda r: objective_key(r, mode))
     passed_over = []
@@ -67,8 +67,8 @@ def plot_front(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> Path 
     if not finished:
         return None
     front = pareto_front(spec, finished)
-    from ranktune.platform.plots import method_colour
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.plots import method_colour
+    from ranktune.platform.report.table import method_of
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
     methods = sorted({method_of(spec, r["params"]) for r in finished})

@@ -86,7 +86,7 @@ class SweepOptunaSearch(OptunaSearch):
 
     def _label(self, trial_id: str, ot_trial, status: str) -> None:
         """The trial's user attributes (written while it is still running: Optuna freezes a told trial)."""
-        from ranktune.platform.milestones import stop_reasons
+        from ranktune.platform.sweep.milestones import stop_reasons
 
         try:
             ot_trial.set_user_attr("status", status)
@@ -99,8 +99,8 @@ class SweepOptunaSearch(OptunaSearch):
             log.warning("optuna: could not label trial %s: %s", trial_id, exc)
 
     def _mlflow_run(self, trial_id: str) -> str | None:
-        from ranktune.platform.relocate import resumed_state
-        from ranktune.platform.tracking import TRIAL_TAG, mlflow_client
+        from ranktune.platform.store.relocate import resumed_state
+        from ranktune.platform.tracking.client import TRIAL_TAG, mlflow_client
 
         if self.tracking is None:
             return None
@@ -115,7 +115,7 @@ def annotate_study(spec, note: str, verdict: str | None) -> None:
     """The study's note (optuna-dashboard's note panel) and user attributes: the ranked table, the verdicts."""
     import optuna
 
-    from ranktune.platform.study_storage import SweepStudyStorage
+    from ranktune.platform.store.study_storage import SweepStudyStorage
 
     try:
         study = optuna.load_study(study_name=spec.name, storage=SweepStudyStorage(spec.storage_dir))

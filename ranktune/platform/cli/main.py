@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from ranktune.platform.budget import DEFAULT_BUDGET_GIB
-from ranktune.platform.serve import warn_if_exposed
+from ranktune.platform.serve.processes import warn_if_exposed
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
@@ -116,7 +116,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ranktune.platform.locks import own_directory
+    from ranktune.platform.store.locks import own_directory
     from ranktune.trainables.config import load_config
     from ranktune.trainables.data import check_data_inputs
     from ranktune.trainables.run import check_output_dir
@@ -129,7 +129,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _train(args: argparse.Namespace, cfg, out: Path) -> int:
-    from ranktune.platform.locks import LOCK_FILE, OWNER_FILE
+    from ranktune.platform.store.locks import LOCK_FILE, OWNER_FILE
     from ranktune.trainables.callbacks import RichProgress
     from ranktune.trainables.run import finish_run, start_run
 
@@ -193,15 +193,15 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ranktune.platform.report_table import flat_rows, render_table
-    from ranktune.platform.sweep import resume_sweep, run_sweep
-    from ranktune.platform.sweep_state import load_state
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.report.table import flat_rows, render_table
+    from ranktune.platform.sweep.driver import resume_sweep, run_sweep
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.report.trials import collect_trials
     from ranktune.search_spaces.spec import load_spec
 
     if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
         logging.getLogger("ray.tune").setLevel(logging.CRITICAL)
-    from ranktune.platform.ladder import is_ladder_dir
+    from ranktune.platform.sweep.ladder import is_ladder_dir
 
     if args.resume and is_ladder_dir(args.resume):
         return _ladder(args, None)
@@ -234,9 +234,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _ladder(args: argparse.Namespace, spec) -> int:
-    """`ranktune sweep` of a spec with `ladder:` (platform/ladder.py), or --resume of a ladder directory (spec None)."""
-    from ranktune.platform.ladder import LadderInterrupted, resume_ladder, run_ladder
-    from ranktune.platform.ladder_report import ladder_lines
+    """`ranktune sweep` of a spec with `ladder:` (platform/sweep/ladder.py), or --resume of a ladder directory (spec None)."""
+    from ranktune.platform.sweep.ladder import LadderInterrupted, resume_ladder, run_ladder
+    from ranktune.platform.report.ladder import ladder_lines
 
     try:
         if spec is None:
@@ -266,7 +266,7 @@ def sweep_exit_code(rows: list[dict]) -> int:
 
 
 def _print_outcome(spec, summary: dict) -> None:
-    from ranktune.platform.report_table import winner_lines
+    from ranktune.platform.report.table import winner_lines
 
     storage = summary["storage"]
     _print_pareto(storage)
@@ -277,8 +277,8 @@ def _print_outcome(spec, summary: dict) -> None:
 
 
 def _print_pareto(storage: str | Path) -> None:
-    from ranktune.platform.pareto import format_front
-    from ranktune.platform.sweep_state import load_state
+    from ranktune.platform.report.pareto import format_front
+    from ranktune.platform.store.state import load_state
 
     spec, _ = load_state(storage)
     path = Path(storage) / "pareto.json"
@@ -287,23 +287,23 @@ def _print_pareto(storage: str | Path) -> None:
 
 
 def _print_confirm(confirm: dict | None) -> None:
-    from ranktune.platform.confirm import format_confirm
+    from ranktune.platform.sweep.confirm import format_confirm
 
     if confirm:
         say(*format_confirm(confirm))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.locks import running_owner
-    from ranktune.platform.ranking import pick_winner
-    from ranktune.platform.report import write_plots
-    from ranktune.platform.report_table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
-    from ranktune.platform.sweep_state import load_state
-    from ranktune.platform.trials import read_trials
+    from ranktune.platform.sweep.confirm import load_confirm
+    from ranktune.platform.store.locks import running_owner
+    from ranktune.platform.report.ranking import pick_winner
+    from ranktune.platform.report.figures import write_plots
+    from ranktune.platform.report.table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.report.trials import read_trials
 
     if (Path(args.sweep_dir) / "ladder.json").is_file():
-        from ranktune.platform.ladder_report import ladder_lines
+        from ranktune.platform.report.ladder import ladder_lines
 
         print("\n".join(ladder_lines(json.loads((Path(args.sweep_dir) / "ladder.json").read_text()))))
         print(f"HTML: {Path(args.sweep_dir) / 'ladder.html'}; each rung's sweep: ranktune report "
@@ -320,7 +320,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     render_table(spec, flat)
     storage = spec.storage_dir
     if spec.objectives:
-        from ranktune.platform.pareto import format_front, pareto_front
+        from ranktune.platform.report.pareto import format_front, pareto_front
 
         say(*format_front(spec, pareto_front(spec, rows)))
     if args.max_memory_gib is not None:
@@ -336,11 +336,11 @@ def cmd_report(args: argparse.Namespace) -> int:
     elif plots_dir.is_dir():
         say(f"plots: {plots_dir}/ (--plots redraws them)")
     if args.html and not offline:
-        from ranktune.platform.report_html import write_html_report
+        from ranktune.platform.report.html import write_html_report
 
         say(f"HTML report: {write_html_report(spec, state, rows)}")
     winner = pick_winner(rows, spec.objective.mode, confirm)
-    from ranktune.platform.proxy_checks import proxy_check_lines
+    from ranktune.platform.report.proxy_checks import proxy_check_lines
 
     say(*winner_lines(spec, winner, str(storage), confirm, running=running_owner(storage)),
         *proxy_check_lines(spec, rows))
@@ -350,7 +350,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def _print_best_within(spec, rows: list[dict], max_gib: float) -> None:
     """The best finished trial whose own memory estimate (proxy model, trial's device) fits max_gib."""
     from ranktune.platform.memory import estimate_memory, gib, verdict
-    from ranktune.platform.pareto import best_fitting
+    from ranktune.platform.report.pareto import best_fitting
 
     device = "cuda" if spec.resources.gpus_per_trial not in (0, 0.0) and _cuda() else "cpu"
 
@@ -388,10 +388,10 @@ def refresh_sweep_views(spec, state: dict) -> bool:
     """What `ranktune ui` shows, brought up to date: roles on runs tracked before they existed, the
     trials view, the parent's note naming the sweep's directory as it is now (after a copy or move).
     Returns whether the view was stored."""
-    from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.sweep import parent_note, store_runs_view
-    from ranktune.platform.tracking import NOTE_TAG, mlflow_client, tag_roles
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.sweep.confirm import load_confirm
+    from ranktune.platform.sweep.driver import parent_note, store_runs_view
+    from ranktune.platform.tracking.client import NOTE_TAG, mlflow_client, tag_roles
+    from ranktune.platform.report.trials import collect_trials
 
     client = mlflow_client(state["tracking_uri"])
     tag_roles(client, state)
@@ -404,9 +404,9 @@ def refresh_sweep_views(spec, state: dict) -> bool:
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
-    from ranktune.platform.serve import serve_until_stopped
-    from ranktune.platform.sweep_state import load_state
-    from ranktune.platform.tracking import runs_page_url
+    from ranktune.platform.serve.processes import serve_until_stopped
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.tracking.client import runs_page_url
 
     spec, state = load_state(args.sweep_dir)
     warn_if_exposed("MLflow UI", args.host, args.port, "can read and change every run (MLflow has no login)")
@@ -427,8 +427,8 @@ def url_host(host: str) -> str:
 
 
 def cmd_dashboard(args: argparse.Namespace) -> int:
-    from ranktune.platform.serve import serve_until_stopped
-    from ranktune.platform.sweep_state import load_state
+    from ranktune.platform.serve.processes import serve_until_stopped
+    from ranktune.platform.store.state import load_state
 
     spec, _ = load_state(args.sweep_dir)
     warn_if_exposed("optuna-dashboard", args.host, args.port, "can read and change the study (it has no login)")
@@ -441,7 +441,7 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
-    from ranktune.platform.serve import mlflow_server_command, serve_with_pidfile
+    from ranktune.platform.serve.processes import mlflow_server_command, serve_with_pidfile
 
     cmd = mlflow_server_command(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
                                 args.basic_auth)  # fmt: skip
@@ -498,7 +498,7 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ranktune.platform.cards import card
     from ranktune.platform.duration import RunBudget
-    from ranktune.platform.export import export_best, load_rules
+    from ranktune.platform.export.recipe import export_best, load_rules
 
     card(args.card)
     run_budget = RunBudget(args.tokens, args.days) if args.tokens is not None or args.days is not None else None

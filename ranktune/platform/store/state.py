@@ -17,7 +17,7 @@ STATE_FILE = "sweep.json"
 def load_state(storage_dir: str | Path, check_store: bool = True) -> tuple[SweepSpec, dict[str, Any]]:
     """The sweep in `storage_dir`, wherever that directory now is (see relocate.py); with `check_store`,
     its default MLflow store must be there and intact (`check_sweep_store`)."""
-    from ranktune.platform.relocate import relocate
+    from ranktune.platform.store.relocate import relocate
 
     path = Path(storage_dir).expanduser().resolve() / STATE_FILE
     if not path.is_file():
@@ -30,7 +30,7 @@ def load_state(storage_dir: str | Path, check_store: bool = True) -> tuple[Sweep
 
 def check_sweep_store(spec: SweepSpec) -> None:
     """A sweep on its own sqlite store: the file must be intact, or MLflow would make a fresh empty one."""
-    from ranktune.platform.sweep_files import check_mlflow_store
+    from ranktune.platform.store.files import check_mlflow_store
 
     if spec.tracking.tracking_uri is None:
         check_mlflow_store(spec.storage_dir / "mlflow.db")
@@ -38,7 +38,7 @@ def check_sweep_store(spec: SweepSpec) -> None:
 
 def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
     """sweep.json as written by `run_sweep`; a damaged or hand-broken one is refused naming the file."""
-    from ranktune.platform.sweep_files import read_json_object
+    from ranktune.platform.store.files import read_json_object
     from ranktune.trainables.config import describe_validation_errors
 
     what = "the spec and MLflow ids `ranktune sweep` wrote; restore it from a copy of the sweep"

@@ -1,12 +1,12 @@
-"""The Optuna searcher of a target-aware sweep (platform/target.py): every suggestion is checked against
+"""The Optuna searcher of a target-aware sweep (platform/export/target.py): every suggestion is checked against
 the sweep's target before Tune starts it. A module of its own so that Ray is imported only by sweeps."""
 
 from __future__ import annotations
 
 from ray.tune.search import Searcher
 
-from ranktune.platform.study_view import SweepOptunaSearch
-from ranktune.platform.target import CONSTRAINT, INFEASIBLE_ATTR, infeasible_reason
+from ranktune.platform.sweep.study_view import SweepOptunaSearch
+from ranktune.platform.export.target import CONSTRAINT, INFEASIBLE_ATTR, infeasible_reason
 from ranktune.search_spaces.spec import SweepSpec
 
 

@@ -43,7 +43,7 @@ def _figures(spec: SweepSpec, rows, methods, curves, confirm, replicates=()) -> 
     train and held-out curves, history, parallel coordinates; `replicates` (row, method) pairs."""
     import plotly.graph_objects as go
 
-    from ranktune.platform.plots import curve_range, informative_range, method_colour, start_order
+    from ranktune.platform.report.plots import curve_range, informative_range, method_colour, start_order
 
     metric = spec.objective.metric
     finished = [(r, m) for r, m in zip(rows, methods, strict=True) if r["status"] == "finished"
@@ -162,7 +162,7 @@ def _parallel(spec: SweepSpec, rows, methods):
     from plotly.colors import sample_colorscale
     from plotly.subplots import make_subplots
 
-    from ranktune.platform.plots import _numeric_keys, _unit, method_colour
+    from ranktune.platform.report.plots import _numeric_keys, _unit, method_colour
 
     panels: dict[str, list] = {}
     for r, m in zip(rows, methods, strict=True):
@@ -205,7 +205,7 @@ def _parallel(spec: SweepSpec, rows, methods):
 
 
 def _table_html(spec: SweepSpec, flat: list[dict[str, Any]]) -> str:
-    from ranktune.platform.plots import method_colour
+    from ranktune.platform.report.plots import method_colour
 
     head = ["#", "method", "params", "status", spec.objective.metric, "opt MiB", "peak MiB", "tok/s",
             f"{flat[0]['device_kind'] if flat else 'GPU'}-h", "trial", "why"]  # fmt: skip
@@ -231,8 +231,8 @@ def _table_html(spec: SweepSpec, flat: list[dict[str, Any]]) -> str:
 
 
 def render_html(spec: SweepSpec, rows, methods, flat, curves, confirm, best, storage: str, replicates=()) -> str:
-    from ranktune.platform.confirm import format_confirm
-    from ranktune.platform.report_table import winner_lines
+    from ranktune.platform.sweep.confirm import format_confirm
+    from ranktune.platform.report.table import winner_lines
 
     charts = []
     for i, (title, fig) in enumerate(_figures(spec, rows, methods, curves, confirm, replicates)):
@@ -260,12 +260,12 @@ command it prints. MLflow: <code>ranktune ui {html.escape(storage)}</code></p>
 
 
 def write_html_report(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
-    from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.plots import trial_curves
-    from ranktune.platform.ranking import pick_winner
-    from ranktune.platform.report_table import flat_rows, method_of
-    from ranktune.platform.tracking import mlflow_client
-    from ranktune.platform.trials import collect_replicates
+    from ranktune.platform.sweep.confirm import load_confirm
+    from ranktune.platform.report.plots import trial_curves
+    from ranktune.platform.report.ranking import pick_winner
+    from ranktune.platform.report.table import flat_rows, method_of
+    from ranktune.platform.tracking.client import mlflow_client
+    from ranktune.platform.report.trials import collect_replicates
 
     storage = spec.storage_dir
     confirm = load_confirm(storage)

@@ -29,7 +29,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ranktune.platform.sweep_files import write_json_atomic
+from ranktune.platform.store.files import write_json_atomic
 from ranktune.search_spaces.spec import SweepSpec
 
 log = logging.getLogger(__name__)

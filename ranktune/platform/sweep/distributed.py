@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from ranktune.platform.reporting import ReportTo, with_node_id
+from ranktune.platform.sweep.reporting import ReportTo, with_node_id
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.callbacks import Metrics
 from ranktune.trainables.checkpoint import load_checkpoint

@@ -72,8 +72,8 @@ def matrix_share_lines(cfg, target: str = TARGET_MODEL) -> list[str]:
 
 def sanity_line(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
     """Whether a sanity baseline ties or beats the best real method (best full-budget trial of each)."""
-    from ranktune.platform.ranking import objective_key
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.ranking import objective_key
+    from ranktune.platform.report.table import method_of
     from ranktune.trainables.optim import OPTIMIZERS
 
     best: dict[str, dict[str, Any]] = {}
@@ -114,8 +114,8 @@ def on_edge(value: float, low: float, high: float, log: bool) -> str | None:
 
 def edge_lines(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[str]:
     """Each method's best full-budget trial: its numeric values at an end of their searched range."""
-    from ranktune.platform.ranking import objective_key
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.ranking import objective_key
+    from ranktune.platform.report.table import method_of
 
     ranges = {name: p for name, p in spec.search_space().all_params().items() if p.type != "choice"}
     best: dict[str, dict[str, Any]] = {}

@@ -20,14 +20,14 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from ranktune.platform.export import (
+from ranktune.platform.export.recipe import (
     RULE_SETS,
     TargetFit,
     fit_to_target,
     get_key,
     target_rules,
 )
-from ranktune.platform.report_table import is_reference
+from ranktune.platform.report.table import is_reference
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
 from ranktune.trainables.model import MODEL_PRESETS

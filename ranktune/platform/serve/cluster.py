@@ -27,7 +27,7 @@ import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from ranktune.platform.serve import stop_session, warn_if_exposed
+from ranktune.platform.serve.processes import stop_session, warn_if_exposed
 
 DEFAULT_DIR = "/tmp/ranktune-local-cluster"  # short: Ray's socket paths under it must fit in 107 bytes
 STATE_FILE = "cluster.json"

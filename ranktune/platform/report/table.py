@@ -47,7 +47,7 @@ def is_reference(spec: SweepSpec, params: dict[str, Any]) -> bool:
 
 
 def format_value(value: Any) -> str:
-    from ranktune.platform.tracking import short_float
+    from ranktune.platform.tracking.client import short_float
 
     if isinstance(value, float):
         return short_float(value) if abs(value) < 1e-2 or abs(value) >= 1e4 else f"{value:.3g}"
@@ -61,7 +61,7 @@ def params_text(params: dict[str, Any]) -> str:
 
 def flat_rows(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """trials.collect_trials rows (already ranked) as flat records with the table's columns."""
-    from ranktune.platform.ranking import STATUS_ORDER
+    from ranktune.platform.report.ranking import STATUS_ORDER
 
     out = []
     for i, r in enumerate(rows, 1):

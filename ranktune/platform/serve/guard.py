@@ -1,6 +1,6 @@
 """A server's lifetime tied to the command that started it.
 
-    python -m ranktune.platform.server_guard PARENT_PID -- CMD...
+    python -m ranktune.platform.serve.guard PARENT_PID -- CMD...
 
 `ranktune ui`, `dashboard` and `mlflow-server` run their server in its own session (so one signal
 reaches every worker it forks) with this guard as the session leader. The guard starts CMD in that
@@ -34,7 +34,7 @@ def ask_for_parent_death_signal(sig: int = signal.SIGTERM) -> None:
 
 def stop_others_in_session(grace_s: float = GRACE_S) -> None:
     """SIGTERM every other process of this session, SIGKILL what is left after `grace_s`."""
-    from ranktune.platform.serve import session_pids
+    from ranktune.platform.serve.processes import session_pids
 
     me, session = os.getpid(), os.getsid(0)
     for sig, wait_s in ((signal.SIGTERM, grace_s), (signal.SIGKILL, 5.0)):

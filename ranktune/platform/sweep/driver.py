@@ -25,8 +25,8 @@ from typing import Any
 
 import yaml
 
-from ranktune.platform.sweep_files import write_json_atomic
-from ranktune.platform.sweep_state import STATE_FILE, check_sweep_store, load_state
+from ranktune.platform.store.files import write_json_atomic
+from ranktune.platform.store.state import STATE_FILE, check_sweep_store, load_state
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
 
@@ -38,7 +38,7 @@ SNAPSHOT_PERIOD_S = 2
 
 
 def resolved_config_yaml(spec_json: str, params: dict[str, Any]) -> str:
-    from ranktune.platform.target import proxy_config
+    from ranktune.platform.export.target import proxy_config
 
     spec = SweepSpec.model_validate_json(spec_json)
     return yaml.safe_dump(proxy_config(spec, params).model_dump(mode="json"), sort_keys=False)
@@ -49,13 +49,13 @@ def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[s
     """best_config.yaml: the winner's training config, led by a comment header naming the sweep, the
     trial, its method and objective, and how it was chosen.
 
-    With replicates (platform/confirm.py) the winner is the configuration with the best replicate
+    With replicates (platform/sweep/confirm.py) the winner is the configuration with the best replicate
     mean: the search's single best trial was picked for being lowest, so its value is biased low.
     Sections that only other methods read (GaLore's for an AdamW winner) are left out; absent sections
     take their defaults when the file is loaded, and the winner's method reads none of them.
     """
-    from ranktune.platform.ranking import confirmed_configuration
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.ranking import confirmed_configuration
+    from ranktune.platform.report.table import method_of
     from ranktune.trainables.optim import foreign_sections
 
     metric, mode = spec.objective.metric, spec.objective.mode
@@ -148,7 +148,7 @@ def gpus_per_trial(spec: SweepSpec) -> float:
 
 
 def check_cluster_versions() -> None:
-    from ranktune.platform.versions import check_cluster_versions as check
+    from ranktune.platform.sweep.versions import check_cluster_versions as check
 
     check()
 
@@ -177,7 +177,7 @@ def check_cluster_fits(spec: SweepSpec) -> None:
 def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
     from ray import tune
 
-    from ranktune.platform.trial import run_trial
+    from ranktune.platform.sweep.trial import run_trial
 
     if spec.memory_budget_gib is not None or spec.objectives or spec.target is not None:
         import os
@@ -198,9 +198,9 @@ def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
 def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None = None):
     import optuna
 
-    from ranktune.platform.feasible_search import FeasibleSearch
-    from ranktune.platform.study_storage import SweepStudyStorage
-    from ranktune.platform.study_view import SweepOptunaSearch
+    from ranktune.platform.sweep.feasible_search import FeasibleSearch
+    from ranktune.platform.store.study_storage import SweepStudyStorage
+    from ranktune.platform.sweep.study_view import SweepOptunaSearch
 
     space = spec.search_space()
     points = stratified_startup(spec)
@@ -209,7 +209,7 @@ def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None 
         # constant_liar: trials still running count as bad guesses, so concurrent trials spread out
         # instead of all sampling the same promising point.
         # A target-aware sweep's infeasible draws are PRUNED trials with a violated constraint
-        # (platform/target.py, trial.set_constraint): TPE ranks them below every feasible trial.
+        # (platform/export/target.py, trial.set_constraint): TPE ranks them below every feasible trial.
         sampler = optuna.samplers.TPESampler(
             seed=spec.seed, n_startup_trials=spec.search.n_startup_trials, multivariate=True, constant_liar=True
         )
@@ -253,7 +253,7 @@ def stratified_startup(spec: SweepSpec) -> list[dict[str, Any]] | None:
 def build_scheduler(spec: SweepSpec, eval_every: int):
     from ray.tune.schedulers import FIFOScheduler
 
-    from ranktune.platform.milestones import build_method_aware_scheduler
+    from ranktune.platform.sweep.milestones import build_method_aware_scheduler
 
     s, steps = spec.scheduler, spec.budget.steps_per_trial
     grace = s.grace_period or eval_every
@@ -321,9 +321,9 @@ def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None
 def tune_callbacks(spec: SweepSpec, state: dict[str, Any], num_trials: int, progress: bool,
                    parent_of: Callable | None = None) -> list:  # fmt: skip
     """MLflow runs (nested under the sweep's parent, or `parent_of(params)`) and console progress."""
-    from ranktune.platform.progress import SweepProgress
-    from ranktune.platform.tracking import MlflowTrials
-    from ranktune.platform.trial import trial_memory_rejection
+    from ranktune.platform.sweep.progress import SweepProgress
+    from ranktune.platform.tracking.client import MlflowTrials
+    from ranktune.platform.sweep.trial import trial_memory_rejection
 
     return [
         MlflowTrials(
@@ -344,8 +344,8 @@ def all_trials_ended(results) -> bool:
 
 def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool,
                  retry_failed: bool = False) -> None:  # fmt: skip
-    """The `confirm` phase after the search (platform/confirm.py): replicates of the best configurations."""
-    from ranktune.platform.confirm import run_confirm
+    """The `confirm` phase after the search (platform/sweep/confirm.py): replicates of the best configurations."""
+    from ranktune.platform.sweep.confirm import run_confirm
 
     def save_state() -> None:
         write_json_atomic(spec.storage_dir / STATE_FILE, state)
@@ -359,7 +359,7 @@ def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | Non
 
 def store_runs_view(client, spec: SweepSpec, experiment_id: str) -> bool:
     """The experiment's trials view (tracking.runs_view_state) with this sweep's methods and their params."""
-    from ranktune.platform.tracking import set_runs_view
+    from ranktune.platform.tracking.client import set_runs_view
 
     space = spec.search_space()
     if space.branches is not None and space.branches.key == "optim.name":
@@ -374,9 +374,9 @@ def parent_note(spec: SweepSpec, state: dict[str, Any], trials: list[dict[str, A
                 proxy_checks: list[str] | None = None) -> str:  # fmt: skip
     """The parent run's description in the MLflow UI: who won, the next commands (naming the sweep's
     directory as it is now, also after a copy), whether the proxy's answer is worth much, the ranked table."""
-    from ranktune.platform.proxy_checks import proxy_check_lines
-    from ranktune.platform.ranking import pick_winner
-    from ranktune.platform.report_table import flat_rows, to_markdown, winner_lines
+    from ranktune.platform.report.proxy_checks import proxy_check_lines
+    from ranktune.platform.report.ranking import pick_winner
+    from ranktune.platform.report.table import flat_rows, to_markdown, winner_lines
 
     winner = pick_winner(trials, spec.objective.mode, confirm)
     checks = proxy_check_lines(spec, trials) if proxy_checks is None else proxy_checks
@@ -385,7 +385,7 @@ def parent_note(spec: SweepSpec, state: dict[str, Any], trials: list[dict[str, A
 
 
 def start_tracking(spec: SweepSpec) -> dict[str, Any]:
-    from ranktune.platform.tracking import (
+    from ranktune.platform.tracking.client import (
         SWEEP_TAG,
         get_or_create_experiment,
         log_text_artifact,
@@ -414,8 +414,8 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
 
 def check_before_start(spec: SweepSpec) -> None:
     """What would fail every trial, or hang the driver, refused before Ray starts."""
-    from ranktune.platform.target import check_target_spec
-    from ranktune.platform.tracking import check_tracking_store
+    from ranktune.platform.export.target import check_target_spec
+    from ranktune.platform.tracking.client import check_tracking_store
     from ranktune.trainables.data import check_data_inputs
 
     check_tracking_store(spec.tracking_uri)
@@ -426,8 +426,8 @@ def check_before_start(spec: SweepSpec) -> None:
 def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | None = None,
               progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Start a new sweep in `spec.storage_dir` and run it to the end; returns the summary."""
-    from ranktune.platform.locks import own_directory
-    from ranktune.platform.tracking import mlflow_client
+    from ranktune.platform.store.locks import own_directory
+    from ranktune.platform.tracking.client import mlflow_client
 
     check_before_start(spec)
     with own_directory(spec.storage_dir, "storage", "sweep") as storage:
@@ -459,8 +459,8 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
     failure may have been the machine's: a full disk, a lost node), instead of replaying the failure."""
     from ray import tune
 
-    from ranktune.platform.locks import own_directory
-    from ranktune.platform.relocate import resuming
+    from ranktune.platform.store.locks import own_directory
+    from ranktune.platform.store.relocate import resuming
 
     spec, state = load_state(storage_dir, check_store=False)  # a running sweep is refused as such first
     check_before_start(spec)
@@ -485,8 +485,8 @@ def fit_and_finish(spec: SweepSpec, state: dict[str, Any], tuner, prepare: Calla
     """The search, then the replicates, then the results. Stopped early (Ctrl-C: Tune returns with trials
     unfinished), the results so far are written and the sweep is left for `--resume`. Anything else that
     ends the driver (a full disk, a bug) marks the parent run FAILED rather than leaving it RUNNING."""
-    from ranktune.platform.confirm import CONFIRM_FILE, FAILED_FILE
-    from ranktune.platform.tracking import mlflow_client
+    from ranktune.platform.sweep.confirm import CONFIRM_FILE, FAILED_FILE
+    from ranktune.platform.tracking.client import mlflow_client
 
     try:
         interrupted = not all_trials_ended(tuner.fit())
@@ -511,7 +511,7 @@ def close_lost_runs(client, state: dict[str, Any], interrupted: bool = False) ->
     `interrupted`: Tune's snapshot holds them and `--resume` continues them. After a complete one they
     are `lost`: the driver died before any Tune snapshot recorded them, so the resumed sweep could not
     continue them (a run tagged `interrupted` earlier and not continued is lost then too)."""
-    from ranktune.platform.tracking import CONFIRM_OF_TAG, INTERRUPTED, LOST, REASON_TAG, STATUS_TAG, child_runs
+    from ranktune.platform.tracking.client import CONFIRM_OF_TAG, INTERRUPTED, LOST, REASON_TAG, STATUS_TAG, child_runs
 
     closed = []
     storage = shlex.quote(state["storage_dir"]) if state.get("storage_dir") else "SWEEP_DIR"
@@ -535,7 +535,7 @@ def log_pareto_front(spec: SweepSpec, client, parent: str, trials: list[dict[str
     """With several objectives: pareto.json in storage and on the parent run, its trials as a tag."""
     if not spec.objectives:
         return []
-    from ranktune.platform.pareto import pareto_front
+    from ranktune.platform.report.pareto import pareto_front
 
     front = pareto_front(spec, trials)
     path = spec.storage_dir / "pareto.json"
@@ -550,11 +550,11 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = Fal
 
     `interrupted` (Ctrl-C before every trial ended): the same files from what has run so far, the open
     trial runs tagged `interrupted`, and the parent run KILLED, not FINISHED: `--resume` continues it."""
-    from ranktune.platform.confirm import load_confirm
-    from ranktune.platform.ranking import pick_best, pick_winner
-    from ranktune.platform.report import write_plots
-    from ranktune.platform.tracking import log_text_artifact, mlflow_client, results_json
-    from ranktune.platform.trials import collect_trials
+    from ranktune.platform.sweep.confirm import load_confirm
+    from ranktune.platform.report.ranking import pick_best, pick_winner
+    from ranktune.platform.report.figures import write_plots
+    from ranktune.platform.tracking.client import log_text_artifact, mlflow_client, results_json
+    from ranktune.platform.report.trials import collect_trials
 
     storage = spec.storage_dir
     client = mlflow_client(state["tracking_uri"])
@@ -574,15 +574,15 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = Fal
         client.set_tag(parent, "ranktune.best_trial_id", winner["trial_id"])
         client.log_metric(parent, f"best_{spec.objective.metric}", winner["objective"])
     summary["pareto"] = log_pareto_front(spec, client, parent, trials)
-    from ranktune.platform.proxy_checks import proxy_check_lines
-    from ranktune.platform.tracking import NOTE_TAG
+    from ranktune.platform.report.proxy_checks import proxy_check_lines
+    from ranktune.platform.tracking.client import NOTE_TAG
 
     # Whether the proxy's answer is worth much (matrix share, sanity baseline, edges): in the note too.
     summary["proxy_checks"] = proxy_check_lines(spec, trials)
     note = parent_note(spec, state, trials, confirm, summary["proxy_checks"])
     client.set_tag(parent, NOTE_TAG, note)
-    from ranktune.platform.confirm import format_confirm
-    from ranktune.platform.study_view import annotate_study
+    from ranktune.platform.sweep.confirm import format_confirm
+    from ranktune.platform.sweep.study_view import annotate_study
 
     verdicts = "\n".join(format_confirm(confirm)) if confirm else None
     annotate_study(spec, note + (f"\n\n```\n{verdicts}\n```" if verdicts else ""), verdicts)
@@ -600,7 +600,7 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = Fal
 
 def confirm_failures(spec: SweepSpec) -> str | None:
     """One line when the replicate phase ended with failed replicates (and so wrote no confirm.json)."""
-    from ranktune.platform.confirm import FAILED_FILE
+    from ranktune.platform.sweep.confirm import FAILED_FILE
 
     path = spec.storage_dir / FAILED_FILE
     return path.read_text().strip() if path.is_file() else None

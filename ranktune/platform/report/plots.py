@@ -56,7 +56,7 @@ def curve_range(curves: list[list[tuple[int, float]]]) -> tuple[float, float] | 
 def trial_curves(state: dict[str, Any], rows: list[dict[str, Any]],
                  metrics: tuple[str, ...] = ("train_loss", "eval_loss")) -> dict[str, dict[str, list]]:  # fmt: skip
     """run_id -> metric -> [(step, value)] sorted by step, from MLflow."""
-    from ranktune.platform.tracking import mlflow_client
+    from ranktune.platform.tracking.client import mlflow_client
 
     client = mlflow_client(state["tracking_uri"])
     curves = {}
@@ -286,11 +286,11 @@ def write_method_plots(spec: SweepSpec, state, rows, out_dir: Path, confirm=None
     import matplotlib
 
     matplotlib.use("Agg")
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.table import method_of
 
     out_dir.mkdir(parents=True, exist_ok=True)
     methods = [method_of(spec, r["params"]) for r in rows]
-    from ranktune.platform.trials import collect_replicates
+    from ranktune.platform.report.trials import collect_replicates
 
     replicates = collect_replicates(spec, state)
     curves = trial_curves(state, rows + replicates)

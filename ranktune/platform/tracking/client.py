@@ -30,11 +30,11 @@ RESUMED_TAG = "ranktune.resumed_from_step"  # set when a trial continued from a 
 RETRIED_TAG = "ranktune.retried_after"  # a failed trial that `sweep --resume` ran again: the failure's reason
 PARAMS_TAG = "ranktune.params"  # the sampled params as JSON, types kept (MLflow params are strings)
 NODES_TAG = "ranktune.node_ids"  # Ray nodes the trial reported from, in order, comma-separated
-CONFIRM_OF_TAG = "ranktune.confirm_of"  # a replicated configuration's run (platform/confirm.py), not a trial
+CONFIRM_OF_TAG = "ranktune.confirm_of"  # a replicated configuration's run (platform/sweep/confirm.py), not a trial
 EVAL_SET_TAG = "ranktune.eval_set"  # identity of the held-out blocks the trial was scored on (data.eval_set_id)
 STOP_REASON_TAG = "ranktune.stop_reason"  # why the scheduler stopped a trial: milestone, its value, the cutoff
 NOTE_TAG = "mlflow.note.content"  # the run's description in the MLflow UI (markdown)
-ROLE_TAG = "ranktune.role"  # trial | configuration (a replicated one, platform/confirm.py) | replicate
+ROLE_TAG = "ranktune.role"  # trial | configuration (a replicated one, platform/sweep/confirm.py) | replicate
 REPLICATE_OF_TAG = "ranktune.replicate_of"  # a replicate's searched trial (its configuration's confirm_of)
 TRIAL, CONFIGURATION, REPLICATE = "trial", "configuration", "replicate"
 # What the experiment holds (model training runs, not GenAI traces), for MLflow UIs that read it. The
@@ -241,7 +241,7 @@ class MlflowTrials(Callback):
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        from ranktune.platform.relocate import resumed_state
+        from ranktune.platform.store.relocate import resumed_state
 
         self.__dict__.update(state)
         resumed = resumed_state()
@@ -354,7 +354,7 @@ class MlflowTrials(Callback):
         self.client.set_tag(run_id, STATUS_TAG, "stopped_early" if stopped_early else "finished")
         if stopped_early:
             # A decision of the search, not a crash: the run ends FINISHED and says why it ended early.
-            from ranktune.platform.milestones import stop_reasons
+            from ranktune.platform.sweep.milestones import stop_reasons
 
             reason = stop_reasons.get(trial.trial_id, f"stopped by the scheduler at step {reached}")
             self.client.set_tag(run_id, STOP_REASON_TAG, reason)

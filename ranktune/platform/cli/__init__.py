@@ -1,0 +1,5 @@
+"""The `ranktune` command line."""
+
+from ranktune.platform.cli.main import main
+
+__all__ = ["main"]

@@ -1,0 +1,3 @@
+from ranktune.platform.cli.main import main
+
+raise SystemExit(main())
