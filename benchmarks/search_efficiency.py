@@ -44,8 +44,8 @@ def run(kind: str, seed: int, args, root: Path) -> list[tuple[int, float | None,
     """(steps trained, final objective or None, status) per trial, in finishing order."""
     import ray
 
-    from ranktune.platform.sweep.driver import run_sweep
     from ranktune.platform.store.state import load_state
+    from ranktune.platform.sweep.driver import run_sweep
     from ranktune.platform.tracking.client import STATUS_TAG, child_runs, mlflow_client
     from ranktune.search_spaces import spec_from_dict
 

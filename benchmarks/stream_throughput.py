@@ -78,7 +78,7 @@ def reference_7b_tokens_per_s() -> tuple[float, list[str]]:
 
 
 def time_two_steps(corpus: Path, workdir: Path) -> float:
-    cmd = [sys.executable, "-m", "ranktune.platform.cli.main", "train", "--quiet",
+    cmd = [sys.executable, "-m", "ranktune.platform.cli", "train", "--quiet",
            "--set", "model.name=tiny", "--set", "data.source=files", "--set", f"data.files=[{corpus}]",
            "--set", "data.max_tokens=2000000000", "--set", f"data.cache_dir={workdir / 'cache'}",
            "--set", "data.seq_len=256", "--set", "train.steps=2", "--set", "train.batch_size=8",

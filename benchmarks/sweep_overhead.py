@@ -31,11 +31,11 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=120)
     args = parser.parse_args()
 
-    from ranktune.platform.sweep.driver import run_sweep
-    from ranktune.platform.store.state import load_state
-    from ranktune.platform.tracking.client import child_runs, mlflow_client
-    from ranktune.platform.sweep.trial import trial_train_config
     from ranktune.platform.report.trials import collect_trials
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.sweep.driver import run_sweep
+    from ranktune.platform.sweep.trial import trial_train_config
+    from ranktune.platform.tracking.client import child_runs, mlflow_client
     from ranktune.search_spaces import spec_from_dict
     from ranktune.trainables import Trainer
 

@@ -133,3 +133,91 @@ def test_every_import_of_a_ranktune_name_resolves():
                         except ImportError:
                             broken.append(f"{where} {node.module}.{alias.name}")
     assert not broken, "imports that fail:\n" + "\n".join(broken)
+
+
+# The parts of the package, by module prefix (the longest matching prefix wins), and what each may import:
+# cli -> {sweep, export, report, serve} -> {tracking, store} -> core -> search_spaces -> trainables. The
+# sweep ends by ranking, replicating and checking the target with the report's and export's rules, so it
+# may import both; export reads the sweep's results through report; report never imports sweep or export.
+# `compat` are the old paths of names Tune pickled into sweeps written before the subpackages.
+COMPONENTS = {
+    "ranktune.platform.cli": "cli",
+    "ranktune.platform.sweep": "sweep",
+    "ranktune.platform.report": "report",
+    "ranktune.platform.export": "export",
+    "ranktune.platform.serve": "serve",
+    "ranktune.platform.tracking": "tracking",
+    "ranktune.platform.store": "store",
+    "ranktune.platform": "core",
+    "ranktune.search_spaces": "search_spaces",
+    "ranktune.trainables": "trainables",
+    "ranktune": "trainables",
+}
+COMPAT = {  # exact modules: the shims
+    "ranktune.platform.trial", "ranktune.platform.milestones", "ranktune.platform.progress",
+    "ranktune.platform.study_storage", "ranktune.platform.tracking",
+}  # fmt: skip
+BELOW = {
+    "trainables": set(),
+    "search_spaces": {"trainables"},
+    "core": {"search_spaces", "trainables"},
+    "store": {"core", "search_spaces", "trainables"},
+    "tracking": {"store", "core", "search_spaces", "trainables"},
+}
+BELOW["report"] = {"tracking"} | BELOW["tracking"]
+BELOW["serve"] = BELOW["report"]
+BELOW["export"] = {"report"} | BELOW["report"]
+BELOW["sweep"] = {"export", "report", "serve"} | BELOW["report"]
+BELOW["cli"] = {"sweep", "export", "report", "serve"} | BELOW["report"]
+BELOW["compat"] = {"sweep", "store"}
+
+
+def component(module: str) -> str:
+    if module in COMPAT:
+        return "compat"
+    prefix = max((p for p in COMPONENTS if module == p or module.startswith(p + ".")), key=len)
+    return COMPONENTS[prefix]
+
+
+def test_each_part_imports_only_the_parts_below_it(graph):
+    wrong = []
+    for importer in sorted(graph.modules):
+        for imported in sorted(graph.find_modules_directly_imported_by(importer)):
+            source, target = component(importer), component(imported)
+            if source != target and target not in BELOW[source]:
+                wrong.append(f"{importer} ({source}) imports {imported} ({target})")
+    assert not wrong, "imports against the dependency rule (tests/test_architecture.py):\n" + "\n".join(wrong)
+
+
+def test_the_layer_rule_sees_an_import_against_it(graph):
+    """The rule above is not vacuous: a report module importing the sweep driver is caught."""
+    assert component("ranktune.platform.report.table") == "report"
+    assert component("ranktune.platform.sweep.driver") not in BELOW["report"]
+    assert component("ranktune.platform.tracking.client") == "tracking"
+    assert component("ranktune.platform.tracking") == "compat"
+
+
+def test_nothing_imports_the_compatibility_paths(graph):
+    users = [f"{importer} imports {compat}" for compat in sorted(COMPAT)
+             for importer in sorted(graph.find_modules_that_directly_import(compat))
+             if not importer.startswith(compat + ".")]  # fmt: skip
+    assert not users, "new code imports the new paths:\n" + "\n".join(users)
+
+
+def test_reading_a_sweep_does_not_import_ray(tmp_path):
+    """`ranktune report` reads a sweep directory: Ray (seconds to import, and a cluster's worth of
+    threads) is not needed, and `python -X importtime` shows it is not imported."""
+    import shutil
+    import subprocess
+    import sys
+
+    copy = tmp_path / "sweep"
+    shutil.copytree(Path(__file__).parent / "data" / "sweep_before_move", copy)
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "ranktune.platform.cli", "report", str(copy),
+                           "--no-plots"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "winner:" in done.stdout
+    imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
+    assert "ranktune.platform.report.table" in imported  # importtime saw the report's own modules
+    ray = [m for m in imported if m == "ray" or m.startswith("ray.")]
+    assert not ray, ray[:5]

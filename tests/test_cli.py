@@ -19,7 +19,7 @@ TINY = [
 def ranktune(*args, cwd=None):
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     return subprocess.run(
-        [sys.executable, "-m", "ranktune.platform.cli.main", *args], capture_output=True, text=True, cwd=cwd, env=env
+        [sys.executable, "-m", "ranktune.platform.cli", *args], capture_output=True, text=True, cwd=cwd, env=env
     )
 
 

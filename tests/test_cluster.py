@@ -127,7 +127,7 @@ class SweepDriver:
 
     def __init__(self, cluster: LocalCluster, spec_file: Path, log: Path) -> None:
         env = {**os.environ, **cluster.driver_env(), "PYTHONWARNINGS": "ignore", "RAY_USAGE_STATS_ENABLED": "0"}
-        cmd = [sys.executable, "-m", "ranktune.platform.cli.main", "sweep", str(spec_file), "--address", cluster.address,
+        cmd = [sys.executable, "-m", "ranktune.platform.cli", "sweep", str(spec_file), "--address", cluster.address,
                "--quiet"]  # fmt: skip
         self.log = log
         self.proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=open(log, "w"),
@@ -150,8 +150,8 @@ class SweepDriver:
 
 def trial_runs(storage: Path) -> tuple[object, list]:
     _, state = load_state(storage)
-    client = mlflow_client(state["tracking_uri"])
-    return client, child_runs(client, state["experiment_id"], state["parent_run_id"])
+    client = mlflow_client(state.tracking_uri)
+    return client, child_runs(client, state.experiment_id, state.parent_run_id)
 
 
 def nodes_of(run) -> list[str]:

@@ -4,7 +4,8 @@ import json
 
 import pytest
 
-from ranktune.platform.sweep.confirm import fixed_points, format_confirm, select_configurations, summarize
+from ranktune.platform.report.replicates import format_confirm, select_configurations, summarize
+from ranktune.platform.sweep.confirm import fixed_points
 from ranktune.search_spaces import spec_from_dict
 
 BASE = {"model": {"name": "tiny"}, "train": {"batch_size": 8, "micro_batch_size": 8}}
@@ -91,10 +92,10 @@ def test_the_best_baseline_is_always_replicated_and_judged():
 def test_sweep_replicates_its_top_two_nested_in_mlflow(tmp_path, token_cache):
     import ray
 
-    from ranktune.platform.sweep.driver import run_sweep
-    from ranktune.platform.store.state import load_state
-    from ranktune.platform.tracking.client import CONFIRM_OF_TAG, child_runs, mlflow_client
     from ranktune.platform.report.trials import collect_trials
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.sweep.driver import run_sweep
+    from ranktune.platform.tracking.client import CONFIRM_OF_TAG, child_runs, mlflow_client
     from tests.test_sweep import tiny_spec
 
     raw = tiny_spec(tmp_path, token_cache, "confirm", space=TWO_METHODS, search={"algorithm": "random"},
@@ -111,19 +112,19 @@ def test_sweep_replicates_its_top_two_nested_in_mlflow(tmp_path, token_cache):
     assert confirm["verdict"] in ("resolved", "tie", "add seeds") and len(confirm["configurations"]) == 2
     assert confirm["baseline_verdict"] in ("winner is the baseline", "resolved", "tie", "add seeds")  # adamw
     assert all(c["n"] == 2 and c["std"] is not None for c in confirm["configurations"])
-    client = mlflow_client(state["tracking_uri"])
-    children = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    client = mlflow_client(state.tracking_uri)
+    children = child_runs(client, state.experiment_id, state.parent_run_id)
     config_runs = [c for c in children if CONFIRM_OF_TAG in c.data.tags]
     assert len(config_runs) == 2 and len(collect_trials(spec_, state)) == 3  # replicates are not search trials
     for run in config_runs:
-        replicates = child_runs(client, state["experiment_id"], run.info.run_id)
+        replicates = child_runs(client, state.experiment_id, run.info.run_id)
         assert len(replicates) == 2
         assert {json.loads(r.data.tags["ranktune.params"])["train.seed"] for r in replicates} == {1, 2}
         assert run.data.tags["ranktune.role"] == "configuration" and run.data.params["optim.name"]
         assert {r.data.tags["ranktune.role"] for r in replicates} == {"replicate"}
         assert {r.data.tags["ranktune.replicate_of"] for r in replicates} == {run.data.tags[CONFIRM_OF_TAG]}
         assert "eval_loss_mean" in run.data.metrics
-    parent = client.get_run(state["parent_run_id"])
+    parent = client.get_run(state.parent_run_id)
     assert parent.data.tags["ranktune.verdict"].startswith(confirm["verdict"])
     assert parent.data.tags["ranktune.pareto_trials"]
     assert (spec_.storage_dir / "plots" / "pareto.png").is_file()
@@ -133,9 +134,9 @@ def test_a_target_aware_sweep_compares_with_its_references_but_never_answers_wit
     """AdamW cannot run at 7b on 24 GiB, yet a target-aware sweep trains it as a reference: the winner,
     the replicates' verdict and export's choice are among the configurations the target can launch, and the
     verdict against the reference says when it is better (beaten)."""
+    from ranktune.platform.export.target import infeasible_reason
     from ranktune.platform.report.ranking import pick_winner
     from ranktune.platform.report.table import flat_rows, is_reference
-    from ranktune.platform.export.target import infeasible_reason
 
     three = spec(space=THREE_METHODS, target={"model": "7b", "budget_gib": 24})
     assert is_reference(three, {"optim.name": "adamw"}) and not is_reference(spec(space=THREE_METHODS),

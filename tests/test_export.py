@@ -28,9 +28,9 @@ from tiny import tiny_sweep_base
 from ranktune.platform.export.recipe import ScalingRules, export_best, select_trial
 from ranktune.platform.memory import GIB
 from ranktune.platform.report.ranking import pick_winner
+from ranktune.platform.report.trials import collect_trials
 from ranktune.platform.store.state import load_state
 from ranktune.platform.tracking.client import PARAMS_TAG, REASON_TAG, STATUS_TAG, child_runs, mlflow_client
-from ranktune.platform.report.trials import collect_trials
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError, load_config
 from ranktune.trainables.model import build_model, count_parameters, model_config
@@ -71,8 +71,8 @@ def test_over_budget_and_infeasible_configs_are_not_trained(sweep):
     import optuna
 
     spec, state = load_state(sweep.storage_dir)
-    client = mlflow_client(state["tracking_uri"])
-    runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    client = mlflow_client(state.tracking_uri)
+    runs = child_runs(client, state.experiment_id, state.parent_run_id)
     assert len(runs) == 10
     for run in runs:
         params = json.loads(run.data.tags[PARAMS_TAG])
@@ -103,7 +103,7 @@ def test_over_budget_and_infeasible_configs_are_not_trained(sweep):
 
 def test_proxies_trained_the_7b_update_rule(sweep):
     spec, state = load_state(sweep.storage_dir)
-    client = mlflow_client(state["tracking_uri"])
+    client = mlflow_client(state.tracking_uri)
     for row in collect_trials(spec, state):
         if row["status"] == "finished" and row["params"]["optim.name"] == "galore_adamw":
             cfg = load_config(client.download_artifacts(row["run_id"], "config.yaml"))
@@ -191,11 +191,11 @@ def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(sweep, tmp_path, token_ca
     assert memory["fits"] and 0 < memory["headroom_bytes"] < 24 * GIB
 
     _, state = load_state(sweep.storage_dir)
-    client = mlflow_client(state["tracking_uri"])
-    exported = {a.path for a in client.list_artifacts(state["parent_run_id"], "export")}
+    client = mlflow_client(state.tracking_uri)
+    exported = {a.path for a in client.list_artifacts(state.parent_run_id, "export")}
     assert {"export/relora_7b.yaml", "export/relora_7b.memory.json"} <= exported
-    assert client.get_run(state["parent_run_id"]).data.tags["ranktune.export.7b.trial_id"] == trial
-    source = next(r for r in child_runs(client, state["experiment_id"], state["parent_run_id"])
+    assert client.get_run(state.parent_run_id).data.tags["ranktune.export.7b.trial_id"] == trial
+    source = next(r for r in child_runs(client, state.experiment_id, state.parent_run_id)
                   if r.data.tags["ranktune.trial_id"] == trial)  # fmt: skip
     assert source.data.tags["ranktune.exported_to"].startswith("7b")
 
@@ -271,7 +271,7 @@ def test_export_prints_duration_and_sizes_to_tokens_or_days(sweep, tmp_path, cap
 
 
 def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ranktune.platform.cli.main", *args]
+    return [sys.executable, "-m", "ranktune.platform.cli", *args]
 
 
 def _start_ui(sweep_dir, cwd, port: int) -> tuple[subprocess.Popen, queue.Queue]:
@@ -333,12 +333,12 @@ def test_a_copied_sweep_works_from_another_directory_with_the_original_gone(swee
         try:
             _wait_for_line(lines, seen, "MLflow UI for", timeout_s=300)
             base = f"http://127.0.0.1:{port}"
-            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={state['parent_run_id']}",
+            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={state.parent_run_id}",
                                         timeout=30) as response:  # fmt: skip
                 artifact_uri = json.load(response)["run"]["info"]["artifact_uri"]
             assert artifact_uri.startswith(copy.resolve().as_uri()), artifact_uri
             # Served from the copy: the original is gone, so these bytes can only come from there.
-            url = f"{base}/get-artifact?path=results.json&run_uuid={state['parent_run_id']}"
+            url = f"{base}/get-artifact?path=results.json&run_uuid={state.parent_run_id}"
             with urllib.request.urlopen(url, timeout=30) as response:
                 assert json.loads(response.read()) == json.loads((copy / "results.json").read_text())
         finally:
@@ -364,8 +364,8 @@ def test_mlflow_ui_opens_on_the_trials_in_the_training_view(sweep, tmp_path):
     from ranktune.platform.serve.cluster import free_port
 
     spec, state = load_state(sweep.storage_dir)
-    client = mlflow_client(state["tracking_uri"])
-    trials = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    client = mlflow_client(state.tracking_uri)
+    trials = child_runs(client, state.experiment_id, state.parent_run_id)
     port, seen = free_port(), []
     ui, lines = _start_ui(sweep.storage_dir, tmp_path, port)
     try:

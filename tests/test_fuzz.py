@@ -207,8 +207,8 @@ def test_damaged_sweep_files_are_refused_in_one_line_or_still_read(tmp_path_fact
 
     from tiny import tiny_sweep_base
 
-    from ranktune.platform.sweep import driver as sweep
     from ranktune.platform.store.files import write_json_atomic
+    from ranktune.platform.sweep import driver as sweep
 
     template = tmp_path_factory.mktemp("fuzz-sweep") / "sweep"
     spec = spec_from_dict({**VALID_SPEC, "base_overrides": tiny_sweep_base(token_cache), "storage": str(template)})

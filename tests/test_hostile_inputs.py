@@ -10,10 +10,10 @@ import sqlite3
 
 import pytest
 
-from ranktune.platform.sweep import driver as sweep
 from ranktune.platform.cli.main import main
-from ranktune.platform.store.locks import LOCK_FILE, OWNER_FILE, own_directory
 from ranktune.platform.store.files import write_json_atomic
+from ranktune.platform.store.locks import LOCK_FILE, OWNER_FILE, own_directory
+from ranktune.platform.sweep import driver as sweep
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
@@ -446,9 +446,9 @@ class FakeTuner:
 def open_trial_run(spec, state, trial_id="t_1"):
     from ranktune.platform.tracking.client import SWEEP_TAG, TRIAL_TAG, mlflow_client
 
-    client = mlflow_client(state["tracking_uri"])
-    tags = {"mlflow.parentRunId": state["parent_run_id"], TRIAL_TAG: trial_id, SWEEP_TAG: spec.name}
-    return client, client.create_run(state["experiment_id"], tags=tags).info.run_id
+    client = mlflow_client(state.tracking_uri)
+    tags = {"mlflow.parentRunId": state.parent_run_id, TRIAL_TAG: trial_id, SWEEP_TAG: spec.name}
+    return client, client.create_run(state.experiment_id, tags=tags).info.run_id
 
 
 def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resumable(cli, started_sweep, monkeypatch):
@@ -461,7 +461,7 @@ def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resuma
     assert summary["interrupted"]
     run = client.get_run(trial_run)
     assert run.data.tags[STATUS_TAG] == "interrupted" and "--resume" in run.data.tags[REASON_TAG]
-    assert client.get_run(state["parent_run_id"]).info.status == "KILLED"  # not FINISHED: resumable
+    assert client.get_run(state.parent_run_id).info.status == "KILLED"  # not FINISHED: resumable
 
     monkeypatch.setattr(sweep, "resume_sweep", lambda *a, **k: summary)
     rc, out, err = cli("sweep", "--resume", str(started_sweep), "--quiet")
@@ -473,7 +473,7 @@ def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resuma
     summary = sweep.fit_and_finish(spec, state, FakeTuner(FakeResults(ended=1, total=1)), None, False)
     assert not summary["interrupted"]
     assert client.get_run(trial_run).data.tags[STATUS_TAG] == "lost"
-    assert client.get_run(state["parent_run_id"]).info.status == "FINISHED"
+    assert client.get_run(state.parent_run_id).info.status == "FINISHED"
 
 
 @pytest.mark.parametrize(
@@ -486,4 +486,4 @@ def test_a_driver_that_dies_does_not_leave_the_parent_run_running(started_sweep,
     spec, state = sweep.load_state(started_sweep)
     with pytest.raises(type(fault)):
         sweep.fit_and_finish(spec, state, FakeTuner(fault), None, False)
-    assert mlflow_client(state["tracking_uri"]).get_run(state["parent_run_id"]).info.status == status
+    assert mlflow_client(state.tracking_uri).get_run(state.parent_run_id).info.status == status

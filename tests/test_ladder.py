@@ -8,6 +8,7 @@ import math
 import pytest
 from scipy import stats
 
+from ranktune.platform.export.fitted_rules import LadderSource, apply_fitted_lr, fit_power_law, fit_rules
 from ranktune.platform.report.ladder_analysis import (
     ConfigResult,
     compare,
@@ -17,7 +18,6 @@ from ranktune.platform.report.ladder_analysis import (
     transfer_verdict,
     unique_points,
 )
-from ranktune.platform.export.fitted_rules import LadderSource, apply_fitted_lr, fit_power_law, fit_rules
 from ranktune.platform.report.proxy_checks import MIN_MATRIX_SHARE, matrix_share, on_edge, sanity_line
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
@@ -204,8 +204,8 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
     import yaml
     from tiny import tiny_sweep_base
 
-    from ranktune.platform.store.state import load_state
     from ranktune.platform.report.trials import collect_trials
+    from ranktune.platform.store.state import load_state
 
     base = tiny_sweep_base(token_cache, data={"tokenizer": "corpus:512"}, train={"device": "cpu"})
     base["model"] = {"name": "tiny", "hidden_size": 32, "intermediate_size": 86, "num_heads": 4}
@@ -221,7 +221,7 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
                {"name": "w64", "model": {"hidden_size": 64, "intermediate_size": 172}, "steps": 12}]}}  # fmt: skip
     spec_file = tmp_path / "lad.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
-    cli = [sys.executable, "-m", "ranktune.platform.cli.main"]
+    cli = [sys.executable, "-m", "ranktune.platform.cli"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     driver = subprocess.Popen([*cli, "sweep", str(spec_file), "--quiet"], start_new_session=True, env=env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.log", "w"))  # fmt: skip

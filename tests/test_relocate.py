@@ -6,6 +6,7 @@ import json
 import shutil
 
 from ranktune.platform.store.relocate import relocate
+from ranktune.platform.store.state import SweepState
 from ranktune.platform.tracking.client import get_or_create_experiment, log_text_artifact, mlflow_client
 from ranktune.search_spaces import spec_from_dict
 
@@ -38,8 +39,8 @@ def test_a_moved_sweep_reads_its_own_store_and_artifacts_from_any_directory(tmp_
 
     spec, state = load_state(moved)
     assert spec.storage_dir == moved.resolve()
-    assert state["tracking_uri"] == f"sqlite:///{moved.resolve() / 'mlflow.db'}"
-    client = mlflow_client(state["tracking_uri"])
+    assert state.tracking_uri == f"sqlite:///{moved.resolve() / 'mlflow.db'}"
+    client = mlflow_client(state.tracking_uri)
     run = client.get_run(run_id)
     assert run.info.artifact_uri.startswith((moved / "mlartifacts").as_uri())
     local = client.download_artifacts(run_id, "note.txt", str(tmp_path))
@@ -50,9 +51,10 @@ def test_a_moved_sweep_reads_its_own_store_and_artifacts_from_any_directory(tmp_
 
 def test_a_sweep_on_an_explicit_tracking_server_keeps_it(tmp_path):
     spec = spec_from_dict({**SPEC, "tracking": {"tracking_uri": "http://127.0.0.1:5000"}})
-    state = {"spec": SPEC, "tracking_uri": "http://127.0.0.1:5000", "storage_dir": "/elsewhere"}
+    state = SweepState(spec=SPEC, tracking_uri="http://127.0.0.1:5000", experiment_id="1", parent_run_id="p",
+                       storage_dir="/elsewhere")
     spec, state = relocate(spec, state, tmp_path)
-    assert state["tracking_uri"] == "http://127.0.0.1:5000" and spec.storage_dir == tmp_path.resolve()
+    assert state.tracking_uri == "http://127.0.0.1:5000" and spec.storage_dir == tmp_path.resolve()
 
 
 def test_what_tune_pickled_reopens_the_resumed_copys_stores(tmp_path):
@@ -62,7 +64,7 @@ def test_what_tune_pickled_reopens_the_resumed_copys_stores(tmp_path):
 
     from ranktune.platform.store.relocate import resuming
     from ranktune.platform.store.study_storage import SweepStudyStorage
-    from ranktune.platform.tracking.client import MlflowTrials
+    from ranktune.platform.sweep.mlflow_callback import MlflowTrials
 
     original, copy = tmp_path / "a" / "moved", tmp_path / "b" / "moved"
     original.mkdir(parents=True)
@@ -71,6 +73,8 @@ def test_what_tune_pickled_reopens_the_resumed_copys_stores(tmp_path):
     callback = pickle.dumps(MlflowTrials(f"sqlite:///{original / 'mlflow.db'}", "1", "parent", "moved", 10, str))
     assert pickle.loads(storage).url == f"sqlite:///{original / 'optuna.db'}"  # in place: as pickled
     assert pickle.loads(callback).tracking_uri == f"sqlite:///{original / 'mlflow.db'}"
-    with resuming({"storage_dir": str(copy), "tracking_uri": f"sqlite:///{copy / 'mlflow.db'}"}):
+    copied = SweepState(spec={}, tracking_uri=f"sqlite:///{copy / 'mlflow.db'}", experiment_id="1",
+                        parent_run_id="parent", storage_dir=str(copy))
+    with resuming(copied):
         assert pickle.loads(storage).url == f"sqlite:///{copy / 'optuna.db'}"
         assert pickle.loads(callback).tracking_uri == f"sqlite:///{copy / 'mlflow.db'}"

@@ -7,9 +7,9 @@ import re
 from browser import distinct_colours, dump_dom, needs_chromium, screenshot, with_error_probe
 from test_report_table import ROWS, SPEC
 
-from ranktune.platform.sweep.confirm import summarize
-from ranktune.platform.report.plots import informative_range, method_colour
 from ranktune.platform.report.html import render_html
+from ranktune.platform.report.plots import informative_range, method_colour
+from ranktune.platform.report.replicates import summarize
 from ranktune.platform.report.table import flat_rows, method_of
 from ranktune.search_spaces import spec_from_dict
 

@@ -128,6 +128,6 @@ def test_cli_sweep_with_bad_spec_exits_2(tmp_path):
 
     path = tmp_path / "bad.yaml"
     path.write_text("space: {params: {galore.rank: {type: choice, values: [4096]}}, fixed: {optim.name: galore_adamw}}")
-    out = subprocess.run([sys.executable, "-m", "ranktune.platform.cli.main", "sweep", str(path)], capture_output=True,
+    out = subprocess.run([sys.executable, "-m", "ranktune.platform.cli", "sweep", str(path)], capture_output=True,
                          text=True)  # fmt: skip
     assert out.returncode == 2 and "galore.rank" in out.stderr and "Traceback" not in out.stderr

@@ -16,9 +16,9 @@ import pytest
 import yaml
 from tiny import tiny_sweep_base
 
+from ranktune.platform.report.trials import collect_trials
 from ranktune.platform.store.state import load_state
 from ranktune.platform.tracking.client import PARAMS_TAG, REASON_TAG, RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
-from ranktune.platform.report.trials import collect_trials
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import load_config
 
@@ -85,9 +85,9 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     assert "Token authentication is enabled" not in "".join(capfd.readouterr())
 
     _, state = load_state(spec.storage_dir)
-    client = mlflow_client(state["tracking_uri"])
-    parent = client.get_run(state["parent_run_id"])
-    children = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    client = mlflow_client(state.tracking_uri)
+    parent = client.get_run(state.parent_run_id)
+    children = child_runs(client, state.experiment_id, state.parent_run_id)
     assert len(children) == 4
     by_lr = {json.loads(c.data.tags[PARAMS_TAG])["optim.lr"]: c for c in children}
 
@@ -160,10 +160,10 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     # runs found by their role (replicates nested under their configuration)
     from ranktune.platform.tracking.client import ROLE_TAG, SHARED_VIEW_TAG
 
-    view = json.loads(client.get_experiment(state["experiment_id"]).tags[SHARED_VIEW_TAG])
+    view = json.loads(client.get_experiment(state.experiment_id).tags[SHARED_VIEW_TAG])
     assert view["selectedColumns"][:2] == ["params.`optim.name`", "params.`optim.lr`"]
     assert view["runsHiddenMode"] == "SHOW_ALL" and "metrics.`final_optimizer_state_MiB`" in view["selectedColumns"]
-    listed = client.search_runs([state["experiment_id"]], filter_string=view["searchFilter"])
+    listed = client.search_runs([state.experiment_id], filter_string=view["searchFilter"])
     assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
     assert {c.data.tags[ROLE_TAG] for c in children} == {"trial"}
     assert good.data.metrics["final_optimizer_state_MiB"] == pytest.approx(
@@ -202,7 +202,7 @@ def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, tok
     spec_file = tmp_path / "killed.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     storage = tmp_path / "killed"
-    cli = [sys.executable, "-m", "ranktune.platform.cli.main"]
+    cli = [sys.executable, "-m", "ranktune.platform.cli"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     driver = subprocess.Popen([*cli, "sweep", str(spec_file), "--quiet"], start_new_session=True, env=env,
                               stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.log", "w"))  # fmt: skip
@@ -211,8 +211,8 @@ def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, tok
         if not (storage / "sweep.json").exists():
             return None
         _, state = load_state(storage)
-        client = mlflow_client(state["tracking_uri"])
-        runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
+        client = mlflow_client(state.tracking_uri)
+        runs = child_runs(client, state.experiment_id, state.parent_run_id)
         done = [r for r in runs if r.data.tags.get(STATUS_TAG) == "finished"]
         running = [r for r in runs if STATUS_TAG not in r.data.tags]
         if done and any(m.step >= 10 for r in running for m in client.get_metric_history(r.info.run_id, "eval_loss")):
@@ -236,8 +236,8 @@ def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, tok
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     spec, state = load_state(storage)
-    client = mlflow_client(state["tracking_uri"])
-    runs = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    client = mlflow_client(state.tracking_uri)
+    runs = child_runs(client, state.experiment_id, state.parent_run_id)
     trial_ids = [r.data.tags["ranktune.trial_id"] for r in runs]
     assert len(runs) == 3 and len(set(trial_ids)) == 3  # every trial exactly once in MLflow
     statuses = {r.data.tags["ranktune.trial_id"]: (r.data.tags[STATUS_TAG], r.data.tags.get(REASON_TAG)) for r in runs}
@@ -267,8 +267,8 @@ def test_two_worker_ray_train_trial_on_cpu(tmp_path, token_cache, local_ray):
     assert summary["best"] is not None and summary["best"]["status"] == "finished"
     assert math.isfinite(summary["best"]["objective"])
     _, state = load_state(spec.storage_dir)
-    client = mlflow_client(state["tracking_uri"])
-    (run,) = child_runs(client, state["experiment_id"], state["parent_run_id"])
+    client = mlflow_client(state.tracking_uri)
+    (run,) = child_runs(client, state.experiment_id, state.parent_run_id)
     assert max(m.step for m in client.get_metric_history(run.info.run_id, "eval_loss")) == 10
 
 

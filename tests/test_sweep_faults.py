@@ -8,8 +8,8 @@ import math
 
 import pytest
 
-from ranktune.platform.sweep import driver as sweep
 from ranktune.platform.cli.main import main, sweep_exit_code
+from ranktune.platform.sweep import driver as sweep
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
@@ -81,7 +81,7 @@ def _ranktune(*args, timeout=120):
     import sys
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "ranktune.platform.cli.main", *map(str, args)], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ranktune.platform.cli", *map(str, args)], capture_output=True,
                           text=True, env=env, timeout=timeout)  # fmt: skip
 
 
@@ -166,11 +166,11 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     import ray
     import torch
 
-    from ranktune.platform.tracking import client as tracking
     from ranktune.platform.cli.main import _print_outcome
-    from ranktune.platform.sweep.confirm import CONFIRM_FILE
-    from ranktune.platform.tracking.client import RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
+    from ranktune.platform.report.replicates import CONFIRM_FILE
     from ranktune.platform.report.trials import collect_trials
+    from ranktune.platform.tracking import client as tracking
+    from ranktune.platform.tracking.client import RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
     from ranktune.trainables.run import train_run
     from tests.tiny import tiny_sweep_base
 
@@ -196,7 +196,7 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
 
     (spec.storage_dir / DISK_FULL).unlink()  # space is back
     second = sweep.resume_sweep(spec.storage_dir, prepare=disk_fills_during_replicates, progress=False)
-    from ranktune.platform.sweep.confirm import FAILED_FILE
+    from ranktune.platform.report.replicates import FAILED_FILE
 
     assert second["confirm_failures"] is None and not (spec.storage_dir / FAILED_FILE).exists()
     confirm = json.loads((spec.storage_dir / CONFIRM_FILE).read_text())
@@ -216,9 +216,9 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
         torch.set_num_threads(threads)
     assert sorted(config["values"]) == sorted(straight)
 
-    client = mlflow_client(state["tracking_uri"])
-    replicates = [run for config_run in state["confirm_runs"].values()
-                  for run in child_runs(client, state["experiment_id"], config_run)]  # fmt: skip
+    client = mlflow_client(state.tracking_uri)
+    replicates = [run for config_run in state.confirm_runs.values()
+                  for run in child_runs(client, state.experiment_id, config_run)]  # fmt: skip
     assert len(replicates) == 2
     for run in replicates:
         assert run.data.tags[STATUS_TAG] == "finished" and run.info.status == "FINISHED"

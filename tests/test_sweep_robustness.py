@@ -12,10 +12,10 @@ import time
 
 import pytest
 
-from ranktune.platform.sweep import driver as sweep
 from ranktune.platform.cli.main import sweep_exit_code
 from ranktune.platform.export.recipe import select_trial
 from ranktune.platform.store.locks import DirectoryBusy
+from ranktune.platform.sweep import driver as sweep
 from ranktune.platform.tracking.client import strip_userinfo
 from ranktune.trainables.config import ConfigError
 

@@ -8,8 +8,8 @@ import pytest
 from tiny import TINY_MODEL
 
 from ranktune.platform.export.recipe import RULE_SETS, ScalingRules, fit_to_target, load_rules, map_to_target
-from ranktune.platform.sweep.driver import build_searcher
 from ranktune.platform.export.target import INFEASIBLE_ATTR, check_target, infeasible_reason, proxy_config
+from ranktune.platform.sweep.driver import build_searcher
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
 

@@ -9,8 +9,10 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
-from ranktune.platform.tracking.client import RESUMED_TAG, STATUS_TAG, MlflowTrials, child_runs, mlflow_client
+from ranktune.platform.store.state import SweepState
+from ranktune.platform.sweep.mlflow_callback import MlflowTrials
 from ranktune.platform.sweep.trial import ReportTo
+from ranktune.platform.tracking.client import RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
 from ranktune.trainables import Trainer
 
 
@@ -95,7 +97,7 @@ def test_runs_left_open_by_a_dead_driver_are_closed_as_lost(tmp_path):
     callback.on_trial_complete(0, [], fake_trial("done", result(40)))
     callback.on_trial_start(0, [], fake_trial("orphan"))  # started, then the driver died unsnapshotted
 
-    state = {"experiment_id": experiment, "parent_run_id": parent}
+    state = SweepState(spec={}, tracking_uri=uri, experiment_id=experiment, parent_run_id=parent)
     assert len(close_lost_runs(client, state)) == 1
     runs = {r.data.tags["ranktune.trial_id"]: r for r in child_runs(client, experiment, parent)}
     assert runs["orphan"].data.tags[STATUS_TAG] == "lost" and runs["orphan"].info.status == "KILLED"
@@ -148,7 +150,7 @@ def test_roles_are_given_to_runs_of_older_sweeps_and_replicates_say_what_they_re
     trial = client.create_run(experiment, tags={"mlflow.parentRunId": parent}).info.run_id
     config = client.create_run(experiment, tags={"mlflow.parentRunId": parent, CONFIRM_OF_TAG: "t1"}).info.run_id
     replicate = client.create_run(experiment, tags={"mlflow.parentRunId": config}).info.run_id
-    state = {"experiment_id": experiment, "parent_run_id": parent}
+    state = SweepState(spec={}, tracking_uri="unused", experiment_id=experiment, parent_run_id=parent)
     assert tag_roles(client, state) == 3 and tag_roles(client, state) == 0
     tags = {r: client.get_run(r).data.tags for r in (trial, config, replicate)}
     assert [tags[r][ROLE_TAG] for r in (trial, config, replicate)] == ["trial", "configuration", "replicate"]
@@ -159,6 +161,6 @@ def test_roles_are_given_to_runs_of_older_sweeps_and_replicates_say_what_they_re
 def test_mlflow_ui_is_sized_for_one_person(tmp_path):
     from ranktune.platform.cli.main import mlflow_ui_command
 
-    cmd, env = mlflow_ui_command({"tracking_uri": "sqlite:///x.db"}, tmp_path / "none", "127.0.0.1", 5000)
+    cmd, env = mlflow_ui_command("sqlite:///x.db", tmp_path / "none", "127.0.0.1", 5000)
     assert cmd[cmd.index("--workers") + 1] == "1"
     assert env == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}

@@ -222,7 +222,8 @@ class SweepSpec(Strict):
     seed: int = Field(default=0, ge=0, le=2**32 - 1)
     """Optuna sampler seed (NumPy's range)"""
     ladder: Ladder | None = None
-    """Rungs of growing model size: does the ranking transfer? (platform/sweep/ladder.py, docs/ladder.md). None: one size."""
+    """Rungs of growing model size: does the ranking transfer? (platform/sweep/ladder.py, docs/ladder.md).
+    None: one size."""
     memory_budget_gib: float | None = Field(default=None, gt=0)
     """GPU memory per trial, GiB: a sampled config whose memory estimate exceeds it is pruned before it trains (Optuna:
     PRUNED; MLflow: status pruned_memory with the reason). None: no check.

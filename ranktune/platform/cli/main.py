@@ -194,9 +194,9 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from ranktune.platform.report.table import flat_rows, render_table
-    from ranktune.platform.sweep.driver import resume_sweep, run_sweep
-    from ranktune.platform.store.state import load_state
     from ranktune.platform.report.trials import collect_trials
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.sweep.driver import resume_sweep, run_sweep
     from ranktune.search_spaces.spec import load_spec
 
     if args.quiet:  # Tune logs each failed trial's traceback; the table gives its reason, MLflow's error.txt the rest
@@ -234,9 +234,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
 
 
 def _ladder(args: argparse.Namespace, spec) -> int:
-    """`ranktune sweep` of a spec with `ladder:` (platform/sweep/ladder.py), or --resume of a ladder directory (spec None)."""
-    from ranktune.platform.sweep.ladder import LadderInterrupted, resume_ladder, run_ladder
+    """`ranktune sweep` of a spec with `ladder:` (platform/sweep/ladder.py), or --resume of a ladder directory
+    (spec None)."""
     from ranktune.platform.report.ladder import ladder_lines
+    from ranktune.platform.sweep.ladder import LadderInterrupted, resume_ladder, run_ladder
 
     try:
         if spec is None:
@@ -287,20 +288,18 @@ def _print_pareto(storage: str | Path) -> None:
 
 
 def _print_confirm(confirm: dict | None) -> None:
-    from ranktune.platform.sweep.confirm import format_confirm
+    from ranktune.platform.report.replicates import format_confirm
 
     if confirm:
         say(*format_confirm(confirm))
 
 
 def cmd_report(args: argparse.Namespace) -> int:
-    from ranktune.platform.sweep.confirm import load_confirm
-    from ranktune.platform.store.locks import running_owner
-    from ranktune.platform.report.ranking import pick_winner
     from ranktune.platform.report.figures import write_plots
+    from ranktune.platform.report.ranking import pick_winner
     from ranktune.platform.report.table import flat_rows, render_table, sort_rows, to_csv, to_json, winner_lines
-    from ranktune.platform.store.state import load_state
-    from ranktune.platform.report.trials import read_trials
+    from ranktune.platform.report.trials import SweepResults
+    from ranktune.platform.store.locks import running_owner
 
     if (Path(args.sweep_dir) / "ladder.json").is_file():
         from ranktune.platform.report.ladder import ladder_lines
@@ -309,8 +308,8 @@ def cmd_report(args: argparse.Namespace) -> int:
         print(f"HTML: {Path(args.sweep_dir) / 'ladder.html'}; each rung's sweep: ranktune report "
               f"{Path(args.sweep_dir) / 'rungs'}/<rung>")  # fmt: skip
         return 0
-    spec, state = load_state(args.sweep_dir)
-    rows, offline = read_trials(spec, state)
+    results = SweepResults.load(args.sweep_dir)
+    spec, state, rows, offline, confirm = results.spec, results.state, results.trials, results.offline, results.confirm
     if offline:
         print(offline, file=sys.stderr)
     flat = sort_rows(flat_rows(spec, rows), args.sort, spec.objective.mode)
@@ -325,7 +324,6 @@ def cmd_report(args: argparse.Namespace) -> int:
         say(*format_front(spec, pareto_front(spec, rows)))
     if args.max_memory_gib is not None:
         _print_best_within(spec, rows, args.max_memory_gib)
-    confirm = load_confirm(storage)
     _print_confirm(confirm)
     plots_dir = storage / "plots"
     if offline:  # plots and the HTML report draw the curves MLflow holds
@@ -338,7 +336,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if args.html and not offline:
         from ranktune.platform.report.html import write_html_report
 
-        say(f"HTML report: {write_html_report(spec, state, rows)}")
+        say(f"HTML report: {write_html_report(results)}")
     winner = pick_winner(rows, spec.objective.mode, confirm)
     from ranktune.platform.report.proxy_checks import proxy_check_lines
 
@@ -374,10 +372,10 @@ def _cuda() -> bool:
     return torch.cuda.is_available()
 
 
-def mlflow_ui_command(state: dict, artifacts: Path, host: str, port: int) -> tuple[list[str], dict[str, str]]:
+def mlflow_ui_command(tracking_uri: str, artifacts: Path, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """`mlflow ui` sized for one person reading one sweep: one web worker (MLflow's default is 4) and no
     job-execution consumers (MLflow 3's Huey workers run GenAI jobs; together ~3.5 GiB of RAM idle)."""
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", state["tracking_uri"],
+    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
            "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
     if artifacts.is_dir():
         cmd += ["--default-artifact-root", artifacts.as_uri()]
@@ -388,18 +386,18 @@ def refresh_sweep_views(spec, state: dict) -> bool:
     """What `ranktune ui` shows, brought up to date: roles on runs tracked before they existed, the
     trials view, the parent's note naming the sweep's directory as it is now (after a copy or move).
     Returns whether the view was stored."""
-    from ranktune.platform.sweep.confirm import load_confirm
+    from ranktune.platform.report.replicates import load_confirm
+    from ranktune.platform.report.trials import collect_trials
     from ranktune.platform.sweep.driver import parent_note, store_runs_view
     from ranktune.platform.tracking.client import NOTE_TAG, mlflow_client, tag_roles
-    from ranktune.platform.report.trials import collect_trials
 
-    client = mlflow_client(state["tracking_uri"])
+    client = mlflow_client(state.tracking_uri)
     tag_roles(client, state)
-    view = store_runs_view(client, spec, state["experiment_id"])
+    view = store_runs_view(client, spec, state.experiment_id)
     trials = collect_trials(spec, state)
     if trials:
         note = parent_note(spec, state, trials, load_confirm(spec.storage_dir))
-        client.set_tag(state["parent_run_id"], NOTE_TAG, note)
+        client.set_tag(state.parent_run_id, NOTE_TAG, note)
     return view
 
 
@@ -410,11 +408,11 @@ def cmd_ui(args: argparse.Namespace) -> int:
 
     spec, state = load_state(args.sweep_dir)
     warn_if_exposed("MLflow UI", args.host, args.port, "can read and change every run (MLflow has no login)")
-    cmd, env = mlflow_ui_command(state, spec.storage_dir / "mlartifacts", args.host, args.port)
+    cmd, env = mlflow_ui_command(state.tracking_uri, spec.storage_dir / "mlartifacts", args.host, args.port)
     os.environ.update(env)  # inherited by the server
     base = f"http://{url_host(args.host)}:{args.port}"
     view = refresh_sweep_views(spec, state)  # also for sweeps started before the view existed
-    return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state["experiment_id"], view),
+    return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state.experiment_id, view),
                                f"MLflow UI for {spec.name}", listen=(args.host, args.port))  # fmt: skip
 
 

@@ -369,9 +369,9 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom
 
 def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str) -> dict[str, Any]:
     """`--trial`, else the sweep's winner (by the replicates' mean when the sweep ran replicates)."""
-    from ranktune.platform.sweep.confirm import load_confirm
-    from ranktune.platform.store.locks import running_owner
     from ranktune.platform.report.ranking import pick_winner
+    from ranktune.platform.report.replicates import load_confirm
+    from ranktune.platform.store.locks import running_owner
 
     if trial_id is not None:
         for r in rows:
@@ -512,9 +512,8 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     tracking server is away and results.json was read instead (the export is then not logged on the
     sweep's MLflow run)."""
     from ranktune.platform.export.fitted_rules import ladder_source
-    from ranktune.platform.store.state import load_state
+    from ranktune.platform.report.trials import SweepResults
     from ranktune.platform.tracking.client import log_text_artifact, mlflow_client
-    from ranktune.platform.report.trials import read_trials
 
     if fallback is not None and fallback not in FALLBACKS:
         raise ConfigError([f"--fallback: {fallback!r} -> one of {list(FALLBACKS)}"])
@@ -528,11 +527,11 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     ladder = ladder_source(sweep_dir)  # a ladder: its top rung's trials, and its fitted lr rule (`rules: fitted`)
     if ladder is not None:
         sweep_dir = ladder.sweep_dir
-    spec, state = load_state(sweep_dir)
+    results = SweepResults.load(sweep_dir)
+    spec, state, rows, offline = results.spec, results.state, results.trials, results.offline
     if rules is None:  # a target-aware sweep's own rules (and tokens per step) for its target
         same_target = spec.target is not None and spec.target.model == target
         rules = target_rules(spec) if same_target else ScalingRules()
-    rows, offline = read_trials(spec, state)
     if offline and notify is not None:
         notify(offline)
     substitute = None
@@ -590,8 +589,8 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     result = ExportResult(source["trial_id"], path, cfg, run, v, command, substitute, notices, duration, choice, sizing)
     if offline:
         return result
-    client = mlflow_client(state["tracking_uri"])
-    parent = state["parent_run_id"]
+    client = mlflow_client(state.tracking_uri)
+    parent = state.parent_run_id
     log_text_artifact(client, parent, path.name, header + body, "export")
     log_text_artifact(client, parent, path.with_suffix(".memory.json").name, estimate_json, "export")
     client.set_tag(parent, f"ranktune.export.{target}.trial_id", source["trial_id"])

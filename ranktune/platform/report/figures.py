@@ -17,9 +17,9 @@ IMPORTANCE_MIN_TRIALS = 20  # Optuna's fANOVA importances from fewer full-budget
 def write_plots(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
     """The method-coloured plots of plots.py, the Pareto front (several objectives), and Optuna's
     parameter importances once there are enough full-budget trials for them to mean something."""
-    from ranktune.platform.sweep.confirm import load_confirm
     from ranktune.platform.report.pareto import plot_front
     from ranktune.platform.report.plots import write_method_plots
+    from ranktune.platform.report.replicates import load_confirm
 
     written = write_method_plots(spec, state, rows, out_dir, load_confirm(spec.storage_dir))
     front = plot_front(spec, rows, out_dir / "pareto.png")

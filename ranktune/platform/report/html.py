@@ -12,9 +12,12 @@ from __future__ import annotations
 import html
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ranktune.search_spaces.spec import SweepSpec
+
+if TYPE_CHECKING:
+    from ranktune.platform.report.trials import SweepResults
 
 REPORT_FILE = "report.html"
 STYLE = """
@@ -231,7 +234,7 @@ def _table_html(spec: SweepSpec, flat: list[dict[str, Any]]) -> str:
 
 
 def render_html(spec: SweepSpec, rows, methods, flat, curves, confirm, best, storage: str, replicates=()) -> str:
-    from ranktune.platform.sweep.confirm import format_confirm
+    from ranktune.platform.report.replicates import format_confirm
     from ranktune.platform.report.table import winner_lines
 
     charts = []
@@ -259,22 +262,19 @@ command it prints. MLflow: <code>ranktune ui {html.escape(storage)}</code></p>
 """
 
 
-def write_html_report(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any]]) -> Path:
-    from ranktune.platform.sweep.confirm import load_confirm
+def write_html_report(results: SweepResults) -> Path:
     from ranktune.platform.report.plots import trial_curves
     from ranktune.platform.report.ranking import pick_winner
     from ranktune.platform.report.table import flat_rows, method_of
     from ranktune.platform.tracking.client import mlflow_client
-    from ranktune.platform.report.trials import collect_replicates
 
-    storage = spec.storage_dir
-    confirm = load_confirm(storage)
+    spec, state, rows, confirm, storage = results.spec, results.state, results.trials, results.confirm, results.storage
     methods = [method_of(spec, r["params"]) for r in rows]
-    replicates = collect_replicates(spec, state)
+    replicates = results.replicates
     page = render_html(spec, rows, methods, flat_rows(spec, rows), trial_curves(state, rows + replicates), confirm,
                        pick_winner(rows, spec.objective.mode, confirm), str(storage),
                        [(r, method_of(spec, r["params"])) for r in replicates])  # fmt: skip
     path = storage / REPORT_FILE
     path.write_text(page)
-    mlflow_client(state["tracking_uri"]).log_artifact(state["parent_run_id"], str(path))
+    mlflow_client(state.tracking_uri).log_artifact(state.parent_run_id, str(path))
     return path

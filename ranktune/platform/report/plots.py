@@ -16,9 +16,12 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ranktune.search_spaces.spec import SweepSpec
+
+if TYPE_CHECKING:
+    from ranktune.platform.store.state import SweepState
 
 # Methods without a colour of their own (OptimizerEntry.colour): dark shades apart from the built-ins' tab10.
 OTHER_COLOURS = ("#393b79", "#637939", "#8c6d31", "#843c39", "#7b4173", "#3182bd")
@@ -53,12 +56,12 @@ def curve_range(curves: list[list[tuple[int, float]]]) -> tuple[float, float] | 
     return low - (margin if low < limits[0] else 0.0), high + (margin if high > limits[1] else 0.0)
 
 
-def trial_curves(state: dict[str, Any], rows: list[dict[str, Any]],
+def trial_curves(state: SweepState, rows: list[dict[str, Any]],
                  metrics: tuple[str, ...] = ("train_loss", "eval_loss")) -> dict[str, dict[str, list]]:  # fmt: skip
     """run_id -> metric -> [(step, value)] sorted by step, from MLflow."""
     from ranktune.platform.tracking.client import mlflow_client
 
-    client = mlflow_client(state["tracking_uri"])
+    client = mlflow_client(state.tracking_uri)
     curves = {}
     for r in rows:
         curves[r["run_id"]] = {

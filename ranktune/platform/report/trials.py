@@ -1,18 +1,58 @@
 """The sweep's trials as MLflow recorded them: one row per search trial, with typed params, status,
-objective and cost."""
+objective and cost; and `SweepResults`, a sweep as the reading commands see it, loaded once."""
 
 from __future__ import annotations
 
 import datetime
 import json
-from typing import Any
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypedDict
 
 from ranktune.platform.report.ranking import STATUS_ORDER, objective_key
 from ranktune.platform.report.table import is_reference
 from ranktune.search_spaces.spec import SweepSpec
 
+if TYPE_CHECKING:
+    from ranktune.platform.store.state import SweepState
 
-def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:
+
+class TrialRow(TypedDict):
+    """One searched trial (an MLflow child run of the sweep); `results.json` is a list of these. A dict,
+    so it is its own JSON and every reader (table, plots, export, ladder) indexes it the same way."""
+
+    trial_id: str | None
+    run_id: str
+    start_time: int | None  # ms; the order trials started (trial ids are random hex)
+    status: str  # finished | stopped_early | failed | diverged | lost | interrupted | infeasible_target | running
+    failure_reason: str | None
+    stop_reason: str | None
+    params: dict[str, Any]  # the searched keys, typed
+    reference: bool  # a target-aware sweep's reference: compared against, never the answer (ranking.py)
+    objective: float | None  # final value of the objective metric (None unless the trial ran its budget)
+    step: int | None  # last step the objective was logged at
+    eval_ppl: float | None
+    peak_memory_bytes: float | None
+    optimizer_state_bytes: float | None
+    tokens_per_s: float | None
+    wall_time: float | None  # s
+    device_hours: float | None
+    device_kind: str  # the unit of device_hours: GPU or CPU
+
+
+class ReplicateRow(TypedDict):
+    """One replicate run of `confirm`, nested under its configuration's run."""
+
+    trial_id: str | None
+    run_id: str
+    replicate_of: str  # the searched trial it replicates
+    status: str
+    params: dict[str, Any]
+    objective: float | None
+    start_time: int | None
+
+
+def collect_trials(spec: SweepSpec, state: SweepState) -> list[TrialRow]:
     """One row per trial (child run), with typed params, status, objective and cost."""
     from ranktune.platform.tracking.client import (
         CONFIRM_OF_TAG,
@@ -25,10 +65,10 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
         mlflow_client,
     )
 
-    client = mlflow_client(state["tracking_uri"])
+    client = mlflow_client(state.tracking_uri)
     metric = spec.objective.metric
-    rows = []
-    for run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
+    rows: list[TrialRow] = []
+    for run in child_runs(client, state.experiment_id, state.parent_run_id):
         tags, metrics = run.data.tags, run.data.metrics
         if CONFIRM_OF_TAG in tags:  # a replicated configuration (its replicates are nested under it)
             continue
@@ -36,42 +76,49 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
         devices = _devices_per_trial(spec)
         params = json.loads(tags.get(PARAMS_TAG, "{}"))
         rows.append(
-            {
-                "trial_id": tags.get(TRIAL_TAG),
-                "run_id": run.info.run_id,
-                "start_time": run.info.start_time,  # ms; the order trials started (trial ids are random hex)
-                "status": tags.get(STATUS_TAG, "running"),
-                "failure_reason": tags.get(REASON_TAG),
-                "stop_reason": tags.get(STOP_REASON_TAG),
-                "params": params,
-                "reference": is_reference(spec, params),  # compared against, never the answer (ranking.py)
-                "objective": metrics.get(f"final_{metric}"),
-                "step": _last_step(client, run.info.run_id, metric),
-                "eval_ppl": metrics.get("final_eval_ppl"),
-                "peak_memory_bytes": metrics.get("final_peak_memory_bytes"),
-                "optimizer_state_bytes": metrics.get("final_optimizer_state_bytes"),
-                "tokens_per_s": metrics.get("final_tokens_per_s"),
-                "wall_time": wall,
-                "device_hours": wall * devices[0] / 3600 if wall is not None else None,
-                "device_kind": devices[1],
-            }
+            TrialRow(
+                trial_id=tags.get(TRIAL_TAG),
+                run_id=run.info.run_id,
+                start_time=run.info.start_time,  # ms; the order trials started (trial ids are random hex)
+                status=tags.get(STATUS_TAG, "running"),
+                failure_reason=tags.get(REASON_TAG),
+                stop_reason=tags.get(STOP_REASON_TAG),
+                params=params,
+                reference=is_reference(spec, params),  # compared against, never the answer (ranking.py)
+                objective=metrics.get(f"final_{metric}"),
+                step=_last_step(client, run.info.run_id, metric),
+                eval_ppl=metrics.get("final_eval_ppl"),
+                peak_memory_bytes=metrics.get("final_peak_memory_bytes"),
+                optimizer_state_bytes=metrics.get("final_optimizer_state_bytes"),
+                tokens_per_s=metrics.get("final_tokens_per_s"),
+                wall_time=wall,
+                device_hours=wall * devices[0] / 3600 if wall is not None else None,
+                device_kind=devices[1],
+            )
         )
     rows.sort(key=lambda r: (STATUS_ORDER.get(r["status"], 9), objective_key(r, spec.objective.mode)))
     return rows
 
 
-def collect_replicates(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any]]:
+def collect_replicates(spec: SweepSpec, state: SweepState) -> list[ReplicateRow]:
     """The replicate runs of `confirm` (nested under each replicated configuration's run), as rows with
     `trial_id`, `run_id`, `status`, `params`, `objective` and `replicate_of` (the searched trial)."""
-    from ranktune.platform.tracking.client import CONFIRM_OF_TAG, PARAMS_TAG, STATUS_TAG, TRIAL_TAG, child_runs, mlflow_client
+    from ranktune.platform.tracking.client import (
+        CONFIRM_OF_TAG,
+        PARAMS_TAG,
+        STATUS_TAG,
+        TRIAL_TAG,
+        child_runs,
+        mlflow_client,
+    )
 
-    client = mlflow_client(state["tracking_uri"])
+    client = mlflow_client(state.tracking_uri)
     rows = []
-    for config_run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
+    for config_run in child_runs(client, state.experiment_id, state.parent_run_id):
         of = config_run.data.tags.get(CONFIRM_OF_TAG)
         if of is None:
             continue
-        for run in child_runs(client, state["experiment_id"], config_run.info.run_id):
+        for run in child_runs(client, state.experiment_id, config_run.info.run_id):
             tags = run.data.tags
             rows.append({
                 "trial_id": tags.get(TRIAL_TAG), "run_id": run.info.run_id, "replicate_of": of,
@@ -84,7 +131,7 @@ def collect_replicates(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str,
 RESULTS_FILE = "results.json"  # the trials as collect_trials gave them when the sweep last ended
 
 
-def read_trials(spec: SweepSpec, state: dict[str, Any]) -> tuple[list[dict[str, Any]], str | None]:
+def read_trials(spec: SweepSpec, state: SweepState) -> tuple[list[TrialRow], str | None]:
     """(the sweep's trials, None) from its tracking store; when that store is a server that does not
     answer within seconds (MLflow's own retries take minutes, issue 24.8): (the trials saved in
     results.json, one line saying so). Neither: ConfigError naming the tracking URI."""
@@ -92,7 +139,7 @@ def read_trials(spec: SweepSpec, state: dict[str, Any]) -> tuple[list[dict[str, 
     from ranktune.trainables.config import ConfigError
 
     try:
-        check_tracking_store(state["tracking_uri"])
+        check_tracking_store(state.tracking_uri)
     except ConfigError as unreachable:
         saved = spec.storage_dir / RESULTS_FILE
         if not saved.is_file():
@@ -124,3 +171,37 @@ def _devices_per_trial(spec: SweepSpec) -> tuple[float, str]:
 def _last_step(client, run_id: str, metric: str) -> int | None:
     history = client.get_metric_history(run_id, metric)
     return max((m.step for m in history), default=None)
+
+
+@dataclass
+class SweepResults:
+    """A sweep as the reading commands (report, export, ui) see it, loaded once: its spec and state
+    (wherever the directory now is), its trials (from MLflow, or results.json when the tracking server
+    does not answer: `offline` then says so) and its replicates' summary (confirm.json)."""
+
+    spec: SweepSpec
+    state: SweepState
+    trials: list[TrialRow]
+    confirm: dict[str, Any] | None
+    offline: str | None = None
+    _replicates: list[ReplicateRow] | None = field(default=None, repr=False)
+
+    @classmethod
+    def load(cls, sweep_dir: str | Path) -> SweepResults:
+        from ranktune.platform.report.replicates import load_confirm
+        from ranktune.platform.store.state import load_state
+
+        spec, state = load_state(sweep_dir)
+        trials, offline = read_trials(spec, state)
+        return cls(spec, state, trials, load_confirm(spec.storage_dir), offline)
+
+    @property
+    def storage(self) -> Path:
+        return self.spec.storage_dir
+
+    @property
+    def replicates(self) -> list[ReplicateRow]:
+        """The replicate runs (queried from MLflow on first use: only the HTML report and plots need them)."""
+        if self._replicates is None:
+            self._replicates = collect_replicates(self.spec, self.state)
+        return self._replicates

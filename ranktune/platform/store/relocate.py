@@ -22,15 +22,19 @@ own optuna.db and mlflow.db, not to the original's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
 
 from ranktune.platform.store.files import write_json_atomic
 from ranktune.search_spaces.spec import SweepSpec
+
+if TYPE_CHECKING:  # state.py loads a sweep through relocate()
+    from ranktune.platform.store.state import SweepState
 
 log = logging.getLogger(__name__)
 
@@ -40,25 +44,25 @@ ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri
                     ("logged_models", "artifact_location"))  # fmt: skip
 
 
-def recorded_dir(spec: SweepSpec, state: dict[str, Any]) -> Path | None:
+def recorded_dir(spec: SweepSpec, state: SweepState) -> Path | None:
     """Where the sweep was when it last ran or was loaded."""
-    if state.get("storage_dir"):
-        return Path(state["storage_dir"])
-    uri = state.get("tracking_uri", "")
+    if state.storage_dir:
+        return Path(state.storage_dir)
+    uri = state.tracking_uri
     if spec.tracking.tracking_uri is None and uri.startswith(SQLITE_PREFIX):  # sweeps older than `storage_dir`
         return Path(uri[len(SQLITE_PREFIX) :]).parent
     return None
 
 
-def relocate(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[SweepSpec, dict[str, Any]]:
+def relocate(spec: SweepSpec, state: SweepState, sweep_dir: Path) -> tuple[SweepSpec, SweepState]:
     """(spec, state) with every path inside the sweep resolved against `sweep_dir`."""
     sweep_dir = sweep_dir.resolve()
     spec = spec.model_copy(update={"storage": str(sweep_dir)})
-    state = {**state, "spec": {**state["spec"], "storage": str(sweep_dir)}}
+    state = dataclasses.replace(state, spec={**state.spec, "storage": str(sweep_dir)})
     if spec.tracking.tracking_uri is not None:
         return spec, state
     old = recorded_dir(spec, state)
-    state["tracking_uri"] = spec.tracking_uri
+    state.tracking_uri = spec.tracking_uri
     if old is not None and old != sweep_dir:
         try:
             rewrite_artifact_uris(sweep_dir / "mlflow.db", old, sweep_dir)
@@ -67,7 +71,7 @@ def relocate(spec: SweepSpec, state: dict[str, Any], sweep_dir: Path) -> tuple[S
             write_json_atomic(state_file, {**saved, "storage_dir": str(sweep_dir)})
         except (OSError, sqlite3.Error) as exc:  # e.g. a read-only copy: runs still read, artifacts may not
             log.warning("could not point %s's artifact locations at %s: %s", sweep_dir, sweep_dir, exc)
-    state["storage_dir"] = str(sweep_dir)
+    state.storage_dir = str(sweep_dir)
     return spec, state
 
 
@@ -90,11 +94,11 @@ def rewrite_artifact_uris(db: Path, old: Path, new: Path) -> int:
     return changed
 
 
-_resuming: dict[str, Any] | None = None  # the relocated state of the sweep being resumed
+_resuming: SweepState | None = None  # the relocated state of the sweep being resumed
 
 
 @contextlib.contextmanager
-def resuming(state: dict[str, Any]) -> Iterator[None]:
+def resuming(state: SweepState) -> Iterator[None]:
     """Within: what Tune unpickles of this sweep opens the stores of `state` (as `relocate` made it)."""
     global _resuming
     previous, _resuming = _resuming, state
@@ -104,6 +108,6 @@ def resuming(state: dict[str, Any]) -> Iterator[None]:
         _resuming = previous
 
 
-def resumed_state() -> dict[str, Any] | None:
+def resumed_state() -> SweepState | None:
     """The state given to the enclosing `resuming`, or None outside one."""
     return _resuming

@@ -3,6 +3,7 @@ sweep's directory now is. Reading commands (report, export, ui) and the sweep it
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -12,9 +13,45 @@ from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
 
 STATE_FILE = "sweep.json"
+# The keys this version reads and writes, in the order a fresh sweep writes them.
+_KNOWN_KEYS = ("spec", "tracking_uri", "experiment_id", "parent_run_id", "storage_dir", "confirm_runs")
 
 
-def load_state(storage_dir: str | Path, check_store: bool = True) -> tuple[SweepSpec, dict[str, Any]]:
+@dataclass
+class SweepState:
+    """What `sweep.json` holds: the spec as written and the MLflow ids the sweep runs under.
+
+    Written back byte for byte as it was read (its keys in the file's order, keys of other versions
+    kept), so reading a sweep with this version and writing it again changes only what changed."""
+
+    spec: dict[str, Any]  # the spec as JSON; `load_state` returns the validated SweepSpec beside it
+    tracking_uri: str
+    experiment_id: str
+    parent_run_id: str
+    storage_dir: str | None = None  # where the sweep last ran or was loaded (relocate.py); absent before
+    confirm_runs: dict[str, str] | None = None  # searched trial id -> its replicates' MLflow run (confirm)
+    other: dict[str, Any] = field(default_factory=dict)  # keys this version does not know
+    key_order: tuple[str, ...] = ()  # the order of the file's keys, kept when it is written again
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> SweepState:
+        known = {key: data[key] for key in _KNOWN_KEYS if key in data}
+        other = {key: value for key, value in data.items() if key not in _KNOWN_KEYS}
+        return cls(**known, other=other, key_order=tuple(data))
+
+    def to_json(self) -> dict[str, Any]:
+        values = {key: getattr(self, key) for key in _KNOWN_KEYS} | self.other
+        present = {key: value for key, value in values.items() if value is not None or key in self.key_order}
+        order = [key for key in self.key_order if key in present] + [k for k in present if k not in self.key_order]
+        return {key: present[key] for key in order}
+
+    def write(self, storage_dir: Path) -> None:
+        from ranktune.platform.store.files import write_json_atomic
+
+        write_json_atomic(Path(storage_dir) / STATE_FILE, self.to_json())
+
+
+def load_state(storage_dir: str | Path, check_store: bool = True) -> tuple[SweepSpec, SweepState]:
     """The sweep in `storage_dir`, wherever that directory now is (see relocate.py); with `check_store`,
     its default MLflow store must be there and intact (`check_sweep_store`)."""
     from ranktune.platform.store.relocate import relocate
@@ -36,7 +73,7 @@ def check_sweep_store(spec: SweepSpec) -> None:
         check_mlflow_store(spec.storage_dir / "mlflow.db")
 
 
-def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
+def read_state_file(path: Path) -> tuple[SweepSpec, SweepState]:
     """sweep.json as written by `run_sweep`; a damaged or hand-broken one is refused naming the file."""
     from ranktune.platform.store.files import read_json_object
     from ranktune.trainables.config import describe_validation_errors
@@ -60,4 +97,4 @@ def read_state_file(path: Path) -> tuple[SweepSpec, dict[str, Any]]:
     except ValidationError as exc:
         problems = describe_validation_errors(exc, docs="docs/sweeps.md", prefix=prefix)
         raise ConfigError([f"{str(path)!r}: {p}" for p in problems]) from None
-    return spec, state
+    return spec, SweepState.from_json(state)

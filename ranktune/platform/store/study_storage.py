@@ -30,4 +30,4 @@ class SweepStudyStorage(optuna.storages.RDBStorage):
 
 def _reopen(pickled_dir: str) -> SweepStudyStorage:
     resumed = resumed_state()
-    return SweepStudyStorage(resumed["storage_dir"] if resumed is not None else pickled_dir)
+    return SweepStudyStorage(resumed.storage_dir if resumed is not None else pickled_dir)

@@ -2,10 +2,11 @@
 
 
 def __getattr__(name: str):
-    # Compatibility: sweeps written before platform/ had subpackages pickled `ranktune.platform.sweep.<name>`; `--resume`
-    # of such a sweep finds it here. Imported on first use, so importing this package stays cheap.
-    if name in ('resolved_config_yaml',):
+    # Compatibility: sweeps written before platform/ had subpackages pickled
+    # `ranktune.platform.sweep.resolved_config_yaml`; `--resume` of such a sweep finds it here. Imported on
+    # first use, so importing the package does not import the driver (and Ray).
+    if name == "resolved_config_yaml":
         from ranktune.platform.sweep.driver import resolved_config_yaml
 
-        return locals()[name]
+        return resolved_config_yaml
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -25,8 +25,7 @@ from typing import Any
 
 import yaml
 
-from ranktune.platform.store.files import write_json_atomic
-from ranktune.platform.store.state import STATE_FILE, check_sweep_store, load_state
+from ranktune.platform.store.state import STATE_FILE, SweepState, check_sweep_store, load_state
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError
 
@@ -195,11 +194,11 @@ def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
     return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
 
 
-def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None = None):
+def build_searcher(spec: SweepSpec, storage: Path, state: SweepState | None = None):
     import optuna
 
-    from ranktune.platform.sweep.feasible_search import FeasibleSearch
     from ranktune.platform.store.study_storage import SweepStudyStorage
+    from ranktune.platform.sweep.feasible_search import FeasibleSearch
     from ranktune.platform.sweep.study_view import SweepOptunaSearch
 
     space = spec.search_space()
@@ -231,7 +230,7 @@ def build_searcher(spec: SweepSpec, storage: Path, state: dict[str, Any] | None 
         space=space.sample, metric=metric, mode=mode, sampler=sampler, study_name=spec.name, storage=rdb,
         points_to_evaluate=points, full_budget_step=spec.budget.steps_per_trial,
         metric_names=[o.metric for o in spec.all_objectives()],
-        tracking=(state["tracking_uri"], state["experiment_id"]) if state else None,
+        tracking=(state.tracking_uri, state.experiment_id) if state else None,
     )  # fmt: skip
     if spec.target is None:
         return SweepOptunaSearch(**kwargs), num_trials
@@ -297,7 +296,7 @@ def _token_budget(max_tokens: int | None):
     return TokenBudget()
 
 
-def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool):
+def build_tuner(spec: SweepSpec, state: SweepState, prepare: Callable | None, progress: bool):
     from ray import tune
 
     storage = spec.storage_dir
@@ -318,16 +317,16 @@ def build_tuner(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None
     )  # fmt: skip
 
 
-def tune_callbacks(spec: SweepSpec, state: dict[str, Any], num_trials: int, progress: bool,
+def tune_callbacks(spec: SweepSpec, state: SweepState, num_trials: int, progress: bool,
                    parent_of: Callable | None = None) -> list:  # fmt: skip
     """MLflow runs (nested under the sweep's parent, or `parent_of(params)`) and console progress."""
+    from ranktune.platform.sweep.mlflow_callback import MlflowTrials
     from ranktune.platform.sweep.progress import SweepProgress
-    from ranktune.platform.tracking.client import MlflowTrials
     from ranktune.platform.sweep.trial import trial_memory_rejection
 
     return [
         MlflowTrials(
-            state["tracking_uri"], state["experiment_id"], state["parent_run_id"], spec.name,
+            state.tracking_uri, state.experiment_id, state.parent_run_id, spec.name,
             spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, spec_json(spec)),
             functools.partial(trial_memory_rejection, spec_json(spec), gpus_per_trial(spec)), parent_of,
         ),
@@ -342,13 +341,13 @@ def all_trials_ended(results) -> bool:
     return results.num_terminated + results.num_errors == len(results)
 
 
-def confirm_best(spec: SweepSpec, state: dict[str, Any], prepare: Callable | None, progress: bool,
+def confirm_best(spec: SweepSpec, state: SweepState, prepare: Callable | None, progress: bool,
                  retry_failed: bool = False) -> None:  # fmt: skip
     """The `confirm` phase after the search (platform/sweep/confirm.py): replicates of the best configurations."""
     from ranktune.platform.sweep.confirm import run_confirm
 
     def save_state() -> None:
-        write_json_atomic(spec.storage_dir / STATE_FILE, state)
+        state.write(spec.storage_dir)
 
     run_confirm(
         spec, state, functools.partial(make_trainable, spec, prepare),
@@ -370,7 +369,7 @@ def store_runs_view(client, spec: SweepSpec, experiment_id: str) -> bool:
                          sorted(space.all_params()), methods)  # fmt: skip
 
 
-def parent_note(spec: SweepSpec, state: dict[str, Any], trials: list[dict[str, Any]], confirm,
+def parent_note(spec: SweepSpec, state: SweepState, trials: list[dict[str, Any]], confirm,
                 proxy_checks: list[str] | None = None) -> str:  # fmt: skip
     """The parent run's description in the MLflow UI: who won, the next commands (naming the sweep's
     directory as it is now, also after a copy), whether the proxy's answer is worth much, the ranked table."""
@@ -439,15 +438,15 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
         if address:  # a cluster: its nodes must run the driver's versions
             check_cluster_versions()
         check_cluster_fits(spec)
-        state = {"spec": json.loads(spec_json(spec)), **start_tracking(spec)}
+        state = SweepState(spec=json.loads(spec_json(spec)), **start_tracking(spec))
         # sweep.json makes the directory a sweep that --resume continues: written only once the
         # tuner is built, so a sweep that cannot start leaves a directory a rerun can use.
         try:
             tuner = build_tuner(spec, state, prepare, progress)
         except BaseException:
-            mlflow_client(state["tracking_uri"]).set_terminated(state["parent_run_id"], status="FAILED")
+            mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, status="FAILED")
             raise
-        write_json_atomic(storage / STATE_FILE, state)
+        state.write(storage)
         return fit_and_finish(spec, state, tuner, prepare, progress)
 
 
@@ -480,12 +479,12 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
         return fit_and_finish(spec, state, tuner, prepare, progress, retry_failed=retry_failed)
 
 
-def fit_and_finish(spec: SweepSpec, state: dict[str, Any], tuner, prepare: Callable | None,
+def fit_and_finish(spec: SweepSpec, state: SweepState, tuner, prepare: Callable | None,
                    progress: bool, retry_failed: bool = False) -> dict[str, Any]:  # fmt: skip
     """The search, then the replicates, then the results. Stopped early (Ctrl-C: Tune returns with trials
     unfinished), the results so far are written and the sweep is left for `--resume`. Anything else that
     ends the driver (a full disk, a bug) marks the parent run FAILED rather than leaving it RUNNING."""
-    from ranktune.platform.sweep.confirm import CONFIRM_FILE, FAILED_FILE
+    from ranktune.platform.report.replicates import CONFIRM_FILE, FAILED_FILE
     from ranktune.platform.tracking.client import mlflow_client
 
     try:
@@ -495,18 +494,18 @@ def fit_and_finish(spec: SweepSpec, state: dict[str, Any], tuner, prepare: Calla
             # The replicates, once started (their runs are in the state), stopped before all ended; ended
             # with failures (FAILED_FILE) they are not interrupted but failed, and say so (confirm_failures).
             ended = any((spec.storage_dir / name).is_file() for name in (CONFIRM_FILE, FAILED_FILE))
-            interrupted = spec.confirm is not None and bool(state.get("confirm_runs")) and not ended
+            interrupted = spec.confirm is not None and bool(state.confirm_runs) and not ended
         return finish_sweep(spec, state, interrupted)
     except BaseException as exc:
         status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
         try:
-            mlflow_client(state["tracking_uri"]).set_terminated(state["parent_run_id"], status=status)
+            mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, status=status)
         except Exception as err:  # noqa: BLE001 - the original error is the one to report
             log.warning("could not mark the sweep's MLflow run %s: %s", status, err)
         raise
 
 
-def close_lost_runs(client, state: dict[str, Any], interrupted: bool = False) -> list[str]:
+def close_lost_runs(client, state: SweepState, interrupted: bool = False) -> list[str]:
     """Tag the trial runs that the ended sweep left open. After an interrupted search (Ctrl-C) they are
     `interrupted`: Tune's snapshot holds them and `--resume` continues them. After a complete one they
     are `lost`: the driver died before any Tune snapshot recorded them, so the resumed sweep could not
@@ -514,8 +513,8 @@ def close_lost_runs(client, state: dict[str, Any], interrupted: bool = False) ->
     from ranktune.platform.tracking.client import CONFIRM_OF_TAG, INTERRUPTED, LOST, REASON_TAG, STATUS_TAG, child_runs
 
     closed = []
-    storage = shlex.quote(state["storage_dir"]) if state.get("storage_dir") else "SWEEP_DIR"
-    for run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
+    storage = shlex.quote(state.storage_dir) if state.storage_dir else "SWEEP_DIR"
+    for run in child_runs(client, state.experiment_id, state.parent_run_id):
         if run.data.tags.get(STATUS_TAG, INTERRUPTED) != INTERRUPTED or CONFIRM_OF_TAG in run.data.tags:
             continue
         if interrupted:
@@ -545,20 +544,20 @@ def log_pareto_front(spec: SweepSpec, client, parent: str, trials: list[dict[str
     return front
 
 
-def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = False) -> dict[str, Any]:
+def finish_sweep(spec: SweepSpec, state: SweepState, interrupted: bool = False) -> dict[str, Any]:
     """Rank trials, write best config, results and plots, log them on the MLflow parent run.
 
     `interrupted` (Ctrl-C before every trial ended): the same files from what has run so far, the open
     trial runs tagged `interrupted`, and the parent run KILLED, not FINISHED: `--resume` continues it."""
-    from ranktune.platform.sweep.confirm import load_confirm
-    from ranktune.platform.report.ranking import pick_best, pick_winner
     from ranktune.platform.report.figures import write_plots
-    from ranktune.platform.tracking.client import log_text_artifact, mlflow_client, results_json
+    from ranktune.platform.report.ranking import pick_best, pick_winner
+    from ranktune.platform.report.replicates import load_confirm
     from ranktune.platform.report.trials import collect_trials
+    from ranktune.platform.tracking.client import log_text_artifact, mlflow_client, results_json
 
     storage = spec.storage_dir
-    client = mlflow_client(state["tracking_uri"])
-    parent = state["parent_run_id"]
+    client = mlflow_client(state.tracking_uri)
+    parent = state.parent_run_id
     close_lost_runs(client, state, interrupted)
     trials = collect_trials(spec, state)
     (storage / "results.json").write_text(results_json(trials))
@@ -581,7 +580,7 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = Fal
     summary["proxy_checks"] = proxy_check_lines(spec, trials)
     note = parent_note(spec, state, trials, confirm, summary["proxy_checks"])
     client.set_tag(parent, NOTE_TAG, note)
-    from ranktune.platform.sweep.confirm import format_confirm
+    from ranktune.platform.report.replicates import format_confirm
     from ranktune.platform.sweep.study_view import annotate_study
 
     verdicts = "\n".join(format_confirm(confirm)) if confirm else None
@@ -600,7 +599,7 @@ def finish_sweep(spec: SweepSpec, state: dict[str, Any], interrupted: bool = Fal
 
 def confirm_failures(spec: SweepSpec) -> str | None:
     """One line when the replicate phase ended with failed replicates (and so wrote no confirm.json)."""
-    from ranktune.platform.sweep.confirm import FAILED_FILE
+    from ranktune.platform.report.replicates import FAILED_FILE
 
     path = spec.storage_dir / FAILED_FILE
     return path.read_text().strip() if path.is_file() else None

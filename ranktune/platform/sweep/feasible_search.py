@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from ray.tune.search import Searcher
 
-from ranktune.platform.sweep.study_view import SweepOptunaSearch
 from ranktune.platform.export.target import CONSTRAINT, INFEASIBLE_ATTR, infeasible_reason
+from ranktune.platform.sweep.study_view import SweepOptunaSearch
 from ranktune.search_spaces.spec import SweepSpec
 
 

@@ -37,6 +37,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from ranktune.platform.export.fitted_rules import LADDER_FILE, fit_rules
 from ranktune.platform.report.ladder_analysis import (
     ConfigResult,
     RungPoint,
@@ -49,7 +50,6 @@ from ranktune.platform.report.ladder_analysis import (
     transfer_verdict,
     unique_points,
 )
-from ranktune.platform.export.fitted_rules import LADDER_FILE, fit_rules
 from ranktune.search_spaces.spec import RUNGS_DIR, SweepSpec, rung_dir, rung_spec, validate_rungs  # noqa: F401
 from ranktune.trainables.config import ConfigError
 
@@ -172,9 +172,9 @@ def _create_experiment(spec: SweepSpec) -> None:
 
 
 def _run_rung(spec: SweepSpec, state: dict[str, Any], index: int, address: str | None, progress: bool) -> None:
-    from ranktune.platform.sweep.driver import resume_sweep, run_sweep
-    from ranktune.platform.store.state import load_state
     from ranktune.platform.report.trials import collect_trials
+    from ranktune.platform.store.state import load_state
+    from ranktune.platform.sweep.driver import resume_sweep, run_sweep
 
     rspec = rung_spec(spec, index)
     started = (rspec.storage_dir / "sweep.json").is_file()
@@ -212,20 +212,20 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
     """
     from ray import tune
 
-    from ranktune.platform.sweep.confirm import fixed_points
+    from ranktune.platform.report.trials import collect_trials
     from ranktune.platform.store.locks import own_directory
-    from ranktune.platform.sweep.driver import STATE_FILE as SWEEP_STATE
+    from ranktune.platform.store.state import STATE_FILE as SWEEP_STATE
+    from ranktune.platform.store.state import SweepState, load_state
+    from ranktune.platform.sweep.confirm import fixed_points
     from ranktune.platform.sweep.driver import (
         check_cluster_fits,
         finish_sweep,
         init_ray,
-        load_state,
         make_trainable,
         spec_json,
         start_tracking,
         tune_callbacks,
     )
-    from ranktune.platform.report.trials import collect_trials
 
     storage = rspec.storage_dir
     with own_directory(storage, "storage", "sweep"):
@@ -234,8 +234,8 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
         if (storage / SWEEP_STATE).is_file():
             rspec, state = load_state(storage)
         else:
-            state = {"spec": json.loads(spec_json(rspec)), **start_tracking(rspec)}
-            (storage / SWEEP_STATE).write_text(json.dumps(state, indent=2))
+            state = SweepState(spec=json.loads(spec_json(rspec)), **start_tracking(rspec))
+            state.write(storage)
         done = set(loss_by_params(collect_trials(rspec, state)))
         todo = [p for p in points if params_key(p) not in done]
         if todo:

@@ -105,7 +105,7 @@ class SweepOptunaSearch(OptunaSearch):
         if self.tracking is None:
             return None
         resumed = resumed_state()  # a copied or moved sweep tracks into its own store (relocate.py)
-        uri = resumed["tracking_uri"] if resumed is not None else self.tracking[0]
+        uri = resumed.tracking_uri if resumed is not None else self.tracking[0]
         found = mlflow_client(uri).search_runs([self.tracking[1]], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
                                                max_results=1)  # fmt: skip
         return found[0].info.run_id if found else None

@@ -12,8 +12,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from ranktune.platform.sweep.distributed import run_distributed_trial
 from ranktune.platform.memory import estimate_memory, gib, verdict
+from ranktune.platform.sweep.distributed import run_distributed_trial
 from ranktune.platform.sweep.reporting import ReportTo, with_node_id
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.callbacks import Metrics
