@@ -120,7 +120,7 @@ def test_export_refuses_an_unknown_target_before_anything_else(tmp_path):
 
 
 def test_printed_lines_fold_at_spaces_within_the_width():
-    from ranktune.platform.cli.main import wrapped
+    from ranktune.platform.cli.common import wrapped
 
     line = ("verdict, apollo_adamw vs galore_adamw (runner-up): add seeds (gap 0.0551, 95% interval [-0.0315, "
             "0.142]; Welch t 1.98, df 3.1, p 0.14; about 7 seeds per arm needed) sweeps/compare-tiny-1765000000/"

@@ -393,7 +393,7 @@ def test_report_of_a_running_sweep_does_not_advise_resume(cli, started_sweep):
     ],
 )  # fmt: skip
 def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch, fault, expected):
-    from ranktune.platform.cli import main as cli_module
+    from ranktune.platform.cli import train as cli_module
 
     def failing(args):
         raise fault
@@ -407,7 +407,7 @@ def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch,
 def test_cuda_out_of_memory_is_a_one_line_error(argv_exit, monkeypatch):
     import torch
 
-    from ranktune.platform.cli import main as cli_module
+    from ranktune.platform.cli import train as cli_module
 
     def failing(args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
@@ -457,7 +457,7 @@ def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resuma
     spec, state = sweep.load_state(started_sweep)
     client, trial_run = open_trial_run(spec, state)
     # Tune returns from fit() after Ctrl-C with the running trial not ended.
-    summary = sweep.fit_and_finish(spec, state, FakeTuner(FakeResults(ended=0, total=1)), None, False)
+    summary = sweep.Sweep(spec, state, 0.0, progress=False).fit_and_finish(FakeTuner(FakeResults(ended=0, total=1)))
     assert summary["interrupted"]
     run = client.get_run(trial_run)
     assert run.data.tags[STATUS_TAG] == "interrupted" and "--resume" in run.data.tags[REASON_TAG]
@@ -470,7 +470,7 @@ def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resuma
     assert "lost" not in out + err
 
     # The resumed sweep ends; a trial still tagged interrupted was not continued, so it is lost now.
-    summary = sweep.fit_and_finish(spec, state, FakeTuner(FakeResults(ended=1, total=1)), None, False)
+    summary = sweep.Sweep(spec, state, 0.0, progress=False).fit_and_finish(FakeTuner(FakeResults(ended=1, total=1)))
     assert not summary["interrupted"]
     assert client.get_run(trial_run).data.tags[STATUS_TAG] == "lost"
     assert client.get_run(state.parent_run_id).info.status == "FINISHED"
@@ -485,5 +485,5 @@ def test_a_driver_that_dies_does_not_leave_the_parent_run_running(started_sweep,
 
     spec, state = sweep.load_state(started_sweep)
     with pytest.raises(type(fault)):
-        sweep.fit_and_finish(spec, state, FakeTuner(fault), None, False)
+        sweep.Sweep(spec, state, 0.0, progress=False).fit_and_finish(FakeTuner(fault))
     assert mlflow_client(state.tracking_uri).get_run(state.parent_run_id).info.status == status

@@ -8,7 +8,8 @@ import math
 
 import pytest
 
-from ranktune.platform.cli.main import main, sweep_exit_code
+from ranktune.platform.cli.main import main
+from ranktune.platform.cli.sweep import sweep_exit_code
 from ranktune.platform.sweep import driver as sweep
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
@@ -166,7 +167,7 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     import ray
     import torch
 
-    from ranktune.platform.cli.main import _print_outcome
+    from ranktune.platform.cli.sweep import _print_outcome
     from ranktune.platform.report.replicates import CONFIRM_FILE
     from ranktune.platform.report.trials import collect_trials
     from ranktune.platform.tracking import client as tracking

@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from ranktune.platform.cli.main import sweep_exit_code
+from ranktune.platform.cli.sweep import sweep_exit_code
 from ranktune.platform.export.recipe import select_trial
 from ranktune.platform.store.locks import DirectoryBusy
 from ranktune.platform.sweep import driver as sweep
@@ -74,13 +74,12 @@ def test_grace_period_above_the_trial_budget_is_refused_in_the_spec(make_spec):
 
 def test_a_sweep_that_cannot_start_leaves_a_directory_a_rerun_can_use(make_spec, monkeypatch):
     spec = make_spec()
-    monkeypatch.setattr(sweep, "init_ray", lambda address: None)
-    monkeypatch.setattr(sweep, "check_cluster_fits", lambda spec: None)
+    monkeypatch.setattr(sweep, "start_ray", lambda spec, address: 0.0)
 
     def broken_tuner(*args):
         raise RuntimeError("the tuner could not be built")
 
-    monkeypatch.setattr(sweep, "build_tuner", broken_tuner)
+    monkeypatch.setattr(sweep.Sweep, "tuner", broken_tuner)
     with pytest.raises(RuntimeError, match="could not be built"):
         sweep.run_sweep(spec)
     assert not (spec.storage_dir / sweep.STATE_FILE).exists()  # a rerun is not refused as an existing sweep

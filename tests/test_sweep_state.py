@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
+
+import pytest
 
 from ranktune.platform.report.trials import SweepResults
 from ranktune.platform.store.state import SweepState, load_state
@@ -43,3 +47,22 @@ def test_a_sweep_from_before_the_move_loads_once_into_typed_results(tmp_path):
     assert finished and all(isinstance(row["objective"], float) for row in finished)
     replicated = {c["trial_id"] for c in results.confirm["configurations"]}
     assert {row["replicate_of"] for row in results.replicates} == replicated
+
+
+@pytest.mark.slow
+def test_a_sweep_written_before_the_move_resumes_reports_and_exports(tmp_path):
+    """The directory main wrote before platform/ had subpackages: `sweep --resume` restores Tune's pickled
+    searcher, scheduler and callbacks by their old module paths (the shims), then report and export read it."""
+    copy = tmp_path / "sweep"
+    shutil.copytree(BEFORE_MOVE, copy)
+    cli = [sys.executable, "-m", "ranktune.platform.cli"]
+    resumed = subprocess.run([*cli, "sweep", "--resume", str(copy)], capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "winner: galore_adamw (trial e5e0d78b" in resumed.stdout
+    report = subprocess.run([*cli, "report", str(copy), "--no-plots"], capture_output=True, text=True, timeout=300)
+    assert report.returncode == 0 and "winner: galore_adamw (trial e5e0d78b" in report.stdout, report.stderr[-3000:]
+    out = tmp_path / "7b.yaml"
+    export = subprocess.run([*cli, "export", str(copy), "--target", "7b", "--out", str(out)], capture_output=True,
+                            text=True, timeout=300)  # fmt: skip
+    assert export.returncode == 0, export.stderr[-3000:]
+    assert "trial e5e0d78b" in out.read_text() and "optim:" in out.read_text()

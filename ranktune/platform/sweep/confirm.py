@@ -4,7 +4,6 @@ verdict means is in platform/report/replicates.py."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,25 +16,23 @@ from ranktune.platform.report.replicates import (
     summarize,
 )
 from ranktune.platform.store.files import write_json_atomic
-from ranktune.search_spaces.spec import SweepSpec
 
 if TYPE_CHECKING:
-    from ranktune.platform.store.state import SweepState
+    from ranktune.platform.sweep.driver import Sweep
 
 CONFIRM_DIR = "confirm"  # Ray Tune experiment of the replicates, under the sweep's storage
 
 
-def run_confirm(spec: SweepSpec, state: SweepState, make_trainable: Callable, callbacks: Callable,
-                save_state: Callable[[], None], retry_failed: bool = False) -> dict[str, Any] | None:  # fmt: skip
+def run_confirm(sweep: Sweep, retry_failed: bool = False) -> dict[str, Any] | None:
     """Run the replicates (after the search) and write confirm.json; None when `confirm` is off, or
     when a replicate failed: a mean over the replicates that happened to survive is not the verdict
     asked for, so nothing is frozen and `--resume` runs the failed ones again (`retry_failed`) from
     their last checkpoints; FAILED_FILE says which failed and why.
 
-    `make_trainable()` is the search's trainable; `callbacks(parent_of, num_trials)` the Tune callbacks
-    with each replicate's MLflow run nested under `parent_of(params)`; `save_state()` persists `state`
-    (which gains the configurations' run ids, so a resumed sweep nests under the same runs).
+    The replicates train through the search's trainable, with each one's MLflow run nested under its
+    configuration's; sweep.json gains the configurations' run ids, so a resumed sweep nests under the same runs.
     """
+    spec, state = sweep.spec, sweep.state
     if spec.confirm is None:
         return None
     from mlflow.entities import Param
@@ -71,7 +68,7 @@ def run_confirm(spec: SweepSpec, state: SweepState, make_trainable: Callable, ca
             params = [Param(k, str(v)[:6000]) for k, v in sorted(row["params"].items())]
             client.log_batch(run.info.run_id, params=params)
             config_runs[row["trial_id"]] = run.info.run_id
-    save_state()
+    state.write(spec.storage_dir)
     points = replicate_points(spec, chosen)
     index_of = {json.dumps(p, sort_keys=True, default=str): i // spec.confirm.seeds for i, p in enumerate(points)}
     run_of = [config_runs[row["trial_id"]] for row in chosen]
@@ -81,17 +78,17 @@ def run_confirm(spec: SweepSpec, state: SweepState, make_trainable: Callable, ca
 
     confirm_dir = spec.storage_dir / CONFIRM_DIR
     if tune.Tuner.can_restore(str(confirm_dir)):
-        tuner = tune.Tuner.restore(str(confirm_dir), trainable=make_trainable(), resume_unfinished=True,
+        tuner = tune.Tuner.restore(str(confirm_dir), trainable=sweep.trainable(), resume_unfinished=True,
                                    resume_errored=retry_failed)  # fmt: skip
     else:
         tuner = tune.Tuner(
-            make_trainable(),
+            sweep.trainable(),
             tune_config=tune.TuneConfig(
                 search_alg=fixed_points(points), num_samples=len(points),
                 max_concurrent_trials=spec.max_concurrent,
             ),
             run_config=tune.RunConfig(name=CONFIRM_DIR, storage_path=str(spec.storage_dir), verbose=0,
-                                      callbacks=callbacks(parent_of, len(points))),
+                                      callbacks=sweep.callbacks(len(points), parent_of)),
         )  # fmt: skip
     results = tuner.fit()
     if results.num_terminated + results.num_errors < len(points):  # interrupted: `--resume` continues it

@@ -20,6 +20,7 @@ import logging
 import math
 import shlex
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -152,14 +153,14 @@ def check_cluster_versions() -> None:
     check()
 
 
-def check_cluster_fits(spec: SweepSpec) -> None:
+def check_cluster_fits(spec: SweepSpec, gpus_per_trial: float) -> None:
     """Refuse a trial that no node could ever run: Tune would otherwise wait for it forever."""
     import ray
 
     total = ray.cluster_resources()
     r = spec.resources
     cpus = r.cpus_per_trial * r.num_workers + (TRAIN_DRIVER_CPUS if r.num_workers > 1 else 0)
-    gpus = gpus_per_trial(spec) * r.num_workers
+    gpus = gpus_per_trial * r.num_workers
     problems = []
     if cpus > total.get("CPU", 0):
         problems.append(
@@ -171,27 +172,6 @@ def check_cluster_fits(spec: SweepSpec) -> None:
                         f"the cluster's {total.get('GPU', 0):g} GPUs (or 0 / auto on CPU-only machines)")  # fmt: skip
     if problems:
         raise ConfigError(problems)
-
-
-def make_trainable(spec: SweepSpec, prepare: Callable | None = None):
-    from ray import tune
-
-    from ranktune.platform.sweep.trial import run_trial
-
-    if spec.memory_budget_gib is not None or spec.objectives or spec.target is not None:
-        import os
-
-        # A trial over the memory budget returns before training, without a result (Optuna then
-        # records it as PRUNED); and the step-0 evaluation carries no memory or throughput metrics
-        # yet (the trade-off objectives), which the searcher reads only from the final result. Tune's
-        # strict check would refuse both. Read by Tune in this (driver) process at each result.
-        os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-    gpus = gpus_per_trial(spec)
-    trainable = tune.with_parameters(run_trial, spec_json=spec_json(spec), gpus_per_trial=gpus, prepare=prepare)
-    if spec.resources.num_workers > 1:
-        # The trial only drives a Ray Train run; its workers request their own CPUs/GPUs.
-        return tune.with_resources(trainable, {"cpu": TRAIN_DRIVER_CPUS})
-    return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": gpus})
 
 
 def build_searcher(spec: SweepSpec, storage: Path, state: SweepState | None = None):
@@ -296,64 +276,10 @@ def _token_budget(max_tokens: int | None):
     return TokenBudget()
 
 
-def build_tuner(spec: SweepSpec, state: SweepState, prepare: Callable | None, progress: bool):
-    from ray import tune
-
-    storage = spec.storage_dir
-    searcher, num_trials = build_searcher(spec, storage, state)
-    eval_every = spec.trial_config({}).train.eval_every
-    callbacks = tune_callbacks(spec, state, num_trials, progress)
-    return tune.Tuner(
-        make_trainable(spec, prepare),
-        tune_config=tune.TuneConfig(
-            metric=spec.objective.metric, mode=spec.objective.mode, search_alg=searcher,
-            scheduler=build_scheduler(spec, eval_every), num_samples=num_trials,
-            max_concurrent_trials=spec.max_concurrent, time_budget_s=spec.budget.time_budget_s,
-        ),
-        run_config=tune.RunConfig(
-            name=TUNE_DIR, storage_path=str(storage), callbacks=callbacks, stop=_token_budget(spec.budget.max_tokens),
-            failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=0,
-        ),
-    )  # fmt: skip
-
-
-def tune_callbacks(spec: SweepSpec, state: SweepState, num_trials: int, progress: bool,
-                   parent_of: Callable | None = None) -> list:  # fmt: skip
-    """MLflow runs (nested under the sweep's parent, or `parent_of(params)`) and console progress."""
-    from ranktune.platform.sweep.mlflow_callback import MlflowTrials
-    from ranktune.platform.sweep.progress import SweepProgress
-    from ranktune.platform.sweep.trial import trial_memory_rejection
-
-    return [
-        MlflowTrials(
-            state.tracking_uri, state.experiment_id, state.parent_run_id, spec.name,
-            spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, spec_json(spec)),
-            functools.partial(trial_memory_rejection, spec_json(spec), gpus_per_trial(spec)), parent_of,
-        ),
-        SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=progress,
-                      mode=spec.objective.mode),
-    ]  # fmt: skip
-
-
 def all_trials_ended(results) -> bool:
     """False when Tune's run was interrupted (Ctrl-C) with trials still pending or running: the
     replicates then wait for `--resume`, which finishes the search first."""
     return results.num_terminated + results.num_errors == len(results)
-
-
-def confirm_best(spec: SweepSpec, state: SweepState, prepare: Callable | None, progress: bool,
-                 retry_failed: bool = False) -> None:  # fmt: skip
-    """The `confirm` phase after the search (platform/sweep/confirm.py): replicates of the best configurations."""
-    from ranktune.platform.sweep.confirm import run_confirm
-
-    def save_state() -> None:
-        state.write(spec.storage_dir)
-
-    run_confirm(
-        spec, state, functools.partial(make_trainable, spec, prepare),
-        lambda parent_of, n: tune_callbacks(spec, state, n, progress, parent_of), save_state,
-        retry_failed=retry_failed,
-    )  # fmt: skip
 
 
 def store_runs_view(client, spec: SweepSpec, experiment_id: str) -> bool:
@@ -422,6 +348,189 @@ def check_before_start(spec: SweepSpec) -> None:
     check_target_spec(spec)
 
 
+@dataclass
+class Sweep:
+    """One sweep as the driver runs it: its spec and state (sweep.json), and what every part of the run
+    derives from them once: the spec as JSON (what each trial is handed) and the devices a trial holds
+    (which asks Ray). The search, the replicates and the end of the sweep are its methods."""
+
+    spec: SweepSpec
+    state: SweepState
+    gpus_per_trial: float
+    prepare: Callable | None = None  # called in each trial before it trains (tests inject faults here)
+    progress: bool = True
+
+    @functools.cached_property
+    def spec_json(self) -> str:
+        return spec_json(self.spec)
+
+    def trainable(self):
+        """The Tune trainable of the search and the replicates: `run_trial` with the spec, and its resources."""
+        from ray import tune
+
+        from ranktune.platform.sweep.trial import run_trial
+
+        spec = self.spec
+        if spec.memory_budget_gib is not None or spec.objectives or spec.target is not None:
+            import os
+
+            # A trial over the memory budget returns before training, without a result (Optuna then
+            # records it as PRUNED); and the step-0 evaluation carries no memory or throughput metrics
+            # yet (the trade-off objectives), which the searcher reads only from the final result. Tune's
+            # strict check would refuse both. Read by Tune in this (driver) process at each result.
+            os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
+        trainable = tune.with_parameters(run_trial, spec_json=self.spec_json, gpus_per_trial=self.gpus_per_trial,
+                                         prepare=self.prepare)  # fmt: skip
+        if spec.resources.num_workers > 1:
+            # The trial only drives a Ray Train run; its workers request their own CPUs/GPUs.
+            return tune.with_resources(trainable, {"cpu": TRAIN_DRIVER_CPUS})
+        return tune.with_resources(trainable, {"cpu": spec.resources.cpus_per_trial, "gpu": self.gpus_per_trial})
+
+    def callbacks(self, num_trials: int, parent_of: Callable | None = None) -> list:
+        """MLflow runs (nested under the sweep's parent, or `parent_of(params)`) and console progress."""
+        from ranktune.platform.sweep.mlflow_callback import MlflowTrials
+        from ranktune.platform.sweep.progress import SweepProgress
+        from ranktune.platform.sweep.trial import trial_memory_rejection
+
+        spec, state = self.spec, self.state
+        return [
+            MlflowTrials(
+                state.tracking_uri, state.experiment_id, state.parent_run_id, spec.name,
+                spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, self.spec_json),
+                functools.partial(trial_memory_rejection, self.spec_json, self.gpus_per_trial), parent_of,
+            ),
+            SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=self.progress,
+                          mode=spec.objective.mode),
+        ]  # fmt: skip
+
+    def tuner(self):
+        """The search's Tune run, new."""
+        from ray import tune
+
+        spec = self.spec
+        storage = spec.storage_dir
+        searcher, num_trials = build_searcher(spec, storage, self.state)
+        eval_every = spec.trial_config({}).train.eval_every
+        return tune.Tuner(
+            self.trainable(),
+            tune_config=tune.TuneConfig(
+                metric=spec.objective.metric, mode=spec.objective.mode, search_alg=searcher,
+                scheduler=build_scheduler(spec, eval_every), num_samples=num_trials,
+                max_concurrent_trials=spec.max_concurrent, time_budget_s=spec.budget.time_budget_s,
+            ),
+            run_config=tune.RunConfig(
+                name=TUNE_DIR, storage_path=str(storage), callbacks=self.callbacks(num_trials),
+                stop=_token_budget(spec.budget.max_tokens),
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=0,
+            ),
+        )  # fmt: skip
+
+    def restored_tuner(self, retry_failed: bool):
+        """The search's Tune run as its last snapshot left it (a new one when it was killed before any)."""
+        from ray import tune
+
+        tune_dir = self.spec.storage_dir / TUNE_DIR
+        if not tune.Tuner.can_restore(str(tune_dir)):  # killed before Tune saved any state: the same parent run
+            return self.tuner()
+        return tune.Tuner.restore(str(tune_dir), trainable=self.trainable(), resume_unfinished=True,
+                                  resume_errored=retry_failed)  # fmt: skip
+
+    def replicate(self, retry_failed: bool = False) -> None:
+        """The `confirm` phase after the search (platform/sweep/confirm.py): replicates of the best configurations."""
+        from ranktune.platform.sweep.confirm import run_confirm
+
+        run_confirm(self, retry_failed=retry_failed)
+
+    def fit_and_finish(self, tuner, retry_failed: bool = False) -> dict[str, Any]:
+        """The search, then the replicates, then the results. Stopped early (Ctrl-C: Tune returns with trials
+        unfinished), the results so far are written and the sweep is left for `--resume`. Anything else that
+        ends the driver (a full disk, a bug) marks the parent run FAILED rather than leaving it RUNNING."""
+        from ranktune.platform.report.replicates import CONFIRM_FILE, FAILED_FILE
+        from ranktune.platform.tracking.client import mlflow_client
+
+        spec, state = self.spec, self.state
+        try:
+            interrupted = not all_trials_ended(tuner.fit())
+            if not interrupted:
+                self.replicate(retry_failed=retry_failed)
+                # The replicates, once started (their runs are in the state), stopped before all ended; ended
+                # with failures (FAILED_FILE) they are not interrupted but failed, and say so (confirm_failures).
+                ended = any((spec.storage_dir / name).is_file() for name in (CONFIRM_FILE, FAILED_FILE))
+                interrupted = spec.confirm is not None and bool(state.confirm_runs) and not ended
+            return self.finish(interrupted)
+        except BaseException as exc:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            try:
+                mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, status=status)
+            except Exception as err:  # noqa: BLE001 - the original error is the one to report
+                log.warning("could not mark the sweep's MLflow run %s: %s", status, err)
+            raise
+
+    def finish(self, interrupted: bool = False) -> dict[str, Any]:
+        """Rank trials, write best config, results and plots, log them on the MLflow parent run.
+
+        `interrupted` (Ctrl-C before every trial ended): the same files from what has run so far, the open
+        trial runs tagged `interrupted`, and the parent run KILLED, not FINISHED: `--resume` continues it."""
+        from ranktune.platform.report.figures import write_plots
+        from ranktune.platform.report.ranking import pick_best, pick_winner
+        from ranktune.platform.report.replicates import load_confirm
+        from ranktune.platform.report.trials import collect_trials
+        from ranktune.platform.tracking.client import log_text_artifact, mlflow_client, results_json
+
+        spec, state = self.spec, self.state
+        storage = spec.storage_dir
+        client = mlflow_client(state.tracking_uri)
+        parent = state.parent_run_id
+        close_lost_runs(client, state, interrupted)
+        trials = collect_trials(spec, state)
+        (storage / "results.json").write_text(results_json(trials))
+        client.log_artifact(parent, str(storage / "results.json"))
+        best = pick_best(trials, spec.objective.mode)
+        confirm = load_confirm(storage)
+        winner = pick_winner(trials, spec.objective.mode, confirm)  # the replicates' choice when there are any
+        summary: dict[str, Any] = {"trials": len(trials), "best": winner, "storage": str(storage)}
+        if best is not None:
+            best_yaml = best_config_yaml(spec, trials, best, confirm)
+            (storage / "best_config.yaml").write_text(best_yaml)
+            log_text_artifact(client, parent, "best_config.yaml", best_yaml)
+            client.set_tag(parent, "ranktune.best_trial_id", winner["trial_id"])
+            client.log_metric(parent, f"best_{spec.objective.metric}", winner["objective"])
+        summary["pareto"] = log_pareto_front(spec, client, parent, trials)
+        from ranktune.platform.report.proxy_checks import proxy_check_lines
+        from ranktune.platform.tracking.client import NOTE_TAG
+
+        # Whether the proxy's answer is worth much (matrix share, sanity baseline, edges): in the note too.
+        summary["proxy_checks"] = proxy_check_lines(spec, trials)
+        note = parent_note(spec, state, trials, confirm, summary["proxy_checks"])
+        client.set_tag(parent, NOTE_TAG, note)
+        from ranktune.platform.report.replicates import format_confirm
+        from ranktune.platform.sweep.study_view import annotate_study
+
+        verdicts = "\n".join(format_confirm(confirm)) if confirm else None
+        annotate_study(spec, note + (f"\n\n```\n{verdicts}\n```" if verdicts else ""), verdicts)
+        plots = write_plots(spec, state, trials, storage / "plots")
+        for plot in plots:
+            client.log_artifact(parent, str(plot), "plots")
+        summary["plots"] = [str(p) for p in plots]
+        summary["confirm"] = confirm
+        # Replicates that did not all run are no result (an interrupted sweep is not done yet: no verdict either).
+        summary["confirm_failures"] = None if (confirm or interrupted) else confirm_failures(spec)
+        summary["interrupted"] = interrupted
+        client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
+        return summary
+
+
+def start_ray(spec: SweepSpec, address: str | None) -> float:
+    """Ray started (or joined) for this sweep, its versions checked on a cluster and its resources against
+    the trial's; returns the GPUs a trial holds."""
+    init_ray(address)
+    if address:  # a cluster: its nodes must run the driver's versions
+        check_cluster_versions()
+    gpus = gpus_per_trial(spec)
+    check_cluster_fits(spec, gpus)
+    return gpus
+
+
 def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | None = None,
               progress: bool = True) -> dict[str, Any]:  # fmt: skip
     """Start a new sweep in `spec.storage_dir` and run it to the end; returns the summary."""
@@ -434,20 +543,18 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
             raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> `ranktune sweep --resume "
                                f"{storage}` continues it; choose another name or storage to start a new one"]
                               )  # fmt: skip
-        init_ray(address)
-        if address:  # a cluster: its nodes must run the driver's versions
-            check_cluster_versions()
-        check_cluster_fits(spec)
+        gpus = start_ray(spec, address)
         state = SweepState(spec=json.loads(spec_json(spec)), **start_tracking(spec))
+        sweep = Sweep(spec, state, gpus, prepare, progress)
         # sweep.json makes the directory a sweep that --resume continues: written only once the
         # tuner is built, so a sweep that cannot start leaves a directory a rerun can use.
         try:
-            tuner = build_tuner(spec, state, prepare, progress)
+            tuner = sweep.tuner()
         except BaseException:
             mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, status="FAILED")
             raise
         state.write(storage)
-        return fit_and_finish(spec, state, tuner, prepare, progress)
+        return sweep.fit_and_finish(tuner)
 
 
 def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,
@@ -456,8 +563,6 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
 
     `retry_failed`: failed trials and replicates run again too, each from its last checkpoint (a
     failure may have been the machine's: a full disk, a lost node), instead of replaying the failure."""
-    from ray import tune
-
     from ranktune.platform.store.locks import own_directory
     from ranktune.platform.store.relocate import resuming
 
@@ -466,43 +571,8 @@ def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: C
     # Tune's pickled searcher and callbacks open this directory's stores, not those of where the sweep ran.
     with own_directory(spec.storage_dir, "storage", "sweep"), resuming(state):
         check_sweep_store(spec)
-        init_ray(address)
-        if address:  # a cluster: its nodes must run the driver's versions
-            check_cluster_versions()
-        check_cluster_fits(spec)
-        tune_dir = spec.storage_dir / TUNE_DIR
-        if tune.Tuner.can_restore(str(tune_dir)):
-            tuner = tune.Tuner.restore(str(tune_dir), trainable=make_trainable(spec, prepare), resume_unfinished=True,
-                                       resume_errored=retry_failed)  # fmt: skip
-        else:  # killed before Tune saved any state: start the trials, keeping the same MLflow parent run
-            tuner = build_tuner(spec, state, prepare, progress)
-        return fit_and_finish(spec, state, tuner, prepare, progress, retry_failed=retry_failed)
-
-
-def fit_and_finish(spec: SweepSpec, state: SweepState, tuner, prepare: Callable | None,
-                   progress: bool, retry_failed: bool = False) -> dict[str, Any]:  # fmt: skip
-    """The search, then the replicates, then the results. Stopped early (Ctrl-C: Tune returns with trials
-    unfinished), the results so far are written and the sweep is left for `--resume`. Anything else that
-    ends the driver (a full disk, a bug) marks the parent run FAILED rather than leaving it RUNNING."""
-    from ranktune.platform.report.replicates import CONFIRM_FILE, FAILED_FILE
-    from ranktune.platform.tracking.client import mlflow_client
-
-    try:
-        interrupted = not all_trials_ended(tuner.fit())
-        if not interrupted:
-            confirm_best(spec, state, prepare, progress, retry_failed=retry_failed)
-            # The replicates, once started (their runs are in the state), stopped before all ended; ended
-            # with failures (FAILED_FILE) they are not interrupted but failed, and say so (confirm_failures).
-            ended = any((spec.storage_dir / name).is_file() for name in (CONFIRM_FILE, FAILED_FILE))
-            interrupted = spec.confirm is not None and bool(state.confirm_runs) and not ended
-        return finish_sweep(spec, state, interrupted)
-    except BaseException as exc:
-        status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
-        try:
-            mlflow_client(state.tracking_uri).set_terminated(state.parent_run_id, status=status)
-        except Exception as err:  # noqa: BLE001 - the original error is the one to report
-            log.warning("could not mark the sweep's MLflow run %s: %s", status, err)
-        raise
+        sweep = Sweep(spec, state, start_ray(spec, address), prepare, progress)
+        return sweep.fit_and_finish(sweep.restored_tuner(retry_failed), retry_failed=retry_failed)
 
 
 def close_lost_runs(client, state: SweepState, interrupted: bool = False) -> list[str]:
@@ -542,59 +612,6 @@ def log_pareto_front(spec: SweepSpec, client, parent: str, trials: list[dict[str
     client.log_artifact(parent, str(path))
     client.set_tag(parent, "ranktune.pareto_trials", ",".join(r["trial_id"] for r in front))
     return front
-
-
-def finish_sweep(spec: SweepSpec, state: SweepState, interrupted: bool = False) -> dict[str, Any]:
-    """Rank trials, write best config, results and plots, log them on the MLflow parent run.
-
-    `interrupted` (Ctrl-C before every trial ended): the same files from what has run so far, the open
-    trial runs tagged `interrupted`, and the parent run KILLED, not FINISHED: `--resume` continues it."""
-    from ranktune.platform.report.figures import write_plots
-    from ranktune.platform.report.ranking import pick_best, pick_winner
-    from ranktune.platform.report.replicates import load_confirm
-    from ranktune.platform.report.trials import collect_trials
-    from ranktune.platform.tracking.client import log_text_artifact, mlflow_client, results_json
-
-    storage = spec.storage_dir
-    client = mlflow_client(state.tracking_uri)
-    parent = state.parent_run_id
-    close_lost_runs(client, state, interrupted)
-    trials = collect_trials(spec, state)
-    (storage / "results.json").write_text(results_json(trials))
-    client.log_artifact(parent, str(storage / "results.json"))
-    best = pick_best(trials, spec.objective.mode)
-    confirm = load_confirm(storage)
-    winner = pick_winner(trials, spec.objective.mode, confirm)  # the replicates' choice when there are any
-    summary: dict[str, Any] = {"trials": len(trials), "best": winner, "storage": str(storage)}
-    if best is not None:
-        best_yaml = best_config_yaml(spec, trials, best, confirm)
-        (storage / "best_config.yaml").write_text(best_yaml)
-        log_text_artifact(client, parent, "best_config.yaml", best_yaml)
-        client.set_tag(parent, "ranktune.best_trial_id", winner["trial_id"])
-        client.log_metric(parent, f"best_{spec.objective.metric}", winner["objective"])
-    summary["pareto"] = log_pareto_front(spec, client, parent, trials)
-    from ranktune.platform.report.proxy_checks import proxy_check_lines
-    from ranktune.platform.tracking.client import NOTE_TAG
-
-    # Whether the proxy's answer is worth much (matrix share, sanity baseline, edges): in the note too.
-    summary["proxy_checks"] = proxy_check_lines(spec, trials)
-    note = parent_note(spec, state, trials, confirm, summary["proxy_checks"])
-    client.set_tag(parent, NOTE_TAG, note)
-    from ranktune.platform.report.replicates import format_confirm
-    from ranktune.platform.sweep.study_view import annotate_study
-
-    verdicts = "\n".join(format_confirm(confirm)) if confirm else None
-    annotate_study(spec, note + (f"\n\n```\n{verdicts}\n```" if verdicts else ""), verdicts)
-    plots = write_plots(spec, state, trials, storage / "plots")
-    for plot in plots:
-        client.log_artifact(parent, str(plot), "plots")
-    summary["plots"] = [str(p) for p in plots]
-    summary["confirm"] = confirm
-    # Replicates that did not all run are no result (an interrupted sweep is not done yet: no verdict either).
-    summary["confirm_failures"] = None if (confirm or interrupted) else confirm_failures(spec)
-    summary["interrupted"] = interrupted
-    client.set_terminated(parent, status="KILLED" if interrupted else "FINISHED")
-    return summary
 
 
 def confirm_failures(spec: SweepSpec) -> str | None:

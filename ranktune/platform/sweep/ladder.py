@@ -217,38 +217,30 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
     from ranktune.platform.store.state import STATE_FILE as SWEEP_STATE
     from ranktune.platform.store.state import SweepState, load_state
     from ranktune.platform.sweep.confirm import fixed_points
-    from ranktune.platform.sweep.driver import (
-        check_cluster_fits,
-        finish_sweep,
-        init_ray,
-        make_trainable,
-        spec_json,
-        start_tracking,
-        tune_callbacks,
-    )
+    from ranktune.platform.sweep.driver import Sweep, spec_json, start_ray, start_tracking
 
     storage = rspec.storage_dir
     with own_directory(storage, "storage", "sweep"):
-        init_ray(address)
-        check_cluster_fits(rspec)
+        gpus = start_ray(rspec, address)
         if (storage / SWEEP_STATE).is_file():
             rspec, state = load_state(storage)
         else:
             state = SweepState(spec=json.loads(spec_json(rspec)), **start_tracking(rspec))
             state.write(storage)
+        sweep = Sweep(rspec, state, gpus, progress=progress)
         done = set(loss_by_params(collect_trials(rspec, state)))
         todo = [p for p in points if params_key(p) not in done]
         if todo:
             attempt = 1 + sum(1 for d in storage.glob("tune-*") if d.is_dir())
             tuner = tune.Tuner(
-                make_trainable(rspec),
+                sweep.trainable(),
                 tune_config=tune.TuneConfig(
                     metric=rspec.objective.metric, mode=rspec.objective.mode, search_alg=fixed_points(todo),
                     num_samples=len(todo), max_concurrent_trials=rspec.max_concurrent,
                 ),
                 run_config=tune.RunConfig(
                     name=f"tune-{attempt}", storage_path=str(storage),
-                    callbacks=tune_callbacks(rspec, state, len(todo), progress),
+                    callbacks=sweep.callbacks(len(todo)),
                     failure_config=tune.FailureConfig(max_failures=rspec.max_failures), verbose=0,
                 ),
             )  # fmt: skip
@@ -256,7 +248,7 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
             if results.num_terminated + results.num_errors < len(todo):
                 raise LadderInterrupted(f"rung {rspec.name} was interrupted; `ranktune sweep --resume "
                                         f"{storage.parent.parent}` continues the ladder")  # fmt: skip
-        return finish_sweep(rspec, state)
+        return sweep.finish()
 
 
 # ---------------------------------------------------------------------------------- ladder.json
