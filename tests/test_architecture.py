@@ -12,6 +12,7 @@ import graphlib
 import importlib
 import json
 import pickletools
+import re
 from pathlib import Path
 
 import grimp
@@ -221,3 +222,66 @@ def test_reading_a_sweep_does_not_import_ray(tmp_path):
     assert "ranktune.platform.report.table" in imported  # importtime saw the report's own modules
     ray = [m for m in imported if m == "ray" or m.startswith("ray.")]
     assert not ray, ray[:5]
+
+
+def method_spellings(value: str, names: set[str], sections: set[str]) -> list[str]:
+    """The words of a string that name a registered method: its name (`"galore_adamw"`), a prefix that
+    stands for a family of them (`startswith("galore_")`), or a method's own config section used as a
+    switch (`raw["galore"]`, `"relora.warm_start_steps: ..."`, a section name in an f-string)."""
+    found = []
+    for word in re.findall(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?\*?", value):
+        bare = word.rstrip("*")
+        section = bare.partition(".")[0]
+        if bare in names or section in sections:
+            found.append(word)
+        elif (bare.endswith("_") or word.endswith("*")) and any(n.startswith(bare) for n in names):
+            found.append(word)
+    return found
+
+
+def docstrings(tree: ast.AST) -> set[int]:
+    """ids of the docstring constants of a module, its classes and functions (prose, not code)."""
+    ids = set()
+    for node in ast.walk(tree):
+        if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef, ast.AsyncFunctionDef)) and node.body:
+            first = node.body[0]
+            if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+                ids.add(id(first.value))
+    return ids
+
+
+def test_platform_names_no_method():
+    """Method-specific platform behaviour lives in the methods' registry entries: no platform module
+    spells a registered method's name."""
+    from ranktune.trainables.optim import OPTIMIZERS
+    platform = Path(__file__).resolve().parents[1] / "ranktune" / "platform"
+    spelled = []
+    for path in sorted(platform.rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and node.value in OPTIMIZERS:
+                spelled.append(f"{path.relative_to(platform.parent.parent)}:{node.lineno} {node.value!r}")
+    assert not spelled, "method names in platform/ (give the registry entry a field instead):\n" + "\n".join(spelled)
+
+
+def test_platform_spells_no_method_prefix_or_section():
+    """Beyond whole names: no family prefix (`startswith("galore_")`), no method's config section as a
+    key or in a message (`raw["relora"]`, f"apollo.rank ..."), no attribute access to one
+    (`cfg.galore.rank`) in platform code. Docstrings (prose) are left out; generic code reads a
+    method's sections through its registry entry (`OptimizerEntry.sections` and the other fields)."""
+    from ranktune.trainables.optim import OPTIMIZERS
+
+    names = set(OPTIMIZERS)
+    sections = {section for entry in OPTIMIZERS.values() for section in entry.sections}
+    platform = Path(__file__).resolve().parents[1] / "ranktune" / "platform"
+    spelled = []
+    for path in sorted(platform.rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        prose = docstrings(tree)
+        for node in ast.walk(tree):
+            where = f"{path.relative_to(platform.parent.parent)}:{getattr(node, 'lineno', '?')}"
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in prose:
+                words = method_spellings(node.value, names, sections)
+                spelled += [f"{where} {word!r} in {node.value!r}" for word in words]
+            elif isinstance(node, ast.Attribute) and node.attr in sections:
+                spelled.append(f"{where} .{node.attr}")
+    assert not spelled, "method names in platform/ (give the registry entry a field instead):\n" + "\n".join(spelled)

@@ -142,3 +142,52 @@ def test_estimate_refuses_a_method_without_estimate_state(make_config):
             estimate_run(cfg, device="cpu")
     finally:
         unregister("toy_uncounted")
+
+
+def toy_to_target(raw, proxy, scaling) -> None:
+    """The toy's own target mapping: its rank (it reads galore.rank) by the export's width rule."""
+    raw["galore"]["rank"] = scaling.rank(proxy.galore.rank)
+
+
+TOY_COLOUR = "#5b2a86"
+
+
+def test_a_method_registered_outside_ranktune_exports_settles_and_plots(make_config, make_spec, tmp_path):
+    """The toy entry alone, with no edit to platform/, gets its single-GPU export (its own target
+    mapping and single-GPU setting, fitted to the budget), its settling windows in the milestone
+    scheduler, and its colour in the plots; without an estimate_state export refuses in words."""
+    from ranktune.platform.export.recipe import ScalingRules, fit_to_target
+    from ranktune.platform.report.plots import plot_best_per_method
+    from ranktune.platform.sweep.milestones import in_window, settling_windows
+
+    register(TOY, OptimizerEntry(build=ProjectedMomentumMethod, check=check_toy, estimate_state=estimate_toy,
+                                 description="test-only projected momentum SGD", colour=TOY_COLOUR,
+                                 settling_windows=lambda cfg: [(1, cfg.schedule.warmup_steps)],
+                                 single_gpu=(("train.grad_clip", 0.0),), target_mapping=toy_to_target))  # fmt: skip
+    try:
+        proxy = make_config(f"optim.name={TOY}", "galore.rank=32", "train.grad_clip=1.0", "schedule.warmup_steps=4")
+        fit = fit_to_target(proxy, "60m", ScalingRules(), [], budget_gib=24)
+        assert fit.problems == () and fit.baseline is None, fit
+        # the proxy (64 wide) -> 60m (512 wide): rank 32 -> 256 by the relative rule, through the toy's mapping
+        assert proxy.model.llama_config().hidden_size == 64
+        assert fit.config.optim.name == TOY and fit.config.galore.rank == 256
+        assert fit.config.train.grad_clip == 0.0 and fit.config.model.name == "60m"  # its single_gpu setting
+        assert set(fit.estimate.peak.optimizer) == {"momentum", "projections"}  # counted by its estimate_state
+
+        assert settling_windows(proxy) == [(1, 4)]
+        assert in_window(3, settling_windows(proxy)) and not in_window(5, settling_windows(proxy))
+
+        spec = make_spec()  # the plot reads its objective and name; the rows name the method
+        rows = [{"status": "finished", "objective": 4.2, "params": {"optim.name": TOY}, "trial_id": "t0"}]
+        svg = plot_best_per_method(spec, rows, [TOY], None, tmp_path / "best.svg")
+        assert TOY_COLOUR in svg.read_text()
+    finally:
+        unregister(TOY)
+
+    register(TOY, OptimizerEntry(build=ProjectedMomentumMethod, target_mapping=toy_to_target))  # no estimate_state
+    try:
+        fit = fit_to_target(proxy, "60m", ScalingRules(), [], budget_gib=24)
+        assert fit.config is None
+        assert any(f"{TOY!r} was registered without an estimate_state" in p for p in fit.problems), fit.problems
+    finally:
+        unregister(TOY)

@@ -90,7 +90,7 @@ def cmd_models(args: argparse.Namespace) -> int:
 
 def cmd_schedule(args: argparse.Namespace) -> int:
     from ranktune.trainables.config import ConfigError, load_config
-    from ranktune.trainables.optim.relora_schedule import plot_schedule, restart_steps, schedule_points
+    from ranktune.trainables.optim.relora_schedule import plot_schedule, restart_marks, restart_steps, schedule_points
 
     cfg = load_config(args.config, args.overrides)
     points = schedule_points(cfg)
@@ -100,10 +100,7 @@ def cmd_schedule(args: argparse.Namespace) -> int:
     else:
         # The points a reader checks: start, end of warmup, around every restart, the end.
         restarts = restart_steps(cfg)
-        warm = cfg.relora.restart_warmup_steps
-        marks = {0, cfg.schedule.warmup_steps, len(points) - 1}
-        for r in restarts:
-            marks |= {r - 1, r, r + 1, r + warm}
+        marks = {0, cfg.schedule.warmup_steps, len(points) - 1} | restart_marks(cfg)
         print(f"{cfg.optim.name}: {len(points)} steps, peak lr {cfg.optim.lr:g}, restarts after {restarts or 'none'}")
         for step in sorted(m for m in marks if 0 <= m < len(points)):
             print(f"  step {step:>7}  lr {points[step][1]:.6g}{'  <- restart' if step in restarts else ''}")

@@ -48,10 +48,8 @@ from ranktune.platform.memory import (
 )
 from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
 from ranktune.trainables.model import MODEL_PRESETS
-from ranktune.trainables.optim.registry import lookup
+from ranktune.trainables.optim.registry import OPTIMIZERS, TargetScaling, lookup
 
-# The config section of each method that updates with the scaled full-rank gradient (docs/apollo.md).
-SCALED_GRADIENT_SECTIONS = {"apollo_adamw": "apollo", "apollo_mini": "apollo_mini", "fira_adamw": "fira"}
 # Paper training lengths (GaLore table), used when the rules give no step count.
 PAPER_STEPS = {"60m": 10_000, "130m": 20_000, "350m": 60_000, "1b": 100_000, "7b": 150_000}
 
@@ -222,37 +220,20 @@ def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[
         raw[recipe.section].update(rank=recipe.rank, scale=recipe.scale, update_proj_gap=recipe.update_proj_gap)
         if rules.update_proj_gap is not None:
             raw[recipe.section]["update_proj_gap"] = rules.update_proj_gap
-    elif name.startswith("galore_"):
-        g = raw["galore"]
-        g["rank"] = target_rank(proxy.galore.rank, proxy_hidden, target_hidden, rules)
-        if rules.update_proj_gap is not None:
-            g["update_proj_gap"] = rules.update_proj_gap
-    elif name in SCALED_GRADIENT_SECTIONS:
-        section = SCALED_GRADIENT_SECTIONS[name]
-        a, pa = raw[section], getattr(proxy, section)
-        if name == "apollo_adamw" and rules.apollo_rank is not None:
-            a["rank"] = rules.apollo_rank
-        elif name != "apollo_mini":  # APOLLO-Mini stays at its proxy rank (1)
-            a["rank"] = target_rank(pa.rank, proxy_hidden, target_hidden, rules)
-        scale_rule = {"apollo_adamw": rules.apollo_scale, "apollo_mini": rules.apollo_mini_scale}.get(name, "same")
-        if scale_rule == "hidden_over_rank":
-            a["scale"] = pa.scale * (target_hidden / a["rank"]) / (proxy_hidden / pa.rank)
-        if rules.update_proj_gap is not None:
-            a["update_proj_gap"] = rules.update_proj_gap
-    if name in SCALED_GRADIENT_SECTIONS:
-        # Their per-layer update needs each full gradient, so there is no low-rank accumulator to defer a
+    elif entry.target_mapping is not None:  # the method maps its own section (rank by width, scale, gap, ...)
+        def rank(proxy_rank: int) -> int:
+            return target_rank(proxy_rank, proxy_hidden, target_hidden, rules)
+
+        scaling = TargetScaling(proxy_hidden, target_hidden, rank=rank, interval=interval,
+                                update_proj_gap=rules.update_proj_gap, rules=rules)  # fmt: skip
+        entry.target_mapping(raw, proxy, scaling)
+    section = entry.full_gradient_section
+    if section is not None:
+        # Its per-layer update needs each full gradient, so there is no low-rank accumulator to defer a
         # global clip over: the proxy's global clip becomes a per-tensor one.
-        section = SCALED_GRADIENT_SECTIONS[name]
         if proxy.train.grad_clip > 0 and not getattr(proxy, section).per_tensor_clip:
             raw[section]["per_tensor_clip"] = proxy.train.grad_clip
         train["grad_clip"] = 0.0
-    elif name in ("relora", "lora"):
-        r, pr = raw["relora"], proxy.relora
-        r["rank"] = target_rank(pr.rank, proxy_hidden, target_hidden, rules)
-        r["base_precision"] = rules.relora_base_precision
-        in_run = rules.relora_warm_start == "in_run" and pr.warm_start_steps
-        r["warm_start_steps"] = interval(pr.warm_start_steps) if in_run else 0  # else: a checkpoint (export_inputs)
-        r["relora_every"] = max(interval(pr.relora_every), pr.restart_warmup_steps + 1)
     return raw
 
 
@@ -318,12 +299,13 @@ def fitting_micro_batches(raw: dict[str, Any], overrides: list[str], rules: Scal
 
 
 def memory_savings(raw: dict[str, Any], user_keys: set[str]) -> list[list[str]]:
-    """Settings to try in turn, cheapest in accuracy first: none, then the method's memory options.
-
-    GaLore: int8 projectors (half the bytes of bf16 ones; see docs/galore.md for their cost)."""
+    """Settings to try in turn, cheapest in accuracy first: none, then the method's memory options
+    (its registry entry's `memory_savings`, e.g. GaLore's int8 projectors) that the user did not set."""
     savings: list[list[str]] = [[]]
-    if raw["optim"]["name"].startswith("galore_") and "galore.projector_dtype" not in user_keys:
-        savings.append(["galore.projector_dtype=int8"])
+    entry = OPTIMIZERS.get(raw["optim"]["name"])  # an unknown name is refused when the config is validated
+    for key, value in entry.memory_savings if entry is not None else ():
+        if key not in user_keys:
+            savings.append([f"{key}={value}"])
     return savings
 
 
@@ -336,29 +318,26 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom
         f"at most --budget-gib {budget_gib:g}; with this config it needs --budget-gib {math.ceil(need)}"
     ]
     name = cfg.optim.name
-    if name in ("adamw", "adamw8bit", "adafactor"):
-        problems.append(f"optim.name: {name!r} -> full-rank state does not fit; export a galore_* or relora trial "
-                        "(ranktune export --trial ID)")  # fmt: skip
+    entry = lookup(name)
+    if entry.full_rank:
+        low_rank = " or ".join(sorted(n for n, e in OPTIMIZERS.items() if e.single_gpu))
+        problems.append(f"optim.name: {name!r} -> full-rank state does not fit; export a trial of a low-rank method "
+                        f"({low_rank}) (ranktune export --trial ID)")  # fmt: skip
     # Per-layer methods that need full gradients keep them alive between micro-batches; GaLore's
     # low-rank accumulation does not.
-    full_accumulation = (name.startswith("galore_") and cfg.galore.per_layer and cfg.galore.accumulation == "full") or (
-        name in SCALED_GRADIENT_SECTIONS and getattr(cfg, SCALED_GRADIENT_SECTIONS[name]).per_layer
-    )
+    full_accumulation = entry.keeps_full_gradients is not None and entry.keeps_full_gradients(cfg)
     if full_accumulation and cfg.grad_accum_steps > 1:
-        on_device = name in SCALED_GRADIENT_SECTIONS and getattr(cfg, SCALED_GRADIENT_SECTIONS[name]).full_grad_buffer
-        host = (f"--set {SCALED_GRADIENT_SECTIONS[name]}.full_grad_buffer=host keeps them in host memory, exactly; or "
-                if on_device == "device" else "")  # fmt: skip
+        section = entry.full_gradient_section
+        on_device = section is not None and getattr(cfg, section).full_grad_buffer == "device"
+        host = (f"--set {section}.full_grad_buffer=host keeps them in host memory, exactly; or "
+                if on_device else "")  # fmt: skip
         problems.append(
             f"train.batch_size: {cfg.train.batch_size} -> per-layer {name} with accumulation keeps full gradients "
             f"(here {gib(peak.gradients)} stay alive between micro-batches): {host}--set train.batch_size=N "
             "with N small enough that N sequences fit in one micro-batch (fewer tokens per step than the paper's 131k)"
         )
-    if peak.phase.startswith("warm start"):
-        problems.append(
-            f"relora.warm_start_steps: {cfg.relora.warm_start_steps} -> the full-rank warm start needs "
-            f"{gib(peak.total)}; --set relora.warm_start_steps=0 --set relora.warm_start_checkpoint=PATH "
-            "(a full-rank checkpoint trained elsewhere)"
-        )
+    if entry.export_fit_advice is not None:  # the method's own levers, e.g. ReLoRA's full-rank warm start
+        problems += entry.export_fit_advice(cfg, peak.phase, peak.total)
     if not cfg.model.activation_checkpointing:
         problems.append("model.activation_checkpointing: false -> true")
     return problems
@@ -450,7 +429,6 @@ def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: S
     return best
 
 
-FULL_RANK = ("adamw", "adamw8bit", "adafactor")
 FALLBACKS = ("best-fitting",)  # `--fallback`: the only way export exports another trial than the one asked for
 
 

@@ -97,6 +97,7 @@ register(
     OptimizerEntry(
         build=build_adamw, estimate_state=estimate_full_rank("adamw"), description="torch AdamW, fp32 moments",
         baseline=True, colour="#1f77b4",
+        full_rank=True,
     ),
 )
 register(
@@ -108,6 +109,7 @@ register(
         description="bitsandbytes 8-bit AdamW",
         baseline=True,
         colour="#8c564b",
+        full_rank=True,
     ),
 )
 register(
@@ -117,5 +119,6 @@ register(
         estimate_state=estimate_full_rank("adafactor"),
         description="torch Adafactor, factored moments",
         colour="#7f7f7f",
+        full_rank=True,
     ),
 )

@@ -44,6 +44,21 @@ What `ranktune export` and a target-aware sweep read (platform/export/recipe.py,
                                          asked for by name (`--trial`); a target-aware sweep skips it
     export_inputs(proxy, target)         what the exported config still needs from the user
                                          (`field: value -> what to give` lines), e.g. a warm-start checkpoint
+    target_mapping(raw, proxy, scaling)  the method's own hyperparameters at the target (rank by width,
+                                         scale, refresh gap, intervals), written into the raw target config;
+                                         export calls it when no published recipe applies (TargetScaling)
+    full_gradient_section                the section of a method that updates with the scaled full-rank
+                                         gradient (APOLLO, Fira): export turns the proxy's global clip into
+                                         `<section>.per_tensor_clip` and can name `<section>.full_grad_buffer`
+    keeps_full_gradients(cfg)            whether the config keeps every full gradient alive between
+                                         micro-batches (per-layer with full accumulation): export's
+                                         does-not-fit advice then names a smaller batch
+    full_rank                            full-rank optimizer state for every matrix (AdamW, Adafactor): when
+                                         the target does not fit, export points at the low-rank methods
+    memory_savings                       `key: value` settings export tries in turn when nothing fits,
+                                         cheapest in accuracy first (GaLore: int8 projectors)
+    export_fit_advice(cfg, phase, bytes) the method's own levers when its target config does not fit,
+                                         given the peak phase (ReLoRA: its full-rank warm start)
 
 The `estimate_state` contract
 -----------------------------
@@ -108,7 +123,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from ranktune.trainables.optim.base import Method
 from ranktune.trainables.schedule import Schedule, section_schedule
@@ -224,6 +239,21 @@ class PublishedRecipe:
 
 
 @dataclass(frozen=True)
+class TargetScaling:
+    """What export hands a method's `target_mapping`: the widths and the export's rules, so the method
+    maps its own section from the proxy to the target (platform/export/recipe.py, docs/export.md)."""
+
+    proxy_hidden: int
+    target_hidden: int
+    rank: Callable[[int], int]  # a proxy rank at the target, by the `rank` rule (relative/absolute, multiple)
+    interval: Callable[[int], int]  # a proxy interval in steps at the target, by the `intervals` rule
+    update_proj_gap: int | None  # the `update_proj_gap` rule: None keeps the proxy's value
+    # The export's ScalingRules (platform/export/recipe.py): a method reads its own rule keys from it by name
+    # (apollo_rank, apollo_scale, relora_warm_start, ...); typed loosely so trainables/ imports no platform.
+    rules: Any
+
+
+@dataclass(frozen=True)
 class OptimizerEntry:
     build: Callable[[nn.Module, TrainConfig], Method]
     check: Callable[[TrainConfig], list[str]] = _no_problems
@@ -258,6 +288,27 @@ class OptimizerEntry:
     step_size_factor: Callable[[TrainConfig], float] | None = None
     # The config key of the method's rank (e.g. "galore.rank"), for the ladder's rank-vs-width fit. None: no rank.
     rank_key: str | None = None
+    # Export's mapping of the method's own section to the target (rank by width, scale, gap, intervals),
+    # edited into the raw target config in place; called when no published recipe applies. None: the
+    # proxy's values are kept.
+    target_mapping: Callable[[dict[str, Any], TrainConfig, TargetScaling], None] | None = None
+    # The config section of a method that updates with the scaled full-rank gradient (APOLLO, Fira). Its
+    # per-layer update needs each full gradient, so there is no low-rank accumulator to defer a global clip
+    # over: export turns the proxy's `train.grad_clip` into `<section>.per_tensor_clip`, and when the target
+    # does not fit it names `<section>.full_grad_buffer=host`. None: not such a method.
+    full_gradient_section: str | None = None
+    # Whether a config keeps every full gradient alive between micro-batches (per-layer GaLore with
+    # `accumulation: full`, per-layer APOLLO/Fira): export's does-not-fit advice then names a smaller batch.
+    keeps_full_gradients: Callable[[TrainConfig], bool] | None = None
+    # Full-rank optimizer state for every matrix (AdamW, 8-bit AdamW, Adafactor): when its target config
+    # does not fit, export says no setting of the method will and points at the low-rank methods.
+    full_rank: bool = False
+    # `key: value` settings export tries in turn when no micro-batch fits, cheapest in accuracy first
+    # (GaLore: int8 projectors); one the user set with --set is left alone.
+    memory_savings: tuple[tuple[str, object], ...] = ()
+    # The method's own levers when its target config does not fit: `field: value -> what to change` lines
+    # from the config and the peak phase's label and bytes (ReLoRA: its full-rank warm start phase).
+    export_fit_advice: Callable[[TrainConfig, str, int], list[str]] | None = None
 
     def recipe_for(self, target: str) -> PublishedRecipe | None:
         return next((r for r in self.published if r.target == target), None)

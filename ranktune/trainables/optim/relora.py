@@ -34,12 +34,16 @@ from ranktune.trainables.optim.registry import (
     OptimizerEntry,
     ParamShape,
     PhaseState,
+    TargetScaling,
     register,
 )
 from ranktune.trainables.optim.relora_reset import prune_moments_
 from ranktune.trainables.optim.relora_schedule import jagged_cosine, restart_steps, settling_windows, wrap_step
 
 log = logging.getLogger(__name__)
+
+# The label of the full-rank warm start's phase in the memory estimate (export's advice looks for it).
+WARM_START_PHASE = "warm start"
 
 # Offset of the method's generator seed from train.seed, so LoRA draws differ from the model init's.
 _GENERATOR_SEED_OFFSET = 7919
@@ -294,7 +298,8 @@ def estimate_lora(shapes: tuple[ParamShape, ...], cfg, device: Device) -> list[P
     r = cfg.relora
     phases = []
     if r.warm_start_steps > 0 and not r.warm_start_checkpoint:
-        warm = full_rank_state(r.inner_optimizer, shapes, device, f"warm start (full-rank, {r.warm_start_steps} steps)")
+        label = f"{WARM_START_PHASE} (full-rank, {r.warm_start_steps} steps)"
+        warm = full_rank_state(r.inner_optimizer, shapes, device, label)
         warm.optimizer = {"lora_moments": 0, "other_moments": warm.optimizer["moments"]}
         phases.append(warm)
     phases.append(lora_state(shapes, cfg, device))
@@ -351,6 +356,27 @@ def lora_from_random_init(proxy, target) -> str | None:
             "random base never changes)")  # fmt: skip
 
 
+def relora_to_target(raw: dict[str, Any], proxy, scaling: TargetScaling) -> None:
+    """The rank by the width rule, the frozen base's precision by `relora_base_precision`, the warm start
+    in the run only under `relora_warm_start: in_run` (else a checkpoint: `needs_warm_start_checkpoint`)
+    and the restart interval by the `intervals` rule (longer than a restart's re-warmup)."""
+    r, pr = raw["relora"], proxy.relora
+    r["rank"] = scaling.rank(pr.rank)
+    r["base_precision"] = scaling.rules.relora_base_precision
+    in_run = scaling.rules.relora_warm_start == "in_run" and pr.warm_start_steps
+    r["warm_start_steps"] = scaling.interval(pr.warm_start_steps) if in_run else 0
+    r["relora_every"] = max(scaling.interval(pr.relora_every), pr.restart_warmup_steps + 1)
+
+
+def warm_start_too_large(cfg, phase: str, phase_bytes: int) -> list[str]:
+    """Export's advice when the full-rank warm start is the phase that does not fit."""
+    if not phase.startswith(WARM_START_PHASE):
+        return []
+    return [f"relora.warm_start_steps: {cfg.relora.warm_start_steps} -> the full-rank warm start needs "
+            f"{phase_bytes / 2**30:.2f} GiB; --set relora.warm_start_steps=0 --set relora.warm_start_checkpoint=PATH "
+            "(a full-rank checkpoint trained elsewhere)"]  # fmt: skip
+
+
 # On one GPU at the target: 8-bit LoRA moments; the frozen base precision is export's rule (int8 by default).
 RELORA_SINGLE_GPU = (("relora.inner_optimizer", "adamw8bit"),)
 RELORA_UPDATE_RULE = ("relora.inner_optimizer", "relora.base_precision")
@@ -372,6 +398,8 @@ register(
         update_rule_keys=RELORA_UPDATE_RULE,
         export_inputs=needs_warm_start_checkpoint,
         rank_key="relora.rank",
+        target_mapping=relora_to_target,
+        export_fit_advice=warm_start_too_large,
     ),
 )
 register(
@@ -392,5 +420,7 @@ register(
         export_refusal=lora_from_random_init,
         export_inputs=needs_warm_start_checkpoint,
         rank_key="relora.rank",
+        target_mapping=relora_to_target,
+        export_fit_advice=warm_start_too_large,
     ),
 )

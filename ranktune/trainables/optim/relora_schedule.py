@@ -35,6 +35,13 @@ def restart_steps(cfg) -> list[int]:
     return list(range(start + every, cfg.train.steps, every))
 
 
+def restart_marks(cfg) -> set[int]:
+    """The steps around every restart a reader of the schedule checks: just before and after it, and
+    where its re-warmup ends (`ranktune schedule`)."""
+    warm = cfg.relora.restart_warmup_steps
+    return {step for r in restart_steps(cfg) for step in (r - 1, r, r + 1, r + warm)}
+
+
 def rewarm_starts(cfg) -> list[int]:
     """Step indices where the LR drops to 0 and re-warms: the in-run wrap (if any) and every restart."""
     wrap = wrap_step(cfg)

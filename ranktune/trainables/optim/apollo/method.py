@@ -52,6 +52,7 @@ from ranktune.trainables.optim.registry import (
     ParamShape,
     PhaseState,
     PublishedRecipe,
+    TargetScaling,
     register,
 )
 
@@ -408,6 +409,38 @@ PUBLISHED_7B = {
 }  # fmt: skip
 
 
+# Export without a published recipe (`rules.recipe: proxy`), per method: the ScalingRules key of its
+# target rank (None: the `rank` width rule; "proxy": kept, APOLLO-Mini stays at rank 1) and of its scale
+# rule (None: the proxy's scale kept).
+TARGET_RULES = {
+    "apollo_adamw": ("apollo_rank", "apollo_scale"),
+    "apollo_mini": ("proxy", "apollo_mini_scale"),
+    "fira_adamw": (None, None),
+}
+
+
+def scaled_gradient_to_target(raw: dict[str, Any], proxy, scaling: TargetScaling, name: str) -> None:
+    """The rank (a fixed number, the width rule, or the proxy's), the scale (`hidden_over_rank` keeps
+    scale * rank / hidden: the paper's alpha = sqrt(n / r) compensation) and the gap as the rules say."""
+    section = METHODS[name][1]
+    a, pa = raw[section], getattr(proxy, section)
+    rank_rule, scale_key = TARGET_RULES[name]
+    fixed_rank = getattr(scaling.rules, rank_rule) if rank_rule not in (None, "proxy") else None
+    if fixed_rank is not None:
+        a["rank"] = fixed_rank
+    elif rank_rule != "proxy":
+        a["rank"] = scaling.rank(pa.rank)
+    if scale_key is not None and getattr(scaling.rules, scale_key) == "hidden_over_rank":
+        a["scale"] = pa.scale * (scaling.target_hidden / a["rank"]) / (scaling.proxy_hidden / pa.rank)
+    if scaling.update_proj_gap is not None:
+        a["update_proj_gap"] = scaling.update_proj_gap
+
+
+def keeps_full_gradients(cfg, name: str) -> bool:
+    """Per-layer APOLLO / Fira update with the full gradient: with accumulation, every one stays alive."""
+    return section_of(cfg, name).per_layer
+
+
 def step_size_factor(cfg, name: str) -> float:
     """What multiplies the lr in the update: APOLLO sqrt(scale), Fira alpha (`scale`)."""
     s = section_of(cfg, name)
@@ -438,5 +471,8 @@ for _name, _description, _colour in [
                               f"{METHODS[_name][1]}.per_tensor_clip", "train.grad_clip"),  # fmt: skip
             step_size_factor=partial(step_size_factor, name=_name),
             rank_key=f"{METHODS[_name][1]}.rank",
+            target_mapping=partial(scaled_gradient_to_target, name=_name),
+            full_gradient_section=METHODS[_name][1],
+            keeps_full_gradients=partial(keeps_full_gradients, name=_name),
         ),
     )

@@ -57,6 +57,7 @@ from ranktune.trainables.optim.registry import (
     ParamShape,
     PhaseState,
     PublishedRecipe,
+    TargetScaling,
     depends_on_layer_index,
     expand_layers,
     register,
@@ -535,6 +536,20 @@ def summarize_galore(cfg) -> str:
     return f"galore rank {cfg.galore.rank}{', per-layer' if cfg.galore.per_layer else ''}"
 
 
+def galore_to_target(raw: dict[str, Any], proxy, scaling: TargetScaling) -> None:
+    """Export without a published recipe: the rank by the width rule; the gap as the rules say."""
+    g = raw["galore"]
+    g["rank"] = scaling.rank(proxy.galore.rank)
+    if scaling.update_proj_gap is not None:
+        g["update_proj_gap"] = scaling.update_proj_gap
+
+
+def keeps_full_gradients(cfg) -> bool:
+    """Per-layer GaLore with `accumulation: full` sums full gradients between micro-batches; its low-rank
+    accumulation does not."""
+    return cfg.galore.per_layer and cfg.galore.accumulation == "full"
+
+
 for _inner, _description, _colour in [
     ("adamw", "GaLore: low-rank gradient projection, AdamW inner (fp32 moments)", "#2ca02c"),
     ("adamw8bit", "GaLore: low-rank gradient projection, bitsandbytes 8-bit AdamW inner", "#17becf"),
@@ -559,5 +574,9 @@ for _inner, _description, _colour in [
             update_rule_keys=("optim.name", "galore.per_layer", "galore.accumulation", "galore.projector_dtype"),
             step_size_factor=lambda cfg: cfg.galore.scale,  # the update is scale x the projected-back step
             rank_key="galore.rank",
+            target_mapping=galore_to_target,
+            keeps_full_gradients=keeps_full_gradients,
+            # int8 projectors: half the bytes of bf16 ones (docs/galore.md for their cost)
+            memory_savings=(("galore.projector_dtype", "int8"),),
         ),
     )
