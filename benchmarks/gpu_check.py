@@ -219,7 +219,9 @@ THROUGHPUT_ACCUMULATION = 4  # micro-batches per timed step: tokens/s of the mic
 def export_micro_batches() -> tuple[dict, list[int]]:
     """The 7b export of a GaLore proxy (the paper's rank 128 at 60m) on 24 GiB, and the micro-batches the
     duration estimate chose between: [chosen, runner-up]."""
-    from ranktune.platform.export.recipe import ScalingRules, fit_micro_batch_choice, map_to_target
+    from ranktune.platform.export.fit import fit_micro_batch_choice
+    from ranktune.platform.export.mapping import map_to_target
+    from ranktune.platform.export.rules import ScalingRules
 
     # Synthetic data of the tokenizer's vocabulary (32000): the device has no mistral-common to read it from.
     proxy = config_from_dict({"model": {"name": "60m"}, "optim": {"name": "galore_adamw"}, "galore": {"rank": 128},

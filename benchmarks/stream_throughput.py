@@ -66,7 +66,9 @@ def pipeline_tokens_per_s(corpus: Path, seconds: float, seq_len: int = 256, rows
 
 def reference_7b_tokens_per_s() -> tuple[float, list[str]]:
     from ranktune.platform.duration import estimate_duration
-    from ranktune.platform.export.recipe import ScalingRules, fit_micro_batch_choice, map_to_target
+    from ranktune.platform.export.fit import fit_micro_batch_choice
+    from ranktune.platform.export.mapping import map_to_target
+    from ranktune.platform.export.rules import ScalingRules
     from ranktune.trainables.config import config_from_dict
 
     proxy = config_from_dict({"model": {"name": "60m"}, "optim": {"name": "galore_adamw"}, "galore": {"rank": 128},

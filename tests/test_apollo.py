@@ -439,7 +439,9 @@ def test_per_layer_keeps_full_gradients_only_with_accumulation(make_config, micr
     ],
 )
 def test_export_to_7b_maps_rank_and_scale_and_goes_per_layer(make_config, name, proxy, expected, budget):
-    from ranktune.platform.export.recipe import ScalingRules, fit_micro_batch, load_rules, map_to_target
+    from ranktune.platform.export.fit import fit_micro_batch
+    from ranktune.platform.export.mapping import map_to_target
+    from ranktune.platform.export.rules import ScalingRules, load_rules
 
     section = SECTION[name]
     cfg = make_config(*TINY, f"optim.name={name}", *proxy, "train.grad_clip=1.0")
@@ -463,7 +465,8 @@ def test_export_to_7b_maps_rank_and_scale_and_goes_per_layer(make_config, name, 
 
 
 def test_export_scale_rule_same_keeps_the_proxy_scale(make_config):
-    from ranktune.platform.export.recipe import ScalingRules, map_to_target
+    from ranktune.platform.export.mapping import map_to_target
+    from ranktune.platform.export.rules import ScalingRules
 
     cfg = make_config(*TINY, "optim.name=apollo_adamw", "apollo.rank=32", "apollo.scale=2.0")
     raw = map_to_target(cfg, "7b", ScalingRules(recipe="proxy", apollo_scale="same", apollo_rank=None))

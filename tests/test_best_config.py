@@ -4,7 +4,7 @@ import json
 
 import yaml
 
-from ranktune.platform.export.recipe import select_trial
+from ranktune.platform.export.select import select_trial
 from ranktune.platform.report.ranking import pick_winner
 from ranktune.platform.report.table import winner_lines
 from ranktune.platform.sweep.driver import best_config_yaml

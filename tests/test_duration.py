@@ -16,13 +16,9 @@ from ranktune.platform.duration import (
     run_flops,
     sized_steps,
 )
-from ranktune.platform.export.recipe import (
-    ScalingRules,
-    fit_micro_batch_choice,
-    fitting_micro_batches,
-    map_to_target,
-    size_to_budget,
-)
+from ranktune.platform.export.fit import fit_micro_batch_choice, fitting_micro_batches, size_to_budget
+from ranktune.platform.export.mapping import map_to_target
+from ranktune.platform.export.rules import ScalingRules
 from ranktune.trainables.config import ConfigError, config_from_dict
 from ranktune.trainables.model import build_model, count_parameters, model_config
 

@@ -25,7 +25,9 @@ import pytest
 from browser import dump_dom, needs_chromium, page_text
 from tiny import tiny_sweep_base
 
-from ranktune.platform.export.recipe import ScalingRules, export_best, select_trial
+from ranktune.platform.export.recipe import export_best
+from ranktune.platform.export.rules import ScalingRules
+from ranktune.platform.export.select import select_trial
 from ranktune.platform.memory import GIB
 from ranktune.platform.report.ranking import pick_winner
 from ranktune.platform.report.trials import collect_trials
@@ -389,7 +391,7 @@ def test_export_refuses_without_a_finished_trial():
 
 
 def test_relative_rank_rule():
-    from ranktune.platform.export.recipe import target_rank
+    from ranktune.platform.export.mapping import target_rank
 
     assert target_rank(128, 512, 4096, ScalingRules()) == 1024  # the paper's 60m -> 7b ranks
     assert target_rank(128, 512, 4096, ScalingRules(rank="absolute")) == 128

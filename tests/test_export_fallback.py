@@ -6,7 +6,9 @@ import re
 
 import pytest
 
-from ranktune.platform.export.recipe import ScalingRules, fit_micro_batch, map_to_target
+from ranktune.platform.export.fit import fit_micro_batch
+from ranktune.platform.export.mapping import map_to_target
+from ranktune.platform.export.rules import ScalingRules
 from ranktune.trainables.config import ConfigError
 
 

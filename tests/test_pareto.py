@@ -2,7 +2,8 @@
 
 import pytest
 
-from ranktune.platform.export.recipe import ScalingRules, select_within_memory
+from ranktune.platform.export.rules import ScalingRules
+from ranktune.platform.export.select import select_within_memory
 from ranktune.platform.report.pareto import pareto_front
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError

@@ -156,7 +156,8 @@ def test_a_method_registered_outside_ranktune_exports_settles_and_plots(make_con
     """The toy entry alone, with no edit to platform/, gets its single-GPU export (its own target
     mapping and single-GPU setting, fitted to the budget), its settling windows in the milestone
     scheduler, and its colour in the plots; without an estimate_state export refuses in words."""
-    from ranktune.platform.export.recipe import ScalingRules, fit_to_target
+    from ranktune.platform.export.fit import fit_to_target
+    from ranktune.platform.export.rules import ScalingRules
     from ranktune.platform.report.plots import plot_best_per_method
     from ranktune.platform.sweep.milestones import in_window, settling_windows
 

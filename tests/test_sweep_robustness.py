@@ -13,7 +13,7 @@ import time
 import pytest
 
 from ranktune.platform.cli.sweep import sweep_exit_code
-from ranktune.platform.export.recipe import select_trial
+from ranktune.platform.export.select import select_trial
 from ranktune.platform.store.locks import DirectoryBusy
 from ranktune.platform.sweep import driver as sweep
 from ranktune.platform.tracking.client import strip_userinfo

@@ -7,7 +7,9 @@ from __future__ import annotations
 import pytest
 from tiny import TINY_MODEL
 
-from ranktune.platform.export.recipe import RULE_SETS, ScalingRules, fit_to_target, load_rules, map_to_target
+from ranktune.platform.export.fit import fit_to_target
+from ranktune.platform.export.mapping import map_to_target
+from ranktune.platform.export.rules import RULE_SETS, ScalingRules, load_rules
 from ranktune.platform.export.target import INFEASIBLE_ATTR, check_target, infeasible_reason, proxy_config
 from ranktune.platform.sweep.driver import build_searcher
 from ranktune.search_spaces import spec_from_dict
@@ -160,7 +162,7 @@ def test_lora_from_a_random_init_is_a_baseline_and_relora_is_not(make_config, tm
 
 
 def test_token_notices_say_what_the_run_now_sees(make_config):
-    from ranktune.platform.export.recipe import token_notices
+    from ranktune.platform.export.fit import token_notices
     from ranktune.trainables.config import apply_overrides, config_from_dict
 
     raw = map_to_target(make_config("optim.name=galore_adamw", "galore.rank=16"), "7b", ScalingRules())

@@ -34,7 +34,8 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from ranktune.platform.cards import card
     from ranktune.platform.duration import RunBudget
-    from ranktune.platform.export.recipe import export_best, load_rules
+    from ranktune.platform.export.recipe import export_best
+    from ranktune.platform.export.rules import load_rules
 
     card(args.card)
     run_budget = RunBudget(args.tokens, args.days) if args.tokens is not None or args.days is not None else None

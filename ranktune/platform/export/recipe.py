@@ -11,22 +11,21 @@
 4. write the config (with the estimate and launch command as a header), log both on the sweep's
    MLflow parent run and tag the source trial's run. Refuse, naming the setting to change, when no
    trial finished or nothing fits.
+
+Each step is its own module: select.py (1), rules.py and mapping.py (2), fit.py (3); this one writes (4).
 """
 
 from __future__ import annotations
 
 import copy
 import json
-import math
 import shlex
 from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from ranktune.platform.budget import DEFAULT_BUDGET_GIB
 from ranktune.platform.duration import (
@@ -35,111 +34,34 @@ from ranktune.platform.duration import (
     MicroBatchChoice,
     RunBudget,
     estimate_duration,
-    fastest_micro_batch,
-    sized_steps,
+)
+from ranktune.platform.export.fit import (
+    check_budget_overrides,
+    fit_micro_batch_choice,
+    fit_to_target,
+    size_to_budget,
+    token_notices,
+)
+from ranktune.platform.export.mapping import map_to_target
+from ranktune.platform.export.rules import ScalingRules, target_rules
+from ranktune.platform.export.select import (
+    FALLBACKS,
+    best_fitting_instead,
+    refusal,
+    select_trial,
+    select_within_memory,
+    what_is_lost,
 )
 from ranktune.platform.memory import (
     MemoryEstimate,
     RunEstimate,
     Verdict,
-    estimate_run,
     gib,
     verdict,
 )
-from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
+from ranktune.trainables.config import ConfigError, TrainConfig, config_from_dict
 from ranktune.trainables.model import MODEL_PRESETS
-from ranktune.trainables.optim.registry import OPTIMIZERS, TargetScaling, lookup
-
-# Paper training lengths (GaLore table), used when the rules give no step count.
-PAPER_STEPS = {"60m": 10_000, "130m": 20_000, "350m": 60_000, "1b": 100_000, "7b": 150_000}
-
-
-class ScalingRules(BaseModel):
-    """How proxy hyperparameters become target ones. Every rule is a key of a `--rules` YAML file; the
-    named sets (`--rules published`, `--rules proxy`) are in RULE_SETS."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    # "published": a method with a published recipe at the target (its registry entry's `published`)
-    # takes rank, scale and update_proj_gap from it, and its lr is the published lr times the proxy's lr
-    # relative to the method's published small-model lr, clamped to lr_ratio_range: the papers fix rank
-    # by memory, not by rank / width, and their refresh gaps are not an 80-step proxy's. "proxy": the
-    # rules below (rank, update_proj_gap, lr, apollo_*) map the proxy's values, as before.
-    recipe: Literal["published", "proxy"] = "published"
-    lr_ratio_range: tuple[float, float] = (0.5, 2.0)
-    # rank: "relative" keeps rank / hidden_size (the paper: 128 at 512 wide, 1024 at 4096), rounded to
-    # a multiple of rank_multiple; "absolute" keeps the number. Methods without a published recipe
-    # (ReLoRA, LoRA) use it under both recipes.
-    rank: Literal["relative", "absolute"] = "relative"
-    rank_multiple: int = Field(default=64, ge=1)
-    # GaLore update_proj_gap, in optimizer updates: None keeps the proxy's value (or the published one).
-    update_proj_gap: int | None = Field(default=None, ge=1)
-    # ReLoRA relora_every and warm_start_steps, and schedule.warmup_steps: "fraction" keeps their share of
-    # the run (proxies are short); "tokens" keeps the tokens between events; "steps" keeps the count.
-    intervals: Literal["fraction", "tokens", "steps"] = "fraction"
-    # ReLoRA / LoRA warm start at the target: "checkpoint": the exported run starts from a full-rank
-    # checkpoint the user gives (a full-rank warm start does not fit 24 GiB at 7b; export asks for it);
-    # "in_run": the proxy's warm start, scaled by `intervals` (needs the full-rank phase's memory).
-    relora_warm_start: Literal["checkpoint", "in_run"] = "checkpoint"
-    # Learning rate: "same", or scaled by (proxy hidden / target hidden) ** 0.5 or ** 1; then x lr_multiplier.
-    lr: Literal["same", "sqrt_width", "width"] = "same"
-    lr_multiplier: float = Field(default=1.0, gt=0)
-    steps: int | None = Field(default=None, ge=1)  # None: the paper's steps for the target
-    batch_size: int = Field(default=512, ge=1)  # sequences per update (paper: 512 x 256 = 131k tokens)
-    seq_len: int = Field(default=256, ge=8)
-    max_micro_batch_size: int = Field(default=64, ge=1)
-    # The micro-batch search keeps this much of the budget free, beyond the estimate's own overhead:
-    # the largest micro-batch that fits would otherwise leave next to nothing for allocator spikes.
-    min_headroom_gib: float = Field(default=1.0, ge=0)
-    activation_checkpointing: bool = True
-    relora_base_precision: Literal["int8", "bf16"] = "int8"
-    # recipe "proxy": APOLLO's rank at the target: a number (the paper: 256 at 7b), or None for the `rank` rule.
-    apollo_rank: int | None = Field(default=256, ge=1)
-    # recipe "proxy": APOLLO's scale: "hidden_over_rank" keeps scale * rank / hidden (the paper's
-    # alpha = sqrt(n / r) compensation); "same" keeps the proxy's value. APOLLO-Mini's own rule is "same".
-    apollo_scale: Literal["hidden_over_rank", "same"] = "hidden_over_rank"
-    apollo_mini_scale: Literal["hidden_over_rank", "same"] = "same"
-    data_source: Literal["c4", "proxy"] = "c4"  # c4: streamed, max_tokens = steps x tokens per step
-
-    @model_validator(mode="after")
-    def _check_lr_ratio_range(self) -> ScalingRules:
-        low, high = self.lr_ratio_range
-        if not 0 < low <= high:
-            raise ValueError(f"lr_ratio_range: {list(self.lr_ratio_range)} -> [low, high] with 0 < low <= high")
-        return self
-
-
-# `--rules NAME`: the default (published target recipes) and the rules ranktune used before them.
-RULE_SETS: dict[str, ScalingRules] = {
-    "published": ScalingRules(),
-    "proxy": ScalingRules(recipe="proxy", relora_warm_start="in_run"),
-}
-
-
-def load_rules(path: str | None) -> ScalingRules:
-    """`--rules`: a name of RULE_SETS, or a YAML file of ScalingRules keys (unset keys: the defaults)."""
-    if path is None:
-        return ScalingRules()
-    if path in RULE_SETS:
-        return RULE_SETS[path].model_copy()
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError([f"--rules: {path!r} -> one of {sorted(RULE_SETS)}, or an existing YAML file"])
-    try:
-        raw = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError([f"--rules: {path!r} is not a YAML file of scaling rules ({first})"]) from None
-    except OSError as exc:
-        raise ConfigError([f"--rules: {path!r} cannot be read ({exc.strerror or exc})"]) from None
-    if not isinstance(raw, dict):
-        raise ConfigError([f"--rules: {path!r} holds a {type(raw).__name__} -> a mapping of scaling rules "
-                           "(see docs/export.md)"])  # fmt: skip
-    try:
-        return ScalingRules.model_validate(raw)
-    except ValidationError as exc:
-        raise ConfigError([f"rules.{'.'.join(map(str, e['loc']))}: {e.get('input')!r} -> {e['msg']}"
-                           for e in exc.errors()]) from None  # fmt: skip
+from ranktune.trainables.optim.registry import lookup
 
 
 @dataclass(frozen=True)
@@ -155,324 +77,6 @@ class ExportResult:
     duration: Duration | None = None
     micro_batch: MicroBatchChoice | None = None
     sizing: str | None = None  # what --tokens / --days sized, and how
-
-
-# ---------------------------------------------------------------------------------- mapping
-
-
-def scale_interval(value: int, proxy: TrainConfig, target_steps: int, target_tokens_per_step: int,
-                   rule: str) -> int:  # fmt: skip
-    if rule == "steps":
-        return value
-    if rule == "tokens":
-        return round(value * proxy.tokens_per_step / target_tokens_per_step)
-    return round(value / proxy.train.steps * target_steps)
-
-
-def target_rank(rank: int, proxy_hidden: int, target_hidden: int, rules: ScalingRules) -> int:
-    if rules.rank == "absolute":
-        return rank
-    scaled = rank * target_hidden / proxy_hidden
-    return max(rules.rank_multiple, round(scaled / rules.rank_multiple) * rules.rank_multiple)
-
-
-def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[str, Any]:
-    """The target config as a raw dict (validated later, after user overrides)."""
-    if target not in MODEL_PRESETS:
-        raise ConfigError([f"--target: {target!r} -> one of {sorted(MODEL_PRESETS)}"])
-    proxy_hidden = proxy.model.llama_config().hidden_size
-    target_hidden = MODEL_PRESETS[target].hidden_size
-    steps = rules.steps or PAPER_STEPS.get(target)
-    if steps is None:
-        raise ConfigError([f"rules.steps: None -> a step count for target {target!r} (no paper value)"])
-    tokens_per_step = rules.batch_size * rules.seq_len
-
-    def interval(value: int) -> int:
-        return scale_interval(value, proxy, steps, tokens_per_step, rules.intervals)
-
-    raw = copy.deepcopy(proxy.model_dump(mode="json"))
-    raw["model"] = {"name": target, "activation_checkpointing": rules.activation_checkpointing}
-    data = raw["data"]
-    data["seq_len"] = rules.seq_len
-    data.pop("cache_dir")  # the proxy's cache path; the target run uses its own default
-    if rules.data_source == "c4":
-        data.update(source="c4", files=[], max_tokens=steps * tokens_per_step)
-    width = proxy_hidden / target_hidden
-    lr_scale = {"same": 1.0, "sqrt_width": math.sqrt(width), "width": width}[rules.lr]
-    raw["optim"]["lr"] = proxy.optim.lr * lr_scale * rules.lr_multiplier
-    raw["schedule"]["warmup_steps"] = min(interval(proxy.schedule.warmup_steps), steps - 1)
-    train = raw["train"]
-    train.update(steps=steps, batch_size=rules.batch_size, micro_batch_size=1, precision="bf16", device="auto",
-                 compile=False, eval_every=max(1, steps // 100), log_every=10)  # fmt: skip
-    raw["output"] = {"dir": f"runs/{target}-export", "checkpoint_every": max(1, steps // 50), "keep_checkpoints": 2}
-
-    name = proxy.optim.name
-    entry = lookup(name)
-    for key, value in entry.single_gpu:  # the method's single-GPU settings (per-layer mode, 8-bit state)
-        set_key(raw, key, value)
-    recipe = entry.recipe_for(target) if rules.recipe == "published" else None
-    if recipe is not None:
-        # rank, scale and gap as published; the lr by how far the proxy's lr is from the method's
-        # published small-model lr (clamped: a tiny proxy's best lr says little beyond a direction).
-        low, high = rules.lr_ratio_range
-        ratio = min(max(proxy.optim.lr / recipe.reference_lr, low), high)
-        raw["optim"]["lr"] = recipe.lr * ratio * rules.lr_multiplier
-        raw[recipe.section].update(rank=recipe.rank, scale=recipe.scale, update_proj_gap=recipe.update_proj_gap)
-        if rules.update_proj_gap is not None:
-            raw[recipe.section]["update_proj_gap"] = rules.update_proj_gap
-    elif entry.target_mapping is not None:  # the method maps its own section (rank by width, scale, gap, ...)
-        def rank(proxy_rank: int) -> int:
-            return target_rank(proxy_rank, proxy_hidden, target_hidden, rules)
-
-        scaling = TargetScaling(proxy_hidden, target_hidden, rank=rank, interval=interval,
-                                update_proj_gap=rules.update_proj_gap, rules=rules)  # fmt: skip
-        entry.target_mapping(raw, proxy, scaling)
-    section = entry.full_gradient_section
-    if section is not None:
-        # Its per-layer update needs each full gradient, so there is no low-rank accumulator to defer a
-        # global clip over: the proxy's global clip becomes a per-tensor one.
-        if proxy.train.grad_clip > 0 and not getattr(proxy, section).per_tensor_clip:
-            raw[section]["per_tensor_clip"] = proxy.train.grad_clip
-        train["grad_clip"] = 0.0
-    return raw
-
-
-def set_key(raw: dict[str, Any], dotted: str, value: Any) -> None:
-    section, _, key = dotted.partition(".")
-    raw.setdefault(section, {})[key] = value
-
-
-def get_key(cfg: TrainConfig, dotted: str) -> Any:
-    section, _, key = dotted.partition(".")
-    return getattr(getattr(cfg, section), key)
-
-
-# ---------------------------------------------------------------------------------- fitting
-
-
-def micro_batch_candidates(batch_size: int, largest: int) -> list[int]:
-    """Divisors of the batch size, largest first (accumulation = batch / micro-batch)."""
-    return [mb for mb in range(min(batch_size, largest), 0, -1) if batch_size % mb == 0]
-
-
-def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
-                    budget_gib: float, card_key: str = DEFAULT_CARD) -> tuple[TrainConfig, RunEstimate]:  # fmt: skip
-    """The config with the fastest micro-batch that fits (duration.fastest_micro_batch); a user-given
-    micro-batch is kept as is."""
-    cfg, run, _ = fit_micro_batch_choice(raw, overrides, rules, budget_gib, card_key)
-    return cfg, run
-
-
-def fit_micro_batch_choice(
-    raw: dict[str, Any], overrides: list[str], rules: ScalingRules, budget_gib: float, card_key: str = DEFAULT_CARD
-) -> tuple[TrainConfig, RunEstimate, MicroBatchChoice]:
-    """fit_micro_batch, with the choice it made: the fastest fitting micro-batch and the runner-up."""
-    fits = fitting_micro_batches(raw, overrides, rules, budget_gib)
-    choice = fastest_micro_batch([cfg for cfg, _ in fits], card_key)
-    run = next(r for cfg, r in fits if cfg is choice.chosen)
-    return config_from_dict(choice.chosen.model_dump(mode="json")), run, choice
-
-
-def fitting_micro_batches(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
-                          budget_gib: float) -> list[tuple[TrainConfig, RunEstimate]]:  # fmt: skip
-    """Every micro-batch whose estimate fits, at the first memory-saving setting where one does."""
-    keys = {o.split("=", 1)[0].strip() for o in overrides}
-    fixed = "train.micro_batch_size" in keys
-    merged = apply_overrides(copy.deepcopy(raw), overrides)
-    if rules.data_source == "c4" and "data.max_tokens" not in keys:
-        # Steps x tokens per step of this file, after the user's overrides of either.
-        t = merged["train"]
-        merged["data"]["max_tokens"] = t["steps"] * t["batch_size"] * merged["data"]["seq_len"]
-    for saving in memory_savings(merged, keys):
-        cfg = config_from_dict(apply_overrides(copy.deepcopy(merged), saving))
-        candidates = [cfg.train.micro_batch_size] if fixed else micro_batch_candidates(
-            cfg.train.batch_size, rules.max_micro_batch_size)  # fmt: skip
-        fits = []
-        for mb in candidates:
-            trial = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": mb})})
-            run = estimate_run(trial)
-            if verdict(run, budget_gib - rules.min_headroom_gib).fits:
-                fits.append((trial, run))
-        if fits:
-            return fits
-    raise ConfigError(does_not_fit(trial, run, budget_gib, rules.min_headroom_gib))
-
-
-def memory_savings(raw: dict[str, Any], user_keys: set[str]) -> list[list[str]]:
-    """Settings to try in turn, cheapest in accuracy first: none, then the method's memory options
-    (its registry entry's `memory_savings`, e.g. GaLore's int8 projectors) that the user did not set."""
-    savings: list[list[str]] = [[]]
-    entry = OPTIMIZERS.get(raw["optim"]["name"])  # an unknown name is refused when the config is validated
-    for key, value in entry.memory_savings if entry is not None else ():
-        if key not in user_keys:
-            savings.append([f"{key}={value}"])
-    return savings
-
-
-def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom_gib: float = 0.0) -> list[str]:
-    """What to change, largest lever first, for a config whose smallest micro-batch does not fit."""
-    peak = run.peak
-    need = run.total / 2**30 + headroom_gib  # the micro-batch search keeps `headroom_gib` free
-    problems = [
-        f"memory: {gib(run.total)} at micro-batch {cfg.train.micro_batch_size} ({peak.phase} phase) -> "
-        f"at most --budget-gib {budget_gib:g}; with this config it needs --budget-gib {math.ceil(need)}"
-    ]
-    name = cfg.optim.name
-    entry = lookup(name)
-    if entry.full_rank:
-        low_rank = " or ".join(sorted(n for n, e in OPTIMIZERS.items() if e.single_gpu))
-        problems.append(f"optim.name: {name!r} -> full-rank state does not fit; export a trial of a low-rank method "
-                        f"({low_rank}) (ranktune export --trial ID)")  # fmt: skip
-    # Per-layer methods that need full gradients keep them alive between micro-batches; GaLore's
-    # low-rank accumulation does not.
-    full_accumulation = entry.keeps_full_gradients is not None and entry.keeps_full_gradients(cfg)
-    if full_accumulation and cfg.grad_accum_steps > 1:
-        section = entry.full_gradient_section
-        on_device = section is not None and getattr(cfg, section).full_grad_buffer == "device"
-        host = (f"--set {section}.full_grad_buffer=host keeps them in host memory, exactly; or "
-                if on_device else "")  # fmt: skip
-        problems.append(
-            f"train.batch_size: {cfg.train.batch_size} -> per-layer {name} with accumulation keeps full gradients "
-            f"(here {gib(peak.gradients)} stay alive between micro-batches): {host}--set train.batch_size=N "
-            "with N small enough that N sequences fit in one micro-batch (fewer tokens per step than the paper's 131k)"
-        )
-    if entry.export_fit_advice is not None:  # the method's own levers, e.g. ReLoRA's full-rank warm start
-        problems += entry.export_fit_advice(cfg, peak.phase, peak.total)
-    if not cfg.model.activation_checkpointing:
-        problems.append("model.activation_checkpointing: false -> true")
-    return problems
-
-
-# ---------------------------------------------------------------------------------- export
-
-
-def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str) -> dict[str, Any]:
-    """`--trial`, else the sweep's winner (by the replicates' mean when the sweep ran replicates)."""
-    from ranktune.platform.report.ranking import pick_winner
-    from ranktune.platform.report.replicates import load_confirm
-    from ranktune.platform.store.locks import running_owner
-
-    if trial_id is not None:
-        for r in rows:
-            if r["trial_id"] == trial_id and r["status"] == "finished":
-                return r
-        finished = [r["trial_id"] for r in rows if r["status"] == "finished"]
-        raise ConfigError([f"--trial: {trial_id!r} -> a finished trial of this sweep: {finished}"])
-    best = pick_winner(rows, mode, load_confirm(Path(sweep_dir)))
-    if best is None:
-        counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
-        unfinished = any(r["status"] in ("running", "lost", "interrupted") for r in rows) or not rows
-        owner = running_owner(sweep_dir)
-        if owner is not None:  # `--resume` is refused while the driver runs
-            advice = f"the sweep is still running ({owner}); export when it ends"
-        elif unfinished:
-            advice = f"finish the sweep first (ranktune sweep --resume {shlex.quote(str(sweep_dir))})"
-        else:
-            advice = "no trial can finish on resume; see why with `ranktune report SWEEP_DIR` and start a new sweep"
-        raise ConfigError([f"sweep_dir: {sweep_dir!r} has no trial that finished its budget ({counts or 'no trials'})"
-                           f" -> {advice}"])  # fmt: skip
-    return best
-
-
-@dataclass(frozen=True)
-class TargetFit:
-    """A proxy configuration's config at the target, fitted to the budget (or why it cannot be)."""
-
-    proxy: TrainConfig
-    config: TrainConfig | None  # None when `problems` is not empty
-    estimate: RunEstimate | None
-    problems: tuple[str, ...] = ()  # one `field: value -> what to change` line each
-    baseline: str | None = None  # why it is a baseline, not a pretraining recipe (registry `export_refusal`)
-    inputs: tuple[str, ...] = ()  # what the user still has to give (registry `export_inputs`)
-
-
-def fit_to_target(proxy: TrainConfig, target: str, rules: ScalingRules, overrides: list[str],
-                  budget_gib: float) -> TargetFit:  # fmt: skip
-    """Map `proxy` to `target`, ask its method what the config is (a baseline? missing inputs?) and fit
-    the budget. The one place export, `--max-memory-gib` and a target-aware sweep decide feasibility."""
-    raw = map_to_target(proxy, target, rules)
-    entry = lookup(proxy.optim.name)
-    try:
-        unfitted = config_from_dict(apply_overrides(copy.deepcopy(raw), overrides))
-    except ConfigError as exc:
-        return TargetFit(proxy, None, None, tuple(exc.problems))
-    baseline = entry.export_refusal(proxy, unfitted)
-    inputs = tuple(entry.export_inputs(proxy, unfitted))
-    try:
-        cfg, run = fit_micro_batch(raw, overrides, rules, budget_gib)
-    except ConfigError as exc:
-        return TargetFit(proxy, None, None, tuple(exc.problems), baseline, inputs)
-    return TargetFit(proxy, cfg, run, (), baseline, inputs)
-
-
-def target_fit_problem(spec, row: dict[str, Any], *, target: str, rules: ScalingRules, overrides: list[str],
-                       gib: float, allow_baseline: bool = False) -> str | None:  # fmt: skip
-    """Why trial `row`'s `target` config cannot be exported within `gib` (None when it can)."""
-    fit = fit_to_target(spec.trial_config(row["params"]), target, rules, overrides, gib)
-    if fit.baseline and not allow_baseline:
-        return fit.baseline
-    return fit.problems[0] if fit.problems else None
-
-
-def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: ScalingRules, overrides: list[str],
-                         max_memory_gib: float) -> dict[str, Any]:  # fmt: skip
-    """`--max-memory-gib`: the best finished trial whose exported target config's estimate fits.
-
-    Trials are tried best objective first; each one passed over is reported with what it needs."""
-    from ranktune.platform.report.pareto import best_fitting
-
-    why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=max_memory_gib)
-    best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
-    if best is None:
-        raise ConfigError([f"--max-memory-gib: {max_memory_gib:g} -> no finished trial's {target} export fits",
-                           *passed_over])  # fmt: skip
-    return best
-
-
-FALLBACKS = ("best-fitting",)  # `--fallback`: the only way export exports another trial than the one asked for
-
-
-def what_is_lost(spec, best: dict[str, Any], chosen: dict[str, Any]) -> str:
-    metric, gap = spec.objective.metric, chosen["objective"] - best["objective"]
-    return (f"trial {chosen['trial_id']} ({chosen['params'].get('optim.name')}, {metric} {chosen['objective']:.4f}, "
-            f"{gap:+.4f} = {100 * gap / abs(best['objective']):+.1f}% vs the sweep's answer {best['trial_id']})")
-
-
-def best_fitting_instead(spec, rows: list[dict[str, Any]], best: dict[str, Any], target: str, rules: ScalingRules,
-                         overrides: list[str], budget_gib: float) -> tuple[dict[str, Any] | None, list[str]]:
-    """The best finished trial other than `best` whose target config can be exported, and the lines of
-    the better ones passed over."""
-    from ranktune.platform.report.pareto import best_fitting
-
-    why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=budget_gib)
-    return best_fitting([r for r in rows if r is not best], spec.objective.mode, why_not)
-
-
-def refusal(spec, rows: list[dict[str, Any]], source: dict[str, Any], fit: TargetFit, target: str,
-            rules: ScalingRules, overrides: list[str], budget_gib: float) -> list[str]:  # fmt: skip
-    """Exit-2 lines for the sweep's answer: one per setting to change, then what a fallback would lose."""
-    head = (f"trial {source['trial_id']} ({source['params'].get('optim.name')}, the sweep's answer) cannot be "
-            f"exported to {target} on {budget_gib:g} GiB as it is:")
-    lines = [head, *([fit.baseline] if fit.baseline else []), *fit.problems]
-    lines.append(f"--trial: {source['trial_id']} -> export it anyway by name" if fit.baseline and not fit.problems
-                 else "--budget-gib / --set / --rules: change what the lines above name")  # fmt: skip
-    chosen, _ = best_fitting_instead(spec, rows, source, target, rules, overrides, budget_gib)
-    if chosen is not None:
-        lines.append(f"--fallback best-fitting: exports {what_is_lost(spec, source, chosen)}")
-    return lines
-
-
-def token_notices(before: TrainConfig, after: TrainConfig) -> tuple[str, ...]:
-    """What `--set` changed in the tokens a step and the run see, against the rules' config."""
-    notices = []
-    if after.tokens_per_step != before.tokens_per_step:
-        notices.append(f"tokens per step: {after.tokens_per_step:,} ({after.train.batch_size} x "
-                       f"{after.data.seq_len}) instead of the rules' {before.tokens_per_step:,}")  # fmt: skip
-    total_before, total_after = before.train.steps * before.tokens_per_step, after.train.steps * after.tokens_per_step
-    if total_after != total_before:
-        notices.append(f"tokens in all: {total_after / 1e9:.3g}B ({after.train.steps:,} steps) instead of "
-                       f"{total_before / 1e9:.3g}B ({before.train.steps:,} steps)")  # fmt: skip
-    return tuple(f"the run now sees {n}" for n in notices)
 
 
 def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
@@ -576,52 +180,11 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     return result
 
 
-def target_rules(spec) -> ScalingRules:
-    """Export's rules for the spec's target, with the target's tokens per step."""
-    t = spec.target
-    if isinstance(t.rules, str):
-        rules = load_rules(t.rules)
-    else:
-        try:
-            rules = ScalingRules.model_validate(t.rules)
-        except ValueError as exc:
-            raise ConfigError([f"target.rules: {t.rules!r} -> {exc}"]) from None
-    return rules.model_copy(update={"batch_size": t.batch_size, "seq_len": t.seq_len})
-
-
 def check_out_path(path: Path) -> None:
     """--out names a file to (over)write, not a directory."""
     if path.is_dir():
         raise ConfigError([f"--out: {str(path)!r} is a directory -> a YAML file to write, e.g. "
                            f"{str(path / 'export.yaml')!r}"])  # fmt: skip
-
-
-SIZED_KEYS = ("train.steps", "data.max_tokens")  # what --tokens / --days decide
-
-
-def check_budget_overrides(overrides: list[str]) -> None:
-    """A --set of what --tokens / --days decide is refused (before anything is fitted with it)."""
-    keys = {o.split("=", 1)[0].strip() for o in overrides}
-    clash = [k for k in SIZED_KEYS if k in keys]
-    if clash:
-        raise ConfigError([f"--set {clash[0]}: --tokens / --days decide it -> drop the --set, or the budget"])
-
-
-def size_to_budget(proxy: TrainConfig, target: str, rules: ScalingRules, raw: dict[str, Any], overrides: list[str],
-                   budget_gib: float, run_budget: RunBudget,
-                   card_key: str) -> tuple[dict[str, Any], ScalingRules, str]:  # fmt: skip
-    """`--tokens` / `--days`: the steps that spend the budget at the fitted config's tokens per step (and,
-    for days, its step time on the card); the target is mapped again with them, so warmup and the
-    method's intervals follow the `intervals` rule and data.max_tokens the new steps."""
-    check_budget_overrides(overrides)
-    first, _ = fit_micro_batch(raw, overrides, rules, budget_gib, card_key)
-    steps, why = sized_steps(first, run_budget, card_key)
-    sized_rules = rules.model_copy(update={"steps": steps})
-    line = (f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule, "
-            f"data.max_tokens = {steps * first.tokens_per_step:,}" if rules.data_source == "c4" else
-            f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule "
-            "(data_source: proxy keeps the proxy's corpus and data.max_tokens)")  # fmt: skip
-    return map_to_target(proxy, target, sized_rules), sized_rules, line
 
 
 def fitted_lr_lines(raw: dict[str, Any], proxy: TrainConfig, target: str, ladder) -> list[str]:

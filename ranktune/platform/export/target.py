@@ -20,13 +20,9 @@ import json
 from functools import lru_cache
 from typing import Any
 
-from ranktune.platform.export.recipe import (
-    RULE_SETS,
-    TargetFit,
-    fit_to_target,
-    get_key,
-    target_rules,
-)
+from ranktune.platform.export.fit import TargetFit, fit_to_target
+from ranktune.platform.export.mapping import get_key
+from ranktune.platform.export.rules import RULE_SETS, target_rules
 from ranktune.platform.report.table import is_reference
 from ranktune.search_spaces.spec import SweepSpec
 from ranktune.trainables.config import ConfigError, TrainConfig, apply_overrides, config_from_dict
