@@ -6,7 +6,7 @@ import os
 
 import pytest
 import torch
-from tiny import tiny_config_dict
+from support.tiny import tiny_config_dict
 
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import apply_overrides, config_from_dict

@@ -147,7 +147,7 @@ def read_trials(spec: SweepSpec, state: SweepState) -> tuple[list[TrialRow], str
                                "so there is nothing to read offline"]) from None  # fmt: skip
         when = datetime.datetime.fromtimestamp(saved.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         return json.loads(saved.read_text()), (
-            f"note: tracking server {strip_userinfo(state['tracking_uri'])} does not answer; using {saved} "
+            f"note: tracking server {strip_userinfo(state.tracking_uri)} does not answer; using {saved} "
             f"(written when the sweep last ended, {when}), without curves or plots"
         )
     return collect_trials(spec, state), None

@@ -1,0 +1,1 @@
+"""What the tests share: one builder of each kind (tiny configs and specs, trial rows, recorders) and paths."""
