@@ -11,10 +11,10 @@ what regeneration adds to a training step.
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
+from interleave import interleaved, medians
 
 from ranktune.trainables.model import MODEL_PRESETS
 from ranktune.trainables.optim.apollo import ApolloAdamW
@@ -52,11 +52,8 @@ def main() -> None:
         for rank in (shape.hidden_size // 4, 1):
             steppers = {s: block_stepper(shape.hidden_size, shape.intermediate_size, rank, s)
                         for s in ("matrix", "seed")}  # fmt: skip
-            times = {s: [] for s in steppers}
-            for _ in range(args.repeats):
-                for storage, step in steppers.items():
-                    times[storage].append(step())
-            stored, seeded = (statistics.median(times[s]) for s in ("matrix", "seed"))
+            median = medians(interleaved(steppers, rounds=args.repeats))
+            stored, seeded = median["matrix"], median["seed"]
             print(f"{name} rank {rank:4d}: stored {stored * 1e3:8.1f} ms  regenerated {seeded * 1e3:8.1f} ms  "
                   f"regenerated/stored {seeded / stored:.2f}")  # fmt: skip
 

@@ -6,6 +6,10 @@
 Every row times the trainer's own `Trainer.train_step` on random tokens, so method-specific work
 (GaLore's SVD, ReLoRA's merge) is inside the timed steps. A method
 may expose `benchmark_extras()` returning extra figures (e.g. SVD seconds, merge+reset seconds).
+
+The rows' steps are interleaved (benchmarks/interleave.py: step i of every row within round i, medians
+per row), so a change of load during the run shifts every row alike instead of distorting the ratios.
+All rows' trainers are alive at once: memory is the sum of the rows' (use --only to run fewer).
 """
 
 from __future__ import annotations
@@ -14,8 +18,10 @@ import argparse
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 
 import torch
+from interleave import interleaved
 
 from ranktune.trainables.config import config_from_dict
 from ranktune.trainables.optim import OptimizerEntry, TorchOptimizerMethod, register
@@ -98,7 +104,8 @@ def build_galore_torch_adamw(model, cfg) -> TorchOptimizerMethod:
 register("galore_torch_adamw", OptimizerEntry(build=build_galore_torch_adamw, description="public galore-torch"))
 
 
-def measure(label: str, sections: dict, args: argparse.Namespace, output_dir: str) -> dict:
+def build_row(sections: dict, args: argparse.Namespace, output_dir: str) -> tuple[Trainer, Callable[[], float]]:
+    """The row's trainer and its step: one `train_step` on fresh random tokens (drawn outside the timing)."""
     raw = {
         "model": {"name": args.model},
         "data": {"seq_len": args.seq_len},
@@ -110,15 +117,20 @@ def measure(label: str, sections: dict, args: argparse.Namespace, output_dir: st
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     trainer = Trainer(config_from_dict(raw), progress=False)
-    method = trainer.method
-    gen = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(args.steps):
+    gen = torch.Generator().manual_seed(0)  # every row sees the same tokens
+
+    def step() -> float:
         x = torch.randint(0, trainer.llama_cfg.vocab_size, (args.batch, args.seq_len + 1), generator=gen)
         start = time.perf_counter()
         trainer.train_step([(x[:, :-1], x[:, 1:])])
-        times.append(time.perf_counter() - start)
-    cfg = trainer.cfg
+        return time.perf_counter() - start
+
+    return trainer, step
+
+
+def summarize(label: str, trainer: Trainer, times: list[float]) -> dict:
+    """The row's figures from its step times (in the order they ran)."""
+    method, cfg = trainer.method, trainer.cfg
     state = method.state_bytes()
     # GaLore, APOLLO and Fira recompute their projectors at updates 0, T, 2T, ...: time those steps apart.
     section = next((s for s in ("galore", "apollo_mini", "apollo", "fira") if cfg.optim.name.startswith(s)), None)
@@ -151,11 +163,13 @@ def main() -> None:
 
     rows = [r for r in ROWS if not args.only or r[0] in args.only or r[0] == "adamw"]
     with tempfile.TemporaryDirectory(prefix="ranktune-bench-") as output_dir:  # nothing is written there
-        results = [measure(label, sections, args, output_dir) for label, sections in rows]
+        built = {label: build_row(sections, args, output_dir) for label, sections in rows}
+        times = interleaved({label: step for label, (_, step) in built.items()}, rounds=args.steps)
+        results = [summarize(label, trainer, times[label]) for label, (trainer, _) in built.items()]
     ref = results[0]
     print(
-        f"model {args.model}, batch {args.batch} x seq {args.seq_len}, {args.steps} steps per row, "
-        f"CPU, {args.threads} threads"
+        f"model {args.model}, batch {args.batch} x seq {args.seq_len}, {args.steps} steps per row interleaved "
+        f"(round-robin, median per row), CPU, {args.threads} threads"
     )
     header = f"{'method':<28}{'state MiB':>11}{'x adamw':>9}{'trainable M':>13}{'step s':>9}{'x adamw':>9}  extras"
     print(header)

@@ -18,9 +18,10 @@
 from __future__ import annotations
 
 import statistics
-import time
+from collections.abc import Callable
 
 import torch
+from interleave import interleaved, medians
 
 from ranktune.trainables.config import config_from_dict
 from ranktune.trainables.model import build_model
@@ -133,6 +134,20 @@ def sketch_error() -> None:
               f"projected-only norm / full {projected_only / exact:.3f}")  # fmt: skip
 
 
+def train_step(model, method, data) -> Callable[[], None]:
+    """One optimizer step of `method` over `data` in 4 micro-batches."""
+
+    def step() -> None:
+        method.begin_step(1e-3)
+        parts = data.split(4)
+        for i, x in enumerate(parts):
+            method.begin_micro_batch(is_last=i == len(parts) - 1)
+            (model(x[:, :-1], x[:, 1:])[1] / len(parts)).backward()
+        method.step()
+
+    return step
+
+
 def step_times(rounds: int = 7) -> None:
     print("4. APOLLO / Fira step time on CPU, global batch 16 in 4 micro-batches (median, ratio to whole-model)")
     data = batches(1, 16)[0]
@@ -144,19 +159,10 @@ def step_times(rounds: int = 7) -> None:
             cfg = config(128, {"name": name, "lr": 1e-3}, section, {**keys, "update_proj_gap": 1000, **extra})
             torch.manual_seed(0)
             model = build_model(cfg.model.llama_config(vocab_size=VOCAB))
-            rows[mode] = (model, build_method(model, cfg), [])
-        for _ in range(rounds):
-            for model, method, times in rows.values():
-                start = time.perf_counter()
-                method.begin_step(1e-3)
-                parts = data.split(4)
-                for i, x in enumerate(parts):
-                    method.begin_micro_batch(is_last=i == len(parts) - 1)
-                    (model(x[:, :-1], x[:, 1:])[1] / len(parts)).backward()
-                method.step()
-                times.append(time.perf_counter() - start)
-        base = statistics.median(rows["whole-model"][2][1:])
-        cells = ", ".join(f"{mode} {statistics.median(t[1:]) / base:.2f}" for mode, (_, _, t) in rows.items())
+            rows[mode] = train_step(model, build_method(model, cfg), data)
+        median = medians(interleaved(rows, rounds), skip=1)  # the first step allocates the state
+        base = median["whole-model"]
+        cells = ", ".join(f"{mode} {t / base:.2f}" for mode, t in median.items())
         print(f"   {name:13s} whole-model {base * 1e3:.0f} ms; ratios: {cells}")
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-import time
+
+from interleave import interleaved
 
 CONFIGS = [
     *({"optim.name": "galore_adamw", "optim.lr": lr, "galore.rank": rank, "galore.update_proj_gap": 20}
@@ -25,6 +26,16 @@ CONFIGS = [
     *({"optim.name": "relora", "optim.lr": lr, "relora.rank": 16, "relora.relora_every": 30,
        "relora.warm_start_steps": 20, "relora.restart_warmup_steps": 4} for lr in (3e-3, 1e-2)),
 ]  # fmt: skip
+
+
+def train_step(trainer):
+    """One training step of `trainer` (its next micro-batches included), for `interleaved`."""
+
+    def step() -> None:
+        trainer.model.train()
+        trainer.train_step(trainer.next_micro_batches())
+
+    return step
 
 
 def main() -> None:
@@ -54,13 +65,10 @@ def main() -> None:
                 trainer.save = lambda: None
                 rows.append({"params": params, "variant": variant, "trainer": trainer, "times": [],
                              "optim": cfg.optim.name})  # fmt: skip
-        for _ in range(args.steps):  # round-robin: every row's step k under the same load
-            for row in rows:
-                t = row["trainer"]
-                t.model.train()
-                start = time.perf_counter()
-                t.train_step(t.next_micro_batches())
-                row["times"].append(time.perf_counter() - start)
+        # round-robin (benchmarks/interleave.py): every row's step k under the same load
+        times = interleaved({str(k): train_step(row["trainer"]) for k, row in enumerate(rows)}, rounds=args.steps)
+        for k, row in enumerate(rows):
+            row["times"] = times[str(k)]
         for row in rows:
             row["loss"] = row["trainer"].evaluate()["eval_loss"]
     print(f"{'configuration':58s} {'whole-model':>11s} {'target rule':>11s} {'delta':>7s} {'time ratio':>10s}")
