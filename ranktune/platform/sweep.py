@@ -136,7 +136,13 @@ def init_ray(address: str | None) -> None:
         return
     quiet_token_auth_notice()
     # The dashboard stays off for local runs; on a cluster it is the cluster's (bound by `ray start`).
-    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    options = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
+    if address or os.environ.get("RAY_ADDRESS"):  # a cluster's nodes listen where their `ray start` put them
+        ray.init(address=address, **options)
+    else:  # a local sweep's Ray listens on loopback only
+        from ranktune.platform.local_ray import init_local_ray
+
+        init_local_ray(**options)
 
 
 def gpus_per_trial(spec: SweepSpec) -> float:
