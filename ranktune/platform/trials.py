@@ -7,7 +7,7 @@ import datetime
 import json
 from typing import Any
 
-from ranktune.platform.ranking import STATUS_ORDER, objective_key
+from ranktune.platform.ranking import RESULT_STATUSES, STATUS_ORDER, objective_key
 from ranktune.platform.report_table import is_reference
 from ranktune.search_spaces.spec import SweepSpec
 
@@ -35,17 +35,22 @@ def collect_trials(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str, Any
         wall = metrics.get("final_wall_time")
         devices = _devices_per_trial(spec)
         params = json.loads(tags.get(PARAMS_TAG, "{}"))
+        status = tags.get(STATUS_TAG, "running")
         rows.append(
             {
                 "trial_id": tags.get(TRIAL_TAG),
                 "run_id": run.info.run_id,
                 "start_time": run.info.start_time,  # ms; the order trials started (trial ids are random hex)
-                "status": tags.get(STATUS_TAG, "running"),
+                "status": status,
                 "failure_reason": tags.get(REASON_TAG),
                 "stop_reason": tags.get(STOP_REASON_TAG),
                 "params": params,
                 "reference": is_reference(spec, params),  # compared against, never the answer (ranking.py)
-                "objective": metrics.get(f"final_{metric}"),
+                "objective": _objective(metrics, metric, status),
+                # A failed trial's last evaluation, labelled as such in the report (not its objective);
+                # stores written before `last_*` existed kept it as `final_*`.
+                "last_objective": None if status in RESULT_STATUSES
+                else metrics.get(f"last_{metric}", metrics.get(f"final_{metric}")),
                 "step": _last_step(client, run.info.run_id, metric),
                 "eval_ppl": metrics.get("final_eval_ppl"),
                 "peak_memory_bytes": metrics.get("final_peak_memory_bytes"),
@@ -73,10 +78,12 @@ def collect_replicates(spec: SweepSpec, state: dict[str, Any]) -> list[dict[str,
             continue
         for run in child_runs(client, state["experiment_id"], config_run.info.run_id):
             tags = run.data.tags
+            status = tags.get(STATUS_TAG, "running")
             rows.append({
                 "trial_id": tags.get(TRIAL_TAG), "run_id": run.info.run_id, "replicate_of": of,
-                "status": tags.get(STATUS_TAG, "running"), "params": json.loads(tags.get(PARAMS_TAG, "{}")),
-                "objective": run.data.metrics.get(f"final_{spec.objective.metric}"), "start_time": run.info.start_time,
+                "status": status, "params": json.loads(tags.get(PARAMS_TAG, "{}")),
+                "objective": _objective(run.data.metrics, spec.objective.metric, status),
+                "start_time": run.info.start_time,
             })  # fmt: skip
     return sorted(rows, key=lambda r: r["start_time"] or 0)
 
@@ -119,6 +126,12 @@ def _devices_per_trial(spec: SweepSpec) -> tuple[float, str]:
     except ImportError:
         pass
     return spec.resources.cpus_per_trial * spec.resources.num_workers, "CPU"
+
+
+def _objective(metrics: dict[str, float], metric: str, status: str) -> float | None:
+    """The run's final value of the objective, only where its status makes it a result: a run a failed
+    trial recorded before `last_*` existed holds its last evaluation, often step 0's, as `final_*`."""
+    return metrics.get(f"final_{metric}") if status in RESULT_STATUSES else None
 
 
 def _last_step(client, run_id: str, metric: str) -> int | None:
