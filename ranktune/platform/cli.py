@@ -307,7 +307,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         print("\n".join(ladder_lines(json.loads((Path(args.sweep_dir) / "ladder.json").read_text()))))
         print(f"HTML: {Path(args.sweep_dir) / 'ladder.html'}; each rung's sweep: ranktune report "
-              f"{Path(args.sweep_dir) / 'rungs'}/<rung>")  # fmt: skip
+              f"{shlex.quote(str(Path(args.sweep_dir) / 'rungs'))}/<rung>")  # fmt: skip
         return 0
     spec, state = load_state(args.sweep_dir)
     rows, offline = read_trials(spec, state)

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import shlex
 import statistics
 from collections.abc import Callable
 from pathlib import Path
@@ -199,7 +200,8 @@ def run_confirm(spec: SweepSpec, state: dict[str, Any], make_trainable: Callable
         reasons = sorted({failure_reason(str(r.error)) for r in results if r.error is not None})
         failed_file.write_text(
             f"replicates: {results.num_errors} of {len(points)} failed ({'; '.join(reasons)[:300]}), so there is no "
-            f"verdict -> once the cause is fixed, `ranktune sweep --resume {spec.storage_dir}` runs them again\n"
+            "verdict -> once the cause is fixed, `ranktune sweep --resume "
+            f"{shlex.quote(str(spec.storage_dir))}` runs them again\n"
         )
         return None
     failed_file.unlink(missing_ok=True)

@@ -439,8 +439,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
     with own_directory(spec.storage_dir, "storage", "sweep") as storage:
         if (storage / STATE_FILE).exists():
             raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> `ranktune sweep --resume "
-                               f"{storage}` continues it; choose another name or storage to start a new one"]
-                              )  # fmt: skip
+                               f"{shlex.quote(str(storage))}` continues it; choose another name or storage to start "
+                               "a new one"])  # fmt: skip
         init_ray(address)
         if address:  # a cluster: its nodes must run the driver's versions
             check_cluster_versions()
@@ -520,14 +520,14 @@ def close_lost_runs(client, state: dict[str, Any], interrupted: bool = False) ->
     from ranktune.platform.tracking import CONFIRM_OF_TAG, INTERRUPTED, LOST, REASON_TAG, STATUS_TAG, child_runs
 
     closed = []
-    storage = shlex.quote(state["storage_dir"]) if state.get("storage_dir") else "SWEEP_DIR"
+    quoted = shlex.quote(state["storage_dir"]) if state.get("storage_dir") else "SWEEP_DIR"
     for run in child_runs(client, state["experiment_id"], state["parent_run_id"]):
         if run.data.tags.get(STATUS_TAG, INTERRUPTED) != INTERRUPTED or CONFIRM_OF_TAG in run.data.tags:
             continue
         if interrupted:
             client.set_tag(run.info.run_id, STATUS_TAG, INTERRUPTED)
             client.set_tag(run.info.run_id, REASON_TAG, "the sweep was interrupted while this trial ran; "
-                           f"`ranktune sweep --resume {storage}` continues it from its last checkpoint")  # fmt: skip
+                           f"`ranktune sweep --resume {quoted}` continues it from its last checkpoint")  # fmt: skip
         else:
             client.set_tag(run.info.run_id, STATUS_TAG, LOST)
             client.set_tag(run.info.run_id, REASON_TAG, "the sweep's driver died before Ray Tune's experiment "
