@@ -358,7 +358,7 @@ def _print_best_within(spec, rows: list[dict], max_gib: float) -> None:
         estimate = estimate_memory(spec.trial_config(row["params"]), device=device)
         return None if verdict(estimate, max_gib).fits else f"estimate {gib(estimate.total)} > {max_gib:g} GiB"
 
-    best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
+    best, passed_over = best_fitting(spec, rows, why_not)
     for line in passed_over:
         say(f"  passed over {line}")
     if best is None:
