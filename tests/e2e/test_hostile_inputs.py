@@ -13,7 +13,7 @@ import pytest
 from ranktune.platform.cli.main import main
 from ranktune.platform.store.files import write_json_atomic
 from ranktune.platform.store.locks import LOCK_FILE, OWNER_FILE, own_directory
-from ranktune.platform.sweep import driver as sweep
+from ranktune.platform.sweep.driver import driver as sweep
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
@@ -358,6 +358,45 @@ def test_printed_commands_are_quoted_for_pasting(raw_spec):
     assert "ranktune sweep --resume '/tmp/my sweeps/k1'" in winner_lines(spec, None, "/tmp/my sweeps/k1")[0]
 
 
+COMMAND_BEFORE_A_PATH = ("ranktune sweep --resume ", "ranktune export ", "ranktune train ", "ranktune report ",
+                         "ranktune ui ", "ranktune dashboard ", "ranktune confirm ")  # fmt: skip
+
+
+def _is_quoted(node) -> bool:
+    """`shlex.quote(...)`, a name `quoted`, or either inside `html.escape(...)`."""
+    import ast
+
+    if isinstance(node, ast.Name):
+        return node.id == "quoted"
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+        if node.func.attr == "quote" and getattr(node.func.value, "id", None) == "shlex":
+            return True
+        if node.func.attr == "escape" and getattr(node.func.value, "id", None) == "html":
+            return bool(node.args) and _is_quoted(node.args[0])
+    return False
+
+
+def test_every_printed_command_quotes_the_path_it_interpolates():
+    """Issue 24.18: a path with a space pasted from a message must stay one argument. Every f-string in
+    ranktune/ that puts a value right after `ranktune <command> ` quotes it (shlex.quote)."""
+    import ast
+    from pathlib import Path
+
+    import ranktune
+
+    unquoted = []
+    for source in sorted(Path(ranktune.__file__).parent.rglob("*.py")):
+        for node in ast.walk(ast.parse(source.read_text())):
+            if not isinstance(node, ast.JoinedStr):
+                continue
+            for before, value in zip(node.values, node.values[1:], strict=False):
+                if (isinstance(before, ast.Constant) and isinstance(value, ast.FormattedValue)
+                        and str(before.value).endswith(COMMAND_BEFORE_A_PATH) and not _is_quoted(value.value)):
+                    tail = str(before.value)[-40:]
+                    unquoted.append(f"{source.name}:{value.lineno}: ...{tail}{{{ast.unparse(value.value)}}}")
+    assert not unquoted, "\n".join(unquoted)
+
+
 def test_report_of_a_running_sweep_does_not_advise_resume(cli, started_sweep):
     import subprocess
     import sys
@@ -393,7 +432,7 @@ def test_report_of_a_running_sweep_does_not_advise_resume(cli, started_sweep):
     ],
 )  # fmt: skip
 def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch, fault, expected):
-    from ranktune.platform.cli import train as cli_module
+    from ranktune.platform.cli.main import train as cli_module
 
     def failing(args):
         raise fault
@@ -407,7 +446,7 @@ def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch,
 def test_cuda_out_of_memory_is_a_one_line_error(argv_exit, monkeypatch):
     import torch
 
-    from ranktune.platform.cli import train as cli_module
+    from ranktune.platform.cli.main import train as cli_module
 
     def failing(args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

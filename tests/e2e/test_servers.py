@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ranktune.platform.serve import processes as serve
+from ranktune.platform.serve.processes import processes as serve
 from ranktune.trainables.config import ConfigError
 
 
@@ -145,3 +145,44 @@ def test_no_signal_to_the_command_orphans_its_server(tmp_path, sig):
     if not wait_gone(worker, 20):
         os.killpg(os.getsid(worker), signal.SIGKILL)
         pytest.fail(f"the server's worker outlived {sig.name} of the command")
+
+
+def _ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not _ipv6_loopback(), reason="no IPv6 loopback on this machine")
+def test_dashboard_listens_on_ipv6_loopback(tmp_path):
+    """Issue 24.18: `ranktune dashboard DIR --host ::1` failed ("'' is not a valid port number")."""
+    import shutil
+    import urllib.request
+    from pathlib import Path
+
+    sweep_dir = tmp_path / "sweep"
+    shutil.copytree(Path(__file__).parent / "data" / "sweep_before_move", sweep_dir)
+    port = free_port()
+    command = [sys.executable, "-m", "ranktune.platform.cli.main", "dashboard", str(sweep_dir), "--host", "::1",
+               "--port", str(port)]  # fmt: skip
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            start_new_session=True)
+    try:
+        announced = ""
+        deadline = time.monotonic() + 120
+        while "(Ctrl-C to stop)" not in announced and time.monotonic() < deadline and proc.poll() is None:
+            announced += proc.stdout.readline()
+        assert f"http://[::1]:{port}/dashboard" in announced, announced
+        with urllib.request.urlopen(f"http://[::1]:{port}/api/studies", timeout=10) as response:
+            [study] = json.loads(response.read())["study_summaries"]
+        assert response.status == 200 and study["study_name"] == "premove"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -14,7 +14,7 @@ def trial_row(trial_id: str | None, params: dict[str, Any], objective: float | N
     """A whole row with every field a reader may index; `fields` set the rest (step, memory, reasons, ...)."""
     row: dict[str, Any] = {
         "trial_id": trial_id, "run_id": f"r{trial_id}", "start_time": None, "status": status, "failure_reason": None,
-        "stop_reason": None, "params": params, "reference": False, "objective": objective, "step": None,
+        "stop_reason": None, "params": params, "reference": False, "objective": objective, "last_objective": None, "step": None,
         "eval_ppl": None, "peak_memory_bytes": None, "optimizer_state_bytes": None, "tokens_per_s": None,
         "wall_time": None, "device_hours": None, "device_kind": "CPU",
     }  # fmt: skip

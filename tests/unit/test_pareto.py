@@ -1,10 +1,10 @@
 """Memory as an objective: spec validation, the Pareto front, the best trial under a memory limit."""
 
 import pytest
+from ranktune.platform.export.recipe.rules import ScalingRules
+from ranktune.platform.export.recipe.select import select_within_memory
 from support.rows import trial_row
 
-from ranktune.platform.export.rules import ScalingRules
-from ranktune.platform.export.select import select_within_memory
 from ranktune.platform.report.pareto import pareto_front
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
@@ -42,3 +42,22 @@ def test_max_memory_picks_the_best_trial_whose_export_fits():
     assert select_within_memory(s, rows, "7b", ScalingRules(), [], 70.0)["trial_id"] == "full"
     with pytest.raises(ConfigError, match="--max-memory-gib: 4 -> no finished trial's 7b export fits"):
         select_within_memory(s, rows, "7b", ScalingRules(), [], 4.0)
+
+
+def test_messages_name_a_fixed_method_not_none():
+    """Issue 24.18: with the method fixed in base_overrides (not searched), export's lines read
+    "trial X (None)" or "trial X ()": the method comes from the trial's config, as in the report."""
+    from ranktune.platform.export.recipe import what_is_lost
+    from ranktune.platform.report.pareto import format_front
+
+    s = spec_from_dict({"base_overrides": {**BASE, "optim": {"name": "adamw"}}, "budget": {"steps_per_trial": 50},
+                        "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
+                        "objectives": MEMORY})  # fmt: skip
+    rows = [row("a1", 3.0, 400, **{"optim.lr": 1e-3}), row("a2", 3.1, 100, **{"optim.lr": 2e-3})]
+    with pytest.raises(ConfigError) as refused:
+        select_within_memory(s, rows, "7b", ScalingRules(), [], 4.0)
+    passed_over = refused.value.problems[1:]
+    assert len(passed_over) == 2 and all(line.startswith(("trial a1 (adamw): ", "trial a2 (adamw): "))
+                                         for line in passed_over), passed_over  # fmt: skip
+    assert what_is_lost(s, rows[0], rows[1]).startswith("trial a2 (adamw, eval_loss 3.1000")
+    assert [line.split()[0] for line in format_front(s, rows)[1:]] == ["adamw", "adamw"]

@@ -159,8 +159,73 @@ def test_roles_are_given_to_runs_of_older_sweeps_and_replicates_say_what_they_re
 
 
 def test_mlflow_ui_is_sized_for_one_person(tmp_path):
-    from ranktune.platform.cli.serve import mlflow_ui_command
+    from ranktune.platform.cli.main.serve import mlflow_ui_command
 
     cmd, env = mlflow_ui_command("sqlite:///x.db", tmp_path / "none", "127.0.0.1", 5000)
     assert cmd[cmd.index("--workers") + 1] == "1"
     assert env == {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+
+
+def test_a_trial_failed_after_its_step_0_evaluation_has_no_objective(tmp_path, make_spec):
+    """Issue 24.18: the failed trial's last evaluation (the untrained model's, at step 0) was logged as
+    `final_eval_loss`, so the report showed it as the trial's objective (and MLflow's final column, the
+    history chart, `--sort objective` used it). It is labelled as its last loss, not a result."""
+    import io
+
+    from rich.console import Console
+
+    from ranktune.platform.report.table import flat_rows, render_table
+    from ranktune.platform.report.trials import collect_trials
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    callback = MlflowTrials(uri, experiment, parent, "s", 40, lambda params: "optim:\n  lr: 0.001\n")
+    for step in (0, 10, 20, 30, 40):
+        callback.on_trial_result(0, [], fake_trial("good"), result(step))
+    callback.on_trial_complete(0, [], fake_trial("good", result(40)))
+    error_file = tmp_path / "error.txt"
+    error_file.write_text("Traceback ...\nFloatingPointError: diverged at step 3: train loss nan\n")
+    callback.on_trial_result(0, [], fake_trial("bad"), result(0))  # eval_loss 5.0 at step 0, then NaN
+    failed = fake_trial("bad", {**result(0), "wall_time": 2.0})
+    failed.error_file = str(error_file)
+    callback.on_trial_error(0, [], failed)
+
+    runs = {r.data.tags["ranktune.trial_id"]: r for r in child_runs(client, experiment, parent)}
+    bad = runs["bad"].data.metrics
+    assert "final_eval_loss" not in bad and "final_eval_ppl" not in bad, bad  # MLflow's result column
+    assert bad["last_eval_loss"] == 5.0 and bad["final_wall_time"] == 2.0  # its cost is still its cost
+    assert [m.step for m in client.get_metric_history(runs["bad"].info.run_id, "last_eval_loss")] == [0]
+
+    spec = make_spec(budget={"num_trials": 2, "steps_per_trial": 40})
+    state = {"tracking_uri": uri, "experiment_id": experiment, "parent_run_id": parent}
+    rows = {r["trial_id"]: r for r in collect_trials(spec, state)}
+    assert rows["bad"]["status"] == "failed" and rows["bad"]["objective"] is None
+    assert rows["bad"]["last_objective"] == 5.0 and rows["bad"]["step"] == 0
+    assert rows["good"]["objective"] == 4.6 and rows["good"]["last_objective"] is None
+
+    out = io.StringIO()
+    render_table(spec, flat_rows(spec, collect_trials(spec, state)), console=Console(file=out, width=160))
+    text = out.getvalue()
+    bad_line = next(line for line in text.splitlines() if line.rstrip().endswith("bad"))
+    assert bad_line.split(" failed ", 1)[1].split()[0] == "-", bad_line  # the objective's cell
+    assert "bad failed: diverged at step 3: train loss nan (last eval_loss 5 at step 0, not a result)" in text
+
+
+def test_a_failed_run_recorded_before_the_fix_shows_no_objective(tmp_path, make_spec):
+    """Stores written by older sweeps hold a failed trial's last evaluation as `final_eval_loss`."""
+    from ranktune.platform.report.trials import collect_trials
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow_client(uri)
+    experiment = client.create_experiment("e", artifact_location=(tmp_path / "art").as_uri())
+    parent = client.create_run(experiment).info.run_id
+    callback = MlflowTrials(uri, experiment, parent, "s", 40, lambda params: "optim:\n  lr: 0.001\n")
+    callback.on_trial_result(0, [], fake_trial("old"), result(0))
+    run_id = callback.run_id_for(fake_trial("old"))
+    client.log_metric(run_id, "final_eval_loss", 5.0)  # what on_trial_error wrote before
+    client.set_tag(run_id, STATUS_TAG, "failed")
+    spec = make_spec(budget={"num_trials": 1, "steps_per_trial": 40})
+    [row] = collect_trials(spec, {"tracking_uri": uri, "experiment_id": experiment, "parent_run_id": parent})
+    assert row["objective"] is None and row["last_objective"] == 5.0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -40,7 +41,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 
         print("\n".join(ladder_lines(json.loads((Path(args.sweep_dir) / "ladder.json").read_text()))))
         print(f"HTML: {Path(args.sweep_dir) / 'ladder.html'}; each rung's sweep: ranktune report "
-              f"{Path(args.sweep_dir) / 'rungs'}/<rung>")  # fmt: skip
+              f"{shlex.quote(str(Path(args.sweep_dir) / 'rungs'))}/<rung>")  # fmt: skip
         return 0
     results = SweepResults.load(args.sweep_dir)
     spec, state, rows, offline, confirm = results.spec, results.state, results.trials, results.offline, results.confirm
@@ -90,7 +91,7 @@ def _print_best_within(spec, rows: list[dict], max_gib: float) -> None:
         estimate = estimate_memory(spec.trial_config(row["params"]), device=device)
         return None if verdict(estimate, max_gib).fits else f"estimate {gib(estimate.total)} > {max_gib:g} GiB"
 
-    best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
+    best, passed_over = best_fitting(spec, rows, why_not)
     for line in passed_over:
         say(f"  passed over {line}")
     if best is None:

@@ -76,8 +76,11 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     spec, _ = load_state(args.sweep_dir)
     warn_if_exposed("optuna-dashboard", args.host, args.port, "can read and change the study (it has no login)")
     storage = f"sqlite:///{spec.storage_dir / 'optuna.db'}"
+    # optuna-dashboard hands `host:port` to gunicorn, which reads an IPv6 address only in brackets ("::1"
+    # failed: "'' is not a valid port number"), and its other server (wsgiref) is IPv4 only.
+    host, server = (f"[{args.host}]", ["--server", "gunicorn"]) if ":" in args.host else (args.host, [])
     cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())", storage,
-           "--host", args.host, "--port", str(args.port), "--quiet"]  # fmt: skip
+           "--host", host, "--port", str(args.port), *server, "--quiet"]  # fmt: skip
     base = f"http://{url_host(args.host)}:{args.port}"
     return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}",
                                listen=(args.host, args.port))  # fmt: skip

@@ -58,7 +58,7 @@ def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: S
     from ranktune.platform.report.pareto import best_fitting
 
     why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=max_memory_gib)
-    best, passed_over = best_fitting(rows, spec.objective.mode, why_not)
+    best, passed_over = best_fitting(spec, rows, why_not)
     if best is None:
         raise ConfigError([f"--max-memory-gib: {max_memory_gib:g} -> no finished trial's {target} export fits",
                            *passed_over])  # fmt: skip
@@ -69,8 +69,10 @@ FALLBACKS = ("best-fitting",)  # `--fallback`: the only way export exports anoth
 
 
 def what_is_lost(spec, best: dict[str, Any], chosen: dict[str, Any]) -> str:
+    from ranktune.platform.report.table import method_of
+
     metric, gap = spec.objective.metric, chosen["objective"] - best["objective"]
-    return (f"trial {chosen['trial_id']} ({chosen['params'].get('optim.name')}, {metric} {chosen['objective']:.4f}, "
+    return (f"trial {chosen['trial_id']} ({method_of(spec, chosen['params'])}, {metric} {chosen['objective']:.4f}, "
             f"{gap:+.4f} = {100 * gap / abs(best['objective']):+.1f}% vs the sweep's answer {best['trial_id']})")
 
 
@@ -81,13 +83,15 @@ def best_fitting_instead(spec, rows: list[dict[str, Any]], best: dict[str, Any],
     from ranktune.platform.report.pareto import best_fitting
 
     why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=budget_gib)
-    return best_fitting([r for r in rows if r is not best], spec.objective.mode, why_not)
+    return best_fitting(spec, [r for r in rows if r is not best], why_not)
 
 
 def refusal(spec, rows: list[dict[str, Any]], source: dict[str, Any], fit: TargetFit, target: str,
             rules: ScalingRules, overrides: list[str], budget_gib: float) -> list[str]:  # fmt: skip
     """Exit-2 lines for the sweep's answer: one per setting to change, then what a fallback would lose."""
-    head = (f"trial {source['trial_id']} ({source['params'].get('optim.name')}, the sweep's answer) cannot be "
+    from ranktune.platform.report.table import method_of
+
+    head = (f"trial {source['trial_id']} ({method_of(spec, source['params'])}, the sweep's answer) cannot be "
             f"exported to {target} on {budget_gib:g} GiB as it is:")
     lines = [head, *([fit.baseline] if fit.baseline else []), *fit.problems]
     lines.append(f"--trial: {source['trial_id']} -> export it anyway by name" if fit.baseline and not fit.problems

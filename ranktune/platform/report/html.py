@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import html
 import math
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -256,8 +257,9 @@ after {spec.budget.steps_per_trial} steps</h1>
 <div class="charts">{"".join(f'<div class="chart{" wide" if wide else ""}">{c}</div>' for c, wide in charts)}</div>
 {"<h2>Replicates</h2>" + verdict if verdict else ""}
 <h2>Next</h2>
-<p><code>ranktune export {html.escape(storage)} --target 7b</code> &nbsp; then the <code>ranktune train ...</code>
-command it prints. MLflow: <code>ranktune ui {html.escape(storage)}</code></p>
+<p><code>ranktune export {html.escape(shlex.quote(storage))} --target 7b</code> &nbsp; then the
+<code>ranktune train ...</code> command it prints.
+MLflow: <code>ranktune ui {html.escape(shlex.quote(storage))}</code></p>
 </body></html>
 """
 

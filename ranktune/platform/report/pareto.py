@@ -40,18 +40,21 @@ def pareto_front(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, 
 Row = dict[str, Any]
 
 
-def best_fitting(rows: list[Row], mode: str, why_not: Callable[[Row], str | None]) -> tuple[Row | None, list[str]]:
+def best_fitting(spec: SweepSpec, rows: list[Row], why_not: Callable[[Row], str | None]
+                 ) -> tuple[Row | None, list[str]]:  # fmt: skip
     """Best finished trial for which `why_not(row)` (e.g. "its memory estimate exceeds X") is None,
-    and the reasons of the better trials passed over."""
+    and the reasons of the better trials passed over (each named with its method, searched or fixed)."""
     from ranktune.platform.report.ranking import objective_key
+    from ranktune.platform.report.table import method_of
 
+    mode = spec.objective.mode
     finished = sorted((r for r in rows if r["status"] == "finished"), key=lambda r: objective_key(r, mode))
     passed_over = []
     for row in finished:
         reason = why_not(row)
         if reason is None:
             return row, passed_over
-        passed_over.append(f"trial {row['trial_id']} ({row['params'].get('optim.name', '')}): {reason}")
+        passed_over.append(f"trial {row['trial_id']} ({method_of(spec, row['params'])}): {reason}")
     return None, passed_over
 
 
@@ -97,12 +100,14 @@ def plot_front(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> Path 
 
 
 def format_front(spec: SweepSpec, front: list[dict[str, Any]]) -> list[str]:
+    from ranktune.platform.report_table import method_of
+
     names = [o.metric for o in spec.all_objectives()]
     lines = [f"Pareto front ({', '.join(f'{o.mode} {o.metric}' for o in spec.all_objectives())}), full-budget trials:"]
     for r in front:
         values = [r["objective"], *(r.get(n) for n in names[1:])]
         shown = ", ".join(f"{n} {_short(n, v)}" for n, v in zip(names, values, strict=True))
-        lines.append(f"  {r['params'].get('optim.name', ''):<14} trial {r['trial_id']}: {shown}")
+        lines.append(f"  {method_of(spec, r['params']):<14} trial {r['trial_id']}: {shown}")
     return lines
 
 

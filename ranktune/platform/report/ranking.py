@@ -8,6 +8,9 @@ from typing import Any
 
 STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "interrupted": 2, "pruned_memory": 3, "lost": 4,
                 "failed": 5}  # fmt: skip
+# Statuses whose final value of the objective is a result (stopped_early: the value where the search
+# stopped it). A failed or lost trial's last evaluation, often the untrained model's at step 0, is not.
+RESULT_STATUSES = ("finished", "stopped_early")
 
 
 def objective_key(row: dict[str, Any], mode: str) -> float:

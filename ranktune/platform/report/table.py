@@ -68,6 +68,10 @@ def flat_rows(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any
         reason = r.get("failure_reason") or r.get("stop_reason")
         if r.get("reference") and not reason:
             reason = "reference: a baseline to compare with, never the answer nor exported"
+        last = r.get("last_objective")
+        if last is not None and r["objective"] is None and math.isfinite(last):
+            at = f" at step {r['step']}" if r.get("step") is not None else ""
+            reason = f"{reason or r['status']} (last {spec.objective.metric} {last:.4g}{at}, not a result)"
         out.append({
             "rank": i, "trial_id": r["trial_id"], "method": method_of(spec, r["params"]),
             "params": params_text(r["params"]), "status": STATUS_WORDS.get(r["status"], r["status"]),

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypedDict
 
-from ranktune.platform.report.ranking import STATUS_ORDER, objective_key
+from ranktune.platform.report.ranking import RESULT_STATUSES, STATUS_ORDER, objective_key
 from ranktune.platform.report.table import is_reference
 from ranktune.search_spaces.spec import SweepSpec
 
@@ -29,7 +29,8 @@ class TrialRow(TypedDict):
     stop_reason: str | None
     params: dict[str, Any]  # the searched keys, typed
     reference: bool  # a target-aware sweep's reference: compared against, never the answer (ranking.py)
-    objective: float | None  # final value of the objective metric (None unless the trial ran its budget)
+    objective: float | None  # final value of the objective metric, only for finished and stopped_early trials
+    last_objective: float | None  # a failed trial's last evaluation: shown as such, never its objective
     step: int | None  # last step the objective was logged at
     eval_ppl: float | None
     peak_memory_bytes: float | None
@@ -75,17 +76,22 @@ def collect_trials(spec: SweepSpec, state: SweepState) -> list[TrialRow]:
         wall = metrics.get("final_wall_time")
         devices = _devices_per_trial(spec)
         params = json.loads(tags.get(PARAMS_TAG, "{}"))
+        status = tags.get(STATUS_TAG, "running")
         rows.append(
             TrialRow(
                 trial_id=tags.get(TRIAL_TAG),
                 run_id=run.info.run_id,
                 start_time=run.info.start_time,  # ms; the order trials started (trial ids are random hex)
-                status=tags.get(STATUS_TAG, "running"),
+                status=status,
                 failure_reason=tags.get(REASON_TAG),
                 stop_reason=tags.get(STOP_REASON_TAG),
                 params=params,
                 reference=is_reference(spec, params),  # compared against, never the answer (ranking.py)
-                objective=metrics.get(f"final_{metric}"),
+                objective=_objective(metrics, metric, status),
+                # A failed trial's last evaluation, labelled as such in the report (not its objective);
+                # stores written before `last_*` existed kept it as `final_*`.
+                last_objective=None if status in RESULT_STATUSES
+                else metrics.get(f"last_{metric}", metrics.get(f"final_{metric}")),
                 step=_last_step(client, run.info.run_id, metric),
                 eval_ppl=metrics.get("final_eval_ppl"),
                 peak_memory_bytes=metrics.get("final_peak_memory_bytes"),
@@ -120,10 +126,12 @@ def collect_replicates(spec: SweepSpec, state: SweepState) -> list[ReplicateRow]
             continue
         for run in child_runs(client, state.experiment_id, config_run.info.run_id):
             tags = run.data.tags
+            status = tags.get(STATUS_TAG, "running")
             rows.append({
                 "trial_id": tags.get(TRIAL_TAG), "run_id": run.info.run_id, "replicate_of": of,
-                "status": tags.get(STATUS_TAG, "running"), "params": json.loads(tags.get(PARAMS_TAG, "{}")),
-                "objective": run.data.metrics.get(f"final_{spec.objective.metric}"), "start_time": run.info.start_time,
+                "status": status, "params": json.loads(tags.get(PARAMS_TAG, "{}")),
+                "objective": _objective(run.data.metrics, spec.objective.metric, status),
+                "start_time": run.info.start_time,
             })  # fmt: skip
     return sorted(rows, key=lambda r: r["start_time"] or 0)
 
@@ -166,6 +174,12 @@ def _devices_per_trial(spec: SweepSpec) -> tuple[float, str]:
     except ImportError:
         pass
     return spec.resources.cpus_per_trial * spec.resources.num_workers, "CPU"
+
+
+def _objective(metrics: dict[str, float], metric: str, status: str) -> float | None:
+    """The run's final value of the objective, only where its status makes it a result: a run a failed
+    trial recorded before `last_*` existed holds its last evaluation, often step 0's, as `final_*`."""
+    return metrics.get(f"final_{metric}") if status in RESULT_STATUSES else None
 
 
 def _last_step(client, run_id: str, metric: str) -> int | None:

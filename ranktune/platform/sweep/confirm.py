@@ -4,6 +4,7 @@ verdict means is in platform/report/replicates.py."""
 from __future__ import annotations
 
 import json
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -100,7 +101,8 @@ def run_confirm(sweep: Sweep, retry_failed: bool = False) -> dict[str, Any] | No
         reasons = sorted({failure_reason(str(r.error)) for r in results if r.error is not None})
         failed_file.write_text(
             f"replicates: {results.num_errors} of {len(points)} failed ({'; '.join(reasons)[:300]}), so there is no "
-            f"verdict -> once the cause is fixed, `ranktune sweep --resume {spec.storage_dir}` runs them again\n"
+            "verdict -> once the cause is fixed, `ranktune sweep --resume "
+            f"{shlex.quote(str(spec.storage_dir))}` runs them again\n"
         )
         return None
     failed_file.unlink(missing_ok=True)

@@ -136,7 +136,13 @@ def init_ray(address: str | None) -> None:
         return
     quiet_token_auth_notice()
     # The dashboard stays off for local runs; on a cluster it is the cluster's (bound by `ray start`).
-    ray.init(address=address, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    options = {"include_dashboard": False, "configure_logging": False, "log_to_driver": False}
+    if address or os.environ.get("RAY_ADDRESS"):  # a cluster's nodes listen where their `ray start` put them
+        ray.init(address=address, **options)
+    else:  # a local sweep's Ray listens on loopback only
+        from ranktune.platform.sweep.local_ray import init_local_ray
+
+        init_local_ray(**options)
 
 
 def gpus_per_trial(spec: SweepSpec) -> float:
@@ -541,8 +547,8 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
     with own_directory(spec.storage_dir, "storage", "sweep") as storage:
         if (storage / STATE_FILE).exists():
             raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> `ranktune sweep --resume "
-                               f"{storage}` continues it; choose another name or storage to start a new one"]
-                              )  # fmt: skip
+                               f"{shlex.quote(str(storage))}` continues it; choose another name or storage to start "
+                               "a new one"])  # fmt: skip
         gpus = start_ray(spec, address)
         state = SweepState(spec=json.loads(spec_json(spec)), **start_tracking(spec))
         sweep = Sweep(spec, state, gpus, prepare, progress)
@@ -583,14 +589,14 @@ def close_lost_runs(client, state: SweepState, interrupted: bool = False) -> lis
     from ranktune.platform.tracking.client import CONFIRM_OF_TAG, INTERRUPTED, LOST, REASON_TAG, STATUS_TAG, child_runs
 
     closed = []
-    storage = shlex.quote(state.storage_dir) if state.storage_dir else "SWEEP_DIR"
+    quoted = shlex.quote(state.storage_dir) if state.storage_dir else "SWEEP_DIR"
     for run in child_runs(client, state.experiment_id, state.parent_run_id):
         if run.data.tags.get(STATUS_TAG, INTERRUPTED) != INTERRUPTED or CONFIRM_OF_TAG in run.data.tags:
             continue
         if interrupted:
             client.set_tag(run.info.run_id, STATUS_TAG, INTERRUPTED)
             client.set_tag(run.info.run_id, REASON_TAG, "the sweep was interrupted while this trial ran; "
-                           f"`ranktune sweep --resume {storage}` continues it from its last checkpoint")  # fmt: skip
+                           f"`ranktune sweep --resume {quoted}` continues it from its last checkpoint")  # fmt: skip
         else:
             client.set_tag(run.info.run_id, STATUS_TAG, LOST)
             client.set_tag(run.info.run_id, REASON_TAG, "the sweep's driver died before Ray Tune's experiment "

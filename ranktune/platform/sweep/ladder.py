@@ -33,6 +33,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -137,7 +138,8 @@ def run_ladder(spec: SweepSpec, address: str | None = None, progress: bool = Tru
         if not state:
             if (storage / "sweep.json").exists() or (storage / LADDER_FILE).exists():
                 raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> resume it with `ranktune "
-                                   f"sweep --resume {storage}` or choose another name or storage"])  # fmt: skip
+                                   f"sweep --resume {shlex.quote(str(storage))}` or choose another name or "
+                                   "storage"])  # fmt: skip
             state = {"spec": json.loads(spec_json(spec)), "done": [], "results": {}, "points": {}}
             _create_experiment(spec)
             save_ladder_state(storage, state)
@@ -184,7 +186,8 @@ def _run_rung(spec: SweepSpec, state: dict[str, Any], index: int, address: str |
         rs, rstate = load_state(summary["storage"])
         rows = collect_trials(rs, rstate)
         if any(r["status"] == "running" for r in rows):
-            raise LadderInterrupted(f"rung {rs.name} was interrupted; `ranktune sweep --resume {spec.storage_dir}` "
+            raise LadderInterrupted(f"rung {rs.name} was interrupted; `ranktune sweep --resume "
+                                    f"{shlex.quote(str(spec.storage_dir))}` "
                                     "continues the ladder")  # fmt: skip
         results = first_rung_results(rs, rows)
     else:
@@ -247,7 +250,7 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
             results = tuner.fit()
             if results.num_terminated + results.num_errors < len(todo):
                 raise LadderInterrupted(f"rung {rspec.name} was interrupted; `ranktune sweep --resume "
-                                        f"{storage.parent.parent}` continues the ladder")  # fmt: skip
+                                        f"{shlex.quote(str(storage.parent.parent))}` continues the ladder")  # fmt: skip
         return sweep.finish()
 
 

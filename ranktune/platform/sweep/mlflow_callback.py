@@ -181,17 +181,24 @@ class MlflowTrials(Callback):
         self.log_final(run_id, last)
         self.client.set_terminated(run_id, status="FINISHED")
 
-    def log_final(self, run_id: str, last: dict[str, Any]) -> None:
+    def log_final(self, run_id: str, last: dict[str, Any], failed: bool = False) -> None:
+        """The run's `final_*` metrics from its last result. A failed trial's evaluation is not a result
+        (its last one is often the untrained model's, at step 0): it is kept as `last_eval_*` at its
+        step, so neither the report nor MLflow's `final_*` columns take it for the trial's objective;
+        its costs (tokens, wall time, memory) are final all the same."""
         for key in ("eval_loss", "eval_ppl", "tokens", "wall_time", "tokens_per_s", "peak_memory_bytes",
                     "optimizer_state_bytes"):  # fmt: skip
             if key in last and isinstance(last[key], (int, float)) and math.isfinite(float(last[key])):
+                if failed and key in EVAL_KEYS:
+                    self.client.log_metric(run_id, f"last_{key}", float(last[key]), step=int(last.get("step", 0)))
+                    continue
                 self.client.log_metric(run_id, f"final_{key}", float(last[key]))
                 if key.endswith("_bytes"):  # what the runs view shows: MiB reads at a glance, bytes do not
                     self.client.log_metric(run_id, f"final_{key.removesuffix('_bytes')}_MiB", float(last[key]) / 2**20)
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         run_id = self.run_id_for(trial)
-        self.log_final(run_id, trial.last_result or {})
+        self.log_final(run_id, trial.last_result or {}, failed=True)
         error = trial_error_text(trial)
         self.client.set_tag(run_id, STATUS_TAG, "failed")
         self.client.set_tag(run_id, REASON_TAG, strip_userinfo(failure_reason(error)))
