@@ -13,7 +13,7 @@ import pytest
 from ranktune.platform.cli.main import main
 from ranktune.platform.store.files import write_json_atomic
 from ranktune.platform.store.locks import LOCK_FILE, OWNER_FILE, own_directory
-from ranktune.platform.sweep.driver import driver as sweep
+from ranktune.platform.sweep import driver as sweep
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import ConfigError
 
@@ -432,7 +432,7 @@ def test_report_of_a_running_sweep_does_not_advise_resume(cli, started_sweep):
     ],
 )  # fmt: skip
 def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch, fault, expected):
-    from ranktune.platform.cli.main import train as cli_module
+    from ranktune.platform.cli import train as cli_module
 
     def failing(args):
         raise fault
@@ -446,7 +446,7 @@ def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch,
 def test_cuda_out_of_memory_is_a_one_line_error(argv_exit, monkeypatch):
     import torch
 
-    from ranktune.platform.cli.main import train as cli_module
+    from ranktune.platform.cli import train as cli_module
 
     def failing(args):
         raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")

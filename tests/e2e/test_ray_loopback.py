@@ -21,8 +21,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from ranktune.platform.sweep.driver.local_ray import is_loopback
-from tiny import tiny_sweep_base
+from support.tiny import tiny_sweep_base
+
+from ranktune.platform.sweep.local_ray import is_loopback
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ def running_sweep(tmp_path_factory) -> RunningSweep:
     log = tmp / "driver.log"
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     driver = subprocess.Popen(
-        [sys.executable, "-m", "ranktune.platform.cli.main", "sweep", str(spec_file), "--quiet"],
+        [sys.executable, "-m", "ranktune.platform.cli", "sweep", str(spec_file), "--quiet"],
         start_new_session=True, env={**env, "PYTHONWARNINGS": "ignore"},
         stdout=subprocess.DEVNULL, stderr=open(log, "w"),
     )  # fmt: skip

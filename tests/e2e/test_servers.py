@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from ranktune.platform.serve.processes import processes as serve
+from ranktune.platform.serve import processes as serve
 from ranktune.trainables.config import ConfigError
 
 
@@ -166,7 +166,7 @@ def test_dashboard_listens_on_ipv6_loopback(tmp_path):
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(Path(__file__).parent / "data" / "sweep_before_move", sweep_dir)
     port = free_port()
-    command = [sys.executable, "-m", "ranktune.platform.cli.main", "dashboard", str(sweep_dir), "--host", "::1",
+    command = [sys.executable, "-m", "ranktune.platform.cli", "dashboard", str(sweep_dir), "--host", "::1",
                "--port", str(port)]  # fmt: skip
     proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             start_new_session=True)

@@ -1,10 +1,10 @@
 """Memory as an objective: spec validation, the Pareto front, the best trial under a memory limit."""
 
 import pytest
-from ranktune.platform.export.recipe.rules import ScalingRules
-from ranktune.platform.export.recipe.select import select_within_memory
 from support.rows import trial_row
 
+from ranktune.platform.export.rules import ScalingRules
+from ranktune.platform.export.select import select_within_memory
 from ranktune.platform.report.pareto import pareto_front
 from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError
@@ -47,7 +47,7 @@ def test_max_memory_picks_the_best_trial_whose_export_fits():
 def test_messages_name_a_fixed_method_not_none():
     """Issue 24.18: with the method fixed in base_overrides (not searched), export's lines read
     "trial X (None)" or "trial X ()": the method comes from the trial's config, as in the report."""
-    from ranktune.platform.export.recipe import what_is_lost
+    from ranktune.platform.export.select import what_is_lost
     from ranktune.platform.report.pareto import format_front
 
     s = spec_from_dict({"base_overrides": {**BASE, "optim": {"name": "adamw"}}, "budget": {"steps_per_trial": 50},

@@ -159,7 +159,7 @@ def test_roles_are_given_to_runs_of_older_sweeps_and_replicates_say_what_they_re
 
 
 def test_mlflow_ui_is_sized_for_one_person(tmp_path):
-    from ranktune.platform.cli.main.serve import mlflow_ui_command
+    from ranktune.platform.cli.serve import mlflow_ui_command
 
     cmd, env = mlflow_ui_command("sqlite:///x.db", tmp_path / "none", "127.0.0.1", 5000)
     assert cmd[cmd.index("--workers") + 1] == "1"
