@@ -23,6 +23,9 @@ def ladder_lines(ladder: dict[str, Any]) -> list[str]:
                      f"{rung['steps']} steps, {len(rung['configurations'])} configurations")  # fmt: skip
         order = ", ".join(f"{m['method']} {m['loss']:.4f}" for m in rung["method_ranking"])
         lines.append(f"  methods: {order}")
+        ranked = [c for c in rung["configurations"] if c["loss"] is not None]  # ladder.json keeps them best first
+        lines.append("  configurations: " + (", ".join(f"{c['config_id']} ({c['method']}) {c['loss']:.4f}"
+                                                       for c in ranked) or "none finished"))  # fmt: skip
     for c in ladder["comparisons"]:
         kept = sum(c["best_config_kept"].values())
         lines.append(
