@@ -173,6 +173,10 @@ def test_a_rung_of_fixed_points_has_no_study_and_so_no_importance_plot(tmp_path)
     assert not (rspec.storage_dir / "optuna.db").exists()  # not created by looking
     optuna.create_study(study_name="another", storage=f"sqlite:///{rspec.storage_dir / 'optuna.db'}")
     assert _param_importances(rspec, tmp_path / "imp.png") is None and not (tmp_path / "imp.png").exists()
+    # a searched sweep (its study under its own name) still gets the chart
+    study = optuna.create_study(study_name=rspec.name, storage=f"sqlite:///{rspec.storage_dir / 'optuna.db'}")
+    study.optimize(lambda t: t.suggest_float("lr", 1e-3, 1e-1, log=True) ** 2 + t.suggest_int("rank", 1, 8), 8)
+    assert _param_importances(rspec, tmp_path / "imp.png") == tmp_path / "imp.png" and (tmp_path / "imp.png").is_file()
 
 
 # ---------------------------------------------------------------------------------- proxy checks
