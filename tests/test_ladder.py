@@ -64,6 +64,9 @@ def test_correlations_and_regret_from_known_rows():
     assert c.best_config_kept == {"adamw": False, "galore": True}
     assert c.lower_pick == "a1" and c.regret == pytest.approx(0.2)  # a1 gets 2.2 above, the best there is 2.0
     assert transfer_verdict(c).startswith("it flipped: adamw won at r1, galore at r2")
+    # one configuration per method (promote: 1): whether its best stays its best is not a question
+    one_each = compare("r1", lower, "r2", [upper[0], upper[2]])
+    assert one_each.best_config_kept == {} and one_each.configurations == 2
 
 
 def test_verdict_says_when_the_order_held():
@@ -124,6 +127,13 @@ def test_report_ranks_methods_and_configurations_per_rung():
     lines = ladder_lines(ladder)
     assert "  methods: galore_adamw 5.5000, adamw 5.6000" in lines
     assert "  configurations: g1 (galore_adamw) 5.5000, a2 (adamw) 5.6000, a1 (adamw) 5.9000" in lines
+    comparison = {"lower": "w64", "upper": "w96", "spearman": 1.0, "kendall": 1.0, "configurations": 2, "methods": 2,
+                  "method_kendall": 1.0, "lower_winner": "adamw", "upper_winner": "adamw", "regret": 0.0}  # fmt: skip
+    ladder["comparisons"] = [{**comparison, "best_config_kept": {}},
+                             {**comparison, "best_config_kept": {"adamw": True, "galore_adamw": False}}]
+    lines = ladder_lines(ladder)
+    assert "best configuration kept: n/a (one configuration per method)" in lines[-3]
+    assert "best configuration kept by 1 of 2 methods" in lines[-2]
 
 
 # ---------------------------------------------------------------------------------- spec
