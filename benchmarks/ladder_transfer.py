@@ -28,7 +28,7 @@ def table(ladder: dict) -> str:
         "|---|---|---|---|---|---|---|---|---|",
     ]
     for c in ladder["comparisons"]:
-        kept = f"{sum(c['best_config_kept'].values())}/{len(c['best_config_kept'])}"
+        kept = f"{sum(c['best_config_kept'].values())}/{len(c['best_config_kept'])}" if c["best_config_kept"] else "n/a"
         lines.append(f"| {c['lower']} -> {c['upper']} | {c['configurations']} | {f(c['spearman'])} "
                      f"| {f(c['kendall'])} | {c['methods']} | {f(c['method_kendall'])} "
                      f"| {c['lower_winner']} -> {c['upper_winner']} | {kept} "

@@ -65,6 +65,9 @@ def test_correlations_and_regret_from_known_rows():
     assert c.best_config_kept == {"adamw": False, "galore": True}
     assert c.lower_pick == "a1" and c.regret == pytest.approx(0.2)  # a1 gets 2.2 above, the best there is 2.0
     assert transfer_verdict(c).startswith("it flipped: adamw won at r1, galore at r2")
+    # one configuration per method (promote: 1): whether its best stays its best is not a question
+    one_each = compare("r1", lower, "r2", [upper[0], upper[2]])
+    assert one_each.best_config_kept == {} and one_each.configurations == 2
 
 
 def test_verdict_says_when_the_order_held():
@@ -109,6 +112,31 @@ def test_fitted_rules_per_method_and_export_using_them():
     assert "not for relora" in apply_fitted_lr(raw, "relora", 512, source, knob=1.0)[0]
 
 
+def test_report_ranks_methods_and_configurations_per_rung():
+    from ranktune.platform.ladder_report import ladder_lines
+
+    def config(cid, method, loss):
+        return {"config_id": cid, "method": method, "loss": loss}
+
+    rung_row = {"index": 1, "name": "w64", "width": 64, "num_layers": 2, "parameters": 360_000, "matrix_share": 0.27,
+                "steps": 60, "configurations": [config("g1", "galore_adamw", 5.5), config("a2", "adamw", 5.6),
+                                                config("a1", "adamw", 5.9), config("g2", "galore_adamw", None)],
+                "method_ranking": [{"method": "galore_adamw", "loss": 5.5},
+                                   {"method": "adamw", "loss": 5.6}]}  # fmt: skip
+    ladder = {"name": "lad", "complete": False, "promote": 1, "lr_factors": [0.5, 1.0, 2.0], "rungs": [rung_row],
+              "comparisons": [], "verdict": "fewer than two rungs finished", "rules": {}}  # fmt: skip
+    lines = ladder_lines(ladder)
+    assert "  methods: galore_adamw 5.5000, adamw 5.6000" in lines
+    assert "  configurations: g1 (galore_adamw) 5.5000, a2 (adamw) 5.6000, a1 (adamw) 5.9000" in lines
+    comparison = {"lower": "w64", "upper": "w96", "spearman": 1.0, "kendall": 1.0, "configurations": 2, "methods": 2,
+                  "method_kendall": 1.0, "lower_winner": "adamw", "upper_winner": "adamw", "regret": 0.0}  # fmt: skip
+    ladder["comparisons"] = [{**comparison, "best_config_kept": {}},
+                             {**comparison, "best_config_kept": {"adamw": True, "galore_adamw": False}}]
+    lines = ladder_lines(ladder)
+    assert "best configuration kept: n/a (one configuration per method)" in lines[-3]
+    assert "best configuration kept by 1 of 2 methods" in lines[-2]
+
+
 # ---------------------------------------------------------------------------------- spec
 
 
@@ -139,6 +167,27 @@ def test_ladder_spec_refuses_a_rung_its_space_cannot_train(tmp_path):
         ladder_spec(tmp_path, rungs=[{"name": "a"}])
     with pytest.raises(ConfigError, match=r"lr_factors: \[0.0\] -> positive factors"):
         ladder_spec(tmp_path, lr_factors=[0.0])
+
+
+def test_a_rung_of_fixed_points_has_no_study_and_so_no_importance_plot(tmp_path):
+    """Rungs above the first train fixed points (no Optuna study); with >= IMPORTANCE_MIN_TRIALS finished runs
+    the sweep's plots asked Optuna for that study's importances and the ladder died with KeyError (ladder_tiny's
+    27-run second rung did)."""
+    import optuna
+
+    from ranktune.platform.ladder import rung_spec
+    from ranktune.platform.report import _param_importances
+
+    rspec = rung_spec(ladder_spec(tmp_path), 1)
+    rspec.storage_dir.mkdir(parents=True)
+    assert _param_importances(rspec, tmp_path / "imp.png") is None
+    assert not (rspec.storage_dir / "optuna.db").exists()  # not created by looking
+    optuna.create_study(study_name="another", storage=f"sqlite:///{rspec.storage_dir / 'optuna.db'}")
+    assert _param_importances(rspec, tmp_path / "imp.png") is None and not (tmp_path / "imp.png").exists()
+    # a searched sweep (its study under its own name) still gets the chart
+    study = optuna.create_study(study_name=rspec.name, storage=f"sqlite:///{rspec.storage_dir / 'optuna.db'}")
+    study.optimize(lambda t: t.suggest_float("lr", 1e-3, 1e-1, log=True) ** 2 + t.suggest_int("rank", 1, 8), 8)
+    assert _param_importances(rspec, tmp_path / "imp.png") == tmp_path / "imp.png" and (tmp_path / "imp.png").is_file()
 
 
 # ---------------------------------------------------------------------------------- proxy checks
@@ -195,6 +244,7 @@ def _session_pids(sid: int) -> list[int]:
 def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_rule(tmp_path, token_cache):
     """Three rungs (width 32, 48, 64) of AdamW and GaLore on the embedded corpus with a 512-piece corpus
     tokenizer; the driver is killed (with its Ray processes) once rung 2 has started, then resumed."""
+    import html
     import json
     import os
     import signal
@@ -257,11 +307,21 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
         finished = [json.dumps(r["params"], sort_keys=True) for r in rows if r["status"] == "finished"]
         assert len(finished) == len(set(finished)) == 6  # every point trained to the end exactly once
         assert all(r["status"] in ("finished", "lost") for r in rows)  # a run the kill interrupted: lost
+    # MLflow: one parent run per rung (the resumed rung kept its own) in the ladder's experiment, and the ladder run
+    from ranktune.platform.tracking import mlflow_client
+
+    states = [load_state(storage / "rungs" / name)[1] for name in ("1-w32", "2-w48", "3-w64")]
+    client = mlflow_client(states[0]["tracking_uri"])
+    assert {s["experiment_id"] for s in states} == {states[0]["experiment_id"]}
+    assert [client.get_run(s["parent_run_id"]).info.run_name for s in states] == ["lad-w32", "lad-w48", "lad-w64"]
+    runs = client.search_runs([states[0]["experiment_id"]], "tags.`ranktune.kind` = 'ladder'")
+    assert [(r.info.run_name, r.info.status) for r in runs] == [("lad-ladder", "FINISHED")]
     assert [(c["lower"], c["upper"]) for c in ladder["comparisons"]] == [("w32", "w48"), ("w48", "w64"),
                                                                          ("w32", "w64")]  # fmt: skip
     assert ladder["verdict"] and set(ladder["rules"]) == {"adamw", "galore_adamw"}
     assert ladder["rules"]["galore_adamw"]["step_size"] is not None  # 3 rungs of distinct widths: a fit
-    assert (storage / "ladder.html").is_file() and (storage / "plots" / "ladder_lr_vs_width.png").is_file()
+    assert all((storage / "plots" / f"ladder_{p}.png").is_file() for p in ("loss_vs_size", "lr_vs_width"))
+    assert html.escape(ladder["verdict"]) in (storage / "ladder.html").read_text()
 
     report = subprocess.run([*cli, "report", str(storage)], capture_output=True, text=True, env=env, timeout=300)
     assert report.returncode == 0 and "transfer verdict: " + ladder["verdict"] in report.stdout

@@ -37,7 +37,12 @@ def _param_importances(spec: SweepSpec, path: Path) -> Path | None:
     import optuna
     from optuna.visualization import matplotlib as ovm
 
-    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{spec.storage_dir / 'optuna.db'}")
+    db = spec.storage_dir / "optuna.db"
+    # A sweep of fixed points (a ladder's rung above the first) has no Optuna study: nothing was sampled,
+    # so there are no importances to draw (and opening the file would create an empty one).
+    if not db.is_file() or spec.name not in optuna.study.get_all_study_names(f"sqlite:///{db}"):
+        return None
+    study = optuna.load_study(study_name=spec.name, storage=f"sqlite:///{db}")
     try:
         with warnings.catch_warnings():  # Optuna marks its matplotlib plots experimental
             warnings.simplefilter("ignore")

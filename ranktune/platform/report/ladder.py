@@ -23,13 +23,17 @@ def ladder_lines(ladder: dict[str, Any]) -> list[str]:
                      f"{rung['steps']} steps, {len(rung['configurations'])} configurations")  # fmt: skip
         order = ", ".join(f"{m['method']} {m['loss']:.4f}" for m in rung["method_ranking"])
         lines.append(f"  methods: {order}")
+        ranked = [c for c in rung["configurations"] if c["loss"] is not None]  # ladder.json keeps them best first
+        lines.append("  configurations: " + (", ".join(f"{c['config_id']} ({c['method']}) {c['loss']:.4f}"
+                                                       for c in ranked) or "none finished"))  # fmt: skip
     for c in ladder["comparisons"]:
-        kept = sum(c["best_config_kept"].values())
+        kept = (f"best configuration kept by {sum(c['best_config_kept'].values())} of {len(c['best_config_kept'])} "
+                "methods" if c["best_config_kept"] else "best configuration kept: n/a (one configuration per method)")
         lines.append(
             f"{c['lower']} -> {c['upper']}: Spearman {_f(c['spearman'])}, Kendall {_f(c['kendall'])} over "
             f"{c['configurations']} configurations; methods' order Kendall {_f(c['method_kendall'])} over "
-            f"{c['methods']}; winner {c['lower_winner']} -> {c['upper_winner']}; best configuration kept by "
-            f"{kept} of {len(c['best_config_kept'])} methods; regret {_f(c['regret'], '.4f')}"
+            f"{c['methods']}; winner {c['lower_winner']} -> {c['upper_winner']}; {kept}; "
+            f"regret {_f(c['regret'], '.4f')}"
         )
     lines.append(f"transfer verdict: {ladder['verdict']}")
     for method, rule in sorted(ladder.get("rules", {}).items()):

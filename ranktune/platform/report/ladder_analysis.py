@@ -100,7 +100,8 @@ class Comparison:
     same_winner: bool | None  # the best method is the same at both rungs
     lower_winner: str | None
     upper_winner: str | None
-    best_config_kept: dict[str, bool]  # per method: its best configuration below is still its best above
+    # per method with >= 2 common configurations: its best below is still its best above (with one, trivially true)
+    best_config_kept: dict[str, bool]
     regret: float | None  # upper loss of the lower rung's pick minus the upper rung's best
     lower_pick: str | None = None
 
@@ -145,7 +146,8 @@ def compare(lower_name: str, lower: list[ConfigResult], upper_name: str, upper: 
         methods=len(methods), method_kendall=_correlation("kendall", ma, mb),
         same_winner=None if win_below is None else win_below == win_above,
         lower_winner=win_below, upper_winner=win_above,
-        best_config_kept={m: best_below[m].config_id == best_above[m].config_id for m in methods},
+        best_config_kept={m: best_below[m].config_id == best_above[m].config_id for m in methods
+                          if sum(below[i].method == m for i in common) >= 2},
         regret=regret, lower_pick=pick,
     )  # fmt: skip
 
