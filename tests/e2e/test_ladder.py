@@ -113,7 +113,7 @@ def test_fitted_rules_per_method_and_export_using_them():
 
 
 def test_report_ranks_methods_and_configurations_per_rung():
-    from ranktune.platform.ladder_report import ladder_lines
+    from ranktune.platform.report.ladder import ladder_lines
 
     def config(cid, method, loss):
         return {"config_id": cid, "method": method, "loss": loss}
@@ -175,8 +175,8 @@ def test_a_rung_of_fixed_points_has_no_study_and_so_no_importance_plot(tmp_path)
     27-run second rung did)."""
     import optuna
 
-    from ranktune.platform.ladder import rung_spec
-    from ranktune.platform.report import _param_importances
+    from ranktune.platform.report.figures import _param_importances
+    from ranktune.platform.sweep.ladder import rung_spec
 
     rspec = rung_spec(ladder_spec(tmp_path), 1)
     rspec.storage_dir.mkdir(parents=True)
@@ -308,7 +308,7 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
         assert len(finished) == len(set(finished)) == 6  # every point trained to the end exactly once
         assert all(r["status"] in ("finished", "lost") for r in rows)  # a run the kill interrupted: lost
     # MLflow: one parent run per rung (the resumed rung kept its own) in the ladder's experiment, and the ladder run
-    from ranktune.platform.tracking import mlflow_client
+    from ranktune.platform.tracking.client import mlflow_client
 
     states = [load_state(storage / "rungs" / name)[1] for name in ("1-w32", "2-w48", "3-w64")]
     client = mlflow_client(states[0]["tracking_uri"])

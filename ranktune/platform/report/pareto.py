@@ -100,7 +100,7 @@ def plot_front(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> Path 
 
 
 def format_front(spec: SweepSpec, front: list[dict[str, Any]]) -> list[str]:
-    from ranktune.platform.report_table import method_of
+    from ranktune.platform.report.table import method_of
 
     names = [o.metric for o in spec.all_objectives()]
     lines = [f"Pareto front ({', '.join(f'{o.mode} {o.metric}' for o in spec.all_objectives())}), full-budget trials:"]
