@@ -1,4 +1,5 @@
-"""Shared fixtures: the tiny training config (tests/tiny.py) with a per-session token cache."""
+"""Shared fixtures: the tiny training config (tests/support/tiny.py) with a per-session token cache, and
+the one finished sweep the tests that read a sweep directory share."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import os
 
 import pytest
 import torch
-from support.tiny import tiny_config_dict
+from support.tiny import tiny_config_dict, tiny_sweep_base
 
 from ranktune.search_spaces.spec import spec_from_dict
 from ranktune.trainables.config import apply_overrides, config_from_dict
@@ -50,3 +51,39 @@ def make_spec(make_config, tmp_path, request):
         return spec_from_dict(raw)
 
     return make
+
+
+TARGET_SWEEP_BUDGET_GIB = 0.5  # on CPU: seq_len 32 trials estimate ~0.17 GiB, seq_len 256 ones ~0.83 GiB
+
+
+@pytest.fixture(scope="session")
+def target_sweep(tmp_path_factory, token_cache):
+    """One finished sweep for every test that reads a sweep directory (export, copy and relocation, UI):
+    memory- and target-aware (7b on 24 GiB), 10 grid points of GaLore, ReLoRA, AdamW and LoRA on the tiny
+    setup, a memory budget that prunes seq_len 256. About a minute on a local Ray, built once per session."""
+    import ray
+
+    from ranktune.platform.sweep.driver import run_sweep
+
+    tmp = tmp_path_factory.mktemp("export")
+    raw = {
+        "name": "mem", "storage": str(tmp / "mem"), "max_concurrent": 1,
+        "memory_budget_gib": TARGET_SWEEP_BUDGET_GIB,
+        "target": {"model": "7b", "budget_gib": 24},
+        "base_overrides": tiny_sweep_base(token_cache, relora={"rank": 8, "relora_every": 5,
+                                                               "restart_warmup_steps": 1}),
+        "space": {
+            "params": {"data.seq_len": {"type": "choice", "values": [32, 256]}},
+            "branches": {"key": "optim.name", "choices": {
+                "galore_adamw": {"galore.rank": {"type": "choice", "values": [8, 16]}},
+                "relora": {}, "adamw": {}, "lora": {},
+            }},
+        },
+        "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": 10},
+    }  # fmt: skip
+    spec = spec_from_dict(raw)
+    try:
+        run_sweep(spec, progress=False)
+    finally:
+        ray.shutdown()
+    return spec

@@ -1,6 +1,7 @@
 """Memory- and target-aware sweep and export of its trials to 7b.
 
-One tiny sweep on a local Ray (about a minute) feeds every export check below. It declares the 7b
+One tiny sweep on a local Ray (about a minute; `target_sweep` in tests/conftest.py, shared with the
+copied-sweep and UI tests) feeds every export check below. It declares the 7b
 target: configurations whose 7b run cannot be exported (AdamW: full-rank state; LoRA from a random
 init: a baseline) are not trained, over-budget proxies (seq_len 256) are pruned, and the rest train
 the 7b update rule (per-layer 8-bit GaLore with low-rank accumulation and int8 projectors, ReLoRA
@@ -9,21 +10,10 @@ with 8-bit moments and an int8 base).
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import queue
-import shutil
-import signal
-import subprocess
 import sys
-import threading
-import time
-import urllib.request
 
 import pytest
-from support.browser import dump_dom, needs_chromium, page_text
-from support.tiny import tiny_sweep_base
 
 from ranktune.platform.export.recipe import export_best
 from ranktune.platform.export.rules import ScalingRules
@@ -33,46 +23,14 @@ from ranktune.platform.report.ranking import pick_winner
 from ranktune.platform.report.trials import collect_trials
 from ranktune.platform.store.state import load_state
 from ranktune.platform.tracking.client import PARAMS_TAG, REASON_TAG, STATUS_TAG, child_runs, mlflow_client
-from ranktune.search_spaces import spec_from_dict
 from ranktune.trainables.config import ConfigError, load_config
 from ranktune.trainables.model import build_model, count_parameters, model_config
 
-BUDGET_GIB = 0.5  # on CPU: seq_len 32 trials estimate ~0.17 GiB, seq_len 256 ones ~0.83 GiB
 
-
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory, token_cache):
-    import ray
-
-    from ranktune.platform.sweep.driver import run_sweep
-
-    tmp = tmp_path_factory.mktemp("export")
-    raw = {
-        "name": "mem", "storage": str(tmp / "mem"), "max_concurrent": 1, "memory_budget_gib": BUDGET_GIB,
-        "target": {"model": "7b", "budget_gib": 24},
-        "base_overrides": tiny_sweep_base(token_cache, relora={"rank": 8, "relora_every": 5,
-                                                               "restart_warmup_steps": 1}),
-        "space": {
-            "params": {"data.seq_len": {"type": "choice", "values": [32, 256]}},
-            "branches": {"key": "optim.name", "choices": {
-                "galore_adamw": {"galore.rank": {"type": "choice", "values": [8, 16]}},
-                "relora": {}, "adamw": {}, "lora": {},
-            }},
-        },
-        "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": 10},
-    }  # fmt: skip
-    spec = spec_from_dict(raw)
-    try:
-        run_sweep(spec, progress=False)
-    finally:
-        ray.shutdown()
-    return spec
-
-
-def test_over_budget_and_infeasible_configs_are_not_trained(sweep):
+def test_over_budget_and_infeasible_configs_are_not_trained(target_sweep):
     import optuna
 
-    spec, state = load_state(sweep.storage_dir)
+    spec, state = load_state(target_sweep.storage_dir)
     client = mlflow_client(state.tracking_uri)
     runs = child_runs(client, state.experiment_id, state.parent_run_id)
     assert len(runs) == 10
@@ -103,8 +61,8 @@ def test_over_budget_and_infeasible_configs_are_not_trained(sweep):
     assert winner["params"]["optim.name"] != "adamw"
 
 
-def test_proxies_trained_the_7b_update_rule(sweep):
-    spec, state = load_state(sweep.storage_dir)
+def test_proxies_trained_the_7b_update_rule(target_sweep):
+    spec, state = load_state(target_sweep.storage_dir)
     client = mlflow_client(state.tracking_uri)
     for row in collect_trials(spec, state):
         if row["status"] == "finished" and row["params"]["optim.name"] == "galore_adamw":
@@ -113,14 +71,14 @@ def test_proxies_trained_the_7b_update_rule(sweep):
             assert cfg.galore.accumulation == "low_rank" and cfg.galore.projector_dtype == "int8"
 
 
-def test_export_writes_the_target_aware_sweeps_winner(sweep, tmp_path, capsys):
+def test_export_writes_the_target_aware_sweeps_winner(target_sweep, tmp_path, capsys):
     from ranktune.platform.cli.main import main
     from ranktune.platform.report.ranking import pick_best
 
-    spec, state = load_state(sweep.storage_dir)
+    spec, state = load_state(target_sweep.storage_dir)
     winner = pick_best(collect_trials(spec, state), "min")
     out = tmp_path / "winner_7b.yaml"
-    assert main(["export", str(sweep.storage_dir), "--target", "7b", "--out", str(out)]) == 0
+    assert main(["export", str(target_sweep.storage_dir), "--target", "7b", "--out", str(out)]) == 0
     assert f"exported trial {winner['trial_id']} ->" in capsys.readouterr().out
     cfg = load_config(out)
     assert cfg.tokens_per_step == 131_072 and cfg.model.name == "7b"
@@ -128,19 +86,19 @@ def test_export_writes_the_target_aware_sweeps_winner(sweep, tmp_path, capsys):
     assert memory["source_trial"] == winner["trial_id"] and memory["headroom_bytes"] >= 1 * GIB
 
     # --set that changes what the run sees is said, in the output and the header
-    assert main(["export", str(sweep.storage_dir), "--out", str(out), "--set", "train.batch_size=16"]) == 0
+    assert main(["export", str(target_sweep.storage_dir), "--out", str(out), "--set", "train.batch_size=16"]) == 0
     said = capsys.readouterr().out
     assert "the run now sees tokens per step: 4,096 (16 x 256) instead of the rules' 131,072" in said
     assert "the run now sees tokens in all: 0.614B (150,000 steps) instead of 19.7B (150,000 steps)" in said
     assert "# the run now sees tokens per step: 4,096" in out.read_text()
 
     # On 16 GiB nothing of this sweep's answer fits: exit 2, one line per setting, and the fallback's cost.
-    assert main(["export", str(sweep.storage_dir), "--budget-gib", "16"]) == 2
+    assert main(["export", str(target_sweep.storage_dir), "--budget-gib", "16"]) == 2
     err = capsys.readouterr().err
     assert f"trial {winner['trial_id']} (" in err and "memory: " in err and "--budget-gib" in err
     # On 18 GiB ReLoRA's 7b run fits (16.65 GiB), GaLore's does not (22.45 GiB at micro-batch 1): another
     # trial only when asked, with what it loses.
-    args = ["export", str(sweep.storage_dir), "--budget-gib", "18", "--out", str(out)]
+    args = ["export", str(target_sweep.storage_dir), "--budget-gib", "18", "--out", str(out)]
     if winner["params"]["optim.name"] == "galore_adamw":
         assert main(args) == 2
         assert "--fallback best-fitting: exports trial " in capsys.readouterr().err
@@ -151,8 +109,8 @@ def test_export_writes_the_target_aware_sweeps_winner(sweep, tmp_path, capsys):
         assert main(args) == 0
 
 
-def finished_trial(sweep, method: str) -> str:
-    spec, state = load_state(sweep.storage_dir)
+def finished_trial(target_sweep, method: str) -> str:
+    spec, state = load_state(target_sweep.storage_dir)
     rows = collect_trials(spec, state)
     return next(r["trial_id"] for r in rows if r["status"] == "finished" and r["params"]["optim.name"] == method)
 
@@ -168,13 +126,13 @@ def tiny_swap(out_dir, token_cache, rank_key: str) -> list[str]:
     ]  # fmt: skip
 
 
-def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(sweep, tmp_path, token_cache):
+def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(target_sweep, tmp_path, token_cache):
     from ranktune.platform.cli.main import main
     from ranktune.trainables.trainer import Trainer
 
-    trial = finished_trial(sweep, "relora")
+    trial = finished_trial(target_sweep, "relora")
     out = tmp_path / "relora_7b.yaml"
-    assert main(["export", str(sweep.storage_dir), "--target", "7b", "--trial", trial, "--out", str(out)]) == 0
+    assert main(["export", str(target_sweep.storage_dir), "--target", "7b", "--trial", trial, "--out", str(out)]) == 0
 
     cfg = load_config(out)  # self-contained: loads without the sweep
     assert cfg.model.name == "7b" and cfg.model.activation_checkpointing and cfg.train.precision == "bf16"
@@ -192,7 +150,7 @@ def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(sweep, tmp_path, token_ca
     memory = json.loads(out.with_suffix(".memory.json").read_text())
     assert memory["fits"] and 0 < memory["headroom_bytes"] < 24 * GIB
 
-    _, state = load_state(sweep.storage_dir)
+    _, state = load_state(target_sweep.storage_dir)
     client = mlflow_client(state.tracking_uri)
     exported = {a.path for a in client.list_artifacts(state.parent_run_id, "export")}
     assert {"export/relora_7b.yaml", "export/relora_7b.memory.json"} <= exported
@@ -206,15 +164,15 @@ def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(sweep, tmp_path, token_ca
     assert summary["completed"] and summary["final_eval_loss"] < summary["initial_eval_loss"]
 
 
-def test_export_galore_keeps_the_paper_batch_and_global_clip(sweep, tmp_path, token_cache, capsys):
+def test_export_galore_keeps_the_paper_batch_and_global_clip(target_sweep, tmp_path, token_cache, capsys):
     from ranktune.platform.cli.main import main
     from ranktune.trainables.trainer import Trainer
 
-    spec, state = load_state(sweep.storage_dir)
+    spec, state = load_state(target_sweep.storage_dir)
     trial = next(r["trial_id"] for r in collect_trials(spec, state) if r["status"] == "finished"
                  and r["params"]["optim.name"] == "galore_adamw" and r["params"]["galore.rank"] == 16)  # fmt: skip
     out = tmp_path / "galore_7b.yaml"
-    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(out)]) == 0
+    assert main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out)]) == 0
     cfg = load_config(out)
     assert cfg.optim.name == "galore_adamw8bit" and cfg.galore.per_layer and cfg.galore.accumulation == "low_rank"
     assert cfg.galore.rank == 1024  # 16 of 64 hidden -> 1/4 of 4096, the paper's 7b rank
@@ -228,7 +186,7 @@ def test_export_galore_keeps_the_paper_batch_and_global_clip(sweep, tmp_path, to
     assert memory["fits"] and memory["headroom_bytes"] >= 1 * GIB
 
     # data.max_tokens follows the file's own steps x tokens per step, also after overrides.
-    shorter = export_best(sweep.storage_dir, "7b", 24.0, tmp_path / "short.yaml", trial_id=trial,
+    shorter = export_best(target_sweep.storage_dir, "7b", 24.0, tmp_path / "short.yaml", trial_id=trial,
                           overrides=["train.steps=1000", "train.batch_size=256",
                                      "schedule.warmup_steps=100"])  # fmt: skip
     assert shorter.config.data.max_tokens == 1000 * 256 * 256
@@ -240,16 +198,16 @@ def test_export_galore_keeps_the_paper_batch_and_global_clip(sweep, tmp_path, to
     assert summary["completed"] and summary["final_eval_loss"] < summary["initial_eval_loss"]
 
 
-def test_export_prints_duration_and_sizes_to_tokens_or_days(sweep, tmp_path, capsys):
+def test_export_prints_duration_and_sizes_to_tokens_or_days(target_sweep, tmp_path, capsys):
     from ranktune.platform.cli.main import main
 
-    spec, state = load_state(sweep.storage_dir)
+    spec, state = load_state(target_sweep.storage_dir)
     trial = next(r["trial_id"] for r in collect_trials(spec, state) if r["status"] == "finished"
                  and r["params"]["optim.name"] == "galore_adamw" and r["params"]["galore.rank"] == 16)  # fmt: skip
     out = tmp_path / "tokens.yaml"
     budget = 3000 * 512 * 256
     capsys.readouterr()
-    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(out), "--tokens", str(budget)]) == 0
+    assert main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out), "--tokens", str(budget)]) == 0
     printed = capsys.readouterr().out
     cfg = load_config(out)
     assert cfg.train.steps * cfg.tokens_per_step == budget == cfg.data.max_tokens
@@ -258,7 +216,7 @@ def test_export_prints_duration_and_sizes_to_tokens_or_days(sweep, tmp_path, cap
                  "compute-optimal", "utilisation (assumed)"):  # fmt: skip
         assert text in header and text.removeprefix("# ") in printed
     out = tmp_path / "days.yaml"
-    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(out), "--days", "3",
+    assert main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out), "--days", "3",
                  "--card", "h100"]) == 0  # fmt: skip
     cfg = load_config(out)
     assert cfg.train.steps * cfg.tokens_per_step == cfg.data.max_tokens
@@ -267,121 +225,9 @@ def test_export_prints_duration_and_sizes_to_tokens_or_days(sweep, tmp_path, cap
     assert main(["estimate", str(out), "--card", "h100"]) in (0, 1)
     assert "Wall time: 3.0 days" in capsys.readouterr().out
     # The budget decides steps: a --set of them as well is refused.
-    assert main(["export", str(sweep.storage_dir), "--trial", trial, "--out", str(out), "--days", "3",
+    assert main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out), "--days", "3",
                  "--set", "train.steps=10"]) == 2  # fmt: skip
     assert "--tokens / --days decide it" in capsys.readouterr().err
-
-
-def _cli(*args: str) -> list[str]:
-    return [sys.executable, "-m", "ranktune.platform.cli", *args]
-
-
-def _start_ui(sweep_dir, cwd, port: int) -> tuple[subprocess.Popen, queue.Queue]:
-    """`ranktune ui` in its own session (so the test can stop all of it), its output lines in a queue."""
-    proc = subprocess.Popen(_cli("ui", str(sweep_dir), "--port", str(port)), cwd=cwd, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
-    lines: queue.Queue = queue.Queue()
-    threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
-    return proc, lines
-
-
-def _wait_for_line(lines: queue.Queue, seen: list[str], start: str, timeout_s: float) -> str:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        seen.append(line)
-        if line.startswith(start):
-            return line
-    raise AssertionError(f"no line starting {start!r} within {timeout_s:g} s:\n{''.join(seen)[-3000:]}")
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(proc.pid, signal.SIGTERM)  # ranktune ui stops mlflow ui and its workers on SIGTERM
-    try:
-        proc.wait(timeout=60)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-@pytest.mark.slow  # report, export, ui and --resume on the copy: about two minutes on 2 cores
-def test_a_copied_sweep_works_from_another_directory_with_the_original_gone(sweep, tmp_path):
-    """The module's finished sweep, copied; the original renamed away (restored after, for the other
-    tests); every command run from an unrelated working directory must use the copy alone."""
-    from ranktune.platform.serve.cluster import free_port
-
-    original = sweep.storage_dir
-    copy, elsewhere = tmp_path / "moved" / original.name, tmp_path / "elsewhere"
-    shutil.copytree(original, copy)
-    elsewhere.mkdir()
-    parked = original.with_name(original.name + "-parked")
-    original.rename(parked)
-    outputs: dict[str, str] = {}
-    try:
-        for name, args in {"report": ("report", str(copy)), "export": ("export", str(copy), "--target", "7b"),
-                           "resume": ("sweep", "--resume", str(copy), "--quiet")}.items():  # fmt: skip
-            done = subprocess.run(_cli(*args), cwd=elsewhere, capture_output=True, text=True, timeout=600)
-            outputs[name] = done.stdout + done.stderr
-            assert done.returncode == 0, f"{name}:\n{outputs[name][-3000:]}"
-        assert (copy / "export_7b.yaml").is_file() and "winner:" in outputs["report"]
-
-        _, state = load_state(copy)
-        port, seen = free_port(), []
-        ui, lines = _start_ui(copy, elsewhere, port)
-        try:
-            _wait_for_line(lines, seen, "MLflow UI for", timeout_s=300)
-            base = f"http://127.0.0.1:{port}"
-            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={state.parent_run_id}",
-                                        timeout=30) as response:  # fmt: skip
-                artifact_uri = json.load(response)["run"]["info"]["artifact_uri"]
-            assert artifact_uri.startswith(copy.resolve().as_uri()), artifact_uri
-            # Served from the copy: the original is gone, so these bytes can only come from there.
-            url = f"{base}/get-artifact?path=results.json&run_uuid={state.parent_run_id}"
-            with urllib.request.urlopen(url, timeout=30) as response:
-                assert json.loads(response.read()) == json.loads((copy / "results.json").read_text())
-        finally:
-            _stop(ui)
-        outputs["ui"] = "".join(seen)
-        assert not original.exists()  # nothing recreated the old place
-    finally:
-        if not original.exists():
-            parked.rename(original)
-    for name, text in outputs.items():
-        assert str(original) not in text, f"{name} names the old place:\n{text[-3000:]}"
-    assert list(elsewhere.iterdir()) == []  # no stray ./sweeps (or anything else) in the working directory
-    rows = collect_trials(*load_state(copy))
-    # 4 finished (GaLore x2, ReLoRA, and AdamW as the reference): resume re-ran nothing
-    assert len(rows) == 10 and sum(r["status"] == "finished" for r in rows) == 4
-
-
-@needs_chromium
-@pytest.mark.slow  # `mlflow ui` takes 20-60 s to answer on 2 cores, Chromium 15 s more
-def test_mlflow_ui_opens_on_the_trials_in_the_training_view(sweep, tmp_path):
-    """The URL `ranktune ui` prints, in headless Chromium: the training view (not GenAI's traces), the
-    trials listed (not folded under the sweep's parent) by their method-prefixed names, with status."""
-    from ranktune.platform.serve.cluster import free_port
-
-    spec, state = load_state(sweep.storage_dir)
-    client = mlflow_client(state.tracking_uri)
-    trials = child_runs(client, state.experiment_id, state.parent_run_id)
-    port, seen = free_port(), []
-    ui, lines = _start_ui(sweep.storage_dir, tmp_path, port)
-    try:
-        line = _wait_for_line(lines, seen, "MLflow UI for", timeout_s=300)
-        url = line.split(": ", 1)[1].split()[0]
-        text = page_text(dump_dom(url, size="2400,1200"))
-    finally:
-        _stop(ui)
-    assert "Training runs" not in text and "Observability" not in text, text[:1500]  # GenAI's navigation
-    assert f"{len(trials)} matching runs" in text, text[:1500]  # the trials, without their parent
-    for run in trials:
-        method = json.loads(run.data.tags[PARAMS_TAG])["optim.name"]
-        assert run.info.run_name.startswith(f"{method}-") and run.info.run_name in text, (run.info.run_name, text)
-    assert "finished" in text and "pruned_memory" in text  # the ranktune.status column
 
 
 def test_export_refuses_without_a_finished_trial():

@@ -14,6 +14,7 @@ import threading
 import time
 
 import pytest
+from support.paths import SWEEP_BEFORE_MOVE
 
 from ranktune.platform.serve import processes as serve
 from ranktune.trainables.config import ConfigError
@@ -161,10 +162,9 @@ def test_dashboard_listens_on_ipv6_loopback(tmp_path):
     """Issue 24.18: `ranktune dashboard DIR --host ::1` failed ("'' is not a valid port number")."""
     import shutil
     import urllib.request
-    from pathlib import Path
 
     sweep_dir = tmp_path / "sweep"
-    shutil.copytree(Path(__file__).parent / "data" / "sweep_before_move", sweep_dir)
+    shutil.copytree(SWEEP_BEFORE_MOVE, sweep_dir)
     port = free_port()
     command = [sys.executable, "-m", "ranktune.platform.cli", "dashboard", str(sweep_dir), "--host", "::1",
                "--port", str(port)]  # fmt: skip

@@ -199,7 +199,7 @@ def test_a_trial_failed_after_its_step_0_evaluation_has_no_objective(tmp_path, m
     assert [m.step for m in client.get_metric_history(runs["bad"].info.run_id, "last_eval_loss")] == [0]
 
     spec = make_spec(budget={"num_trials": 2, "steps_per_trial": 40})
-    state = {"tracking_uri": uri, "experiment_id": experiment, "parent_run_id": parent}
+    state = SweepState(spec={}, tracking_uri=uri, experiment_id=experiment, parent_run_id=parent)
     rows = {r["trial_id"]: r for r in collect_trials(spec, state)}
     assert rows["bad"]["status"] == "failed" and rows["bad"]["objective"] is None
     assert rows["bad"]["last_objective"] == 5.0 and rows["bad"]["step"] == 0
@@ -227,5 +227,5 @@ def test_a_failed_run_recorded_before_the_fix_shows_no_objective(tmp_path, make_
     client.log_metric(run_id, "final_eval_loss", 5.0)  # what on_trial_error wrote before
     client.set_tag(run_id, STATUS_TAG, "failed")
     spec = make_spec(budget={"num_trials": 1, "steps_per_trial": 40})
-    [row] = collect_trials(spec, {"tracking_uri": uri, "experiment_id": experiment, "parent_run_id": parent})
+    [row] = collect_trials(spec, SweepState(spec={}, tracking_uri=uri, experiment_id=experiment, parent_run_id=parent))
     assert row["objective"] is None and row["last_objective"] == 5.0

@@ -1,5 +1,3 @@
-"""The `ranktune` command line."""
+"""The `ranktune` command line: main.py (the parser and its error handling) and one module per command group.
 
-from ranktune.platform.cli.main import main
-
-__all__ = ["main"]
+The entry point is `ranktune.platform.cli.main:main`; `python -m ranktune.platform.cli` runs it too."""
