@@ -50,12 +50,15 @@ def main() -> None:
     for name in args.models:
         shape = MODEL_PRESETS[name]
         for rank in (shape.hidden_size // 4, 1):
-            steppers = {s: block_stepper(shape.hidden_size, shape.intermediate_size, rank, s)
-                        for s in ("matrix", "seed")}  # fmt: skip
+            steppers = {
+                s: block_stepper(shape.hidden_size, shape.intermediate_size, rank, s) for s in ("matrix", "seed")
+            }
             median = medians(interleaved(steppers, rounds=args.repeats))
             stored, seeded = median["matrix"], median["seed"]
-            print(f"{name} rank {rank:4d}: stored {stored * 1e3:8.1f} ms  regenerated {seeded * 1e3:8.1f} ms  "
-                  f"regenerated/stored {seeded / stored:.2f}")  # fmt: skip
+            print(
+                f"{name} rank {rank:4d}: stored {stored * 1e3:8.1f} ms  regenerated {seeded * 1e3:8.1f} ms  "
+                f"regenerated/stored {seeded / stored:.2f}"
+            )
 
 
 if __name__ == "__main__":

@@ -44,12 +44,19 @@ def run(name: str, lr: float, args: argparse.Namespace) -> tuple[float, float]:
             "data": {"source": "embedded", "seq_len": args.seq_len, "max_tokens": args.max_tokens},
             "optim": {"name": name, "lr": lr},
             "schedule": {"name": "cosine", "warmup_steps": args.steps // 10, "min_lr_ratio": 0.1},
-            "train": {"steps": args.steps, "batch_size": args.batch, "micro_batch_size": args.batch,
-                      "eval_every": args.steps, "eval_blocks": args.eval_blocks, "log_every": args.steps,
-                      "seed": 0, "device": "cpu"},
+            "train": {
+                "steps": args.steps,
+                "batch_size": args.batch,
+                "micro_batch_size": args.batch,
+                "eval_every": args.steps,
+                "eval_blocks": args.eval_blocks,
+                "log_every": args.steps,
+                "seed": 0,
+                "device": "cpu",
+            },
             "output": {"dir": out, "checkpoint_every": 0},
             **method_sections(name, args.rank, args.steps // 2),
-        }  # fmt: skip
+        }
         start = time.perf_counter()
         summary = Trainer(config_from_dict(raw), progress=False).fit()
         return summary["final_eval_loss"], time.perf_counter() - start
@@ -78,9 +85,11 @@ def main() -> None:
             if name not in best or loss < best[name][0]:
                 best[name] = (loss, lr)
 
-    print(f"\ntiny model, {args.steps} steps x {args.batch} x {args.seq_len} tokens, embedded corpus, "
-          f"rank {args.rank} (APOLLO-Mini 1), update_proj_gap {args.steps // 2}, "
-          "best of each method's lr grid")  # fmt: skip
+    print(
+        f"\ntiny model, {args.steps} steps x {args.batch} x {args.seq_len} tokens, embedded corpus, "
+        f"rank {args.rank} (APOLLO-Mini 1), update_proj_gap {args.steps // 2}, "
+        "best of each method's lr grid"
+    )
     print("| method | held-out loss | lr | vs AdamW |\n|---|---|---|---|")
     ref = best.get("adamw", (None,))[0]
     for name, (loss, lr) in best.items():

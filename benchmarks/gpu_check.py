@@ -85,15 +85,31 @@ TINY = {"name": "tiny", "hidden_size": 64, "intermediate_size": 172, "num_heads"
 CUDA_SCALE = Scale(
     models={"60m": {"name": "60m"}, "350m": {"name": "350m"}, "1b": {"name": "1b"}, "7b": {"name": "7b"}},
     sizes=("60m", "350m", "1b"),
-    seq_len=256, micro_batch=16, accum_batch=512, steps=7, warmup=2, big_steps=3,
-    galore_rank=128, big_galore_rank=1024, lora_rank=128, vocab_size=32000,
-)  # fmt: skip
+    seq_len=256,
+    micro_batch=16,
+    accum_batch=512,
+    steps=7,
+    warmup=2,
+    big_steps=3,
+    galore_rank=128,
+    big_galore_rank=1024,
+    lora_rank=128,
+    vocab_size=32000,
+)
 SMOKE_SCALE = Scale(
     models={name: TINY for name in ("60m", "350m", "1b", "7b")},
     sizes=("60m",),  # the tiny model stands in for every size: one set of method rows is enough
-    seq_len=32, micro_batch=4, accum_batch=8, steps=2, warmup=1, big_steps=2,
-    galore_rank=8, big_galore_rank=8, lora_rank=8, vocab_size=1024,
-)  # fmt: skip
+    seq_len=32,
+    micro_batch=4,
+    accum_batch=8,
+    steps=2,
+    warmup=1,
+    big_steps=2,
+    galore_rank=8,
+    big_galore_rank=8,
+    lora_rank=8,
+    vocab_size=1024,
+)
 
 
 @dataclass
@@ -140,12 +156,18 @@ def base_config(scale: Scale, model: str, steps: int, device: str, out_dir: str)
         "model": dict(scale.models[model]),
         "data": {"source": "synthetic", "seq_len": scale.seq_len, "vocab_size": scale.vocab_size},
         "train": {
-            "steps": steps, "batch_size": scale.micro_batch, "micro_batch_size": scale.micro_batch,
-            "precision": "bf16", "device": device, "eval_every": 10**9, "eval_blocks": 4, "log_every": steps,
+            "steps": steps,
+            "batch_size": scale.micro_batch,
+            "micro_batch_size": scale.micro_batch,
+            "precision": "bf16",
+            "device": device,
+            "eval_every": 10**9,
+            "eval_blocks": 4,
+            "log_every": steps,
         },
         "schedule": {"warmup_steps": 0},
         "output": {"dir": out_dir, "checkpoint_every": 0},
-    }  # fmt: skip
+    }
 
 
 def expected_seconds(raw: dict, steps: int) -> float:
@@ -202,8 +224,10 @@ def plan_rows(scale: Scale, device: str, out_dir: str) -> list[Row]:
         raw = deep_merge(base_config(scale, "350m", scale.steps, device, out_dir), {"train": {"compile": compile_on}})
         skip = None
         if compile_on and scale is SMOKE_SCALE:
-            skip = ("smoke run: inductor's first compile takes minutes on a small CPU; "
-                    "tests/test_gpu_check.py::test_train_compile_matches_eager covers train.compile")  # fmt: skip
+            skip = (
+                "smoke run: inductor's first compile takes minutes on a small CPU; "
+                "tests/test_gpu_check.py::test_train_compile_matches_eager covers train.compile"
+            )
         rows.append(Row(f"350m adamw compile {'on' if compile_on else 'off'}", "compile", raw, skip_reason=skip))
     rows.append(accum_row)
 
@@ -224,9 +248,16 @@ def export_micro_batches() -> tuple[dict, list[int]]:
     from ranktune.platform.export.rules import ScalingRules
 
     # Synthetic data of the tokenizer's vocabulary (32000): the device has no mistral-common to read it from.
-    proxy = config_from_dict({"model": {"name": "60m"}, "optim": {"name": "galore_adamw"}, "galore": {"rank": 128},
-                              "data": {"source": "synthetic", "vocab_size": 32000},
-                              "train": {"steps": 1000}, "schedule": {"warmup_steps": 100}})  # fmt: skip
+    proxy = config_from_dict(
+        {
+            "model": {"name": "60m"},
+            "optim": {"name": "galore_adamw"},
+            "galore": {"rank": 128},
+            "data": {"source": "synthetic", "vocab_size": 32000},
+            "train": {"steps": 1000},
+            "schedule": {"warmup_steps": 100},
+        }
+    )
     rules = ScalingRules(data_source="proxy")
     cfg, _, choice = fit_micro_batch_choice(map_to_target(proxy, "7b", rules), [], rules, DEFAULT_BUDGET_GIB)
     mbs = [choice.chosen.train.micro_batch_size]
@@ -239,16 +270,30 @@ def throughput_rows(scale: Scale, device: str, out_dir: str, bnb: str | None) ->
     exported, mbs = export_micro_batches()
     rows = []
     for mb in mbs:
-        raw = deep_merge(exported, {
-            "model": scale.models["7b"] | {"activation_checkpointing": True},
-            "data": {"source": "synthetic", "seq_len": scale.seq_len, "vocab_size": scale.vocab_size,
-                     "max_tokens": None},
-            "galore": {"svd": "randomized", "rank": scale.big_galore_rank},  # a full SVD of 224 matrices: minutes
-            "train": {"steps": scale.big_steps, "micro_batch_size": mb, "batch_size": mb * THROUGHPUT_ACCUMULATION,
-                      "device": device, "eval_every": 10**9, "eval_blocks": 4, "log_every": scale.big_steps},
-            "schedule": {"warmup_steps": 0},
-            "output": {"dir": out_dir, "checkpoint_every": 0},
-        })  # fmt: skip
+        raw = deep_merge(
+            exported,
+            {
+                "model": scale.models["7b"] | {"activation_checkpointing": True},
+                "data": {
+                    "source": "synthetic",
+                    "seq_len": scale.seq_len,
+                    "vocab_size": scale.vocab_size,
+                    "max_tokens": None,
+                },
+                "galore": {"svd": "randomized", "rank": scale.big_galore_rank},  # a full SVD of 224 matrices: minutes
+                "train": {
+                    "steps": scale.big_steps,
+                    "micro_batch_size": mb,
+                    "batch_size": mb * THROUGHPUT_ACCUMULATION,
+                    "device": device,
+                    "eval_every": 10**9,
+                    "eval_blocks": 4,
+                    "log_every": scale.big_steps,
+                },
+                "schedule": {"warmup_steps": 0},
+                "output": {"dir": out_dir, "checkpoint_every": 0},
+            },
+        )
         if bnb is not None:
             raw["optim"]["name"] = "galore_adamw"
         label = f"7b throughput {raw['optim']['name']} mb {mb} x{THROUGHPUT_ACCUMULATION} micro-batches"
@@ -269,8 +314,17 @@ def record_throughput(rows: list[Row], meta: dict, path: Path) -> list[str]:
         r = row.result
         if row.kind == "throughput" and r.get("status") == "ok" and "tokens_per_s" in r:
             cfg = config_from_dict(row.raw)
-            record = MeasuredThroughput(key, meta["device_name"], "7b", cfg.optim.name, cfg.train.micro_batch_size,
-                                        cfg.data.seq_len, True, r["tokens_per_s"], meta["started"][:10])  # fmt: skip
+            record = MeasuredThroughput(
+                key,
+                meta["device_name"],
+                "7b",
+                cfg.optim.name,
+                cfg.train.micro_batch_size,
+                cfg.data.seq_len,
+                True,
+                r["tokens_per_s"],
+                meta["started"][:10],
+            )
             record_measured(path, record)
             lines.append(f"recorded {record.tokens_per_s:.0f} tokens/s ({row.label}) for {key} in {path}")
     return lines
@@ -410,8 +464,12 @@ def sdpa_backends_alone(q: torch.Tensor) -> dict[str, str]:
     from torch.nn.attention import SDPBackend, sdpa_kernel
 
     out = {}
-    for backend in (SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.CUDNN_ATTENTION,
-                    SDPBackend.MATH):  # fmt: skip
+    for backend in (
+        SDPBackend.FLASH_ATTENTION,
+        SDPBackend.EFFICIENT_ATTENTION,
+        SDPBackend.CUDNN_ATTENTION,
+        SDPBackend.MATH,
+    ):
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
@@ -444,9 +502,13 @@ def run_sdpa_row(row: Row, device: torch.device) -> dict:
     kernels = sorted(n for n in names if any(k in n.lower() for k in ("flash", "fmha", "attention", "sdpa")))
     llama = trainer.llama_cfg
     q = torch.randn(
-        cfg.train.micro_batch_size, llama.num_heads, cfg.data.seq_len, llama.head_size,
-        device=trainer.device, dtype=next(trainer.model.parameters()).dtype,
-    )  # fmt: skip
+        cfg.train.micro_batch_size,
+        llama.num_heads,
+        cfg.data.seq_len,
+        llama.head_size,
+        device=trainer.device,
+        dtype=next(trainer.model.parameters()).dtype,
+    )
     result = {
         "sdpa_backend": ", ".join(ran) if ran else "none found",
         "sdpa_ops": sorted(n for n in names if "scaled_dot_product" in n),
@@ -477,26 +539,46 @@ def table_cells(row: Row) -> list[str]:
     ratio = r.get("estimate_ratio")
     notes = list(r["notes"])
     if "estimate_tokens_per_s" in r:
-        notes.insert(0, f"duration estimate {r['estimate_tokens_per_s']:.0f} tokens/s on {r['estimate_card']} "
-                        "(assumed utilisation)")  # fmt: skip
+        notes.insert(
+            0,
+            f"duration estimate {r['estimate_tokens_per_s']:.0f} tokens/s on {r['estimate_card']} "
+            "(assumed utilisation)",
+        )
     if row.kind == "7b":
         measured = fmt_gib(r.get("footprint_bytes")) or "n/a"
-        notes.insert(0, f"footprint {measured} vs est {fmt_gib(r['estimate_total_bytes'])} vs budget "
-                        f"{fmt_gib(r['budget_bytes'])} GiB")  # fmt: skip
+        notes.insert(
+            0,
+            f"footprint {measured} vs est {fmt_gib(r['estimate_total_bytes'])} vs budget "
+            f"{fmt_gib(r['budget_bytes'])} GiB",
+        )
         if "build_peak_bytes" in r:
             notes.insert(1, f"build peak {fmt_gib(r['build_peak_bytes'])} GiB")
     return [
-        row.label, "ok",
+        row.label,
+        "ok",
         f"{r['tokens_per_s']:.0f}" if "tokens_per_s" in r else "",
-        fmt_gib(r.get("peak_allocated_bytes")), fmt_gib(r["estimate_allocated_bytes"]),
+        fmt_gib(r.get("peak_allocated_bytes")),
+        fmt_gib(r["estimate_allocated_bytes"]),
         "" if ratio is None else f"{ratio:.3f}{'' if r['within_tolerance'] else ' !'}",
-        fmt_gib(r.get("peak_reserved_bytes")), fmt_gib(r["estimate_total_bytes"]),
-        f"{r['first_step_s']:.1f}", "; ".join(notes),
-    ]  # fmt: skip
+        fmt_gib(r.get("peak_reserved_bytes")),
+        fmt_gib(r["estimate_total_bytes"]),
+        f"{r['first_step_s']:.1f}",
+        "; ".join(notes),
+    ]
 
 
-HEADER = ["row", "status", "tokens/s", "peak alloc GiB", "est alloc GiB", "est/meas", "peak reserved GiB",
-          "est total GiB", "first step s", "notes"]  # fmt: skip
+HEADER = [
+    "row",
+    "status",
+    "tokens/s",
+    "peak alloc GiB",
+    "est alloc GiB",
+    "est/meas",
+    "peak reserved GiB",
+    "est total GiB",
+    "first step s",
+    "notes",
+]
 
 
 def markdown(rows: list[Row], meta: dict) -> str:
@@ -541,9 +623,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     parser.add_argument("--time-budget-s", type=float, default=DEFAULT_TIME_BUDGET_S)
     parser.add_argument("--only", default="", help="comma-separated substrings: run only rows whose label has one")
-    parser.add_argument("--record", metavar="PATH", help="save the 7b throughput rows as measured figures (a JSON "
-                        "file ranktune.platform.duration reads: ranktune/platform/measured_throughput.json, or "
-                        "$RANKTUNE_CACHE/measured_throughput.json)")  # fmt: skip
+    parser.add_argument(
+        "--record",
+        metavar="PATH",
+        help="save the 7b throughput rows as measured figures (a JSON "
+        "file ranktune.platform.duration reads: ranktune/platform/measured_throughput.json, or "
+        "$RANKTUNE_CACHE/measured_throughput.json)",
+    )
     args = parser.parse_args(argv)
 
     started = time.perf_counter()
@@ -596,8 +682,11 @@ def main(argv: list[str] | None = None) -> int:
                     failed = True
                     message = str(exc).splitlines()[0] if str(exc) else ""
                     # The whole traceback: a device run is one shot, its failures must be fixable from the output.
-                    row.result = {"status": "failed", "reason": f"{type(exc).__name__}: {message}",
-                                  "traceback": traceback.format_exc()}  # fmt: skip
+                    row.result = {
+                        "status": "failed",
+                        "reason": f"{type(exc).__name__}: {message}",
+                        "traceback": traceback.format_exc(),
+                    }
                     print(row.result["traceback"], file=sys.stderr, flush=True)
                 row.result["wall_s"] = time.perf_counter() - t0
                 free_memory(device)

@@ -29,20 +29,29 @@ def table(ladder: dict) -> str:
     ]
     for c in ladder["comparisons"]:
         kept = f"{sum(c['best_config_kept'].values())}/{len(c['best_config_kept'])}" if c["best_config_kept"] else "n/a"
-        lines.append(f"| {c['lower']} -> {c['upper']} | {c['configurations']} | {f(c['spearman'])} "
-                     f"| {f(c['kendall'])} | {c['methods']} | {f(c['method_kendall'])} "
-                     f"| {c['lower_winner']} -> {c['upper_winner']} | {kept} "
-                     f"| {f(c['regret'], '.4f')} |")  # fmt: skip
-    lines += ["", "| rung | width | layers | parameters | matrix share | steps | methods, best first (held-out loss) |",
-              "|---|---|---|---|---|---|---|"]  # fmt: skip
+        lines.append(
+            f"| {c['lower']} -> {c['upper']} | {c['configurations']} | {f(c['spearman'])} "
+            f"| {f(c['kendall'])} | {c['methods']} | {f(c['method_kendall'])} "
+            f"| {c['lower_winner']} -> {c['upper_winner']} | {kept} "
+            f"| {f(c['regret'], '.4f')} |"
+        )
+    lines += [
+        "",
+        "| rung | width | layers | parameters | matrix share | steps | methods, best first (held-out loss) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in ladder["rungs"]:
         order = ", ".join(f"{m['method']} {m['loss']:.3f}" for m in r["method_ranking"])
-        lines.append(f"| {r['name']} | {r['width']} | {r['num_layers']} | {r['parameters'] / 1e6:.2f}M "
-                     f"| {r['matrix_share']:.0%} | {r['steps']} | {order} |")  # fmt: skip
+        lines.append(
+            f"| {r['name']} | {r['width']} | {r['num_layers']} | {r['parameters'] / 1e6:.2f}M "
+            f"| {r['matrix_share']:.0%} | {r['steps']} | {order} |"
+        )
     lines += ["", f"Verdict: {ladder['verdict']}", ""]
     for method, rule in sorted(ladder["rules"].items()):
-        lines.append(f"- {method}: {rule['step_size_text'] or 'no fit'}; {rule['rank_note']}"
-                     f"{'; ' + rule['note'] if rule['note'] else ''}")  # fmt: skip
+        lines.append(
+            f"- {method}: {rule['step_size_text'] or 'no fit'}; {rule['rank_note']}"
+            f"{'; ' + rule['note'] if rule['note'] else ''}"
+        )
     return "\n".join(lines)
 
 

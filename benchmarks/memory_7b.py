@@ -62,8 +62,10 @@ def main() -> None:
             f" {f'{100 * paper_total_cut:.1f}%' if paper_total_cut else '':>6s}"
         )
     per_layer = rows["8-bit GaLore, per-layer"]
-    print(f"\n8-bit GaLore per-layer: {per_layer.total / GB:.2f} GB estimated (ranktune total) vs about "
-          f"{PAPER_TOTAL['8-bit GaLore, per-layer']:.0f} GB in the paper")  # fmt: skip
+    print(
+        f"\n8-bit GaLore per-layer: {per_layer.total / GB:.2f} GB estimated (ranktune total) vs about "
+        f"{PAPER_TOTAL['8-bit GaLore, per-layer']:.0f} GB in the paper"
+    )
 
 
 if __name__ == "__main__":

@@ -110,10 +110,15 @@ def build_row(sections: dict, args: argparse.Namespace, output_dir: str) -> tupl
         "model": {"name": args.model},
         "data": {"seq_len": args.seq_len},
         "schedule": {"name": "constant", "warmup_steps": 0},  # every row at the configured LR
-        "train": {"steps": 10_000, "batch_size": args.batch, "micro_batch_size": args.batch, "device": "cpu",
-                  "seed": 0},
+        "train": {
+            "steps": 10_000,
+            "batch_size": args.batch,
+            "micro_batch_size": args.batch,
+            "device": "cpu",
+            "seed": 0,
+        },
         "output": {"dir": output_dir},
-    }  # fmt: skip
+    }
     for section, values in sections.items():
         raw.setdefault(section, {}).update(values)
     trainer = Trainer(config_from_dict(raw), progress=False)

@@ -34,12 +34,17 @@ VOCAB, SEQ = 256, 32
 
 def config(hidden: int, optim: dict, section: str | None = None, keys: dict | None = None, layers: int = 2):
     raw = {
-        "model": {"name": "tiny", "hidden_size": hidden, "intermediate_size": int(hidden * 2.6875), "num_heads": 4,
-                  "num_layers": layers},
+        "model": {
+            "name": "tiny",
+            "hidden_size": hidden,
+            "intermediate_size": int(hidden * 2.6875),
+            "num_heads": 4,
+            "num_layers": layers,
+        },
         "data": {"source": "synthetic", "vocab_size": VOCAB, "seq_len": SEQ},
         "optim": optim,
         "train": {"batch_size": 8, "micro_batch_size": 8, "grad_clip": 0.0, "device": "cpu", "precision": "fp32"},
-    }  # fmt: skip
+    }
     if section:
         raw[section] = keys or {}
     return config_from_dict(raw)
@@ -129,9 +134,11 @@ def sketch_error() -> None:
                 total += low.square().sum().item() + residual.square().sum().item()
             errors.append(total**0.5 / exact - 1)
         projected_only = (rest + sum(project(p.grad, s).square().sum().item() for p, s in projected_matrices)) ** 0.5
-        print(f"   hidden {hidden}, rank {rank}: mean error {statistics.mean(errors):+.4f}, "
-              f"std {statistics.stdev(errors):.4f}, max |error| {max(abs(e) for e in errors):.4f}; "
-              f"projected-only norm / full {projected_only / exact:.3f}")  # fmt: skip
+        print(
+            f"   hidden {hidden}, rank {rank}: mean error {statistics.mean(errors):+.4f}, "
+            f"std {statistics.stdev(errors):.4f}, max |error| {max(abs(e) for e in errors):.4f}; "
+            f"projected-only norm / full {projected_only / exact:.3f}"
+        )
 
 
 def train_step(model, method, data) -> Callable[[], None]:
@@ -151,11 +158,17 @@ def train_step(model, method, data) -> Callable[[], None]:
 def step_times(rounds: int = 7) -> None:
     print("4. APOLLO / Fira step time on CPU, global batch 16 in 4 micro-batches (median, ratio to whole-model)")
     data = batches(1, 16)[0]
-    for name, section, keys in (("apollo_adamw", "apollo", {"rank": 32}), ("apollo_mini", "apollo_mini", {}),
-                                ("fira_adamw", "fira", {"rank": 32})):  # fmt: skip
+    for name, section, keys in (
+        ("apollo_adamw", "apollo", {"rank": 32}),
+        ("apollo_mini", "apollo_mini", {}),
+        ("fira_adamw", "fira", {"rank": 32}),
+    ):
         rows = {}
-        for mode, extra in (("whole-model", {}), ("per-layer device", {"per_layer": True}),
-                            ("per-layer host", {"per_layer": True, "full_grad_buffer": "host"})):  # fmt: skip
+        for mode, extra in (
+            ("whole-model", {}),
+            ("per-layer device", {"per_layer": True}),
+            ("per-layer host", {"per_layer": True, "full_grad_buffer": "host"}),
+        ):
             cfg = config(128, {"name": name, "lr": 1e-3}, section, {**keys, "update_proj_gap": 1000, **extra})
             torch.manual_seed(0)
             model = build_model(cfg.model.llama_config(vocab_size=VOCAB))

@@ -42,14 +42,21 @@ MODES = {
 
 
 def make_config(mode: dict, layers: int, micro_batch: int, seq_len: int, accum: int):
-    return config_from_dict({
-        "model": {"name": "350m", "num_layers": layers},
-        "data": {"seq_len": seq_len},
-        "optim": {"name": "galore_adamw", "lr": 1e-3},
-        "galore": {"rank": 256, "update_proj_gap": 200, "svd": "randomized", "svd_power_iters": 0, **mode},
-        "train": {"batch_size": micro_batch * accum, "micro_batch_size": micro_batch, "grad_clip": 0.0,
-                  "precision": "fp32", "device": "cpu"},
-    })  # fmt: skip
+    return config_from_dict(
+        {
+            "model": {"name": "350m", "num_layers": layers},
+            "data": {"seq_len": seq_len},
+            "optim": {"name": "galore_adamw", "lr": 1e-3},
+            "galore": {"rank": 256, "update_proj_gap": 200, "svd": "randomized", "svd_power_iters": 0, **mode},
+            "train": {
+                "batch_size": micro_batch * accum,
+                "micro_batch_size": micro_batch,
+                "grad_clip": 0.0,
+                "precision": "fp32",
+                "device": "cpu",
+            },
+        }
+    )
 
 
 def live_bytes(model, method) -> tuple[int, int]:
@@ -108,8 +115,10 @@ def main() -> None:
     args = parser.parse_args()
     accum = 4
     torch.set_num_threads(2)
-    print(f"350m widths, {args.layers} layers, fp32, rank 256, {args.steps} steps x {accum} micro-batches of "
-          f"{args.micro_batch} x {args.seq_len} tokens")  # fmt: skip
+    print(
+        f"350m widths, {args.layers} layers, fp32, rank 256, {args.steps} steps x {accum} micro-batches of "
+        f"{args.micro_batch} x {args.seq_len} tokens"
+    )
     columns = ["measured MiB", "estimate MiB", "est/meas", "proj. accum/full", "tokens/s"]
     print(f"{'mode':22s} " + " ".join(f"{c:>{w}s}" for c, w in zip(columns, (13, 13, 9, 17, 9), strict=True)))
     for label, mode in MODES.items():
@@ -117,8 +126,10 @@ def main() -> None:
         m = measure(cfg, args.steps, accum)
         estimate = estimate_memory(cfg, device="cpu").gradients
         ratio = m["projected_accum"] / m["projected_full"] if m["projected_accum"] else float("nan")
-        print(f"{label:22s} {m['live'] / 2**20:13.1f} {estimate / 2**20:13.1f} {estimate / m['live']:9.3f} "
-              f"{ratio:17.3f} {m['tokens_per_s']:9.1f}")  # fmt: skip
+        print(
+            f"{label:22s} {m['live'] / 2**20:13.1f} {estimate / 2**20:13.1f} {estimate / m['live']:9.3f} "
+            f"{ratio:17.3f} {m['tokens_per_s']:9.1f}"
+        )
 
 
 if __name__ == "__main__":

@@ -119,16 +119,24 @@ def main() -> None:
             flush=True,
         )
         for r, before, worst in spike_report(cfg, losses.train, args.window):
-            print(f"    restart after step {r}: train loss {before:.4f} before, worst {worst:.4f} after "
-                  f"({100 * (worst / before - 1):+.1f}%)", flush=True)  # fmt: skip
+            print(
+                f"    restart after step {r}: train loss {before:.4f} before, worst {worst:.4f} after "
+                f"({100 * (worst / before - 1):+.1f}%)",
+                flush=True,
+            )
             later = [s for s in sorted(losses.eval) if s > r]
             if r in losses.eval and later:  # the eval at r sees the merged model, whose function is unchanged
                 before, after = losses.eval[r], losses.eval[later[0]]
-                print(f"        held-out loss {before:.4f} at step {r}, {after:.4f} at step {later[0]} "
-                      f"({100 * (after / before - 1):+.1f}%)", flush=True)  # fmt: skip
+                print(
+                    f"        held-out loss {before:.4f} at step {r}, {after:.4f} at step {later[0]} "
+                    f"({100 * (after / before - 1):+.1f}%)",
+                    flush=True,
+                )
 
-    print(f"\n{args.steps} steps x {args.batch} x {args.seq_len} tokens, tiny model hidden {args.hidden}, "
-          f"rank {args.rank}, alpha {args.alpha:g}")  # fmt: skip
+    print(
+        f"\n{args.steps} steps x {args.batch} x {args.seq_len} tokens, tiny model hidden {args.hidden}, "
+        f"rank {args.rank}, alpha {args.alpha:g}"
+    )
     print(f"{'run':<10}{'held-out loss':>15}{'ppl':>10}")
     for label, summary, _ in results:
         print(f"{label:<10}{summary['final_eval_loss']:>15.4f}{summary['final_eval_ppl']:>10.1f}")

@@ -50,13 +50,18 @@ def run(kind: str, seed: int, args, root: Path) -> list[tuple[int, float | None,
     from ranktune.search_spaces import spec_from_dict
 
     raw = {
-        "name": f"{kind}-{seed}", "base_overrides": TINY, "space": SPACE, "seed": seed,
-        "storage": str(root / f"{kind}-{seed}"), "max_concurrent": 2,
+        "name": f"{kind}-{seed}",
+        "base_overrides": TINY,
+        "space": SPACE,
+        "seed": seed,
+        "storage": str(root / f"{kind}-{seed}"),
+        "max_concurrent": 2,
         "budget": {"num_trials": args.tpe_trials if kind == "tpe_asha" else args.trials, "steps_per_trial": args.steps},
         "search": {"algorithm": "tpe" if kind == "tpe_asha" else "random", "n_startup_trials": args.startup},
         "scheduler": {"name": args.scheduler, "grace_period": args.grace, "reduction_factor": args.reduction_factor}
-        if kind == "tpe_asha" else {"name": "none"},
-    }  # fmt: skip
+        if kind == "tpe_asha"
+        else {"name": "none"},
+    }
     raw["base_overrides"] = {**TINY, "train": {**TINY["train"], "eval_every": args.eval_every}}
     spec = spec_from_dict(raw)
     run_sweep(spec, progress=False)
@@ -70,8 +75,11 @@ def run(kind: str, seed: int, args, root: Path) -> list[tuple[int, float | None,
         finished = r.data.tags.get(STATUS_TAG) == "finished"
         out.append((steps, r.data.metrics.get("final_eval_loss") if finished else None, r.data.tags.get(STATUS_TAG)))
         if args.verbose:
-            print(f"  {kind} seed {seed}: {r.data.params} steps {steps} {r.data.tags.get(STATUS_TAG)} "
-                  f"loss {r.data.metrics.get('eval_loss')}", flush=True)  # fmt: skip
+            print(
+                f"  {kind} seed {seed}: {r.data.params} steps {steps} {r.data.tags.get(STATUS_TAG)} "
+                f"loss {r.data.metrics.get('eval_loss')}",
+                flush=True,
+            )
     return out
 
 
@@ -109,12 +117,19 @@ def main() -> None:
     parser.add_argument("--eval-every", type=int, default=10, help="evaluation period: rungs fall on evaluations")
     parser.add_argument("--scheduler", choices=["asha", "hyperband"], default="asha")
     parser.add_argument("--verbose", action="store_true", help="print every trial's params, steps and loss")
-    parser.add_argument("--random-cache", type=Path, help="JSON file keeping random search's trials per seed: "
-                        "random search does not depend on the TPE/ASHA levers, so lever runs can share it")  # fmt: skip
+    parser.add_argument(
+        "--random-cache",
+        type=Path,
+        help="JSON file keeping random search's trials per seed: "
+        "random search does not depend on the TPE/ASHA levers, so lever runs can share it",
+    )
     args = parser.parse_args()
-    print(f"scale: seeds {args.seeds}, {args.trials} random / {args.tpe_trials} TPE trials of {args.steps} steps; "
-          f"{args.scheduler} grace {args.grace}, reduction factor {args.reduction_factor:g}, "
-          f"TPE start-up {args.startup}, eval every {args.eval_every}", flush=True)  # fmt: skip
+    print(
+        f"scale: seeds {args.seeds}, {args.trials} random / {args.tpe_trials} TPE trials of {args.steps} steps; "
+        f"{args.scheduler} grace {args.grace}, reduction factor {args.reduction_factor:g}, "
+        f"TPE start-up {args.startup}, eval every {args.eval_every}",
+        flush=True,
+    )
 
     to_budget, to_find = [], []  # TPE+ASHA's compute / random's whole budget, / random's compute to find its best
     with tempfile.TemporaryDirectory() as tmp:
@@ -127,8 +142,10 @@ def main() -> None:
             best_tpe = min((o for _, o, _ in tpe_trials if o is not None), default=float("nan"))
             total_random = sum(s for s, _, _ in random_trials)
             total_tpe = sum(s for s, _, _ in tpe_trials)
-            line = (f"seed {seed}: random best {best_random:.4f} after {random_cost} of its {total_random} "
-                    f"trial-steps; TPE+ASHA best {best_tpe:.4f}, total {total_tpe} trial-steps; ")  # fmt: skip
+            line = (
+                f"seed {seed}: random best {best_random:.4f} after {random_cost} of its {total_random} "
+                f"trial-steps; TPE+ASHA best {best_tpe:.4f}, total {total_tpe} trial-steps; "
+            )
             if tpe_cost is None:
                 line += "TPE+ASHA never reached random's best"
                 to_budget.append(float("inf"))
@@ -136,13 +153,17 @@ def main() -> None:
             else:
                 to_budget.append(tpe_cost / total_random)
                 to_find.append(tpe_cost / random_cost)
-                line += (f"reached it after {tpe_cost} trial-steps = {tpe_cost / total_random:.0%} of random "
-                         f"search's compute ({tpe_cost / random_cost:.0%} of what it spent to find it)")  # fmt: skip
+                line += (
+                    f"reached it after {tpe_cost} trial-steps = {tpe_cost / total_random:.0%} of random "
+                    f"search's compute ({tpe_cost / random_cost:.0%} of what it spent to find it)"
+                )
             print(line, flush=True)
     reached = sum(r != float("inf") for r in to_budget)
-    print(f"median compute TPE+ASHA / random search: {statistics.median(to_budget):.2f} (target <= 0.50); "
-          f"/ random's compute to find its best: {statistics.median(to_find):.2f}; "
-          f"{reached}/{len(to_budget)} seeds reached random's best")  # fmt: skip
+    print(
+        f"median compute TPE+ASHA / random search: {statistics.median(to_budget):.2f} (target <= 0.50); "
+        f"/ random's compute to find its best: {statistics.median(to_find):.2f}; "
+        f"{reached}/{len(to_budget)} seeds reached random's best"
+    )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,15 @@ def reference_7b_tokens_per_s() -> tuple[float, list[str]]:
     from ranktune.platform.export.rules import ScalingRules
     from ranktune.trainables.config import config_from_dict
 
-    proxy = config_from_dict({"model": {"name": "60m"}, "optim": {"name": "galore_adamw"}, "galore": {"rank": 128},
-                              "train": {"steps": 1000}, "schedule": {"warmup_steps": 100}})  # fmt: skip
+    proxy = config_from_dict(
+        {
+            "model": {"name": "60m"},
+            "optim": {"name": "galore_adamw"},
+            "galore": {"rank": 128},
+            "train": {"steps": 1000},
+            "schedule": {"warmup_steps": 100},
+        }
+    )
     rules = ScalingRules()
     cfg, _, _ = fit_micro_batch_choice(map_to_target(proxy, "7b", rules), [], rules, 24.0)
     d = estimate_duration(cfg, "rtx4090", measured=[])
@@ -80,12 +87,37 @@ def reference_7b_tokens_per_s() -> tuple[float, list[str]]:
 
 
 def time_two_steps(corpus: Path, workdir: Path) -> float:
-    cmd = [sys.executable, "-m", "ranktune.platform.cli", "train", "--quiet",
-           "--set", "model.name=tiny", "--set", "data.source=files", "--set", f"data.files=[{corpus}]",
-           "--set", "data.max_tokens=2000000000", "--set", f"data.cache_dir={workdir / 'cache'}",
-           "--set", "data.seq_len=256", "--set", "train.steps=2", "--set", "train.batch_size=8",
-           "--set", "train.micro_batch_size=8", "--set", "train.eval_blocks=8", "--set", "schedule.warmup_steps=0",
-           "--set", f"output.dir={workdir / 'run'}"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ranktune.platform.cli",
+        "train",
+        "--quiet",
+        "--set",
+        "model.name=tiny",
+        "--set",
+        "data.source=files",
+        "--set",
+        f"data.files=[{corpus}]",
+        "--set",
+        "data.max_tokens=2000000000",
+        "--set",
+        f"data.cache_dir={workdir / 'cache'}",
+        "--set",
+        "data.seq_len=256",
+        "--set",
+        "train.steps=2",
+        "--set",
+        "train.batch_size=8",
+        "--set",
+        "train.micro_batch_size=8",
+        "--set",
+        "train.eval_blocks=8",
+        "--set",
+        "schedule.warmup_steps=0",
+        "--set",
+        f"output.dir={workdir / 'run'}",
+    ]
     start = time.perf_counter()
     subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])})
     return time.perf_counter() - start
@@ -104,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"corpus: {docs:,} documents, {size / 1e6:.0f} MB -> {corpus}")
         print(f"load: {os.getloadavg()[0]:.1f} (1 min), {os.cpu_count()} cores")
         if not args.no_train:
-            print(f"ranktune train, 2 steps, data.max_tokens 2e9: {time_two_steps(corpus, workdir):.1f} s "
-                  f"(load {os.getloadavg()[0]:.1f})")  # fmt: skip
+            print(
+                f"ranktune train, 2 steps, data.max_tokens 2e9: {time_two_steps(corpus, workdir):.1f} s "
+                f"(load {os.getloadavg()[0]:.1f})"
+            )
         tps, tokens = pipeline_tokens_per_s(corpus, args.seconds)
         ref, lines = reference_7b_tokens_per_s()
         print(f"pipeline: {tps:,.0f} tokens/s ({tokens:,} tokens in {args.seconds:g} s, load {os.getloadavg()[0]:.1f})")

@@ -51,11 +51,15 @@ def main() -> None:
 
         def spec_for(storage: str):
             raw = {
-                "name": "overhead", "base_overrides": TINY, "storage": str(Path(tmp) / storage),
+                "name": "overhead",
+                "base_overrides": TINY,
+                "storage": str(Path(tmp) / storage),
                 "space": {"params": {"optim.lr": {"type": "choice", "values": [3e-3]}}},
-                "search": {"algorithm": "grid"}, "scheduler": {"name": "none"},
-                "budget": {"steps_per_trial": args.steps}, "max_concurrent": 1,
-            }  # fmt: skip
+                "search": {"algorithm": "grid"},
+                "scheduler": {"name": "none"},
+                "budget": {"steps_per_trial": args.steps},
+                "max_concurrent": 1,
+            }
             return spec_from_dict(raw)
 
         spec = spec_for("sweep-0")
@@ -90,8 +94,10 @@ def main() -> None:
         fixed_s = statistics.median(s["wall_s"] - t for s, t in zip(sweeps, times["sweep"], strict=True))
         statuses = sorted({s["status"] for s in sweeps})
 
-    print(f"tiny model, {args.steps} steps, batch 8 x seq 64, evaluation + checkpoint every 20 steps, CPU; "
-          f"{args.rounds} direct runs and sweeps alternating, medians")  # fmt: skip
+    print(
+        f"tiny model, {args.steps} steps, batch 8 x seq 64, evaluation + checkpoint every 20 steps, CPU; "
+        f"{args.rounds} direct runs and sweeps alternating, medians"
+    )
     print(f"direct trainer run            {direct_s:8.2f} s")
     print(f"trial inside the sweep        {trial_s:8.2f} s   (status {', '.join(statuses)})")
     overhead = trial_s - direct_s

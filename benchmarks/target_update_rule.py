@@ -21,11 +21,23 @@ import tempfile
 from interleave import interleaved
 
 CONFIGS = [
-    *({"optim.name": "galore_adamw", "optim.lr": lr, "galore.rank": rank, "galore.update_proj_gap": 20}
-      for rank in (16, 32, 64) for lr in (3e-3, 1e-2)),
-    *({"optim.name": "relora", "optim.lr": lr, "relora.rank": 16, "relora.relora_every": 30,
-       "relora.warm_start_steps": 20, "relora.restart_warmup_steps": 4} for lr in (3e-3, 1e-2)),
-]  # fmt: skip
+    *(
+        {"optim.name": "galore_adamw", "optim.lr": lr, "galore.rank": rank, "galore.update_proj_gap": 20}
+        for rank in (16, 32, 64)
+        for lr in (3e-3, 1e-2)
+    ),
+    *(
+        {
+            "optim.name": "relora",
+            "optim.lr": lr,
+            "relora.rank": 16,
+            "relora.relora_every": 30,
+            "relora.warm_start_steps": 20,
+            "relora.restart_warmup_steps": 4,
+        }
+        for lr in (3e-3, 1e-2)
+    ),
+]
 
 
 def train_step(trainer):
@@ -63,8 +75,9 @@ def main() -> None:
                 cfg.output.checkpoint_every = 0
                 trainer = Trainer(cfg, progress=False)
                 trainer.save = lambda: None
-                rows.append({"params": params, "variant": variant, "trainer": trainer, "times": [],
-                             "optim": cfg.optim.name})  # fmt: skip
+                rows.append(
+                    {"params": params, "variant": variant, "trainer": trainer, "times": [], "optim": cfg.optim.name}
+                )
         # round-robin (benchmarks/interleave.py): every row's step k under the same load
         times = interleaved({str(k): train_step(row["trainer"]) for k, row in enumerate(rows)}, rounds=args.steps)
         for k, row in enumerate(rows):
@@ -77,8 +90,10 @@ def main() -> None:
         whole, target = rows[2 * i], rows[2 * i + 1]
         ratio = statistics.median(target["times"][2:]) / statistics.median(whole["times"][2:])
         name = ", ".join(f"{k.split('.')[-1]}={v}" for k, v in params.items())
-        print(f"{name[:58]:58s} {whole['loss']:11.4f} {target['loss']:11.4f} {target['loss'] - whole['loss']:+7.4f} "
-              f"{ratio:10.2f}")  # fmt: skip
+        print(
+            f"{name[:58]:58s} {whole['loss']:11.4f} {target['loss']:11.4f} {target['loss'] - whole['loss']:+7.4f} "
+            f"{ratio:10.2f}"
+        )
         ranks[i] = (whole["loss"], target["loss"])
     by_whole = sorted(ranks, key=lambda i: ranks[i][0])
     by_target = sorted(ranks, key=lambda i: ranks[i][1])

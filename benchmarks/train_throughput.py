@@ -25,11 +25,27 @@ MARK = "ROW "  # the lines a row process answers with (anything else it prints i
 ROWS: list[tuple[str, list[str]]] = [
     ("tiny fp32", ["model.name=tiny", "data.seq_len=128", "train.batch_size=16", "train.micro_batch_size=16"]),
     ("60m fp32", ["model.name=60m", "data.seq_len=256", "train.batch_size=4", "train.micro_batch_size=4"]),
-    ("60m fp32 +act-ckpt", ["model.name=60m", "data.seq_len=256", "train.batch_size=4", "train.micro_batch_size=4",
-                            "model.activation_checkpointing=true"]),
-    ("60m bf16-mixed", ["model.name=60m", "data.seq_len=256", "train.batch_size=4", "train.micro_batch_size=4",
-                        "train.precision=bf16-mixed"]),
-]  # fmt: skip
+    (
+        "60m fp32 +act-ckpt",
+        [
+            "model.name=60m",
+            "data.seq_len=256",
+            "train.batch_size=4",
+            "train.micro_batch_size=4",
+            "model.activation_checkpointing=true",
+        ],
+    ),
+    (
+        "60m bf16-mixed",
+        [
+            "model.name=60m",
+            "data.seq_len=256",
+            "train.batch_size=4",
+            "train.micro_batch_size=4",
+            "train.precision=bf16-mixed",
+        ],
+    ),
+]
 
 
 def serve_row(overrides: list[str]) -> None:
@@ -45,10 +61,13 @@ def serve_row(overrides: list[str]) -> None:
 
     with tempfile.TemporaryDirectory() as out:
         raw = apply_overrides(
-            {"train": {"steps": 10**6, "log_every": 1, "eval_every": 10**6, "eval_blocks": 4},
-             "output": {"dir": out, "checkpoint_every": 0}, "schedule": {"warmup_steps": 1}},
+            {
+                "train": {"steps": 10**6, "log_every": 1, "eval_every": 10**6, "eval_blocks": 4},
+                "output": {"dir": out, "checkpoint_every": 0},
+                "schedule": {"warmup_steps": 1},
+            },
             overrides,
-        )  # fmt: skip
+        )
         trainer = Trainer(config_from_dict(raw), progress=False)
         trainer.model.train()
         answer({"ready": True})
@@ -59,8 +78,13 @@ def serve_row(overrides: list[str]) -> None:
                 start = time.perf_counter()
                 trainer.train_step(trainer.next_micro_batches())
                 answer({"seconds": time.perf_counter() - start})
-            answer({**trainer.memory_metrics(), "tokens_per_step": trainer.cfg.tokens_per_step,
-                    "device": str(trainer.device)})  # fmt: skip
+            answer(
+                {
+                    **trainer.memory_metrics(),
+                    "tokens_per_step": trainer.cfg.tokens_per_step,
+                    "device": str(trainer.device),
+                }
+            )
         finally:
             trainer.train_data.close()
 
@@ -69,7 +93,7 @@ def reply(proc: subprocess.Popen) -> dict:
     """The row process's next answer."""
     for line in proc.stdout:
         if line.startswith(MARK):
-            return json.loads(line[len(MARK):])
+            return json.loads(line[len(MARK) :])
     raise RuntimeError(f"row process {proc.args} ended (exit code {proc.wait()}) before answering")
 
 
@@ -89,26 +113,32 @@ def main() -> None:
         serve_row(ROWS[args.row][1])
         return
 
-    procs = {label: subprocess.Popen([sys.executable, __file__, "--row", str(i)], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True)
-             for i, (label, _) in enumerate(ROWS)}  # fmt: skip
+    procs = {
+        label: subprocess.Popen(
+            [sys.executable, __file__, "--row", str(i)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        for i, (label, _) in enumerate(ROWS)
+    }
     try:
         for proc in procs.values():
             reply(proc)  # built: no row is timed while another is still building
-        times = interleaved({label: lambda proc=proc: ask(proc, "step")["seconds"] for label, proc in procs.items()},
-                            rounds=args.steps)  # fmt: skip
+        times = interleaved(
+            {label: lambda proc=proc: ask(proc, "step")["seconds"] for label, proc in procs.items()}, rounds=args.steps
+        )
         results = []
         for label, proc in procs.items():
             figures = ask(proc, "done")
-            step_s = statistics.median(times[label][args.warmup:] or times[label])
+            step_s = statistics.median(times[label][args.warmup :] or times[label])
             results.append((label, {**figures, "tokens_per_s": figures["tokens_per_step"] / step_s}))
     finally:
         for proc in procs.values():
             proc.stdin.close()
             proc.wait()
     ref = results[0][1]
-    print(f"{args.steps} steps per row interleaved ({args.warmup} warm-up steps not timed; tokens/s from the "
-          f"median step), device {ref['device']}")  # fmt: skip
+    print(
+        f"{args.steps} steps per row interleaved ({args.warmup} warm-up steps not timed; tokens/s from the "
+        f"median step), device {ref['device']}"
+    )
     header = f"{'config':<22}{'tokens/s':>10}{'x ref':>8}{'peak MiB':>10}{'x ref':>8}{'params MiB':>12}{'opt MiB':>9}"
     print(header)
     print("-" * len(header))

@@ -27,8 +27,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cpus-per-node", type=float, default=1)
     p.add_argument("--object-store-mib", type=int, default=256)
     p.add_argument("--dashboard", action="store_true", help="also start the Ray dashboard on 127.0.0.1")
-    p.add_argument("--dashboard-host", help="address for the dashboard to listen on (implies --dashboard); "
-                   "anything but loopback exposes it")  # fmt: skip
+    p.add_argument(
+        "--dashboard-host",
+        help="address for the dashboard to listen on (implies --dashboard); anything but loopback exposes it",
+    )
     sub.add_parser("status", help="list the nodes and their Ray node ids")
     p = sub.add_parser("kill", help="SIGKILL every process of one node, like a machine failure")
     p.add_argument("node")

@@ -67,20 +67,30 @@ def target_sweep(tmp_path_factory, token_cache):
 
     tmp = tmp_path_factory.mktemp("export")
     raw = {
-        "name": "mem", "storage": str(tmp / "mem"), "max_concurrent": 1,
+        "name": "mem",
+        "storage": str(tmp / "mem"),
+        "max_concurrent": 1,
         "memory_budget_gib": TARGET_SWEEP_BUDGET_GIB,
         "target": {"model": "7b", "budget_gib": 24},
-        "base_overrides": tiny_sweep_base(token_cache, relora={"rank": 8, "relora_every": 5,
-                                                               "restart_warmup_steps": 1}),
+        "base_overrides": tiny_sweep_base(
+            token_cache, relora={"rank": 8, "relora_every": 5, "restart_warmup_steps": 1}
+        ),
         "space": {
             "params": {"data.seq_len": {"type": "choice", "values": [32, 256]}},
-            "branches": {"key": "optim.name", "choices": {
-                "galore_adamw": {"galore.rank": {"type": "choice", "values": [8, 16]}},
-                "relora": {}, "adamw": {}, "lora": {},
-            }},
+            "branches": {
+                "key": "optim.name",
+                "choices": {
+                    "galore_adamw": {"galore.rank": {"type": "choice", "values": [8, 16]}},
+                    "relora": {},
+                    "adamw": {},
+                    "lora": {},
+                },
+            },
         },
-        "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": 10},
-    }  # fmt: skip
+        "search": {"algorithm": "grid"},
+        "scheduler": {"name": "none"},
+        "budget": {"steps_per_trial": 10},
+    }
     spec = spec_from_dict(raw)
     try:
         run_sweep(spec, progress=False)

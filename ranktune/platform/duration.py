@@ -51,10 +51,21 @@ class MeasuredThroughput:
     date: str
 
     def matches(self, cfg: TrainConfig, card_key: str) -> bool:
-        return (self.card, self.model, self.optim, self.micro_batch_size, self.seq_len,
-                self.activation_checkpointing) == (card_key, cfg.model.name, cfg.optim.name,
-                                                   cfg.train.micro_batch_size, cfg.data.seq_len,
-                                                   cfg.model.activation_checkpointing)  # fmt: skip
+        return (
+            self.card,
+            self.model,
+            self.optim,
+            self.micro_batch_size,
+            self.seq_len,
+            self.activation_checkpointing,
+        ) == (
+            card_key,
+            cfg.model.name,
+            cfg.optim.name,
+            cfg.train.micro_batch_size,
+            cfg.data.seq_len,
+            cfg.model.activation_checkpointing,
+        )
 
 
 def measured_paths() -> list[Path]:
@@ -128,9 +139,18 @@ def run_flops(cfg: TrainConfig) -> RunFlops:
     refreshes = steps // m.refresh_every if m.refresh_every else 0
     refresh = refreshes * m.per_refresh
     method = steps * (cfg.grad_accum_steps * m.per_micro_batch + m.per_step) + refresh + m.per_token * tokens
-    return RunFlops(parameters=n, layer_parameters=n_layers, tokens=tokens, steps=steps, model=6.0 * n * tokens,
-                    attention=3.0 * attention_per_token * tokens, recompute=float(recompute), method=method,
-                    method_refresh=refresh, method_flops=m)  # fmt: skip
+    return RunFlops(
+        parameters=n,
+        layer_parameters=n_layers,
+        tokens=tokens,
+        steps=steps,
+        model=6.0 * n * tokens,
+        attention=3.0 * attention_per_token * tokens,
+        recompute=float(recompute),
+        method=method,
+        method_refresh=refresh,
+        method_flops=m,
+    )
 
 
 # ---------------------------------------------------------------------------------- duration
@@ -169,13 +189,16 @@ class Duration:
 
     def rate_line(self) -> str:
         c = self.card
-        assumed = (f"{c.name}: {c.peak_bf16_tflops:g} TFLOPS peak bf16 x {100 * c.utilisation:.0f}% utilisation "
-                   "(assumed)")
+        assumed = (
+            f"{c.name}: {c.peak_bf16_tflops:g} TFLOPS peak bf16 x {100 * c.utilisation:.0f}% utilisation (assumed)"
+        )
         if self.measured is None:
             return assumed
         m = self.measured
-        return (f"{c.name}: measured {m.tokens_per_s:,.0f} tokens/s on {m.device_name} ({m.date}, micro-batch "
-                f"{m.micro_batch_size}); refreshes at {assumed}")  # fmt: skip
+        return (
+            f"{c.name}: measured {m.tokens_per_s:,.0f} tokens/s on {m.device_name} ({m.date}, micro-batch "
+            f"{m.micro_batch_size}); refreshes at {assumed}"
+        )
 
     def lines(self) -> list[str]:
         f = self.flops
@@ -200,13 +223,19 @@ def format_days(seconds: float) -> str:
     return f"{seconds / 3600:.1f} hours"
 
 
-def estimate_duration(cfg: TrainConfig, card_key: str = DEFAULT_CARD,
-                      measured: list[MeasuredThroughput] | None = None) -> Duration:  # fmt: skip
+def estimate_duration(
+    cfg: TrainConfig, card_key: str = DEFAULT_CARD, measured: list[MeasuredThroughput] | None = None
+) -> Duration:
     c = card(card_key)
     records = load_measured() if measured is None else measured
     match = next((r for r in reversed(records) if r.matches(cfg, card_key)), None)
-    return Duration(flops=run_flops(cfg), card=c, flops_per_s=c.peak_bf16_tflops * 1e12 * c.utilisation,
-                    source="measured" if match else "assumed", measured=match)  # fmt: skip
+    return Duration(
+        flops=run_flops(cfg),
+        card=c,
+        flops_per_s=c.peak_bf16_tflops * 1e12 * c.utilisation,
+        source="measured" if match else "assumed",
+        measured=match,
+    )
 
 
 # ---------------------------------------------------------------------------------- choices
@@ -227,18 +256,25 @@ class MicroBatchChoice:
         if self.runner_up is None:
             return text + " (the only one that fits)"
         r = self.runner_up.train.micro_batch_size
-        return (f"{text}, the fastest that fits; runner-up micro-batch {r}: {self.runner_up_step_s:.2f} s "
-                f"({100 * (self.runner_up_step_s / self.chosen_step_s - 1):+.1f}%)")  # fmt: skip
+        return (
+            f"{text}, the fastest that fits; runner-up micro-batch {r}: {self.runner_up_step_s:.2f} s "
+            f"({100 * (self.runner_up_step_s / self.chosen_step_s - 1):+.1f}%)"
+        )
 
 
-def fastest_micro_batch(fitting: list[TrainConfig], card_key: str = DEFAULT_CARD,
-                        measured: list[MeasuredThroughput] | None = None) -> MicroBatchChoice:  # fmt: skip
+def fastest_micro_batch(
+    fitting: list[TrainConfig], card_key: str = DEFAULT_CARD, measured: list[MeasuredThroughput] | None = None
+) -> MicroBatchChoice:
     """Rank configs differing in micro-batch by step time; equal times go to the larger micro-batch
     (fewer micro-batches per step: fewer kernel launches and per-layer hooks, which FLOPs do not show)."""
     if not fitting:
         raise ValueError("fastest_micro_batch needs at least one config")
-    timed = sorted(((round(estimate_duration(c, card_key, measured).step_seconds, 6), -c.train.micro_batch_size, i)
-                    for i, c in enumerate(fitting)))  # fmt: skip
+    timed = sorted(
+        (
+            (round(estimate_duration(c, card_key, measured).step_seconds, 6), -c.train.micro_batch_size, i)
+            for i, c in enumerate(fitting)
+        )
+    )
     (t0, _, i0), rest = timed[0], timed[1:]
     if not rest:
         return MicroBatchChoice(fitting[i0], t0, None, None)
@@ -265,8 +301,9 @@ class RunBudget:
             raise ConfigError([f"--days: {self.days} -> a positive number of days"])
 
 
-def sized_steps(cfg: TrainConfig, budget: RunBudget, card_key: str = DEFAULT_CARD,
-                measured: list[MeasuredThroughput] | None = None) -> tuple[int, str]:  # fmt: skip
+def sized_steps(
+    cfg: TrainConfig, budget: RunBudget, card_key: str = DEFAULT_CARD, measured: list[MeasuredThroughput] | None = None
+) -> tuple[int, str]:
     """Optimizer steps of `cfg`'s tokens per step that spend `budget`, and a line saying how.
 
     Tokens: whole steps, rounded down. Days: the step time (plus each step's share of the method's
@@ -274,8 +311,10 @@ def sized_steps(cfg: TrainConfig, budget: RunBudget, card_key: str = DEFAULT_CAR
     per_step_tokens = cfg.tokens_per_step
     if budget.tokens is not None:
         steps = budget.tokens // per_step_tokens
-        why = f"--tokens {budget.tokens:,}: {steps:,} steps x {per_step_tokens:,} tokens per step = " \
-              f"{steps * per_step_tokens:,} tokens"  # fmt: skip
+        why = (
+            f"--tokens {budget.tokens:,}: {steps:,} steps x {per_step_tokens:,} tokens per step = "
+            f"{steps * per_step_tokens:,} tokens"
+        )
         if steps * per_step_tokens != budget.tokens:
             why += f" (rounded down to whole steps, {budget.tokens - steps * per_step_tokens:,} tokens short)"
     else:
@@ -284,8 +323,10 @@ def sized_steps(cfg: TrainConfig, budget: RunBudget, card_key: str = DEFAULT_CAR
         refresh_share = m.per_refresh / m.refresh_every / d.flops_per_s if m.refresh_every else 0.0
         per_step_s = d.step_seconds + refresh_share
         steps = int(budget.days * SECONDS_PER_DAY // per_step_s)
-        why = (f"--days {budget.days:g} on {d.card.name}: {per_step_s:.3f} s per step ({d.source}) -> {steps:,} "
-               f"steps x {per_step_tokens:,} tokens per step = {steps * per_step_tokens:,} tokens")  # fmt: skip
+        why = (
+            f"--days {budget.days:g} on {d.card.name}: {per_step_s:.3f} s per step ({d.source}) -> {steps:,} "
+            f"steps x {per_step_tokens:,} tokens per step = {steps * per_step_tokens:,} tokens"
+        )
     if steps < 1:
         raise ConfigError([f"{why.split(':')[0]}: less than one step of {per_step_tokens:,} tokens -> a larger budget"])
     return steps, why

@@ -74,9 +74,15 @@ class MemoryEstimate:
     @property
     def total(self) -> int:
         return (
-            self.weights + self.gradients + self.optimizer_state + self.activations + self.logits
-            + self.autocast_weight_copies + self.step_temporaries + self.overhead
-        )  # fmt: skip
+            self.weights
+            + self.gradients
+            + self.optimizer_state
+            + self.activations
+            + self.logits
+            + self.autocast_weight_copies
+            + self.step_temporaries
+            + self.overhead
+        )
 
     def rows(self) -> list[tuple[str, int]]:
         rows = [("weights", self.weights), ("gradients", self.gradients)]
@@ -98,12 +104,20 @@ class MemoryEstimate:
 
     def as_dict(self) -> dict:
         return {
-            "phase": self.phase, "total_bytes": self.total, "weights": self.weights, "gradients": self.gradients,
-            "optimizer": dict(self.optimizer), "optimizer_state": self.optimizer_state,
-            "activations": self.activations, "logits": self.logits,
-            "autocast_weight_copies": self.autocast_weight_copies, "step_temporaries": self.step_temporaries,
-            "overhead": self.overhead, "notes": list(self.notes), "host": dict(self.host),
-        }  # fmt: skip
+            "phase": self.phase,
+            "total_bytes": self.total,
+            "weights": self.weights,
+            "gradients": self.gradients,
+            "optimizer": dict(self.optimizer),
+            "optimizer_state": self.optimizer_state,
+            "activations": self.activations,
+            "logits": self.logits,
+            "autocast_weight_copies": self.autocast_weight_copies,
+            "step_temporaries": self.step_temporaries,
+            "overhead": self.overhead,
+            "notes": list(self.notes),
+            "host": dict(self.host),
+        }
 
 
 @dataclass(frozen=True)
@@ -206,10 +220,12 @@ def activation_estimate(llama: LlamaConfig, cfg: TrainConfig, saved_values_per_t
 def config_summary(cfg: TrainConfig) -> str:
     t = cfg.train
     parts = [
-        f"model {cfg.model.name}", f"optim {cfg.optim.name}", f"precision {t.precision}",
+        f"model {cfg.model.name}",
+        f"optim {cfg.optim.name}",
+        f"precision {t.precision}",
         f"micro-batch {t.micro_batch_size} x seq {cfg.data.seq_len} (batch {t.batch_size})",
         f"activation checkpointing {'on' if cfg.model.activation_checkpointing else 'off'}",
-    ]  # fmt: skip
+    ]
     entry = OPTIMIZERS.get(cfg.optim.name)
     if entry is not None and entry.summarize is not None:
         parts.append(entry.summarize(cfg))
@@ -229,11 +245,13 @@ def estimate_run(cfg: TrainConfig, device: Device = "cuda", overhead_gib: float 
     parameters = sum(p.numel * p.count for p in shapes)
     if parameters > MAX_PARAMETERS:
         m = cfg.model
-        raise ConfigError([
-            f"model: {parameters:.3g} parameters (num_layers {llama.num_layers}, hidden_size {llama.hidden_size}, "
-            f"intermediate_size {llama.intermediate_size}) -> at most {MAX_PARAMETERS:.0e} for an estimate; "
-            f"check model.num_layers / model.hidden_size / model.intermediate_size of preset {m.name!r}"
-        ])  # fmt: skip
+        raise ConfigError(
+            [
+                f"model: {parameters:.3g} parameters (num_layers {llama.num_layers}, hidden_size {llama.hidden_size}, "
+                f"intermediate_size {llama.intermediate_size}) -> at most {MAX_PARAMETERS:.0e} for an estimate; "
+                f"check model.num_layers / model.hidden_size / model.intermediate_size of preset {m.name!r}"
+            ]
+        )
     if overhead_gib is None:
         overhead_gib = DEFAULT_CUDA_OVERHEAD_GIB if device == "cuda" else 0.0
     overhead = int(overhead_gib * GIB)
@@ -265,10 +283,18 @@ def phase_estimate(
         # Autocast caches a bf16 copy of every Linear weight for the forward; backward keeps them.
         copies = 2 * sum(p.numel * p.count for p in shapes if p.module == "Linear")
     return MemoryEstimate(
-        phase=state.phase, weights=state.weights, gradients=grads, optimizer=dict(state.optimizer),
-        activations=activations, logits=logits, autocast_weight_copies=copies,
-        step_temporaries=state.step_temporaries, overhead=overhead, notes=tuple(notes), host=dict(state.host_bytes),
-    )  # fmt: skip
+        phase=state.phase,
+        weights=state.weights,
+        gradients=grads,
+        optimizer=dict(state.optimizer),
+        activations=activations,
+        logits=logits,
+        autocast_weight_copies=copies,
+        step_temporaries=state.step_temporaries,
+        overhead=overhead,
+        notes=tuple(notes),
+        host=dict(state.host_bytes),
+    )
 
 
 def estimate_memory(cfg: TrainConfig, device: Device = "cuda", overhead_gib: float | None = None) -> MemoryEstimate:

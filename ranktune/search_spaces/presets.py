@@ -46,13 +46,19 @@ def _section(prefix: str, params: dict[str, Any]) -> dict[str, Any]:
 PRESETS: dict[str, dict[str, Any]] = {
     "galore": {
         "fixed": {"optim.name": "galore_adamw"},
-        "params": {"optim.lr": LR, "schedule.warmup_steps": {"type": "int", "low": 0, "high": 200, "step": 20},
-                   **_section("galore", GALORE)},
+        "params": {
+            "optim.lr": LR,
+            "schedule.warmup_steps": {"type": "int", "low": 0, "high": 200, "step": 20},
+            **_section("galore", GALORE),
+        },
     },
     "apollo": {
         "fixed": {"optim.name": "apollo_adamw"},
-        "params": {"optim.lr": LR, "schedule.warmup_steps": {"type": "int", "low": 0, "high": 200, "step": 20},
-                   **_section("apollo", APOLLO)},
+        "params": {
+            "optim.lr": LR,
+            "schedule.warmup_steps": {"type": "int", "low": 0, "high": 200, "step": 20},
+            **_section("apollo", APOLLO),
+        },
     },
     "relora": {
         "fixed": {"optim.name": "relora"},
@@ -69,17 +75,26 @@ PRESETS: dict[str, dict[str, Any]] = {
             "choices": {
                 "adamw": {},
                 "adamw8bit": {},
-                "galore_adamw": _section("galore", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"],
-                                                    "scale": STEP_KNOB["galore"]}),
-                "fira_adamw": _section("fira", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"],
-                                                "scale": STEP_KNOB["fira"]}),
-                "apollo_adamw": _section("apollo", {"rank": RANK, "update_proj_gap": APOLLO["update_proj_gap"],
-                                                    "scale": STEP_KNOB["apollo"]}),
+                "galore_adamw": _section(
+                    "galore", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"], "scale": STEP_KNOB["galore"]}
+                ),
+                "fira_adamw": _section(
+                    "fira", {"rank": RANK, "update_proj_gap": GALORE["update_proj_gap"], "scale": STEP_KNOB["fira"]}
+                ),
+                "apollo_adamw": _section(
+                    "apollo", {"rank": RANK, "update_proj_gap": APOLLO["update_proj_gap"], "scale": STEP_KNOB["apollo"]}
+                ),
                 "apollo_mini": _section("apollo_mini", {"scale": {"type": "loguniform", "low": 32.0, "high": 512.0}}),
-                "relora": _section("relora", {"rank": RANK, "relora_every": RELORA["relora_every"],
-                                              "warm_start_steps": RELORA["warm_start_steps"]}),
+                "relora": _section(
+                    "relora",
+                    {
+                        "rank": RANK,
+                        "relora_every": RELORA["relora_every"],
+                        "warm_start_steps": RELORA["warm_start_steps"],
+                    },
+                ),
                 "lora": _section("relora", {"rank": RANK}),
             },
         },
     },
-}  # fmt: skip
+}

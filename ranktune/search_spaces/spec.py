@@ -140,8 +140,9 @@ class Resources(Strict):
             return value
         ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
         if not ok or value < 0 or (value > 1 and value != int(value)):
-            raise ValueError(f"{value!r} -> 'auto', 0 (CPU only), a fraction of one GPU (<= 1) or a whole number "
-                             "of GPUs")
+            raise ValueError(
+                f"{value!r} -> 'auto', 0 (CPU only), a fraction of one GPU (<= 1) or a whole number of GPUs"
+            )
         return value
 
 
@@ -189,8 +190,10 @@ class Tracking(Strict):
         scheme = uri.split("://", 1)[0].split("+", 1)[0].lower() if "://" in uri else ""
         if not uri.strip() or (scheme and scheme not in TRACKING_SCHEMES):
             shown = re.sub(r"//[^/@]*@", "//", uri)  # no credentials in the message
-            raise ValueError(f"{shown!r} -> an MLflow tracking URI: {', '.join(s + '://' for s in TRACKING_SCHEMES)}"
-                             " (or leave it out for the sweep's own sqlite store)")  # fmt: skip
+            raise ValueError(
+                f"{shown!r} -> an MLflow tracking URI: {', '.join(s + '://' for s in TRACKING_SCHEMES)}"
+                " (or leave it out for the sweep's own sqlite store)"
+            )
         return uri
 
 
@@ -253,8 +256,10 @@ class SweepSpec(Strict):
     def _check_objectives(self) -> SweepSpec:
         for i, obj in enumerate(self.objectives):
             if obj.metric not in TRADE_OFF_METRICS or obj.metric == self.objective.metric:
-                raise ValueError(f"objectives[{i}].metric: {obj.metric!r} -> one of {list(TRADE_OFF_METRICS)}, "
-                                 f"other than objective.metric")  # fmt: skip
+                raise ValueError(
+                    f"objectives[{i}].metric: {obj.metric!r} -> one of {list(TRADE_OFF_METRICS)}, "
+                    f"other than objective.metric"
+                )
         return self
 
     def all_objectives(self) -> list[Objective]:
@@ -291,8 +296,11 @@ class SweepSpec(Strict):
                 raw.setdefault(section, {}).update(values)
             else:
                 raw[section] = values
-        bad = [f"base config: {k}: {v!r} -> a mapping of that section's settings" for k, v in raw.items()
-               if not isinstance(v, dict)]  # fmt: skip
+        bad = [
+            f"base config: {k}: {v!r} -> a mapping of that section's settings"
+            for k, v in raw.items()
+            if not isinstance(v, dict)
+        ]
         if bad:
             raise ConfigError(bad)
         raw.setdefault("train", {})["steps"] = self.budget.steps_per_trial
@@ -314,24 +322,31 @@ URI_UNSAFE_CHARACTERS = "?#%"
 def check_storage_template(storage: str) -> None:
     """`storage` is a directory path in which `{name}` is the only placeholder."""
     if not storage.strip():
-        raise ValueError(f"{storage!r} -> a directory path, e.g. 'sweeps/{{name}}' (empty would be the working "
-                         "directory)")
+        raise ValueError(
+            f"{storage!r} -> a directory path, e.g. 'sweeps/{{name}}' (empty would be the working directory)"
+        )
     try:
         fields = [(name, spec, conv) for _, name, spec, conv in string.Formatter().parse(storage) if name is not None]
     except ValueError as exc:
-        raise ValueError(f"{storage!r} -> a path in which '{{name}}' is the only placeholder ({exc}; "
-                         "write '{{' and '}}' for literal braces)") from None  # fmt: skip
+        raise ValueError(
+            f"{storage!r} -> a path in which '{{name}}' is the only placeholder ({exc}; "
+            "write '{{' and '}}' for literal braces)"
+        ) from None
     bad = [name for name, spec, conv in fields if name != "name" or spec or conv]
     if bad:
-        raise ValueError(f"{storage!r} -> a path in which '{{name}}' is the only placeholder "
-                         f"(found {', '.join(repr('{' + b + '}') for b in bad)})")  # fmt: skip
+        raise ValueError(
+            f"{storage!r} -> a path in which '{{name}}' is the only placeholder "
+            f"(found {', '.join(repr('{' + b + '}') for b in bad)})"
+        )
 
 
 def check_uri_safe_path(path: Path) -> None:
     found = sorted({c for c in str(path) if c in URI_UNSAFE_CHARACTERS})
     if found:
-        raise ValueError(f"{str(path)!r} -> a path without {' or '.join(repr(c) for c in found)} "
-                         "(the sweep's sqlite stores are opened by URI, where these characters end or escape the path)")
+        raise ValueError(
+            f"{str(path)!r} -> a path without {' or '.join(repr(c) for c in found)} "
+            "(the sweep's sqlite stores are opened by URI, where these characters end or escape the path)"
+        )
 
 
 def _yaml(value: Any) -> str:
@@ -466,12 +481,15 @@ def rung_spec(spec: SweepSpec, index: int) -> SweepSpec:
     base = copy.deepcopy(spec.base_overrides)
     base.setdefault("model", {}).update(rung.model)
     update: dict[str, Any] = {
-        "name": f"{spec.name}-{rung.name}", "base_overrides": base, "ladder": None,
+        "name": f"{spec.name}-{rung.name}",
+        "base_overrides": base,
+        "ladder": None,
         "storage": str(rung_dir(spec, index)),
         "budget": spec.budget.model_copy(update={"steps_per_trial": rung.steps or spec.budget.steps_per_trial}),
-        "tracking": spec.tracking.model_copy(update={"tracking_uri": spec.tracking_uri,
-                                                     "experiment": spec.tracking.experiment or spec.name}),
-    }  # fmt: skip
+        "tracking": spec.tracking.model_copy(
+            update={"tracking_uri": spec.tracking_uri, "experiment": spec.tracking.experiment or spec.name}
+        ),
+    }
     if index > 0:
         update |= {"confirm": None, "scheduler": spec.scheduler.model_copy(update={"name": "none"})}
     return SweepSpec.model_validate({**spec.model_dump(), **update, "spec_dir": spec.spec_dir})

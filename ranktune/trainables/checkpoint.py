@@ -62,10 +62,15 @@ def rng_state() -> dict[str, Any]:
     kind, keys, pos, has_gauss, cached_gaussian = np.random.get_state()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": keys.tolist(), "pos": int(pos), "has_gauss": int(has_gauss),
-                  "cached_gaussian": float(cached_gaussian)},
+        "numpy": {
+            "kind": kind,
+            "keys": keys.tolist(),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached_gaussian": float(cached_gaussian),
+        },
         "python": random.getstate(),
-    }  # fmt: skip
+    }
     if torch.cuda.is_available():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -74,8 +79,9 @@ def rng_state() -> dict[str, Any]:
 def set_rng_state(state: dict[str, Any]) -> None:
     torch.set_rng_state(state["torch"])
     n = state["numpy"]
-    np.random.set_state((n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"],
-                         n["cached_gaussian"]))  # fmt: skip
+    np.random.set_state(
+        (n["kind"], np.asarray(n["keys"], dtype=np.uint32), n["pos"], n["has_gauss"], n["cached_gaussian"])
+    )
     random.setstate(state["python"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -142,8 +148,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 # What Trainer.state_dict writes; a file without them (another tool's .pt, a bare tensor) is not resumable.
-CHECKPOINT_KEYS = {"step": int, "tokens_seen": int, "elapsed": float, "method": dict, "model": dict, "data": dict,
-                   "rng": dict, "config": dict}  # fmt: skip
+CHECKPOINT_KEYS = {
+    "step": int,
+    "tokens_seen": int,
+    "elapsed": float,
+    "method": dict,
+    "model": dict,
+    "data": dict,
+    "rng": dict,
+    "config": dict,
+}
 
 
 def checkpoint_shape_problem(state: Any) -> str | None:
@@ -152,8 +166,11 @@ def checkpoint_shape_problem(state: Any) -> str | None:
     missing = sorted(CHECKPOINT_KEYS.keys() - state.keys())
     if missing:
         return f"no {', '.join(missing)}"
-    wrong = [f"{key} is a {type(state[key]).__name__}" for key, kind in CHECKPOINT_KEYS.items()
-             if not isinstance(state[key], (int, float) if kind is float else kind)]  # fmt: skip
+    wrong = [
+        f"{key} is a {type(state[key]).__name__}"
+        for key, kind in CHECKPOINT_KEYS.items()
+        if not isinstance(state[key], (int, float) if kind is float else kind)
+    ]
     return "; ".join(wrong) or None
 
 
@@ -175,8 +192,9 @@ def load_tensors_file(path: str | Path) -> Any:
         raise CheckpointError(f"checkpoint {path} is unreadable (truncated or not a checkpoint): {exc}") from None
     except Exception as exc:  # noqa: BLE001 - torch's weights-only unpickler fails on random bytes with
         # IndexError ("pop from empty list"), KeyError, ...: all mean the file is no checkpoint
-        raise CheckpointError(f"checkpoint {path} is unreadable (not a checkpoint: {type(exc).__name__}: "
-                              f"{str(exc)[:120]})") from None  # fmt: skip
+        raise CheckpointError(
+            f"checkpoint {path} is unreadable (not a checkpoint: {type(exc).__name__}: {str(exc)[:120]})"
+        ) from None
 
 
 def load_latest_checkpoint(output_dir: str | Path) -> tuple[Path, dict[str, Any]] | None:

@@ -107,8 +107,6 @@ class OptimSection(Section):
     """Adam's denominator epsilon."""
 
 
-
-
 class GaLoreSection(Section):
     """Used by the galore_* optimizers (see docs/galore.md); keys match the galore-torch param groups."""
 
@@ -454,8 +452,9 @@ def check_config(cfg: TrainConfig) -> None:
         except ConfigError as exc:
             problems.extend(exc.problems)
     elif cfg.data.tokenizer != "embedded" and not Path(cfg.data.tokenizer).expanduser().is_file():
-        problems.append(f"data.tokenizer: {cfg.data.tokenizer!r} -> 'embedded', corpus:<pieces> or a SentencePiece "
-                        "model file")  # fmt: skip
+        problems.append(
+            f"data.tokenizer: {cfg.data.tokenizer!r} -> 'embedded', corpus:<pieces> or a SentencePiece model file"
+        )
     if cfg.optim.name not in OPTIMIZERS:
         problems.append(f"optim.name: {cfg.optim.name!r} -> one of {sorted(OPTIMIZERS)}")
     else:

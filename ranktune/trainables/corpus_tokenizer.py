@@ -41,15 +41,21 @@ def corpus_vocab_size(spec: str) -> int | None:
     size = int(m.group(1)) if m else None
     if size is None or not MIN_PIECES <= size <= MAX_PIECES:
         raise ConfigError(
-            [f"data.tokenizer: {spec!r} -> corpus:<pieces> with {MIN_PIECES} <= pieces <= {MAX_PIECES} "
-             "(e.g. corpus:4096)"]
+            [
+                f"data.tokenizer: {spec!r} -> corpus:<pieces> with {MIN_PIECES} <= pieces <= {MAX_PIECES} "
+                "(e.g. corpus:4096)"
+            ]
         )
     return size
 
 
 def model_dir(data_cfg, size: int, corpus_key: str) -> Path:
-    key_fields = {"corpus": corpus_key, "val_fraction": data_cfg.val_fraction,
-                  "max_tokens": data_cfg.max_tokens, "trainer": TRAINER_VERSION}  # fmt: skip
+    key_fields = {
+        "corpus": corpus_key,
+        "val_fraction": data_cfg.val_fraction,
+        "max_tokens": data_cfg.max_tokens,
+        "trainer": TRAINER_VERSION,
+    }
     key = hashlib.sha256(json.dumps(key_fields, sort_keys=True).encode()).hexdigest()[:20]
     return Path(data_cfg.cache_dir).expanduser() / "tokenizers" / f"{key}-v{size}"
 
@@ -70,11 +76,22 @@ def corpus_tokenizer_path(data_cfg, size: int, corpus_key: str, lines: Callable[
         buf = io.BytesIO()
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=lines(), model_writer=buf, vocab_size=size, model_type="bpe",
-                byte_fallback=True, character_coverage=1.0, input_sentence_size=MAX_TRAINING_LINES,
-                shuffle_input_sentence=True, num_threads=1, minloglevel=2, max_sentence_length=16384,
-                unk_id=0, bos_id=1, eos_id=2, pad_id=-1,  # LLaMA's special ids
-            )  # fmt: skip
+                sentence_iterator=lines(),
+                model_writer=buf,
+                vocab_size=size,
+                model_type="bpe",
+                byte_fallback=True,
+                character_coverage=1.0,
+                input_sentence_size=MAX_TRAINING_LINES,
+                shuffle_input_sentence=True,
+                num_threads=1,
+                minloglevel=2,
+                max_sentence_length=16384,
+                unk_id=0,
+                bos_id=1,
+                eos_id=2,
+                pad_id=-1,  # LLaMA's special ids
+            )
         except RuntimeError as exc:  # e.g. "Vocabulary size is too high": the corpus has too few distinct pieces
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError([f"data.tokenizer: 'corpus:{size}' -> a size this corpus supports ({first})"]) from None

@@ -404,8 +404,9 @@ class CachedBlocks:
     def next_rows(self) -> np.ndarray:
         """(micro-batch blocks, seq_len + 1) int64 token rows: inputs are [:, :-1], targets [:, 1:]."""
         L = self.blocks.seq_len
-        return np.stack([np.asarray(self.blocks.stream[i * L : i * L + L + 1], dtype=np.int64)
-                         for i in self.batches.next_indices()])  # fmt: skip
+        return np.stack(
+            [np.asarray(self.blocks.stream[i * L : i * L + L + 1], dtype=np.int64) for i in self.batches.next_indices()]
+        )
 
     def state_dict(self) -> dict:
         return self.batches.state_dict()

@@ -17,7 +17,6 @@ from torch.utils.checkpoint import checkpoint
 ATTENTION_MLP_LINEARS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
-
 @dataclass(frozen=True)
 class LlamaConfig:
     hidden_size: int
@@ -136,8 +135,9 @@ class Block(nn.Module):
 
 
 class Llama(nn.Module):
-    def __init__(self, cfg: LlamaConfig, activation_checkpointing: bool = False,
-                 dtype: torch.dtype = torch.float32) -> None:  # fmt: skip
+    def __init__(
+        self, cfg: LlamaConfig, activation_checkpointing: bool = False, dtype: torch.dtype = torch.float32
+    ) -> None:
         super().__init__()
         self.cfg = cfg
         self.activation_checkpointing = activation_checkpointing
@@ -188,8 +188,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def build_model(cfg: LlamaConfig, device: str | torch.device = "cpu", activation_checkpointing: bool = False,
-                dtype: torch.dtype = torch.float32) -> Llama:  # fmt: skip
+def build_model(
+    cfg: LlamaConfig,
+    device: str | torch.device = "cpu",
+    activation_checkpointing: bool = False,
+    dtype: torch.dtype = torch.float32,
+) -> Llama:
     """Build on `device` in `dtype`; with device='meta' nothing is allocated (used for parameter counts of 7b)."""
     with torch.device(device):
         return Llama(cfg, activation_checkpointing=activation_checkpointing, dtype=dtype)

@@ -38,8 +38,9 @@ def check_output_dir(output_dir: str | Path, field: str = "output.dir") -> None:
     or one above it, the home directory or one above it, or a filesystem root."""
     text = str(output_dir)
     if not text.strip():
-        raise ConfigError([f"{field}: {text!r} -> a directory path (empty means the current directory, "
-                           "which a run must not own)"])  # fmt: skip
+        raise ConfigError(
+            [f"{field}: {text!r} -> a directory path (empty means the current directory, which a run must not own)"]
+        )
     path = Path(os.path.expanduser(text)).resolve()
     cwd, home = Path.cwd().resolve(), Path.home().resolve()
     if path == path.parent:
@@ -56,14 +57,22 @@ def check_output_dir(output_dir: str | Path, field: str = "output.dir") -> None:
 def clear_run_directory(out: Path, keep: Sequence[str] = ()) -> None:
     """Delete what a run wrote in `out` for `overwrite`, keeping the entries named in `keep` (a
     caller's lock). A directory holding anything else is refused, untouched: it is not only a run's."""
-    foreign = sorted(e.name + ("/" if e.is_dir() and not e.is_symlink() else "")
-                     for e in out.iterdir() if e.name not in RUN_ENTRIES and e.name not in keep)  # fmt: skip
+    foreign = sorted(
+        e.name + ("/" if e.is_dir() and not e.is_symlink() else "")
+        for e in out.iterdir()
+        if e.name not in RUN_ENTRIES and e.name not in keep
+    )
     if foreign:
-        shown = ", ".join(foreign[:SHOWN_FOREIGN]) + (f" and {len(foreign) - SHOWN_FOREIGN} more"
-                                                        if len(foreign) > SHOWN_FOREIGN else "")  # fmt: skip
-        raise ConfigError([f"output.dir {str(out)!r} holds files a run does not write ({shown}); --overwrite "
-                           f"deletes only {', '.join(RUN_ENTRIES)} -> move those files or choose another "
-                           "output.dir"])  # fmt: skip
+        shown = ", ".join(foreign[:SHOWN_FOREIGN]) + (
+            f" and {len(foreign) - SHOWN_FOREIGN} more" if len(foreign) > SHOWN_FOREIGN else ""
+        )
+        raise ConfigError(
+            [
+                f"output.dir {str(out)!r} holds files a run does not write ({shown}); --overwrite "
+                f"deletes only {', '.join(RUN_ENTRIES)} -> move those files or choose another "
+                "output.dir"
+            ]
+        )
     for name in RUN_ENTRIES:
         entry = out / name
         if entry.is_dir() and not entry.is_symlink():
@@ -72,9 +81,16 @@ def clear_run_directory(out: Path, keep: Sequence[str] = ()) -> None:
             entry.unlink()
 
 
-def start_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False, callbacks: Sequence[Callback] = (),
-              progress: bool = False, notify: Callable[[str], None] | None = None,
-              keep_on_overwrite: Sequence[str] = ()) -> Trainer:  # fmt: skip
+def start_run(
+    cfg: TrainConfig,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    callbacks: Sequence[Callback] = (),
+    progress: bool = False,
+    notify: Callable[[str], None] | None = None,
+    keep_on_overwrite: Sequence[str] = (),
+) -> Trainer:
     """The run's trainer, with its directory prepared and, with `resume`, its newest checkpoint loaded.
 
     `notify` receives the one-line messages a user should see (resumed at step N, no checkpoint to
@@ -85,8 +101,12 @@ def start_run(cfg: TrainConfig, *, resume: bool = False, overwrite: bool = False
     out.mkdir(parents=True, exist_ok=True)
     if latest_checkpoint(out) is not None and not resume:
         if not overwrite:
-            raise ConfigError([f"output.dir {str(out)!r} already holds checkpoints; pass --resume to continue "
-                               "that run or --overwrite to start again"])  # fmt: skip
+            raise ConfigError(
+                [
+                    f"output.dir {str(out)!r} already holds checkpoints; pass --resume to continue "
+                    "that run or --overwrite to start again"
+                ]
+            )
         clear_run_directory(out, keep_on_overwrite)
     resumed = load_latest_checkpoint(out) if resume else None
     if resumed is not None:

@@ -91,14 +91,22 @@ def validation_tokens(data_cfg, tok: Tokenizer, documents: Callable[[], Iterator
                     if len(texts) == data_cfg.val_documents:
                         break
             if not texts:
-                raise ConfigError([f"data: {scanned} documents hold out none for validation -> add documents or "
-                                   f"raise data.val_fraction ({data_cfg.val_fraction})"])  # fmt: skip
+                raise ConfigError(
+                    [
+                        f"data: {scanned} documents hold out none for validation -> add documents or "
+                        f"raise data.val_fraction ({data_cfg.val_fraction})"
+                    ]
+                )
             ids = [np.asarray(d, dtype=np.uint16) for d in tok.encode_documents(texts)]
             tmp = root / "val.bin.tmp"
             np.concatenate(ids).tofile(tmp)
             os.replace(tmp, root / "val.bin")
-            meta = {**fields, "documents": {"val": len(texts), "scanned": scanned},
-                    "tokens": {"val": int(sum(len(i) for i in ids))}, "vocab_size": tok.vocab_size}  # fmt: skip
+            meta = {
+                **fields,
+                "documents": {"val": len(texts), "scanned": scanned},
+                "tokens": {"val": int(sum(len(i) for i in ids))},
+                "vocab_size": tok.vocab_size,
+            }
             (root / "meta.json.tmp").write_text(json.dumps(meta, indent=2))
             os.replace(root / "meta.json.tmp", root / "meta.json")
             log.info("streamed validation set: %d documents (of the first %d) -> %s", len(texts), scanned, root)
@@ -139,8 +147,14 @@ class _Failure:
 class StreamedBlocks:
     """Training blocks from a background tokenizer thread; `next_rows()` gives one global micro-batch."""
 
-    def __init__(self, data_cfg, tok: Tokenizer, rows_per_batch: int, prefetch_blocks: int | None = None,
-                 documents: Callable[[], Iterator[str]] | None = None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        data_cfg,
+        tok: Tokenizer,
+        rows_per_batch: int,
+        prefetch_blocks: int | None = None,
+        documents: Callable[[], Iterator[str]] | None = None,
+    ) -> None:
         self.cfg, self.tok, self.rows_per_batch = data_cfg, tok, rows_per_batch
         self.seq_len = data_cfg.seq_len
         self.prefetch_blocks = prefetch_blocks or max(4 * rows_per_batch, 1024)
@@ -162,8 +176,15 @@ class StreamedBlocks:
 
     def state_dict(self) -> dict:
         p = self.position
-        return {"streamed": True, "epoch": p.epoch, "next_document": p.next_document, "epoch_tokens": p.epoch_tokens,
-                "leftover": list(p.leftover), "blocks": p.blocks, "seq_len": self.seq_len}  # fmt: skip
+        return {
+            "streamed": True,
+            "epoch": p.epoch,
+            "next_document": p.next_document,
+            "epoch_tokens": p.epoch_tokens,
+            "leftover": list(p.leftover),
+            "blocks": p.blocks,
+            "seq_len": self.seq_len,
+        }
 
     def load_state_dict(self, state: dict) -> None:
         if not state.get("streamed"):
@@ -172,16 +193,18 @@ class StreamedBlocks:
             raise ValueError(f"checkpoint was written at seq_len {state['seq_len']}, this run has {self.seq_len}")
         if self._thread is not None:
             raise RuntimeError("load_state_dict after the stream started")
-        self._start = StreamPosition(state["epoch"], state["next_document"], state["epoch_tokens"],
-                                     list(state["leftover"]), state["blocks"])  # fmt: skip
+        self._start = StreamPosition(
+            state["epoch"], state["next_document"], state["epoch_tokens"], list(state["leftover"]), state["blocks"]
+        )
         self._blocks = state["blocks"]
 
     # ------------------------------------------------------------------ consumer
 
     def start(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._produce, args=(self._start,), daemon=True,
-                                            name="ranktune-tokenizer")  # fmt: skip
+            self._thread = threading.Thread(
+                target=self._produce, args=(self._start,), daemon=True, name="ranktune-tokenizer"
+            )
             self._thread.start()
 
     def next_rows(self) -> np.ndarray:
@@ -257,8 +280,11 @@ class StreamedBlocks:
                 batch = list(itertools.islice(docs, DOCUMENTS_PER_BATCH))
                 if not batch:
                     break
-                kept = [(index + i, text) for i, text in enumerate(batch)
-                        if not is_validation_document(index + i, val_fraction)]  # fmt: skip
+                kept = [
+                    (index + i, text)
+                    for i, text in enumerate(batch)
+                    if not is_validation_document(index + i, val_fraction)
+                ]
                 encoded = self.tok.encode_documents([t for _, t in kept]) if kept else []
                 ids_by_index = {i: ids for (i, _), ids in zip(kept, encoded, strict=True)}
                 for i in range(index, index + len(batch)):
@@ -279,8 +305,12 @@ class StreamedBlocks:
                         tokens = tokens[k * L :]
                 index += len(batch)
             if trained == 0 and first == 0:
-                raise ConfigError([f"data: no training document in the stream ({index} documents read) -> add "
-                                   "documents or lower data.val_fraction"])  # fmt: skip
+                raise ConfigError(
+                    [
+                        f"data: no training document in the stream ({index} documents read) -> add "
+                        "documents or lower data.val_fraction"
+                    ]
+                )
             epoch, first, epoch_tokens = epoch + 1, 0, 0
 
 

@@ -9,12 +9,31 @@ import pytest
 from support.paths import REPO
 
 TINY = [
-    "--set", "model.hidden_size=64", "--set", "model.intermediate_size=172",
-    "--set", "data.seq_len=32", "--set", "data.max_tokens=300000",
-    "--set", "train.steps=12", "--set", "train.batch_size=8", "--set", "train.micro_batch_size=8",
-    "--set", "train.eval_every=6", "--set", "train.eval_blocks=16", "--set", "train.log_every=3",
-    "--set", "output.checkpoint_every=6", "--set", "schedule.warmup_steps=2",
-]  # fmt: skip
+    "--set",
+    "model.hidden_size=64",
+    "--set",
+    "model.intermediate_size=172",
+    "--set",
+    "data.seq_len=32",
+    "--set",
+    "data.max_tokens=300000",
+    "--set",
+    "train.steps=12",
+    "--set",
+    "train.batch_size=8",
+    "--set",
+    "train.micro_batch_size=8",
+    "--set",
+    "train.eval_every=6",
+    "--set",
+    "train.eval_blocks=16",
+    "--set",
+    "train.log_every=3",
+    "--set",
+    "output.checkpoint_every=6",
+    "--set",
+    "schedule.warmup_steps=2",
+]
 
 
 def ranktune(*args, cwd=None):
@@ -37,8 +56,10 @@ def test_help_lists_commands():
 
 
 def test_help_does_not_import_torch():
-    probe = ("import sys\nfrom ranktune.platform.cli.main import main\ntry:\n    main(['sweep', '--help'])\n"
-             "except SystemExit:\n    pass\nprint('torch' in sys.modules)")  # fmt: skip
+    probe = (
+        "import sys\nfrom ranktune.platform.cli.main import main\ntry:\n    main(['sweep', '--help'])\n"
+        "except SystemExit:\n    pass\nprint('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert out.stdout.strip().splitlines()[-1] == "False", out.stderr
 
@@ -59,9 +80,14 @@ def test_train_end_to_end_then_resume(tiny_args, tmp_path):
     assert again.returncode == 2 and "--resume" in again.stderr and "Traceback" not in again.stderr
 
     longer = ranktune(
-        "train", "configs/tiny.yaml", *tiny_args, "--set", "train.steps=15", "--resume",
+        "train",
+        "configs/tiny.yaml",
+        *tiny_args,
+        "--set",
+        "train.steps=15",
+        "--resume",
         cwd=str(REPO),
-    )  # fmt: skip
+    )
     assert longer.returncode == 0, longer.stderr
     assert "resuming" in longer.stderr
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -82,10 +108,22 @@ def test_models_lists_paper_configs():
 
 def test_schedule_shows_relora_sawtooth(tmp_path):
     out = ranktune(
-        "schedule", "--set", "optim.name=relora", "--set", "train.steps=100", "--set", "relora.relora_every=30",
-        "--set", "relora.restart_warmup_steps=5", "--set", "relora.rank=16", "--set", "schedule.warmup_steps=10",
-        "--plot", str(tmp_path / "lr.png"),
-    )  # fmt: skip
+        "schedule",
+        "--set",
+        "optim.name=relora",
+        "--set",
+        "train.steps=100",
+        "--set",
+        "relora.relora_every=30",
+        "--set",
+        "relora.restart_warmup_steps=5",
+        "--set",
+        "relora.rank=16",
+        "--set",
+        "schedule.warmup_steps=10",
+        "--plot",
+        str(tmp_path / "lr.png"),
+    )
     assert out.returncode == 0, out.stderr
     assert "restarts after [30, 60, 90]" in out.stdout
     assert "step      30  lr 0  <- restart" in out.stdout
@@ -117,15 +155,18 @@ def test_export_refuses_an_unknown_target_before_anything_else(tmp_path):
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "error: --target: '13b' -> one of ['130m', '1b', '350m', '60m', '7b', 'tiny', 'tiny4'] (model presets: "
-        "ranktune models)"]  # fmt: skip
+        "ranktune models)"
+    ]
 
 
 def test_printed_lines_fold_at_spaces_within_the_width():
     from ranktune.platform.cli.common import wrapped
 
-    line = ("verdict, apollo_adamw vs galore_adamw (runner-up): add seeds (gap 0.0551, 95% interval [-0.0315, "
-            "0.142]; Welch t 1.98, df 3.1, p 0.14; about 7 seeds per arm needed) sweeps/compare-tiny-1765000000/"
-            "plots/a_very_long_path_that_cannot_be_broken.png")  # fmt: skip
+    line = (
+        "verdict, apollo_adamw vs galore_adamw (runner-up): add seeds (gap 0.0551, 95% interval [-0.0315, "
+        "0.142]; Welch t 1.98, df 3.1, p 0.14; about 7 seeds per arm needed) sweeps/compare-tiny-1765000000/"
+        "plots/a_very_long_path_that_cannot_be_broken.png"
+    )
     text = wrapped(["  " + line], width=60)
     lines = text.splitlines()
     assert text.split() == line.split()  # every word whole, in order

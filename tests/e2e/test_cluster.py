@@ -113,11 +113,17 @@ def sweep_spec(tmp_path: Path, token_cache: str, name: str, lrs: list[float], st
     base = tiny_sweep_base(token_cache)
     storage = tmp_path / "shared" / name
     raw = {
-        "name": name, "base_overrides": base, "storage": str(storage), "max_concurrent": 2,
+        "name": name,
+        "base_overrides": base,
+        "storage": str(storage),
+        "max_concurrent": 2,
         "space": {"params": {"optim.lr": {"type": "choice", "values": lrs}}},
-        "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": steps},
-        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0}, "max_failures": 2,
-    }  # fmt: skip
+        "search": {"algorithm": "grid"},
+        "scheduler": {"name": "none"},
+        "budget": {"steps_per_trial": steps},
+        "resources": {"cpus_per_trial": 1, "gpus_per_trial": 0},
+        "max_failures": 2,
+    }
     spec_file = tmp_path / f"{name}.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     return spec_file, storage
@@ -128,11 +134,20 @@ class SweepDriver:
 
     def __init__(self, cluster: LocalCluster, spec_file: Path, log: Path) -> None:
         env = {**os.environ, **cluster.driver_env(), "PYTHONWARNINGS": "ignore", "RAY_USAGE_STATS_ENABLED": "0"}
-        cmd = [sys.executable, "-m", "ranktune.platform.cli", "sweep", str(spec_file), "--address", cluster.address,
-               "--quiet"]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "ranktune.platform.cli",
+            "sweep",
+            str(spec_file),
+            "--address",
+            cluster.address,
+            "--quiet",
+        ]
         self.log = log
-        self.proc = subprocess.Popen(cmd, start_new_session=True, env=env, stdout=open(log, "w"),
-                                     stderr=subprocess.STDOUT)  # fmt: skip
+        self.proc = subprocess.Popen(
+            cmd, start_new_session=True, env=env, stdout=open(log, "w"), stderr=subprocess.STDOUT
+        )
 
     def wait(self, timeout: float) -> int:
         try:

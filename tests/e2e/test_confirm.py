@@ -10,9 +10,13 @@ from ranktune.platform.sweep.confirm import fixed_points
 from ranktune.search_spaces import spec_from_dict
 
 BASE = {"model": {"name": "tiny"}, "train": {"batch_size": 8, "micro_batch_size": 8}}
-TWO_METHODS = {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
-               "branches": {"key": "optim.name", "choices": {"adamw": {}, "lora": {"relora.rank": {
-                   "type": "choice", "values": [8]}}}}}  # fmt: skip
+TWO_METHODS = {
+    "params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+    "branches": {
+        "key": "optim.name",
+        "choices": {"adamw": {}, "lora": {"relora.rank": {"type": "choice", "values": [8]}}},
+    },
+}
 
 
 def row(trial_id, name, objective, status="finished"):
@@ -24,8 +28,12 @@ def spec(**kw):
 
 
 def test_best_trial_of_each_method_is_replicated():
-    rows = [row("a1", "adamw", 3.0), row("a2", "adamw", 2.9), row("l1", "lora", 3.2), row("l2", "lora", 1.0,
-            status="stopped_early")]  # fmt: skip
+    rows = [
+        row("a1", "adamw", 3.0),
+        row("a2", "adamw", 2.9),
+        row("l1", "lora", 3.2),
+        row("l2", "lora", 1.0, status="stopped_early"),
+    ]
     assert [r["trial_id"] for r in select_configurations(spec(), rows)] == ["a2", "l1"]
 
 
@@ -60,14 +68,15 @@ def test_verdict_is_welchs_test_against_the_runner_up():
     assert lucky["verdict"] == "add seeds"  # gap 0.11 > std + std 0.10, but t 2.69, p 0.054
 
 
-THREE_METHODS = {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
-                 "branches": {"key": "optim.name", "choices": {"adamw": {}, "lora": {}, "galore_adamw": {}}}}
+THREE_METHODS = {
+    "params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+    "branches": {"key": "optim.name", "choices": {"adamw": {}, "lora": {}, "galore_adamw": {}}},
+}
 
 
 def test_the_best_baseline_is_always_replicated_and_judged():
     three = spec(space=THREE_METHODS)
-    rows = [row("g", "galore_adamw", 3.0), row("l", "lora", 3.05), row("a", "adamw", 3.2),
-            row("a2", "adamw", 3.3)]  # fmt: skip
+    rows = [row("g", "galore_adamw", 3.0), row("l", "lora", 3.05), row("a", "adamw", 3.2), row("a2", "adamw", 3.3)]
     chosen = select_configurations(three, rows)
     assert [r["trial_id"] for r in chosen] == ["g", "l", "a"]  # top 2 methods, then the best full-rank baseline
     summary = summarize(three, chosen, {0: [3.00, 3.01, 3.02], 1: [3.04, 3.06, 3.08], 2: [3.20, 3.21, 3.22]})
@@ -99,10 +108,17 @@ def test_sweep_replicates_its_top_two_nested_in_mlflow(tmp_path, token_cache):
     from ranktune.platform.sweep.driver import run_sweep
     from ranktune.platform.tracking.client import CONFIRM_OF_TAG, child_runs, mlflow_client
 
-    raw = tiny_spec(tmp_path, token_cache, "confirm", space=TWO_METHODS, search={"algorithm": "random"},
-                    budget={"num_trials": 3, "steps_per_trial": 10}, scheduler={"name": "none"},
-                    confirm={"top_k": 2, "seeds": 2},
-                    objectives=[{"metric": "optimizer_state_bytes", "mode": "min"}])  # fmt: skip
+    raw = tiny_spec(
+        tmp_path,
+        token_cache,
+        "confirm",
+        space=TWO_METHODS,
+        search={"algorithm": "random"},
+        budget={"num_trials": 3, "steps_per_trial": 10},
+        scheduler={"name": "none"},
+        confirm={"top_k": 2, "seeds": 2},
+        objectives=[{"metric": "optimizer_state_bytes", "mode": "min"}],
+    )
     raw["max_concurrent"] = 2
     try:
         summary = run_sweep(spec_from_dict(raw), progress=False)
@@ -140,13 +156,15 @@ def test_a_target_aware_sweep_compares_with_its_references_but_never_answers_wit
     from ranktune.platform.report.table import flat_rows, is_reference
 
     three = spec(space=THREE_METHODS, target={"model": "7b", "budget_gib": 24})
-    assert is_reference(three, {"optim.name": "adamw"}) and not is_reference(spec(space=THREE_METHODS),
-                                                                              {"optim.name": "adamw"})  # fmt: skip
+    assert is_reference(three, {"optim.name": "adamw"}) and not is_reference(
+        spec(space=THREE_METHODS), {"optim.name": "adamw"}
+    )
     assert infeasible_reason(three, {"optim.name": "adamw", "optim.lr": 3e-3}) is None  # trained all the same
     rows = [{**row("a", "adamw", 2.9), "reference": True}, row("g", "galore_adamw", 3.0), row("l", "lora", 3.1)]
     for r in rows:
-        r.update(peak_memory_bytes=1, optimizer_state_bytes=1, tokens_per_s=1.0, device_hours=0.1, device_kind="CPU",
-                 step=10)
+        r.update(
+            peak_memory_bytes=1, optimizer_state_bytes=1, tokens_per_s=1.0, device_hours=0.1, device_kind="CPU", step=10
+        )
     chosen = select_configurations(three, rows)
     assert [r["trial_id"] for r in chosen] == ["g", "l", "a"]  # the reference is replicated as the baseline only
     summary = summarize(three, chosen, {0: [3.00, 3.01, 3.02], 1: [3.10, 3.11, 3.12], 2: [2.90, 2.91, 2.92]})

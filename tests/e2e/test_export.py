@@ -119,11 +119,21 @@ def tiny_swap(out_dir, token_cache, rank_key: str) -> list[str]:
     """Overrides that run an exported config on CPU with the tiny model; method, schedule shape,
     precision, checkpointing and 8-bit options stay as exported."""
     return [
-        "model.name=tiny", "data.source=embedded", "data.max_tokens=300000", f"data.cache_dir={token_cache}",
-        "data.seq_len=32", "train.steps=4", "train.batch_size=8", "train.micro_batch_size=4", "train.device=cpu",
-        "train.eval_every=2", "train.eval_blocks=4", "schedule.warmup_steps=1", f"{rank_key}=8",
+        "model.name=tiny",
+        "data.source=embedded",
+        "data.max_tokens=300000",
+        f"data.cache_dir={token_cache}",
+        "data.seq_len=32",
+        "train.steps=4",
+        "train.batch_size=8",
+        "train.micro_batch_size=4",
+        "train.device=cpu",
+        "train.eval_every=2",
+        "train.eval_blocks=4",
+        "schedule.warmup_steps=1",
+        f"{rank_key}=8",
         f"output.dir={out_dir}",
-    ]  # fmt: skip
+    ]
 
 
 def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(target_sweep, tmp_path, token_cache):
@@ -155,8 +165,11 @@ def test_export_relora_to_7b_fits_24_gib_and_runs_tiny(target_sweep, tmp_path, t
     exported = {a.path for a in client.list_artifacts(state.parent_run_id, "export")}
     assert {"export/relora_7b.yaml", "export/relora_7b.memory.json"} <= exported
     assert client.get_run(state.parent_run_id).data.tags["ranktune.export.7b.trial_id"] == trial
-    source = next(r for r in child_runs(client, state.experiment_id, state.parent_run_id)
-                  if r.data.tags["ranktune.trial_id"] == trial)  # fmt: skip
+    source = next(
+        r
+        for r in child_runs(client, state.experiment_id, state.parent_run_id)
+        if r.data.tags["ranktune.trial_id"] == trial
+    )
     assert source.data.tags["ranktune.exported_to"].startswith("7b")
 
     tiny = load_config(out, [*tiny_swap(tmp_path / "run", token_cache, "relora.rank"), "relora.relora_every=2"])
@@ -169,8 +182,13 @@ def test_export_galore_keeps_the_paper_batch_and_global_clip(target_sweep, tmp_p
     from ranktune.trainables.trainer import Trainer
 
     spec, state = load_state(target_sweep.storage_dir)
-    trial = next(r["trial_id"] for r in collect_trials(spec, state) if r["status"] == "finished"
-                 and r["params"]["optim.name"] == "galore_adamw" and r["params"]["galore.rank"] == 16)  # fmt: skip
+    trial = next(
+        r["trial_id"]
+        for r in collect_trials(spec, state)
+        if r["status"] == "finished"
+        and r["params"]["optim.name"] == "galore_adamw"
+        and r["params"]["galore.rank"] == 16
+    )
     out = tmp_path / "galore_7b.yaml"
     assert main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out)]) == 0
     cfg = load_config(out)
@@ -186,9 +204,14 @@ def test_export_galore_keeps_the_paper_batch_and_global_clip(target_sweep, tmp_p
     assert memory["fits"] and memory["headroom_bytes"] >= 1 * GIB
 
     # data.max_tokens follows the file's own steps x tokens per step, also after overrides.
-    shorter = export_best(target_sweep.storage_dir, "7b", 24.0, tmp_path / "short.yaml", trial_id=trial,
-                          overrides=["train.steps=1000", "train.batch_size=256",
-                                     "schedule.warmup_steps=100"])  # fmt: skip
+    shorter = export_best(
+        target_sweep.storage_dir,
+        "7b",
+        24.0,
+        tmp_path / "short.yaml",
+        trial_id=trial,
+        overrides=["train.steps=1000", "train.batch_size=256", "schedule.warmup_steps=100"],
+    )
     assert shorter.config.data.max_tokens == 1000 * 256 * 256
 
     # The tiny swap keeps accumulation (batch 8 in micro-batches of 4) and the global clip.
@@ -202,22 +225,52 @@ def test_export_prints_duration_and_sizes_to_tokens_or_days(target_sweep, tmp_pa
     from ranktune.platform.cli.main import main
 
     spec, state = load_state(target_sweep.storage_dir)
-    trial = next(r["trial_id"] for r in collect_trials(spec, state) if r["status"] == "finished"
-                 and r["params"]["optim.name"] == "galore_adamw" and r["params"]["galore.rank"] == 16)  # fmt: skip
+    trial = next(
+        r["trial_id"]
+        for r in collect_trials(spec, state)
+        if r["status"] == "finished"
+        and r["params"]["optim.name"] == "galore_adamw"
+        and r["params"]["galore.rank"] == 16
+    )
     out = tmp_path / "tokens.yaml"
     budget = 3000 * 512 * 256
     capsys.readouterr()
-    assert main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out), "--tokens", str(budget)]) == 0
+    assert (
+        main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out), "--tokens", str(budget)])
+        == 0
+    )
     printed = capsys.readouterr().out
     cfg = load_config(out)
     assert cfg.train.steps * cfg.tokens_per_step == budget == cfg.data.max_tokens
     header = out.read_text().split("\nmodel:")[0]
-    for text in ("# Sized: --tokens", "# Micro-batch: micro-batch", "runner-up", "# FLOPs:", "# Wall time:",
-                 "compute-optimal", "utilisation (assumed)"):  # fmt: skip
+    for text in (
+        "# Sized: --tokens",
+        "# Micro-batch: micro-batch",
+        "runner-up",
+        "# FLOPs:",
+        "# Wall time:",
+        "compute-optimal",
+        "utilisation (assumed)",
+    ):
         assert text in header and text.removeprefix("# ") in printed
     out = tmp_path / "days.yaml"
-    assert main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out), "--days", "3",
-                 "--card", "h100"]) == 0  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                str(target_sweep.storage_dir),
+                "--trial",
+                trial,
+                "--out",
+                str(out),
+                "--days",
+                "3",
+                "--card",
+                "h100",
+            ]
+        )
+        == 0
+    )
     cfg = load_config(out)
     assert cfg.train.steps * cfg.tokens_per_step == cfg.data.max_tokens
     assert "--days 3 on NVIDIA H100 SXM" in out.read_text()
@@ -225,8 +278,23 @@ def test_export_prints_duration_and_sizes_to_tokens_or_days(target_sweep, tmp_pa
     assert main(["estimate", str(out), "--card", "h100"]) in (0, 1)
     assert "Wall time: 3.0 days" in capsys.readouterr().out
     # The budget decides steps: a --set of them as well is refused.
-    assert main(["export", str(target_sweep.storage_dir), "--trial", trial, "--out", str(out), "--days", "3",
-                 "--set", "train.steps=10"]) == 2  # fmt: skip
+    assert (
+        main(
+            [
+                "export",
+                str(target_sweep.storage_dir),
+                "--trial",
+                trial,
+                "--out",
+                str(out),
+                "--days",
+                "3",
+                "--set",
+                "train.steps=10",
+            ]
+        )
+        == 2
+    )
     assert "--tokens / --days decide it" in capsys.readouterr().err
 
 

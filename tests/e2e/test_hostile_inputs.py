@@ -67,10 +67,15 @@ def started_sweep_template(base_config, tmp_path_factory):
     the parent run. Created once (MLflow's schema setup takes seconds); each test gets a copy, which
     works where it lies (relocate.py)."""
     storage = tmp_path_factory.mktemp("template") / "sweep"
-    spec = spec_from_dict({
-        "name": "hostile", "base_overrides": base_config, "budget": {"num_trials": 1, "steps_per_trial": 10},
-        "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}}, "storage": str(storage),
-    })  # fmt: skip
+    spec = spec_from_dict(
+        {
+            "name": "hostile",
+            "base_overrides": base_config,
+            "budget": {"num_trials": 1, "steps_per_trial": 10},
+            "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+            "storage": str(storage),
+        }
+    )
     storage.mkdir()
     state = {"spec": json.loads(sweep.spec_json(spec)), **sweep.start_tracking(spec)}
     write_json_atomic(storage / sweep.STATE_FILE, state)
@@ -101,7 +106,7 @@ def started_sweep(started_sweep_template, tmp_path):
         ("{tmp}/a#b/{{name}}", "-> a path without '#'"),
         ("{tmp}/100%/{name}", "-> a path without '%'"),
     ],
-)  # fmt: skip
+)
 def test_bad_storage_values_are_refused_in_one_line(raw_spec, tmp_path, storage, expected):
     with pytest.raises(ConfigError) as exc:
         spec_from_dict({**raw_spec, "storage": storage.replace("{tmp}", str(tmp_path))})
@@ -151,7 +156,7 @@ def test_report_of_an_intact_started_sweep_works(cli, started_sweep):
         (b'{"spec": [], "tracking_uri": "x", "experiment_id": "1", "parent_run_id": "r"}', "spec: a JSON list"),
         (b'{"spec": {}, "tracking_uri": 1, "experiment_id": "1", "parent_run_id": "r"}', "tracking_uri: 1"),
     ],
-)  # fmt: skip
+)
 def test_a_damaged_sweep_json_is_refused_naming_the_file(cli, started_sweep, content, expected):
     (started_sweep / "sweep.json").write_bytes(content)
     for command in ("report", "export", "ui", "dashboard"):
@@ -168,7 +173,7 @@ def test_a_damaged_sweep_json_is_refused_naming_the_file(cli, started_sweep, con
         ({"objective": {"metric": "eval_loss", "mode": "sideways"}}, "spec.objective.mode: 'sideways'"),
         ({"space": {"params": {"optim.lr": {"type": "uniformish"}}}}, "spec.space.params.optim.lr"),
     ],
-)  # fmt: skip
+)
 def test_hand_edited_spec_values_in_sweep_json_are_refused(cli, started_sweep, edit, expected):
     path = started_sweep / "sweep.json"
     state = json.loads(path.read_text())
@@ -202,9 +207,14 @@ def test_a_missing_or_damaged_mlflow_db_is_refused_not_recreated(cli, started_sw
 
 @pytest.mark.parametrize(
     "content",
-    [b"", b'{"configurations": [', b"[]", b"{}", b'{"configurations": [1], "verdict": "x", "why": "", '
-     b'"rule": "", "seeds": 2, "metric": "eval_loss"}'],
-)  # fmt: skip
+    [
+        b"",
+        b'{"configurations": [',
+        b"[]",
+        b"{}",
+        b'{"configurations": [1], "verdict": "x", "why": "", "rule": "", "seeds": 2, "metric": "eval_loss"}',
+    ],
+)
 def test_a_damaged_confirm_json_is_refused_naming_the_file(cli, started_sweep, content):
     (started_sweep / "confirm.json").write_bytes(content)
     rc, _, err = cli("report", str(started_sweep), "--no-plots")
@@ -277,13 +287,18 @@ def argv_exit(capsys):
 @pytest.mark.parametrize(
     "argv",
     [
-        ["report", "S", "--max-memory-gib", "nan"], ["report", "S", "--max-memory-gib", "-3"],
-        ["export", "S", "--budget-gib", "nan"], ["export", "S", "--budget-gib", "inf"],
-        ["export", "S", "--budget-gib", "-24"], ["export", "S", "--max-memory-gib", "0"],
-        ["estimate", "--budget-gib=-inf"], ["ui", "S", "--port", "99999"], ["dashboard", "S", "--port", "0"],
+        ["report", "S", "--max-memory-gib", "nan"],
+        ["report", "S", "--max-memory-gib", "-3"],
+        ["export", "S", "--budget-gib", "nan"],
+        ["export", "S", "--budget-gib", "inf"],
+        ["export", "S", "--budget-gib", "-24"],
+        ["export", "S", "--max-memory-gib", "0"],
+        ["estimate", "--budget-gib=-inf"],
+        ["ui", "S", "--port", "99999"],
+        ["dashboard", "S", "--port", "0"],
         ["mlflow-server", "--backend-store-uri", "sqlite:///x.db", "--artifacts-destination", "a", "--port", "-1"],
     ],
-)  # fmt: skip
+)
 def test_non_finite_negative_or_out_of_range_numbers_are_refused(argv_exit, argv):
     rc, err = argv_exit(*argv)
     assert rc == 2, err
@@ -358,8 +373,15 @@ def test_printed_commands_are_quoted_for_pasting(raw_spec):
     assert "ranktune sweep --resume '/tmp/my sweeps/k1'" in winner_lines(spec, None, "/tmp/my sweeps/k1")[0]
 
 
-COMMAND_BEFORE_A_PATH = ("ranktune sweep --resume ", "ranktune export ", "ranktune train ", "ranktune report ",
-                         "ranktune ui ", "ranktune dashboard ", "ranktune confirm ")  # fmt: skip
+COMMAND_BEFORE_A_PATH = (
+    "ranktune sweep --resume ",
+    "ranktune export ",
+    "ranktune train ",
+    "ranktune report ",
+    "ranktune ui ",
+    "ranktune dashboard ",
+    "ranktune confirm ",
+)
 
 
 def _is_quoted(node) -> bool:
@@ -390,8 +412,12 @@ def test_every_printed_command_quotes_the_path_it_interpolates():
             if not isinstance(node, ast.JoinedStr):
                 continue
             for before, value in zip(node.values, node.values[1:], strict=False):
-                if (isinstance(before, ast.Constant) and isinstance(value, ast.FormattedValue)
-                        and str(before.value).endswith(COMMAND_BEFORE_A_PATH) and not _is_quoted(value.value)):
+                if (
+                    isinstance(before, ast.Constant)
+                    and isinstance(value, ast.FormattedValue)
+                    and str(before.value).endswith(COMMAND_BEFORE_A_PATH)
+                    and not _is_quoted(value.value)
+                ):
                     tail = str(before.value)[-40:]
                     unquoted.append(f"{source.name}:{value.lineno}: ...{tail}{{{ast.unparse(value.value)}}}")
     assert not unquoted, "\n".join(unquoted)
@@ -426,11 +452,13 @@ def test_report_of_a_running_sweep_does_not_advise_resume(cli, started_sweep):
 @pytest.mark.parametrize(
     "fault,expected",
     [
-        (OSError(28, "No space left on device", "/x/metrics.jsonl"), "error: no space left on the device writing "
-         "/x/metrics.jsonl -> free some space"),
+        (
+            OSError(28, "No space left on device", "/x/metrics.jsonl"),
+            "error: no space left on the device writing /x/metrics.jsonl -> free some space",
+        ),
         (MemoryError(), "error: out of memory (host RAM) -> lower train.micro_batch_size"),
     ],
-)  # fmt: skip
+)
 def test_disk_full_and_out_of_memory_are_one_line_errors(argv_exit, monkeypatch, fault, expected):
     from ranktune.platform.cli import train as cli_module
 
@@ -518,7 +546,7 @@ def test_ctrl_c_during_the_search_leaves_trials_interrupted_and_the_sweep_resuma
 @pytest.mark.parametrize(
     "fault,status",
     [(OSError(28, "No space left on device"), "FAILED"), (KeyboardInterrupt(), "KILLED")],
-)  # fmt: skip
+)
 def test_a_driver_that_dies_does_not_leave_the_parent_run_running(started_sweep, fault, status):
     from ranktune.platform.tracking.client import mlflow_client
 

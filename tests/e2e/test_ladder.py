@@ -30,8 +30,14 @@ def cr(cid: str, method: str, loss: float | None, lr: float = 1e-3, **params) ->
 
 
 def test_promotion_takes_the_best_per_method_and_skips_unfinished():
-    rows = [cr("a1", "adamw", 5.0), cr("a2", "adamw", 4.0), cr("a3", "adamw", 4.5), cr("g1", "galore", 4.2),
-            cr("g2", "galore", None), cr("g3", "galore", math.nan)]  # fmt: skip
+    rows = [
+        cr("a1", "adamw", 5.0),
+        cr("a2", "adamw", 4.0),
+        cr("a3", "adamw", 4.5),
+        cr("g1", "galore", 4.2),
+        cr("g2", "galore", None),
+        cr("g3", "galore", math.nan),
+    ]
     chosen = promote(rows, per_method=2)
     assert [r.config_id for r in chosen] == ["a2", "g1", "a3"]
     assert [r.config_id for r in promote(rows, per_method=1)] == ["a2", "g1"]
@@ -41,19 +47,31 @@ def test_lr_is_re_searched_around_the_transferred_value_and_shared_runs_are_trai
     promoted = [cr("a", "adamw", 4.0, lr=2e-3), cr("b", "adamw", 4.1, lr=4e-3)]
     points = lr_points(promoted, [0.5, 1.0, 2.0])
     assert [(p.config_id, p.params["optim.lr"]) for p in points] == [
-        ("a", 1e-3), ("a", 2e-3), ("a", 4e-3), ("b", 2e-3), ("b", 4e-3), ("b", 8e-3)]  # fmt: skip
+        ("a", 1e-3),
+        ("a", 2e-3),
+        ("a", 4e-3),
+        ("b", 2e-3),
+        ("b", 4e-3),
+        ("b", 8e-3),
+    ]
     distinct = unique_points(points)
     assert len(distinct) == 4  # a x2 and b x1 meet at 4e-3, a x1 and b x0.5 at 2e-3
     loss_of = {p.key: {1e-3: 4.3, 2e-3: 3.9, 4e-3: 3.7, 8e-3: 4.4}[p.params["optim.lr"]] for p in points}
     results = {r.config_id: r for r in rung_results(points, loss_of)}
-    assert results["a"].loss == 3.7 and results["a"].lr == 4e-3 and results["a"].losses == {"0.5": 4.3, "1": 3.9,
-                                                                                             "2": 3.7}  # fmt: skip
+    assert (
+        results["a"].loss == 3.7 and results["a"].lr == 4e-3 and results["a"].losses == {"0.5": 4.3, "1": 3.9, "2": 3.7}
+    )
     assert results["b"].loss == 3.7 and results["b"].lr == 4e-3  # its factor 1 was best
 
 
 def test_correlations_and_regret_from_known_rows():
-    lower = [cr("a1", "adamw", 1.0), cr("a2", "adamw", 2.0), cr("g1", "galore", 3.0), cr("g2", "galore", 4.0),
-             cr("x", "lora", 0.5)]  # fmt: skip  (x never reached the upper rung)
+    lower = [
+        cr("a1", "adamw", 1.0),
+        cr("a2", "adamw", 2.0),
+        cr("g1", "galore", 3.0),
+        cr("g2", "galore", 4.0),
+        cr("x", "lora", 0.5),
+    ]  # (x never reached the upper rung)
     upper = [cr("a1", "adamw", 2.2), cr("a2", "adamw", 2.1), cr("g1", "galore", 2.0), cr("g2", "galore", 2.5)]
     c = compare("r1", lower, "r2", upper)
     a, b = [1.0, 2.0, 3.0, 4.0], [2.2, 2.1, 2.0, 2.5]
@@ -94,10 +112,17 @@ def rung(width: int, configs: list[dict]) -> dict:
 
 
 def test_fitted_rules_per_method_and_export_using_them():
-    rungs = [rung(w, [{"method": "galore_adamw", "loss": 3.0, "step_size": 0.25 * 0.02 * (w / 64) ** -1.0, "rank": 16},
-                      {"method": "galore_adamw", "loss": 3.5, "step_size": 1.0, "rank": 32},  # not its best
-                      {"method": "adamw", "loss": 3.1, "step_size": 0.004, "rank": None}])
-             for w in (64, 128, 256)]  # fmt: skip
+    rungs = [
+        rung(
+            w,
+            [
+                {"method": "galore_adamw", "loss": 3.0, "step_size": 0.25 * 0.02 * (w / 64) ** -1.0, "rank": 16},
+                {"method": "galore_adamw", "loss": 3.5, "step_size": 1.0, "rank": 32},  # not its best
+                {"method": "adamw", "loss": 3.1, "step_size": 0.004, "rank": None},
+            ],
+        )
+        for w in (64, 128, 256)
+    ]
     rules = fit_rules(rungs)
     assert rules["galore_adamw"].step_size.exponent == pytest.approx(-1.0)
     assert "rank 16 won at every rung" in rules["galore_adamw"].rank_note
@@ -118,20 +143,51 @@ def test_report_ranks_methods_and_configurations_per_rung():
     def config(cid, method, loss):
         return {"config_id": cid, "method": method, "loss": loss}
 
-    rung_row = {"index": 1, "name": "w64", "width": 64, "num_layers": 2, "parameters": 360_000, "matrix_share": 0.27,
-                "steps": 60, "configurations": [config("g1", "galore_adamw", 5.5), config("a2", "adamw", 5.6),
-                                                config("a1", "adamw", 5.9), config("g2", "galore_adamw", None)],
-                "method_ranking": [{"method": "galore_adamw", "loss": 5.5},
-                                   {"method": "adamw", "loss": 5.6}]}  # fmt: skip
-    ladder = {"name": "lad", "complete": False, "promote": 1, "lr_factors": [0.5, 1.0, 2.0], "rungs": [rung_row],
-              "comparisons": [], "verdict": "fewer than two rungs finished", "rules": {}}  # fmt: skip
+    rung_row = {
+        "index": 1,
+        "name": "w64",
+        "width": 64,
+        "num_layers": 2,
+        "parameters": 360_000,
+        "matrix_share": 0.27,
+        "steps": 60,
+        "configurations": [
+            config("g1", "galore_adamw", 5.5),
+            config("a2", "adamw", 5.6),
+            config("a1", "adamw", 5.9),
+            config("g2", "galore_adamw", None),
+        ],
+        "method_ranking": [{"method": "galore_adamw", "loss": 5.5}, {"method": "adamw", "loss": 5.6}],
+    }
+    ladder = {
+        "name": "lad",
+        "complete": False,
+        "promote": 1,
+        "lr_factors": [0.5, 1.0, 2.0],
+        "rungs": [rung_row],
+        "comparisons": [],
+        "verdict": "fewer than two rungs finished",
+        "rules": {},
+    }
     lines = ladder_lines(ladder)
     assert "  methods: galore_adamw 5.5000, adamw 5.6000" in lines
     assert "  configurations: g1 (galore_adamw) 5.5000, a2 (adamw) 5.6000, a1 (adamw) 5.9000" in lines
-    comparison = {"lower": "w64", "upper": "w96", "spearman": 1.0, "kendall": 1.0, "configurations": 2, "methods": 2,
-                  "method_kendall": 1.0, "lower_winner": "adamw", "upper_winner": "adamw", "regret": 0.0}  # fmt: skip
-    ladder["comparisons"] = [{**comparison, "best_config_kept": {}},
-                             {**comparison, "best_config_kept": {"adamw": True, "galore_adamw": False}}]
+    comparison = {
+        "lower": "w64",
+        "upper": "w96",
+        "spearman": 1.0,
+        "kendall": 1.0,
+        "configurations": 2,
+        "methods": 2,
+        "method_kendall": 1.0,
+        "lower_winner": "adamw",
+        "upper_winner": "adamw",
+        "regret": 0.0,
+    }
+    ladder["comparisons"] = [
+        {**comparison, "best_config_kept": {}},
+        {**comparison, "best_config_kept": {"adamw": True, "galore_adamw": False}},
+    ]
     lines = ladder_lines(ladder)
     assert "best configuration kept: n/a (one configuration per method)" in lines[-3]
     assert "best configuration kept by 1 of 2 methods" in lines[-2]
@@ -140,17 +196,29 @@ def test_report_ranks_methods_and_configurations_per_rung():
 # ---------------------------------------------------------------------------------- spec
 
 
-BASE = {"model": {"name": "tiny"}, "data": {"seq_len": 32},
-        "train": {"batch_size": 4, "micro_batch_size": 4, "eval_every": 5}, "schedule": {"warmup_steps": 2}}
+BASE = {
+    "model": {"name": "tiny"},
+    "data": {"seq_len": 32},
+    "train": {"batch_size": 4, "micro_batch_size": 4, "eval_every": 5},
+    "schedule": {"warmup_steps": 2},
+}
 
 
 def ladder_spec(tmp_path, **ladder):
-    raw = {"name": "lad", "base_overrides": BASE, "storage": str(tmp_path / "lad"),
-           "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
-                     "branches": {"key": "optim.name", "choices": {
-                         "adamw": {}, "galore_adamw": {"galore.rank": {"type": "choice", "values": [8, 32]}}}}},
-           "budget": {"num_trials": 2, "steps_per_trial": 10},
-           "ladder": {"rungs": [{"name": "a", "model": {"hidden_size": 64}}, {"name": "b"}], **ladder}}  # fmt: skip
+    raw = {
+        "name": "lad",
+        "base_overrides": BASE,
+        "storage": str(tmp_path / "lad"),
+        "space": {
+            "params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+            "branches": {
+                "key": "optim.name",
+                "choices": {"adamw": {}, "galore_adamw": {"galore.rank": {"type": "choice", "values": [8, 32]}}},
+            },
+        },
+        "budget": {"num_trials": 2, "steps_per_trial": 10},
+        "ladder": {"rungs": [{"name": "a", "model": {"hidden_size": 64}}, {"name": "b"}], **ladder},
+    }
     return spec_from_dict(raw)
 
 
@@ -161,8 +229,10 @@ def test_ladder_spec_refuses_a_rung_its_space_cannot_train(tmp_path):
     assert rung_spec(spec, 1).trial_config({}).model.llama_config().hidden_size == 128
     assert rung_spec(spec, 1).scheduler.name == "none" and rung_spec(spec, 0).scheduler.name == "asha"
     with pytest.raises(ConfigError, match=r"ladder.rungs\[1\] \(b\): space galore.rank: .*galore.rank: 32"):
-        ladder_spec(tmp_path, rungs=[{"name": "a"}, {"name": "b", "model": {"hidden_size": 16, "num_heads": 2,
-                                                                            "intermediate_size": 24}}])  # fmt: skip
+        ladder_spec(
+            tmp_path,
+            rungs=[{"name": "a"}, {"name": "b", "model": {"hidden_size": 16, "num_heads": 2, "intermediate_size": 24}}],
+        )
     with pytest.raises(ConfigError, match=r"ladder.rungs: .*at least 2"):
         ladder_spec(tmp_path, rungs=[{"name": "a"}])
     with pytest.raises(ConfigError, match=r"lr_factors: \[0.0\] -> positive factors"):
@@ -209,10 +279,17 @@ def test_edges_are_flagged_on_the_scale_of_the_range():
 
 
 def test_sanity_baseline_verdict(tmp_path):
-    spec = spec_from_dict({"base_overrides": BASE, "storage": str(tmp_path / "s"), "budget": {"steps_per_trial": 10},
-                           "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
-                                     "branches": {"key": "optim.name",
-                                                  "choices": {"adamw": {}, "adamw_frozen_blocks": {}}}}})  # fmt: skip
+    spec = spec_from_dict(
+        {
+            "base_overrides": BASE,
+            "storage": str(tmp_path / "s"),
+            "budget": {"steps_per_trial": 10},
+            "space": {
+                "params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+                "branches": {"key": "optim.name", "choices": {"adamw": {}, "adamw_frozen_blocks": {}}},
+            },
+        }
+    )
 
     def row(name, loss):
         return trial_row(None, {"optim.name": name, "optim.lr": 1e-3}, loss)
@@ -261,21 +338,47 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
     base = tiny_sweep_base(token_cache, data={"tokenizer": "corpus:512"}, train={"device": "cpu"})
     base["model"] = {"name": "tiny", "hidden_size": 32, "intermediate_size": 86, "num_heads": 4}
     storage = tmp_path / "lad"
-    raw = {"name": "lad", "base_overrides": base, "storage": str(storage), "max_concurrent": 2,
-           "space": {"params": {"optim.lr": {"type": "choice", "values": [3e-3, 1e-2]}},
-                     "branches": {"key": "optim.name", "choices": {"adamw": {}, "galore_adamw": {
-                         "galore.rank": {"type": "choice", "values": [8]},
-                         "galore.update_proj_gap": {"type": "choice", "values": [5]}}}}},
-           "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": 10},
-           "ladder": {"promote": 1, "rungs": [
-               {"name": "w32"}, {"name": "w48", "model": {"hidden_size": 48, "intermediate_size": 128}},
-               {"name": "w64", "model": {"hidden_size": 64, "intermediate_size": 172}, "steps": 12}]}}  # fmt: skip
+    raw = {
+        "name": "lad",
+        "base_overrides": base,
+        "storage": str(storage),
+        "max_concurrent": 2,
+        "space": {
+            "params": {"optim.lr": {"type": "choice", "values": [3e-3, 1e-2]}},
+            "branches": {
+                "key": "optim.name",
+                "choices": {
+                    "adamw": {},
+                    "galore_adamw": {
+                        "galore.rank": {"type": "choice", "values": [8]},
+                        "galore.update_proj_gap": {"type": "choice", "values": [5]},
+                    },
+                },
+            },
+        },
+        "search": {"algorithm": "grid"},
+        "scheduler": {"name": "none"},
+        "budget": {"steps_per_trial": 10},
+        "ladder": {
+            "promote": 1,
+            "rungs": [
+                {"name": "w32"},
+                {"name": "w48", "model": {"hidden_size": 48, "intermediate_size": 128}},
+                {"name": "w64", "model": {"hidden_size": 64, "intermediate_size": 172}, "steps": 12},
+            ],
+        },
+    }
     spec_file = tmp_path / "lad.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     cli = [sys.executable, "-m", "ranktune.platform.cli"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    driver = subprocess.Popen([*cli, "sweep", str(spec_file), "--quiet"], start_new_session=True, env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.log", "w"))  # fmt: skip
+    driver = subprocess.Popen(
+        [*cli, "sweep", str(spec_file), "--quiet"],
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "driver.log", "w"),
+    )
     second_rung = storage / "rungs" / "2-w48" / "sweep.json"
     try:
         deadline = time.monotonic() + 600
@@ -290,8 +393,9 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
     state = json.loads((storage / "ladder_state.json").read_text())
     assert state["done"] == [0] and not (storage / "ladder.json").exists()
 
-    resumed = subprocess.run([*cli, "sweep", "--resume", str(storage), "--quiet"], capture_output=True, text=True,
-                             env=env, timeout=900)  # fmt: skip
+    resumed = subprocess.run(
+        [*cli, "sweep", "--resume", str(storage), "--quiet"], capture_output=True, text=True, env=env, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "transfer verdict: " in resumed.stdout
     ladder = json.loads((storage / "ladder.json").read_text())
@@ -316,8 +420,7 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
     assert [client.get_run(s["parent_run_id"]).info.run_name for s in states] == ["lad-w32", "lad-w48", "lad-w64"]
     runs = client.search_runs([states[0]["experiment_id"]], "tags.`ranktune.kind` = 'ladder'")
     assert [(r.info.run_name, r.info.status) for r in runs] == [("lad-ladder", "FINISHED")]
-    assert [(c["lower"], c["upper"]) for c in ladder["comparisons"]] == [("w32", "w48"), ("w48", "w64"),
-                                                                         ("w32", "w64")]  # fmt: skip
+    assert [(c["lower"], c["upper"]) for c in ladder["comparisons"]] == [("w32", "w48"), ("w48", "w64"), ("w32", "w64")]
     assert ladder["verdict"] and set(ladder["rules"]) == {"adamw", "galore_adamw"}
     assert ladder["rules"]["galore_adamw"]["step_size"] is not None  # 3 rungs of distinct widths: a fit
     assert all((storage / "plots" / f"ladder_{p}.png").is_file() for p in ("loss_vs_size", "lr_vs_width"))

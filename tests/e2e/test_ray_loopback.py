@@ -150,9 +150,11 @@ def running_sweep(tmp_path_factory) -> RunningSweep:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER")}
     driver = subprocess.Popen(
         [sys.executable, "-m", "ranktune.platform.cli", "sweep", str(spec_file), "--quiet"],
-        start_new_session=True, env={**env, "PYTHONWARNINGS": "ignore"},
-        stdout=subprocess.DEVNULL, stderr=open(log, "w"),
-    )  # fmt: skip
+        start_new_session=True,
+        env={**env, "PYTHONWARNINGS": "ignore"},
+        stdout=subprocess.DEVNULL,
+        stderr=open(log, "w"),
+    )
     try:
         deadline, listeners = time.monotonic() + 240, []
         while time.monotonic() < deadline and driver.poll() is None:

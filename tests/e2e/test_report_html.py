@@ -15,12 +15,25 @@ from ranktune.platform.report.table import flat_rows, method_of
 from ranktune.search_spaces import spec_from_dict
 
 METHODS = [method_of(SPEC, r["params"]) for r in ROWS]
-CURVES = {r["run_id"]: {"eval_loss": [(0, 10.4), (20, 7.9 + i / 10), (40, 7.2 + i / 10), (80, 6.8 + i / 10)],
-                        "train_loss": [(5, 9.0), (40, 7.3), (80, 6.9)]} for i, r in enumerate(ROWS)}  # fmt: skip
+CURVES = {
+    r["run_id"]: {
+        "eval_loss": [(0, 10.4), (20, 7.9 + i / 10), (40, 7.2 + i / 10), (80, 6.8 + i / 10)],
+        "train_loss": [(5, 9.0), (40, 7.3), (80, 6.9)],
+    }
+    for i, r in enumerate(ROWS)
+}
 # The replicates of the top two, as confirm.summarize writes them: adamw is both runner-up and baseline.
-CONFIRM = summarize(spec_from_dict({"name": "compare-tiny", "space": {"params": {"optim.lr": {"type": "loguniform",
-                    "low": 1e-3, "high": 2e-2}}}, "confirm": {"top_k": 2, "seeds": 2}}), ROWS[:2],
-                    {0: [6.82, 6.84], 1: [6.83, 6.85]})  # fmt: skip
+CONFIRM = summarize(
+    spec_from_dict(
+        {
+            "name": "compare-tiny",
+            "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 2e-2}}},
+            "confirm": {"top_k": 2, "seeds": 2},
+        }
+    ),
+    ROWS[:2],
+    {0: [6.82, 6.84], 1: [6.83, 6.85]},
+)
 
 
 def page(tmp_path):
@@ -79,8 +92,17 @@ def test_every_registered_method_has_its_own_colour_far_from_the_others():
     assert all(entry.colour for entry in OPTIMIZERS.values())
     # The README demo's methods: no two closer than 80 in RGB (adamw and adamw8bit were two blues 76 apart,
     # apollo_adamw a third).
-    demo = ["adamw", "adamw8bit", "galore_adamw", "fira_adamw", "apollo_adamw", "apollo_mini", "relora", "lora",
-            "adamw_frozen_blocks"]  # fmt: skip
+    demo = [
+        "adamw",
+        "adamw8bit",
+        "galore_adamw",
+        "fira_adamw",
+        "apollo_adamw",
+        "apollo_mini",
+        "relora",
+        "lora",
+        "adamw_frozen_blocks",
+    ]
     for i, a in enumerate(demo):
         for b in demo[i + 1 :]:
             distance = sum((x - y) ** 2 for x, y in zip(_rgb(colours[a]), _rgb(colours[b]), strict=True)) ** 0.5

@@ -178,8 +178,10 @@ def bad_files(tmp_path):
         (["config", "--set", "optim.betas=[0.9,"], "override optim.betas: value '[0.9,' is not valid YAML"),
         (["config", "--set", "optim.betas=[2,0.9]"], "optim.betas.0: 2 -> Input should be less than 1"),
         (["estimate", "--set", "model.hidden_size=1000000000"], "model.hidden_size: 1000000000 -> Input"),
-        (["train", "--set", "data.source=files", "--set", "data.files=[{d}/latin1.txt]"],
-         "data.files: '{d}/latin1.txt' -> UTF-8 text (byte 3 is not valid UTF-8)"),
+        (
+            ["train", "--set", "data.source=files", "--set", "data.files=[{d}/latin1.txt]"],
+            "data.files: '{d}/latin1.txt' -> UTF-8 text (byte 3 is not valid UTF-8)",
+        ),
         (["train", "--set", "data.tokenizer={d}/fake.model"], "data.tokenizer: '{d}/fake.model' -> a SentencePiece"),
         (["train", "--set", "output.dir={d}/afile"], "output.dir: '{d}/afile' -> a directory (it is an existing file)"),
         (["train", "--set", "output.dir=/proc/ranktune-run"], "output.dir: '/proc/ranktune-run' -> a writable"),
@@ -189,7 +191,7 @@ def bad_files(tmp_path):
         (["sweep", "{d}/branch_typo.yaml"], "space branches.key optim.nmae: optim.nmae: unknown key"),
         (["sweep", "{d}/branch_lr.yaml"], "space: ['optim.lr'] appear more than once among fixed"),
     ],
-)  # fmt: skip
+)
 def test_bad_input_is_refused_with_exit_2_in_one_line(cli, bad_files, argv, expected, token_cache):
     argv = [a.format(d=bad_files) for a in argv]
     if argv[0] == "train":

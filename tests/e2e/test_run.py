@@ -117,8 +117,10 @@ def test_train_with_an_empty_output_dir_refuses_and_writes_nothing(make_config, 
     try:
         for extra in ([], ["--overwrite"]):
             assert main(["train", "my.yaml", "--set", "output.dir=", "--quiet", *extra]) == 2
-            assert capsys.readouterr().err.strip() == ("error: output.dir: '' -> a directory path (empty means the "
-                                                       "current directory, which a run must not own)")  # fmt: skip
+            assert capsys.readouterr().err.strip() == (
+                "error: output.dir: '' -> a directory path (empty means the "
+                "current directory, which a run must not own)"
+            )
     finally:
         signal.signal(signal.SIGINT, handler)
     assert sorted(p.name for p in work.iterdir()) == ["data", "my.yaml", "notes.txt"]

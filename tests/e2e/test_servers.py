@@ -53,11 +53,15 @@ QUICK_SERVER = [sys.executable, "-c", "pass"]
 def test_a_pidfile_naming_another_process_stops_nothing(bystander, tmp_path, capsys, record):
     pidfile = tmp_path / "server.pid"
     identity = serve.process_identity(bystander.pid)
-    pidfile.write_text({
-        "bare pid": str(bystander.pid),
-        "another start time": json.dumps({"pid": bystander.pid, "started": "x:1", "cmdline": list(identity.cmdline)}),
-        "another command": json.dumps({"pid": bystander.pid, "started": identity.started, "cmdline": ["mlflow"]}),
-    }[record])  # fmt: skip
+    pidfile.write_text(
+        {
+            "bare pid": str(bystander.pid),
+            "another start time": json.dumps(
+                {"pid": bystander.pid, "started": "x:1", "cmdline": list(identity.cmdline)}
+            ),
+            "another command": json.dumps({"pid": bystander.pid, "started": identity.started, "cmdline": ["mlflow"]}),
+        }[record]
+    )
     assert serve.serve_with_pidfile(QUICK_SERVER, pidfile) == 0
     assert alive(bystander.pid), "a process the pidfile did not record was killed"
     assert f"{pidfile}" in capsys.readouterr().err  # said why it was left alone
@@ -91,8 +95,9 @@ def test_a_busy_port_is_refused_before_anything_starts(other_server, tmp_path):
     marker = tmp_path / "started"
     cmd = [sys.executable, "-c", f"open({str(marker)!r}, 'w')"]
     with pytest.raises(ConfigError, match=rf"--port: {other_server} on 127.0.0.1 -> a free port \(.*in use"):
-        serve.serve_until_stopped(cmd, f"http://127.0.0.1:{other_server}/", "x", "MLflow UI for k2",
-                                  listen=("127.0.0.1", other_server))  # fmt: skip
+        serve.serve_until_stopped(
+            cmd, f"http://127.0.0.1:{other_server}/", "x", "MLflow UI for k2", listen=("127.0.0.1", other_server)
+        )
     assert not marker.exists()
 
 
@@ -101,8 +106,9 @@ def test_a_stranger_answering_on_the_port_is_not_announced(other_server, monkeyp
     monkeypatch.setattr(serve, "check_port_free", lambda host, port: None)
     cmd = [sys.executable, "-c", "import time; time.sleep(300)"]  # a server that never listens
     start = time.monotonic()
-    rc = serve.serve_until_stopped(cmd, f"http://127.0.0.1:{other_server}/", "http://shown", "MLflow UI for k2",
-                                   listen=("127.0.0.1", other_server))  # fmt: skip
+    rc = serve.serve_until_stopped(
+        cmd, f"http://127.0.0.1:{other_server}/", "http://shown", "MLflow UI for k2", listen=("127.0.0.1", other_server)
+    )
     out, err = capsys.readouterr()
     assert rc == 2 and "http://shown" not in out
     assert f"error: port {other_server} answers, but not from the MLflow UI for k2 started here" in err
@@ -166,10 +172,20 @@ def test_dashboard_listens_on_ipv6_loopback(tmp_path):
     sweep_dir = tmp_path / "sweep"
     shutil.copytree(SWEEP_BEFORE_MOVE, sweep_dir)
     port = free_port()
-    command = [sys.executable, "-m", "ranktune.platform.cli", "dashboard", str(sweep_dir), "--host", "::1",
-               "--port", str(port)]  # fmt: skip
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                            start_new_session=True)
+    command = [
+        sys.executable,
+        "-m",
+        "ranktune.platform.cli",
+        "dashboard",
+        str(sweep_dir),
+        "--host",
+        "::1",
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         announced = ""
         deadline = time.monotonic() + 120

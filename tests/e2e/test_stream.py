@@ -21,8 +21,17 @@ from ranktune.trainables.trainer import Trainer
 
 def data_section(tmp_path, n_docs: int = 120, **extra) -> DataSection:
     path, _ = write_documents(tmp_path, "json", n_docs)
-    return DataSection(source="files", files=[str(path)], text_field="body", seq_len=8, val_fraction=0.2,
-                       cache_dir=str(tmp_path / "cache"), streaming="on", val_documents=5, **extra)  # fmt: skip
+    return DataSection(
+        source="files",
+        files=[str(path)],
+        text_field="body",
+        seq_len=8,
+        val_fraction=0.2,
+        cache_dir=str(tmp_path / "cache"),
+        streaming="on",
+        val_documents=5,
+        **extra,
+    )
 
 
 def take(blocks: StreamedBlocks, batches: int) -> list[np.ndarray]:
@@ -164,8 +173,9 @@ def test_processes_sharing_a_cache_directory_tokenize_once(tmp_path):
     path, _ = write_documents(tmp_path, "json", 300)
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     cmd = [sys.executable, "-c", PREPARE, str(path), str(tmp_path / "shared")]
-    procs = [subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-             for _ in range(2)]  # fmt: skip
+    procs = [
+        subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)
+    ]
     logs = "".join(p.communicate(timeout=300)[0] for p in procs)
     assert all(p.returncode == 0 for p in procs), logs
     assert logs.count("ranktune.trainables.data: tokenized files") == 1, logs

@@ -62,14 +62,16 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     logging.getLogger(RAY_AUTH_LOGGER).addHandler(ray_auth)
 
     raw = tiny_spec(
-        tmp_path, token_cache, "e2e",
+        tmp_path,
+        token_cache,
+        "e2e",
         # Grid order is the run order (one at a time): a good trial first, then two with hopeless
         # learning rates that ASHA must stop at its first rung, then one that diverges.
         space={"params": {"optim.lr": {"type": "choice", "values": [3e-3, 1e-6, 2e-6, POISONED_LR]}}},
         search={"algorithm": "grid"},
         scheduler={"name": "asha", "grace_period": 5, "reduction_factor": 2},
         budget={"steps_per_trial": 20},
-    )  # fmt: skip
+    )
     spec = spec_from_dict(raw)
     try:
         summary = run_sweep(spec, prepare=poison_one_trial, progress=False)
@@ -138,7 +140,11 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
         assert pruned.user_attrs["status"] == "stopped_early" and "milestone" in pruned.user_attrs["stop_reason"]
     assert by_run[failed.info.run_id].state == TrialState.FAIL
     assert [t.user_attrs["status"] for t in sorted(study.trials, key=lambda t: t.number)] == [
-        "finished", "stopped_early", "stopped_early", "failed"]  # fmt: skip
+        "finished",
+        "stopped_early",
+        "stopped_early",
+        "failed",
+    ]
     assert "| adamw |" in study.user_attrs["ranked_table"]
     from optuna_dashboard._note import get_note_from_system_attrs
 
@@ -161,7 +167,8 @@ def test_sweep_end_to_end_mlflow_asha_and_a_diverging_trial(tmp_path, token_cach
     assert {r.info.run_id for r in listed} == {c.info.run_id for c in children}
     assert {c.data.tags[ROLE_TAG] for c in children} == {"trial"}
     assert good.data.metrics["final_optimizer_state_MiB"] == pytest.approx(
-        good.data.metrics["final_optimizer_state_bytes"] / 2**20)
+        good.data.metrics["final_optimizer_state_bytes"] / 2**20
+    )
 
 
 def _session_pids(sid: int) -> list[int]:
@@ -189,17 +196,26 @@ def _wait_for(predicate, timeout: float, what: str, poll_s: float = 1.0):
 @pytest.mark.slow
 def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, token_cache):
     raw = tiny_spec(
-        tmp_path, token_cache, "killed",
+        tmp_path,
+        token_cache,
+        "killed",
         space={"params": {"optim.lr": {"type": "choice", "values": [3e-3, 2e-3, 1e-3]}}},
-        search={"algorithm": "grid"}, scheduler={"name": "none"}, budget={"steps_per_trial": 40},
-    )  # fmt: skip
+        search={"algorithm": "grid"},
+        scheduler={"name": "none"},
+        budget={"steps_per_trial": 40},
+    )
     spec_file = tmp_path / "killed.yaml"
     spec_file.write_text(yaml.safe_dump(raw))
     storage = tmp_path / "killed"
     cli = [sys.executable, "-m", "ranktune.platform.cli"]
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    driver = subprocess.Popen([*cli, "sweep", str(spec_file), "--quiet"], start_new_session=True, env=env,
-                              stdout=subprocess.DEVNULL, stderr=open(tmp_path / "driver.log", "w"))  # fmt: skip
+    driver = subprocess.Popen(
+        [*cli, "sweep", str(spec_file), "--quiet"],
+        start_new_session=True,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "driver.log", "w"),
+    )
 
     def second_trial_mid_way():
         if not (storage / "sweep.json").exists():
@@ -225,8 +241,9 @@ def test_kill_the_driver_then_resume_accounts_for_every_trial_once(tmp_path, tok
         driver.wait()
     assert driver.returncode == -signal.SIGKILL
 
-    resumed = subprocess.run([*cli, "sweep", "--resume", str(storage), "--quiet"], capture_output=True, text=True,
-                             env=env, timeout=600)  # fmt: skip
+    resumed = subprocess.run(
+        [*cli, "sweep", "--resume", str(storage), "--quiet"], capture_output=True, text=True, env=env, timeout=600
+    )
     assert resumed.returncode == 0, resumed.stderr[-3000:]
 
     spec, state = load_state(storage)
@@ -250,11 +267,15 @@ def test_two_worker_ray_train_trial_on_cpu(tmp_path, token_cache, local_ray):
     from ranktune.platform.sweep.driver import run_sweep
 
     raw = tiny_spec(
-        tmp_path, token_cache, "ddp",
+        tmp_path,
+        token_cache,
+        "ddp",
         space={"params": {"optim.lr": {"type": "choice", "values": [3e-3]}}},
-        search={"algorithm": "grid"}, scheduler={"name": "none"}, budget={"steps_per_trial": 10},
+        search={"algorithm": "grid"},
+        scheduler={"name": "none"},
+        budget={"steps_per_trial": 10},
         resources={"num_workers": 2, "cpus_per_trial": 0.9},
-    )  # fmt: skip
+    )
     raw["base_overrides"]["train"]["micro_batch_size"] = 4  # 4 per worker x 2 workers = batch 8
     spec = spec_from_dict(raw)
     summary = run_sweep(spec, progress=False)
@@ -271,9 +292,14 @@ def test_hyperband_is_asynchronous_with_brackets_up_to_the_budget(tmp_path, toke
 
     from ranktune.platform.sweep.driver import build_scheduler
 
-    raw = tiny_spec(tmp_path, token_cache, "hb", scheduler={"name": "hyperband", "reduction_factor": 3},
-                    space={"params": {"optim.lr": {"type": "choice", "values": [3e-3]}}},
-                    budget={"steps_per_trial": 90})  # fmt: skip
+    raw = tiny_spec(
+        tmp_path,
+        token_cache,
+        "hb",
+        scheduler={"name": "hyperband", "reduction_factor": 3},
+        space={"params": {"optim.lr": {"type": "choice", "values": [3e-3]}}},
+        budget={"steps_per_trial": 90},
+    )
     scheduler = build_scheduler(spec_from_dict(raw), eval_every=10)
     # Grace periods 10, 30, 90: every bracket fits the 90-step budget, and no trial is ever paused.
     assert isinstance(scheduler, AsyncHyperBandScheduler) and len(scheduler._brackets) == 3

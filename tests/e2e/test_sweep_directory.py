@@ -29,8 +29,14 @@ def _cli(*args: str) -> list[str]:
 
 def _start_ui(sweep_dir, cwd, port: int) -> tuple[subprocess.Popen, queue.Queue]:
     """`ranktune ui` in its own session (so the test can stop all of it), its output lines in a queue."""
-    proc = subprocess.Popen(_cli("ui", str(sweep_dir), "--port", str(port)), cwd=cwd, start_new_session=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)  # fmt: skip
+    proc = subprocess.Popen(
+        _cli("ui", str(sweep_dir), "--port", str(port)),
+        cwd=cwd,
+        start_new_session=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: queue.Queue = queue.Queue()
     threading.Thread(target=lambda: [lines.put(line) for line in proc.stdout], daemon=True).start()
     return proc, lines
@@ -73,8 +79,11 @@ def test_a_copied_sweep_works_from_another_directory_with_the_original_gone(targ
     original.rename(parked)
     outputs: dict[str, str] = {}
     try:
-        for name, args in {"report": ("report", str(copy)), "export": ("export", str(copy), "--target", "7b"),
-                           "resume": ("sweep", "--resume", str(copy), "--quiet")}.items():  # fmt: skip
+        for name, args in {
+            "report": ("report", str(copy)),
+            "export": ("export", str(copy), "--target", "7b"),
+            "resume": ("sweep", "--resume", str(copy), "--quiet"),
+        }.items():
             done = subprocess.run(_cli(*args), cwd=elsewhere, capture_output=True, text=True, timeout=600)
             outputs[name] = done.stdout + done.stderr
             assert done.returncode == 0, f"{name}:\n{outputs[name][-3000:]}"
@@ -86,8 +95,9 @@ def test_a_copied_sweep_works_from_another_directory_with_the_original_gone(targ
         try:
             _wait_for_line(lines, seen, "MLflow UI for", timeout_s=300)
             base = f"http://127.0.0.1:{port}"
-            with urllib.request.urlopen(f"{base}/api/2.0/mlflow/runs/get?run_id={state.parent_run_id}",
-                                        timeout=30) as response:  # fmt: skip
+            with urllib.request.urlopen(
+                f"{base}/api/2.0/mlflow/runs/get?run_id={state.parent_run_id}", timeout=30
+            ) as response:
                 artifact_uri = json.load(response)["run"]["info"]["artifact_uri"]
             assert artifact_uri.startswith(copy.resolve().as_uri()), artifact_uri
             # Served from the copy: the original is gone, so these bytes can only come from there.

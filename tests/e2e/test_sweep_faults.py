@@ -63,14 +63,29 @@ def sweep_with_server_away(make_spec):
     """A sweep tracked on a server that no longer answers, with the results.json its end wrote."""
     spec = make_spec(tracking={"tracking_uri": f"http://127.0.0.1:{_closed_port()}"})
     spec.storage_dir.mkdir(parents=True)
-    state = {"spec": json.loads(sweep.spec_json(spec)), "tracking_uri": spec.tracking.tracking_uri,
-             "experiment_id": "1", "parent_run_id": "p", "storage_dir": str(spec.storage_dir)}  # fmt: skip
+    state = {
+        "spec": json.loads(sweep.spec_json(spec)),
+        "tracking_uri": spec.tracking.tracking_uri,
+        "experiment_id": "1",
+        "parent_run_id": "p",
+        "storage_dir": str(spec.storage_dir),
+    }
     (spec.storage_dir / sweep.STATE_FILE).write_text(json.dumps(state))
 
     def row(trial_id, status, objective, lr):
-        return trial_row(trial_id, {"optim.lr": lr}, objective, status, run_id=f"run-{trial_id}", step=10,
-                         peak_memory_bytes=1e6, optimizer_state_bytes=1e5, tokens_per_s=1e4, wall_time=3.0,
-                         device_hours=0.001)  # fmt: skip
+        return trial_row(
+            trial_id,
+            {"optim.lr": lr},
+            objective,
+            status,
+            run_id=f"run-{trial_id}",
+            step=10,
+            peak_memory_bytes=1e6,
+            optimizer_state_bytes=1e5,
+            tokens_per_s=1e4,
+            wall_time=3.0,
+            device_hours=0.001,
+        )
 
     rows = [row("good_1", "finished", 4.25, 3e-3), row("worse_2", "finished", 5.5, 1e-3)]
     return spec, rows
@@ -82,8 +97,13 @@ def _ranktune(*args, timeout=120):
     import sys
 
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
-    return subprocess.run([sys.executable, "-m", "ranktune.platform.cli", *map(str, args)], capture_output=True,
-                          text=True, env=env, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "ranktune.platform.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+    )
 
 
 def test_report_and_export_read_results_json_when_the_tracking_server_is_away(sweep_with_server_away, tmp_path):
@@ -159,8 +179,9 @@ def local_ray():
 
 
 @pytest.mark.slow
-def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correct(tmp_path, token_cache, local_ray,
-                                                                                  capsys):  # fmt: skip
+def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correct(
+    tmp_path, token_cache, local_ray, capsys
+):
     """Issue 24.5 and its chaos test, with 24.4 at the sweep level: replicates that all failed on a full
     disk gave `- +/- - (n=0)`, exit 0 and a frozen confirm.json; resume replayed the failures."""
     import optuna
@@ -175,10 +196,17 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     from ranktune.platform.tracking.client import RESUMED_TAG, STATUS_TAG, child_runs, mlflow_client
     from ranktune.trainables.run import train_run
 
-    raw = {"name": "chaos", "base_overrides": tiny_sweep_base(token_cache), "storage": str(tmp_path / "chaos"),
-           "max_concurrent": 1, "space": {"params": {"optim.lr": {"type": "choice", "values": [3e-3, NAN_EVAL_LR]}}},
-           "search": {"algorithm": "grid"}, "scheduler": {"name": "none"}, "budget": {"steps_per_trial": 10},
-           "confirm": {"top_k": 2, "seeds": 2}}  # fmt: skip
+    raw = {
+        "name": "chaos",
+        "base_overrides": tiny_sweep_base(token_cache),
+        "storage": str(tmp_path / "chaos"),
+        "max_concurrent": 1,
+        "space": {"params": {"optim.lr": {"type": "choice", "values": [3e-3, NAN_EVAL_LR]}}},
+        "search": {"algorithm": "grid"},
+        "scheduler": {"name": "none"},
+        "budget": {"steps_per_trial": 10},
+        "confirm": {"top_k": 2, "seeds": 2},
+    }
     spec = spec_from_dict(raw)
     spec.storage_dir.mkdir(parents=True)
     (spec.storage_dir / DISK_FULL).write_text("")
@@ -210,16 +238,19 @@ def test_a_full_disk_in_the_replicate_phase_then_resume_ends_complete_and_correc
     torch.set_num_threads(1)
     try:
         straight = [
-            train_run(spec.trial_config({"optim.lr": 3e-3, "train.seed": seed}, output_dir=tmp_path / f"s{seed}"))
-            ["final_eval_loss"] for seed in (1, 2)
-        ]  # fmt: skip
+            train_run(spec.trial_config({"optim.lr": 3e-3, "train.seed": seed}, output_dir=tmp_path / f"s{seed}"))[
+                "final_eval_loss"
+            ]
+            for seed in (1, 2)
+        ]
     finally:
         torch.set_num_threads(threads)
     assert sorted(config["values"]) == sorted(straight)
 
     client = mlflow_client(state.tracking_uri)
-    replicates = [run for config_run in state.confirm_runs.values()
-                  for run in child_runs(client, state.experiment_id, config_run)]  # fmt: skip
+    replicates = [
+        run for config_run in state.confirm_runs.values() for run in child_runs(client, state.experiment_id, config_run)
+    ]
     assert len(replicates) == 2
     for run in replicates:
         assert run.data.tags[STATUS_TAG] == "finished" and run.info.status == "FINISHED"

@@ -24,8 +24,13 @@ def test_sweep_json_is_written_back_byte_for_byte(tmp_path):
     state.write(tmp_path)
     assert (tmp_path / "sweep.json").read_bytes() == written
 
-    shuffled = {"parent_run_id": "p", "future_key": [1, 2], "spec": {"name": "x"}, "tracking_uri": "t",
-                "experiment_id": "1"}  # fmt: skip
+    shuffled = {
+        "parent_run_id": "p",
+        "future_key": [1, 2],
+        "spec": {"name": "x"},
+        "tracking_uri": "t",
+        "experiment_id": "1",
+    }
     state = SweepState.from_json(shuffled)
     assert state.other == {"future_key": [1, 2]} and list(state.to_json()) == list(shuffled)
     state.confirm_runs = {"trial": "run"}
@@ -62,7 +67,8 @@ def test_a_sweep_written_before_the_move_resumes_reports_and_exports(tmp_path):
     report = subprocess.run([*cli, "report", str(copy), "--no-plots"], capture_output=True, text=True, timeout=300)
     assert report.returncode == 0 and "winner: galore_adamw (trial e5e0d78b" in report.stdout, report.stderr[-3000:]
     out = tmp_path / "7b.yaml"
-    export = subprocess.run([*cli, "export", str(copy), "--target", "7b", "--out", str(out)], capture_output=True,
-                            text=True, timeout=300)  # fmt: skip
+    export = subprocess.run(
+        [*cli, "export", str(copy), "--target", "7b", "--out", str(out)], capture_output=True, text=True, timeout=300
+    )
     assert export.returncode == 0, export.stderr[-3000:]
     assert "trial e5e0d78b" in out.read_text() and "optim:" in out.read_text()

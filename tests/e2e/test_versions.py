@@ -39,8 +39,9 @@ def test_the_check_refuses_when_a_node_reports_other_versions(monkeypatch):
     try:
         versions.check_cluster_versions()  # the one node is this machine: same versions
         real = versions.local_versions
-        monkeypatch.setattr(versions, "local_versions",
-                            lambda node=None: dataclasses.replace(real(node), torch="0.0.1"))  # fmt: skip
+        monkeypatch.setattr(
+            versions, "local_versions", lambda node=None: dataclasses.replace(real(node), torch="0.0.1")
+        )
         with pytest.raises(ConfigError) as err:
             versions.check_cluster_versions()
         (line,) = err.value.problems

@@ -29,8 +29,11 @@ def parity_tensors() -> list[torch.Tensor]:
 
 def groups_of(params: list[torch.Tensor], **keys) -> list[dict]:
     """The vector first, so the projected matrices sit at positions 2-4 (APOLLO's seeds count every group)."""
-    return [{"params": params[:1]}, {"params": params[1:4], "rank": RANK, "update_proj_gap": GAP, **keys},
-            {"params": params[4:]}]  # fmt: skip
+    return [
+        {"params": params[:1]},
+        {"params": params[1:4], "rank": RANK, "update_proj_gap": GAP, **keys},
+        {"params": params[4:]},
+    ]
 
 
 def step_side_by_side(make_ours, make_ref, updates: int = UPDATES):
@@ -281,8 +284,14 @@ def test_per_layer_with_accumulation_equals_whole_model(make_config, caplog, nam
     """Full gradients accumulate in .grad and the hooks update on the last micro-batch; APOLLO's seeds
     follow the whole-model positions, so both modes draw the same projectors."""
     section = SECTION[name]
-    common = (*METHOD_OVERRIDES[name], f"{section}.per_tensor_clip=0.5", "train.grad_clip=0",
-              f"train.steps={2 * GAP + 3}", "train.batch_size=8", "train.micro_batch_size=4")  # fmt: skip
+    common = (
+        *METHOD_OVERRIDES[name],
+        f"{section}.per_tensor_clip=0.5",
+        "train.grad_clip=0",
+        f"train.steps={2 * GAP + 3}",
+        "train.batch_size=8",
+        "train.micro_batch_size=4",
+    )
     whole, per_layer = Recorder(), Recorder()
     with caplog.at_level(logging.INFO, logger="ranktune.trainables.optim.apollo.method"):
         a = Trainer(make_config(*common), callbacks=[whole], progress=False)
@@ -297,15 +306,24 @@ def test_per_layer_with_accumulation_equals_whole_model(make_config, caplog, nam
     assert whole.logs[-1]["optimizer_state_bytes"] == per_layer.logs[-1]["optimizer_state_bytes"]
 
 
-@pytest.mark.parametrize("overrides", [(), ("apollo_adamw", "per_layer"), ("apollo_mini",), ("fira_adamw",)],
-                         ids=["apollo-seed", "apollo-per-layer", "apollo-mini", "fira"])  # fmt: skip
+@pytest.mark.parametrize(
+    "overrides",
+    [(), ("apollo_adamw", "per_layer"), ("apollo_mini",), ("fira_adamw",)],
+    ids=["apollo-seed", "apollo-per-layer", "apollo-mini", "fira"],
+)
 def test_resume_mid_gap_continues_exactly(make_config, tmp_path, overrides):
     name = overrides[0] if overrides else "apollo_adamw"
     section = SECTION[name]
     extra = (f"{section}.per_layer=true", "train.grad_clip=0") if "per_layer" in overrides else ()
     gap, steps = 4, 11  # projector updates at 0, 4, 8; stop after update 6, in the middle of a gap
-    common = (*METHOD_OVERRIDES[name], *extra, f"{section}.update_proj_gap={gap}", f"train.steps={steps}",
-              "output.checkpoint_every=0", "train.eval_every=100")  # fmt: skip
+    common = (
+        *METHOD_OVERRIDES[name],
+        *extra,
+        f"{section}.update_proj_gap={gap}",
+        f"train.steps={steps}",
+        "output.checkpoint_every=0",
+        "train.eval_every=100",
+    )
     straight = Recorder()
     a = Trainer(make_config(*common, f"output.dir={tmp_path / 'a'}"), callbacks=[straight], progress=False)
     a.fit()
@@ -338,12 +356,16 @@ def test_resume_mid_gap_continues_exactly(make_config, tmp_path, overrides):
         (("optim.name=apollo_mini", "apollo_mini.proj=hadamard"), "apollo_mini.proj: 'hadamard'"),
         (("optim.name=fira_adamw", "fira.rank=8", "fira.proj_type=full"), "fira.scale_type: 'channel' -> 'tensor'"),
         (("optim.name=apollo_adamw", "apollo.rank=8", "apollo.norm_growth_limit=0.5"), "apollo.norm_growth_limit"),
-        (("optim.name=apollo_mini", "apollo_mini.full_grad_buffer=host"),
-         "apollo_mini.full_grad_buffer: 'host' -> 'device' without apollo_mini.per_layer"),
-        (("optim.name=fira_adamw", "fira.rank=8", "fira.target_modules=[attention]"),
-         "fira.target_modules: ['attention'] -> patterns matching"),
+        (
+            ("optim.name=apollo_mini", "apollo_mini.full_grad_buffer=host"),
+            "apollo_mini.full_grad_buffer: 'host' -> 'device' without apollo_mini.per_layer",
+        ),
+        (
+            ("optim.name=fira_adamw", "fira.rank=8", "fira.target_modules=[attention]"),
+            "fira.target_modules: ['attention'] -> patterns matching",
+        ),
     ],
-)  # fmt: skip
+)
 def test_bad_config_is_refused_with_the_field(make_config, overrides, field):
     with pytest.raises(ConfigError) as err:
         make_config(*overrides)
@@ -357,19 +379,22 @@ ESTIMATE_CASES = [
     ("apollo seed", ["optim.name=apollo_adamw", "apollo.rank=32"]),
     ("apollo stored", ["optim.name=apollo_adamw", "apollo.rank=32", "apollo.proj_storage=matrix"]),
     ("apollo svd tensor", ["optim.name=apollo_adamw", "apollo.rank=32", "apollo.proj=svd", "apollo.scale_type=tensor"]),
-    ("apollo_mini per-layer bf16", ["optim.name=apollo_mini", "apollo_mini.per_layer=true", "train.grad_clip=0",
-                                    "train.precision=bf16"]),
+    (
+        "apollo_mini per-layer bf16",
+        ["optim.name=apollo_mini", "apollo_mini.per_layer=true", "train.grad_clip=0", "train.precision=bf16"],
+    ),
     ("fira", ["optim.name=fira_adamw", "fira.rank=32"]),
     ("fira reverse_std", ["optim.name=fira_adamw", "fira.rank=16", "fira.proj_type=reverse_std"]),
-]  # fmt: skip
+]
 
 
 @pytest.mark.parametrize("label,overrides", ESTIMATE_CASES, ids=[c[0] for c in ESTIMATE_CASES])
 def test_estimate_matches_the_trainers_tensor_accounting(make_config, label, overrides):
     from ranktune.platform.memory import estimate_run
 
-    cfg = make_config(*TINY, "train.steps=3", "train.log_every=1", "train.eval_every=3", "schedule.warmup_steps=0",
-                      *overrides)  # fmt: skip
+    cfg = make_config(
+        *TINY, "train.steps=3", "train.log_every=1", "train.eval_every=3", "schedule.warmup_steps=0", *overrides
+    )
     est = estimate_run(cfg, device="cpu").peak
     got = measured_tensor_bytes(cfg)
     expected = {"weights": est.weights, "gradients": est.gradients, **est.optimizer}
@@ -382,8 +407,9 @@ def test_estimate_matches_the_trainers_tensor_accounting(make_config, label, ove
             assert expected[category] == 0, category
             continue
         ratio = expected[category] / value
-        print(f"{label:28s} {category:16s} measured {value:>11,d} estimated {expected[category]:>11,d} "
-              f"ratio {ratio:.4f}")  # fmt: skip
+        print(
+            f"{label:28s} {category:16s} measured {value:>11,d} estimated {expected[category]:>11,d} ratio {ratio:.4f}"
+        )
         assert abs(ratio - 1) <= ESTIMATE_TOLERANCE, (category, value, expected[category])
 
 
@@ -396,8 +422,15 @@ def test_per_layer_keeps_full_gradients_only_with_accumulation(make_config, micr
     from ranktune.trainables.optim import build_method
 
     batch = 4
-    cfg = make_config(*TINY, "optim.name=apollo_adamw", "apollo.rank=32", "apollo.per_layer=true", "train.grad_clip=0",
-                      f"train.batch_size={batch}", f"train.micro_batch_size={batch // micro_batches}")  # fmt: skip
+    cfg = make_config(
+        *TINY,
+        "optim.name=apollo_adamw",
+        "apollo.rank=32",
+        "apollo.per_layer=true",
+        "train.grad_clip=0",
+        f"train.batch_size={batch}",
+        f"train.micro_batch_size={batch // micro_batches}",
+    )
     model = build_model(cfg.model.llama_config())
     peak = 0
 
@@ -451,8 +484,10 @@ def test_export_to_7b_maps_rank_and_scale_and_goes_per_layer(make_config, name, 
     on_device = [f"{section}.full_grad_buffer=device"]
     with pytest.raises(ConfigError) as err:
         fit_micro_batch(raw, on_device, ScalingRules(), budget_gib=budget)
-    assert any(p.startswith(f"train.batch_size: 512 -> per-layer {name}") and "full_grad_buffer=host" in p
-               for p in err.value.problems)  # fmt: skip
+    assert any(
+        p.startswith(f"train.batch_size: 512 -> per-layer {name}") and "full_grad_buffer=host" in p
+        for p in err.value.problems
+    )
     target, run = fit_micro_batch(raw, [*on_device, "train.batch_size=8"], ScalingRules(), budget_gib=budget)
     assert target.train.micro_batch_size == 8 and run.total < (budget - 1) * 2**30
     # In host memory (export's setting) the paper's batch fits, exactly (docs/apollo.md).

@@ -117,8 +117,9 @@ def test_every_import_of_a_ranktune_name_resolves():
     module or name fails here rather than in the middle of a sweep."""
     root = REPO
     broken = []
-    for path in sorted([*(root / "ranktune").rglob("*.py"), *(root / "tests").rglob("*.py"),
-                        *(root / "benchmarks").glob("*.py")]):  # fmt: skip
+    for path in sorted(
+        [*(root / "ranktune").rglob("*.py"), *(root / "tests").rglob("*.py"), *(root / "benchmarks").glob("*.py")]
+    ):
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.ImportFrom) and node.level == 0 and (node.module or "").startswith("ranktune"):
                 where = f"{path.relative_to(root)}:{node.lineno}"
@@ -155,9 +156,12 @@ COMPONENTS = {
     "ranktune": "trainables",
 }
 COMPAT = {  # exact modules: the shims
-    "ranktune.platform.trial", "ranktune.platform.milestones", "ranktune.platform.progress",
-    "ranktune.platform.study_storage", "ranktune.platform.tracking",
-}  # fmt: skip
+    "ranktune.platform.trial",
+    "ranktune.platform.milestones",
+    "ranktune.platform.progress",
+    "ranktune.platform.study_storage",
+    "ranktune.platform.tracking",
+}
 BELOW = {
     "trainables": set(),
     "search_spaces": {"trainables"},
@@ -199,9 +203,12 @@ def test_the_layer_rule_sees_an_import_against_it(graph):
 
 
 def test_nothing_imports_the_compatibility_paths(graph):
-    users = [f"{importer} imports {compat}" for compat in sorted(COMPAT)
-             for importer in sorted(graph.find_modules_that_directly_import(compat))
-             if not importer.startswith(compat + ".")]  # fmt: skip
+    users = [
+        f"{importer} imports {compat}"
+        for compat in sorted(COMPAT)
+        for importer in sorted(graph.find_modules_that_directly_import(compat))
+        if not importer.startswith(compat + ".")
+    ]
     assert not users, "new code imports the new paths:\n" + "\n".join(users)
 
 
@@ -214,8 +221,12 @@ def test_reading_a_sweep_does_not_import_ray(tmp_path):
 
     copy = tmp_path / "sweep"
     shutil.copytree(SWEEP_BEFORE_MOVE, copy)
-    done = subprocess.run([sys.executable, "-X", "importtime", "-m", "ranktune.platform.cli", "report", str(copy),
-                           "--no-plots"], capture_output=True, text=True, timeout=300)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-X", "importtime", "-m", "ranktune.platform.cli", "report", str(copy), "--no-plots"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     assert "winner:" in done.stdout
     imported = [line.rsplit("|", 1)[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")]
@@ -254,6 +265,7 @@ def test_platform_names_no_method():
     """Method-specific platform behaviour lives in the methods' registry entries: no platform module
     spells a registered method's name."""
     from ranktune.trainables.optim import OPTIMIZERS
+
     platform = REPO / "ranktune" / "platform"
     spelled = []
     for path in sorted(platform.rglob("*.py")):

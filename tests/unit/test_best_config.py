@@ -15,12 +15,15 @@ from ranktune.trainables.config import load_config
 METHOD_SECTIONS = {"galore", "relora", "apollo", "apollo_mini", "fira"}
 THREE_METHODS = {
     "params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
-    "branches": {"key": "optim.name", "choices": {
-        "adamw": {},
-        "galore_adamw": {"galore.rank": {"type": "choice", "values": [16, 32]}},
-        "lora": {"relora.rank": {"type": "choice", "values": [8]}},
-    }},
-}  # fmt: skip
+    "branches": {
+        "key": "optim.name",
+        "choices": {
+            "adamw": {},
+            "galore_adamw": {"galore.rank": {"type": "choice", "values": [16, 32]}},
+            "lora": {"relora.rank": {"type": "choice", "values": [8]}},
+        },
+    },
+}
 
 
 def sweep_spec():
@@ -30,8 +33,14 @@ def sweep_spec():
         "train": {"batch_size": 8, "micro_batch_size": 8, "eval_every": 10},
         "galore": {"scale": 0.5},
     }
-    return spec_from_dict({"name": "three", "base_overrides": base, "space": THREE_METHODS,
-                           "budget": {"num_trials": 6, "steps_per_trial": 30}})  # fmt: skip
+    return spec_from_dict(
+        {
+            "name": "three",
+            "base_overrides": base,
+            "space": THREE_METHODS,
+            "budget": {"num_trials": 6, "steps_per_trial": 30},
+        }
+    )
 
 
 def row(trial_id, params, objective, status="finished"):
@@ -74,14 +83,32 @@ def test_galore_winner_keeps_its_own_section_only():
 
 # The search's best single trial is AdamW (6.5); the replicates rank LoRA first by their mean.
 CONFIRM = {
-    "metric": "eval_loss", "mode": "min", "seeds": 3, "verdict": "resolved", "why": "gap 0.3 > spread 0.04",
+    "metric": "eval_loss",
+    "mode": "min",
+    "seeds": 3,
+    "verdict": "resolved",
+    "why": "gap 0.3 > spread 0.04",
     "configurations": [
-        {"trial_id": LORA["trial_id"], "params": LORA["params"], "search_objective": 6.9, "values": [6.2] * 3,
-         "n": 3, "mean": 6.21, "std": 0.02},
-        {"trial_id": ADAMW["trial_id"], "params": ADAMW["params"], "search_objective": 6.5, "values": [6.5] * 3,
-         "n": 3, "mean": 6.51, "std": 0.02},
+        {
+            "trial_id": LORA["trial_id"],
+            "params": LORA["params"],
+            "search_objective": 6.9,
+            "values": [6.2] * 3,
+            "n": 3,
+            "mean": 6.21,
+            "std": 0.02,
+        },
+        {
+            "trial_id": ADAMW["trial_id"],
+            "params": ADAMW["params"],
+            "search_objective": 6.5,
+            "values": [6.5] * 3,
+            "n": 3,
+            "mean": 6.51,
+            "std": 0.02,
+        },
     ],
-}  # fmt: skip
+}
 
 
 def test_with_replicates_the_best_config_is_the_confirmed_winner_not_the_single_best_trial(tmp_path):

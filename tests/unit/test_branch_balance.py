@@ -11,8 +11,15 @@ METHODS = {"adamw", "adamw8bit", "galore_adamw", "fira_adamw", "apollo_adamw", "
 
 
 def compare_spec(tmp_path, **search):
-    return spec_from_dict({"base_overrides": BASE, "space": {"preset": "compare"}, "storage": str(tmp_path / "s"),
-                           "budget": {"num_trials": 10, "steps_per_trial": 5000}, "search": search})  # fmt: skip
+    return spec_from_dict(
+        {
+            "base_overrides": BASE,
+            "space": {"preset": "compare"},
+            "storage": str(tmp_path / "s"),
+            "budget": {"num_trials": 10, "steps_per_trial": 5000},
+            "search": search,
+        }
+    )
 
 
 @pytest.mark.parametrize("algorithm", ["tpe", "random"])

@@ -80,8 +80,11 @@ def _as_value(cell: str):
 
 
 def test_every_documented_key_exists():
-    unknown = sorted(k for k in _documented() if k.split(".")[0] in {"model", "data", "optim", "train", *TABLE_DOCS}
-                     and k not in SCHEMA)  # fmt: skip
+    unknown = sorted(
+        k
+        for k in _documented()
+        if k.split(".")[0] in {"model", "data", "optim", "train", *TABLE_DOCS} and k not in SCHEMA
+    )
     assert unknown == []
 
 

@@ -1,4 +1,3 @@
-
 import numpy as np
 import pytest
 from support.corpus import write_documents
@@ -129,9 +128,13 @@ def test_synthetic_source_needs_no_corpus_or_tokenizer(monkeypatch, tmp_path):
     np.testing.assert_array_equal(streams.train, again.train)  # seeded: the same streams every run
 
     cfg = config_from_dict(
-        {"model": {"name": "tiny"}, "data": data, "train": {"steps": 2, "batch_size": 2, "micro_batch_size": 2,
-         "eval_blocks": 4, "device": "cpu"}, "output": {"dir": str(tmp_path / "run"), "checkpoint_every": 0}}
-    )  # fmt: skip
+        {
+            "model": {"name": "tiny"},
+            "data": data,
+            "train": {"steps": 2, "batch_size": 2, "micro_batch_size": 2, "eval_blocks": 4, "device": "cpu"},
+            "output": {"dir": str(tmp_path / "run"), "checkpoint_every": 0},
+        }
+    )
     trainer = Trainer(cfg, progress=False)
     assert trainer.model.embed_tokens.num_embeddings == 500 == trainer.model.lm_head.out_features
     assert estimate_memory(cfg, device="cpu").weights == sum(p.numel() * 4 for p in trainer.model.parameters())

@@ -50,8 +50,12 @@ def test_two_process_ddp_matches_single_process_accumulation(make_config, tmp_pa
     single_weights = float(single.model.lm_head.weight.detach().double().sum())
 
     ddp_cfg = make_config("train.steps=3", "train.micro_batch_size=4", f"output.dir={tmp_path}/ddp")
-    mp.start_processes(_worker, args=(2, str(tmp_path / "init"), ddp_cfg.model_dump_json(), str(tmp_path)),
-                       nprocs=2, start_method="spawn")  # fmt: skip
+    mp.start_processes(
+        _worker,
+        args=(2, str(tmp_path / "init"), ddp_cfg.model_dump_json(), str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
+    )
     ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
     assert ranks[0]["losses"] == ranks[1]["losses"]  # every rank reports the global-batch loss
     assert ranks[0]["losses"] == pytest.approx(losses.values, rel=1e-5)
@@ -88,10 +92,15 @@ PER_LAYER_DDP_TOLERANCE = {"galore": 4.2e-5, "apollo-host": 1.0e-5, "fira-device
 PER_LAYER_METHODS = {
     "galore": ("optim.name=galore_adamw", "galore.per_layer=true", "galore.rank=8", "galore.update_proj_gap=2"),
     # APOLLO / Fira per-layer under DDP: the hooks average each completed full gradient (issue 21).
-    "apollo-host": ("optim.name=apollo_adamw", "apollo.per_layer=true", "apollo.rank=8", "apollo.update_proj_gap=2",
-                    "apollo.full_grad_buffer=host"),
+    "apollo-host": (
+        "optim.name=apollo_adamw",
+        "apollo.per_layer=true",
+        "apollo.rank=8",
+        "apollo.update_proj_gap=2",
+        "apollo.full_grad_buffer=host",
+    ),
     "fira-device": ("optim.name=fira_adamw", "fira.per_layer=true", "fira.rank=8", "fira.update_proj_gap=2"),
-}  # fmt: skip
+}
 
 
 @pytest.mark.timeout(300)
@@ -100,16 +109,25 @@ def test_two_process_per_layer_galore_matches_single_process(make_config, tmp_pa
     import torch
 
     # 4 steps, projector refreshes at 0 and 2, accumulation 2, global clipping: every path of the hooks.
-    common = (*PER_LAYER_METHODS[method], "train.steps=4", "train.batch_size=16", "train.grad_clip=0.5",
-              "optim.lr=1e-2")  # fmt: skip
+    common = (
+        *PER_LAYER_METHODS[method],
+        "train.steps=4",
+        "train.batch_size=16",
+        "train.grad_clip=0.5",
+        "optim.lr=1e-2",
+    )
     # One process draws the same global micro-batches as the two ranks together (8 blocks each).
     single = Trainer(make_config(*common, "train.micro_batch_size=8", f"output.dir={tmp_path}/single"), progress=False)
     single.evaluate = lambda: {"eval_loss": 0.0, "eval_ppl": 1.0}
     single.fit()
 
     ddp_cfg = make_config(*common, "train.micro_batch_size=4", f"output.dir={tmp_path}/ddp")
-    mp.start_processes(_galore_worker, args=(2, str(tmp_path / "init"), ddp_cfg.model_dump_json(), str(tmp_path)),
-                       nprocs=2, start_method="spawn")  # fmt: skip
+    mp.start_processes(
+        _galore_worker,
+        args=(2, str(tmp_path / "init"), ddp_cfg.model_dump_json(), str(tmp_path)),
+        nprocs=2,
+        start_method="spawn",
+    )
     ranks = [torch.load(tmp_path / f"galore_rank{r}.pt") for r in range(2)]
     initial = Trainer(make_config(*common, f"output.dir={tmp_path}/init_model"), progress=False).model.state_dict()
     diffs = []

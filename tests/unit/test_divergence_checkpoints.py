@@ -37,8 +37,11 @@ def test_non_finite_weights_are_not_saved_and_the_last_good_checkpoint_resumes(m
     blow_up = BlowUpAfter(3)
     trainer = start_run(cfg, callbacks=[blow_up])
     blow_up.trainer = trainer
-    with pytest.raises(TrainingDiverged, match=r"diverged at step 3: weight .* is not finite; not saved, the last "
-                       r"good checkpoint \(step_00000002.pt\) is kept"):  # fmt: skip
+    with pytest.raises(
+        TrainingDiverged,
+        match=r"diverged at step 3: weight .* is not finite; not saved, the last "
+        r"good checkpoint \(step_00000002.pt\) is kept",
+    ):
         finish_run(trainer)
     path, state = load_latest_checkpoint(cfg.output.dir)
     assert path.name == "step_00000002.pt"
@@ -56,8 +59,12 @@ def test_metrics_jsonl_is_json_even_for_non_finite_values(tmp_path):
     metrics.on_eval({"step": 5, "eval_loss": float("nan"), "eval_ppl": float("inf"), "x": [float("-inf"), 1.0]})
     line = (tmp_path / "metrics.jsonl").read_text()
     assert json.loads(line, parse_constant=lambda c: pytest.fail(f"bare {c} in {line}")) == {
-        "event": "eval", "step": 5, "eval_loss": None, "eval_ppl": None, "x": [None, 1.0]
-    }  # fmt: skip
+        "event": "eval",
+        "step": 5,
+        "eval_loss": None,
+        "eval_ppl": None,
+        "x": [None, 1.0],
+    }
 
 
 def test_resume_drops_records_without_an_integer_step(tmp_path, caplog):

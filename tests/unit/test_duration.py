@@ -26,8 +26,15 @@ RULES = ScalingRules()
 
 
 def galore_proxy():
-    return config_from_dict({"model": {"name": "60m"}, "optim": {"name": "galore_adamw"}, "galore": {"rank": 128},
-                             "train": {"steps": 1000}, "schedule": {"warmup_steps": 100}})  # fmt: skip
+    return config_from_dict(
+        {
+            "model": {"name": "60m"},
+            "optim": {"name": "galore_adamw"},
+            "galore": {"rank": 128},
+            "train": {"steps": 1000},
+            "schedule": {"warmup_steps": 100},
+        }
+    )
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -83,8 +90,10 @@ def test_micro_batch_is_the_fastest_that_fits_not_merely_the_largest(export_7b):
     assert choice.runner_up_step_s > choice.chosen_step_s
     assert "runner-up micro-batch 1" in choice.line()
     # A measurement that makes the smaller micro-batch faster turns the choice around.
-    measured = [MeasuredThroughput("rtx4090", "test card", "7b", "galore_adamw8bit", mb, 256, True, tps, "2026-12-06")
-                for mb, tps in ((1, 900.0), (2, 600.0))]  # fmt: skip
+    measured = [
+        MeasuredThroughput("rtx4090", "test card", "7b", "galore_adamw8bit", mb, 256, True, tps, "2026-12-06")
+        for mb, tps in ((1, 900.0), (2, 600.0))
+    ]
     flipped = fastest_micro_batch(fits, "rtx4090", measured)
     assert flipped.chosen.train.micro_batch_size == 1 and flipped.runner_up.train.micro_batch_size == 2
     # Equal times (no per-micro-batch cost): the larger micro-batch.
@@ -95,8 +104,9 @@ def test_micro_batch_is_the_fastest_that_fits_not_merely_the_largest(export_7b):
 def test_tokens_budget_gives_steps_times_tokens_per_step_equal_to_it(export_7b):
     proxy, _, _ = export_7b
     budget = 20_000 * 512 * 256
-    raw, rules, line = size_to_budget(proxy, "7b", RULES, map_to_target(proxy, "7b", RULES), [], 24.0,
-                                      RunBudget(tokens=budget), "rtx4090")  # fmt: skip
+    raw, rules, line = size_to_budget(
+        proxy, "7b", RULES, map_to_target(proxy, "7b", RULES), [], 24.0, RunBudget(tokens=budget), "rtx4090"
+    )
     cfg, _, _ = fit_micro_batch_choice(raw, [], rules, 24.0)
     assert cfg.train.steps * cfg.tokens_per_step == budget == cfg.data.max_tokens
     assert cfg.schedule.warmup_steps == 2_000  # the proxy's 10% by the `fraction` rule
@@ -108,8 +118,9 @@ def test_tokens_budget_gives_steps_times_tokens_per_step_equal_to_it(export_7b):
 
 def test_days_budget_fills_the_days_at_the_estimated_step_time(export_7b):
     proxy, _, _ = export_7b
-    raw, rules, line = size_to_budget(proxy, "7b", RULES, map_to_target(proxy, "7b", RULES), [], 24.0,
-                                      RunBudget(days=14), "rtx4090")  # fmt: skip
+    raw, rules, line = size_to_budget(
+        proxy, "7b", RULES, map_to_target(proxy, "7b", RULES), [], 24.0, RunBudget(days=14), "rtx4090"
+    )
     cfg, _, _ = fit_micro_batch_choice(raw, [], rules, 24.0)
     d = estimate_duration(cfg, "rtx4090", measured=[])
     assert cfg.train.steps * cfg.tokens_per_step == cfg.data.max_tokens == d.flops.tokens
@@ -130,8 +141,9 @@ def test_bad_budgets_are_refused():
 def test_measured_throughput_replaces_the_assumption(tmp_path, export_7b):
     _, cfg, _ = export_7b
     path = tmp_path / "measured.json"
-    record = MeasuredThroughput("rtx4090", "NVIDIA GeForce RTX 4090", "7b", "galore_adamw8bit", 2, 256, True,
-                                1234.0, "2026-12-06")  # fmt: skip
+    record = MeasuredThroughput(
+        "rtx4090", "NVIDIA GeForce RTX 4090", "7b", "galore_adamw8bit", 2, 256, True, 1234.0, "2026-12-06"
+    )
     record_measured(path, record)
     record_measured(path, record)  # the same configuration again replaces, not duplicates
     measured = load_measured([path])

@@ -45,9 +45,33 @@ VALID_SPEC = {
 }
 
 ODD_VALUES = [
-    0, -1, 1, 2**63, -(2**63), 1e308, -1e-308, float("nan"), float("inf"), 0.5, True, None, "", "x", "1e9",
-    "\x00\xff", "ü" * 3, [], [1, 2, 3], [0.9], {}, {"a": 1}, "[0.9,", "{{", ":", "- a",
-]  # fmt: skip
+    0,
+    -1,
+    1,
+    2**63,
+    -(2**63),
+    1e308,
+    -1e-308,
+    float("nan"),
+    float("inf"),
+    0.5,
+    True,
+    None,
+    "",
+    "x",
+    "1e9",
+    "\x00\xff",
+    "ü" * 3,
+    [],
+    [1, 2, 3],
+    [0.9],
+    {},
+    {"a": 1},
+    "[0.9,",
+    "{{",
+    ":",
+    "- a",
+]
 
 
 def leaves(node, prefix=()):
@@ -116,8 +140,29 @@ def test_mutated_specs_through_spec_validation(tmp_path):
 # ---------------------------------------------------------------- issue 24: the new input classes
 # storage templates, numeric CLI flags, damaged sweep files, metrics.jsonl records, checkpoint files.
 
-STORAGE_PIECES = ["sweeps", "{name}", "{", "}", "{{", "}}", "{0}", "{foo}", "{name!r}", "{name:>5}", "?", "#", "%",
-                  "%20", " ", "a", "/", "..", "~", "ü", ""]  # fmt: skip
+STORAGE_PIECES = [
+    "sweeps",
+    "{name}",
+    "{",
+    "}",
+    "{{",
+    "}}",
+    "{0}",
+    "{foo}",
+    "{name!r}",
+    "{name:>5}",
+    "?",
+    "#",
+    "%",
+    "%20",
+    " ",
+    "a",
+    "/",
+    "..",
+    "~",
+    "ü",
+    "",
+]
 
 
 def test_random_storage_values_are_accepted_safely_or_refused_in_one_line(tmp_path):
@@ -143,8 +188,32 @@ def test_random_storage_values_are_accepted_safely_or_refused_in_one_line(tmp_pa
     assert outcomes["accepted"] and outcomes["refused"], outcomes
 
 
-NUMBER_TEXTS = ["0", "-0", "1", "-1", "24", "1e9", "1e400", "-1e400", "nan", "NaN", "inf", "-inf", "+inf", "0x10",
-                "1_000", "", " ", "ten", "65535", "65536", "99999", "2.5", "-2.5", "1e-320"]  # fmt: skip
+NUMBER_TEXTS = [
+    "0",
+    "-0",
+    "1",
+    "-1",
+    "24",
+    "1e9",
+    "1e400",
+    "-1e400",
+    "nan",
+    "NaN",
+    "inf",
+    "-inf",
+    "+inf",
+    "0x10",
+    "1_000",
+    "",
+    " ",
+    "ten",
+    "65535",
+    "65536",
+    "99999",
+    "2.5",
+    "-2.5",
+    "1e-320",
+]
 
 
 @pytest.mark.parametrize("flag", ["--budget-gib", "--max-memory-gib", "--port"])
@@ -251,8 +320,17 @@ def test_garbage_metrics_records_never_break_a_resume(tmp_path):
     for _ in range(50):
         lines = []
         for _ in range(rng.randint(0, 8)):
-            record = rng.choice([{"event": "log", "step": rng.randint(0, 20)}, {"step": rng.choice(ODD_VALUES)}, {},
-                                 [1, 2], "text", 7, None])  # fmt: skip
+            record = rng.choice(
+                [
+                    {"event": "log", "step": rng.randint(0, 20)},
+                    {"step": rng.choice(ODD_VALUES)},
+                    {},
+                    [1, 2],
+                    "text",
+                    7,
+                    None,
+                ]
+            )
             line = json.dumps(record, default=str)
             lines.append(line[: rng.randint(0, len(line))] if rng.random() < 0.1 else line)
         path.write_text("\n".join(lines) + ("\n" if rng.random() < 0.5 else ""))

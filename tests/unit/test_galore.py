@@ -71,8 +71,15 @@ def test_matches_public_galore_adamw_across_projector_updates(make_config, proj_
     from galore_torch import GaLoreAdamW as PublicGaLoreAdamW
 
     # galore-torch's AdamW: eps default 1e-6, and weight decay applied after the update; match both.
-    cfg = make_config("optim.name=galore_adamw", *GALORE, f"galore.proj_type={proj_type}", "optim.eps=1e-6",
-                      "optim.weight_decay=0", "optim.lr=1e-2", "train.grad_clip=0")  # fmt: skip
+    cfg = make_config(
+        "optim.name=galore_adamw",
+        *GALORE,
+        f"galore.proj_type={proj_type}",
+        "optim.eps=1e-6",
+        "optim.weight_decay=0",
+        "optim.lr=1e-2",
+        "train.grad_clip=0",
+    )
     batches = random_batches(256, 2 * GAP + 3)  # projector updates at updates 0, 3, 6
     ours, _ = train_method(cfg, batches, dtype=torch.float64)
 
@@ -80,8 +87,10 @@ def test_matches_public_galore_adamw_across_projector_updates(make_config, proj_
     ref = build_model(cfg.model.llama_config(vocab_size=256)).to(torch.float64)
     projected = [m.weight for m in targeted_linears(ref, cfg.galore.target_modules).values()]
     rest = [p for p in ref.parameters() if all(p is not q for q in projected)]
-    groups = [{"params": projected, "rank": RANK, "update_proj_gap": GAP, "scale": 0.25, "proj_type": proj_type},
-              {"params": rest}]  # fmt: skip
+    groups = [
+        {"params": projected, "rank": RANK, "update_proj_gap": GAP, "scale": 0.25, "proj_type": proj_type},
+        {"params": rest},
+    ]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         opt = PublicGaLoreAdamW(groups, lr=1e-2, eps=1e-6, weight_decay=0.0, no_deprecation_warning=True)
@@ -142,16 +151,23 @@ def test_8bit_inner_is_bitsandbytes_adamw8bit_on_unprojected_parameters():
 
 
 def test_per_layer_equals_whole_model_and_reports_metrics(make_config, caplog):
-    common = ("optim.name=galore_adamw", *GALORE, "galore.per_tensor_clip=0.5", "train.grad_clip=0",
-              f"train.steps={2 * GAP + 3}", "train.log_every=3")  # fmt: skip
+    common = (
+        "optim.name=galore_adamw",
+        *GALORE,
+        "galore.per_tensor_clip=0.5",
+        "train.grad_clip=0",
+        f"train.steps={2 * GAP + 3}",
+        "train.log_every=3",
+    )
     whole, per_layer = Recorder(), Recorder()
     with caplog.at_level(logging.INFO, logger="ranktune.trainables.optim.galore.method"):
         a = Trainer(make_config(*common), callbacks=[whole], progress=False)
     assert "projecting 14 matrices" in caplog.text  # 2 layers x (q, k, v, o, gate, up, down)
     # accumulation: full clips the full gradient per tensor, as the whole-model run does (low_rank
     # clips what the inner optimizer sees; tests/test_galore_accumulation.py covers it).
-    b = Trainer(make_config(*common, "galore.per_layer=true", "galore.accumulation=full"), callbacks=[per_layer],
-                progress=False)  # fmt: skip
+    b = Trainer(
+        make_config(*common, "galore.per_layer=true", "galore.accumulation=full"), callbacks=[per_layer], progress=False
+    )
     a.fit()
     b.fit()
     for (name, pa), pb in zip(a.model.named_parameters(), b.model.parameters(), strict=True):
@@ -167,8 +183,7 @@ def test_per_layer_equals_whole_model_and_reports_metrics(make_config, caplog):
 
 
 def test_per_layer_with_accumulation_updates_on_last_micro_batch_only(make_config):
-    common = ("optim.name=galore_adamw", *GALORE, "train.grad_clip=0", "train.batch_size=8",
-              "train.micro_batch_size=4")  # fmt: skip
+    common = ("optim.name=galore_adamw", *GALORE, "train.grad_clip=0", "train.batch_size=8", "train.micro_batch_size=4")
     batches = random_batches(256, 2 * (2 * GAP + 1))
     # Full-size accumulation in .grad (low-rank accumulation: tests/test_galore_accumulation.py).
     layer_cfg = make_config(*common, "galore.per_layer=true", "galore.accumulation=full")
@@ -208,8 +223,15 @@ def test_per_layer_with_accumulation_updates_on_last_micro_batch_only(make_confi
 )
 def test_resume_mid_gap_continues_exactly(make_config, tmp_path, overrides):
     gap, steps = 4, 11  # projector updates at 0, 4, 8; stop after update 6, in the middle of a gap
-    common = ("galore.rank=8", f"galore.update_proj_gap={gap}", "train.grad_clip=0", f"train.steps={steps}",
-              "output.checkpoint_every=0", "train.eval_every=100", *overrides)  # fmt: skip
+    common = (
+        "galore.rank=8",
+        f"galore.update_proj_gap={gap}",
+        "train.grad_clip=0",
+        f"train.steps={steps}",
+        "output.checkpoint_every=0",
+        "train.eval_every=100",
+        *overrides,
+    )
     straight = Recorder()
     a = Trainer(make_config(*common, f"output.dir={tmp_path / 'a'}"), callbacks=[straight], progress=False)
     a.fit()
@@ -306,7 +328,7 @@ def test_state_bytes_match_the_analytic_count(make_config):
         (
             ("galore.per_layer=true", "galore.accumulation=full", "train.grad_clip=1.0"),
             "train.grad_clip: 1.0 -> 0 with galore.per_layer",
-        ),  # fmt: skip
+        ),
         (("galore.target_modules=[attention]",), "galore.target_modules: ['attention'] -> patterns matching"),
     ],
 )

@@ -48,8 +48,15 @@ def train(cfg, schedule=MICRO_BATCHES, check_freed=False):
         def freed(i):
             assert all(p.grad is None for p in model.parameters()), "a full gradient outlived its micro-batch"
 
-        stats.append(run_step(model, method, [next(batches) for _ in range(n)], cfg.optim.lr * 0.9**step,
-                              freed if check_freed else None))  # fmt: skip
+        stats.append(
+            run_step(
+                model,
+                method,
+                [next(batches) for _ in range(n)],
+                cfg.optim.lr * 0.9**step,
+                freed if check_freed else None,
+            )
+        )
         method.end_step(step + 1)
     return model, method, stats
 
@@ -80,8 +87,13 @@ def test_low_rank_accumulation_equals_whole_model_between_refreshes(make_config,
 @pytest.mark.parametrize("refresh", ["whole_batch", "first_micro_batch"])
 @pytest.mark.parametrize("buffer", ["host", "device"])
 def test_refresh_step_takes_the_projector_from_the_rule_s_gradient(make_config, refresh, buffer):
-    cfg = make_config(*COMMON, "galore.per_layer=true", "train.grad_clip=0", f"galore.refresh={refresh}",
-                      f"galore.full_grad_buffer={buffer}")  # fmt: skip
+    cfg = make_config(
+        *COMMON,
+        "galore.per_layer=true",
+        "train.grad_clip=0",
+        f"galore.refresh={refresh}",
+        f"galore.full_grad_buffer={buffer}",
+    )
     x0, x1 = random_batches(2)
     torch.manual_seed(0)
     plain = build_model(cfg.model.llama_config(vocab_size=256)).to(torch.float64)  # no hooks: keeps .grad
@@ -136,8 +148,10 @@ def test_global_clipping_in_per_layer_mode_clips_what_the_inner_optimizer_sees(m
     ref, ref_norms = clipped_reference(make_config(*COMMON, "train.grad_clip=0"), clip)
     assert min(ref_norms) > clip  # clipping engaged on every step
     # norm_sketch_rows 0: the older rule, clip by the projected accumulators' norm (what the inner sees).
-    ours, _, stats = train(make_config(*COMMON, "galore.per_layer=true", f"train.grad_clip={clip}",
-                                       "galore.norm_sketch_rows=0"), check_freed=True)  # fmt: skip
+    ours, _, stats = train(
+        make_config(*COMMON, "galore.per_layer=true", f"train.grad_clip={clip}", "galore.norm_sketch_rows=0"),
+        check_freed=True,
+    )
     assert [s["grad_norm"] for s in stats] == pytest.approx(ref_norms, rel=1e-12)
     diff = max_relative_difference(ours, ref)
     print(f"clipped: max relative difference {diff:.3g}")

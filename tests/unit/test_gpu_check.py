@@ -137,14 +137,22 @@ def test_train_compile_matches_eager(tmp_path):
 
     runs = {}
     for compiled in (False, True):
-        cfg = config_from_dict({
-            "model": TINY_MODEL,
-            "data": {"source": "synthetic", "seq_len": 32, "vocab_size": 512},
-            "train": {"steps": 2, "batch_size": 4, "micro_batch_size": 4, "eval_blocks": 4, "device": "cpu",
-                      "compile": compiled},
-            "schedule": {"warmup_steps": 0},
-            "output": {"dir": str(tmp_path / str(compiled)), "checkpoint_every": 0},
-        })  # fmt: skip
+        cfg = config_from_dict(
+            {
+                "model": TINY_MODEL,
+                "data": {"source": "synthetic", "seq_len": 32, "vocab_size": 512},
+                "train": {
+                    "steps": 2,
+                    "batch_size": 4,
+                    "micro_batch_size": 4,
+                    "eval_blocks": 4,
+                    "device": "cpu",
+                    "compile": compiled,
+                },
+                "schedule": {"warmup_steps": 0},
+                "output": {"dir": str(tmp_path / str(compiled)), "checkpoint_every": 0},
+            }
+        )
         losses = Losses()
         Trainer(cfg, [losses], progress=False).fit()
         runs[compiled] = losses.losses

@@ -20,30 +20,76 @@ CASES = [
     ("galore_adamw", ["optim.name=galore_adamw", "galore.rank=32"]),
     ("galore_adamw tiny4", ["model.name=tiny4", "optim.name=galore_adamw", "galore.rank=64"]),
     ("galore_adamw8bit", ["optim.name=galore_adamw8bit", "galore.rank=32"]),
-    ("galore_adamw8bit per-layer bf16", ["optim.name=galore_adamw8bit", "galore.rank=32", "galore.per_layer=true",
-                                         "train.grad_clip=0", "train.precision=bf16"]),
+    (
+        "galore_adamw8bit per-layer bf16",
+        [
+            "optim.name=galore_adamw8bit",
+            "galore.rank=32",
+            "galore.per_layer=true",
+            "train.grad_clip=0",
+            "train.precision=bf16",
+        ],
+    ),
     ("galore_adafactor", ["optim.name=galore_adafactor", "galore.rank=16"]),
-    ("galore per-layer low-rank accumulation, int8 projectors", [
-        "optim.name=galore_adamw8bit", "galore.rank=32", "galore.per_layer=true", "galore.projector_dtype=int8",
-        "train.micro_batch_size=4", "train.grad_clip=1.0"]),
-    ("relora after warm start", ["optim.name=relora", "relora.rank=16", "relora.warm_start_steps=1",
-                                 "relora.relora_every=2", "relora.restart_warmup_steps=1"]),
-    ("relora int8 base, 8-bit inner", ["optim.name=relora", "relora.rank=16", "relora.warm_start_steps=1",
-                                       "relora.relora_every=2", "relora.restart_warmup_steps=1",
-                                       "relora.base_precision=int8", "relora.inner_optimizer=adamw8bit"]),
+    (
+        "galore per-layer low-rank accumulation, int8 projectors",
+        [
+            "optim.name=galore_adamw8bit",
+            "galore.rank=32",
+            "galore.per_layer=true",
+            "galore.projector_dtype=int8",
+            "train.micro_batch_size=4",
+            "train.grad_clip=1.0",
+        ],
+    ),
+    (
+        "relora after warm start",
+        [
+            "optim.name=relora",
+            "relora.rank=16",
+            "relora.warm_start_steps=1",
+            "relora.relora_every=2",
+            "relora.restart_warmup_steps=1",
+        ],
+    ),
+    (
+        "relora int8 base, 8-bit inner",
+        [
+            "optim.name=relora",
+            "relora.rank=16",
+            "relora.warm_start_steps=1",
+            "relora.relora_every=2",
+            "relora.restart_warmup_steps=1",
+            "relora.base_precision=int8",
+            "relora.inner_optimizer=adamw8bit",
+        ],
+    ),
     ("lora bf16 base", ["optim.name=lora", "relora.rank=16", "relora.base_precision=bf16"]),
     # Patterns naming one layer: the estimate then counts layer by layer instead of one layer times n.
-    ("galore_adamw layer 1 only", ["optim.name=galore_adamw", "galore.rank=32",
-                                   "galore.target_modules=[layers.1.mlp.up_proj, layers.1.attn.q_proj]"]),
-]  # fmt: skip
+    (
+        "galore_adamw layer 1 only",
+        [
+            "optim.name=galore_adamw",
+            "galore.rank=32",
+            "galore.target_modules=[layers.1.mlp.up_proj, layers.1.attn.q_proj]",
+        ],
+    ),
+]
 
 
 @pytest.mark.parametrize("label,overrides", CASES, ids=[c[0] for c in CASES])
 def test_estimate_matches_the_trainers_tensor_accounting(make_config, label, overrides):
     cfg = make_config(
-        "model.name=tiny", "model.hidden_size=null", "model.intermediate_size=null", "model.num_heads=null",
-        "train.steps=3", "train.log_every=1", "train.eval_every=3", "schedule.warmup_steps=0", *overrides,
-    )  # fmt: skip
+        "model.name=tiny",
+        "model.hidden_size=null",
+        "model.intermediate_size=null",
+        "model.num_heads=null",
+        "train.steps=3",
+        "train.log_every=1",
+        "train.eval_every=3",
+        "schedule.warmup_steps=0",
+        *overrides,
+    )
     est = estimate_run(cfg, device="cpu").phases[-1]  # the phase the run ends in (ReLoRA: after wrapping)
     got = measured_tensor_bytes(cfg)
     expected = {"weights": est.weights, "gradients": est.gradients, **est.optimizer}
@@ -57,8 +103,9 @@ def test_estimate_matches_the_trainers_tensor_accounting(make_config, label, ove
             assert expected[category] == 0, category
             continue
         ratio = expected[category] / value
-        print(f"{label:34s} {category:16s} measured {value:>11,d} estimated {expected[category]:>11,d} "
-              f"ratio {ratio:.4f}")  # fmt: skip
+        print(
+            f"{label:34s} {category:16s} measured {value:>11,d} estimated {expected[category]:>11,d} ratio {ratio:.4f}"
+        )
         assert abs(ratio - 1) <= ESTIMATE_TOLERANCE, (category, value, expected[category])
 
 
@@ -69,9 +116,15 @@ def test_per_layer_galore_keeps_one_gradient_alive(make_config):
     from ranktune.trainables.optim import build_method
 
     cfg = make_config(
-        "model.name=tiny", "model.hidden_size=null", "model.intermediate_size=null", "model.num_heads=null",
-        "optim.name=galore_adamw", "galore.rank=32", "galore.per_layer=true", "train.grad_clip=0",
-    )  # fmt: skip
+        "model.name=tiny",
+        "model.hidden_size=null",
+        "model.intermediate_size=null",
+        "model.num_heads=null",
+        "optim.name=galore_adamw",
+        "galore.rank=32",
+        "galore.per_layer=true",
+        "train.grad_clip=0",
+    )
     model = build_model(cfg.model.llama_config())
     peak = 0
 
@@ -99,9 +152,16 @@ def test_low_rank_accumulators_match_the_estimate(make_config, clip):
     from ranktune.trainables.optim import build_method
 
     cfg = make_config(
-        "model.name=tiny", "model.hidden_size=null", "model.intermediate_size=null", "model.num_heads=null",
-        "optim.name=galore_adamw", "galore.rank=32", "galore.per_layer=true", "train.micro_batch_size=4", clip,
-    )  # fmt: skip
+        "model.name=tiny",
+        "model.hidden_size=null",
+        "model.intermediate_size=null",
+        "model.num_heads=null",
+        "optim.name=galore_adamw",
+        "galore.rank=32",
+        "galore.per_layer=true",
+        "train.micro_batch_size=4",
+        clip,
+    )
     model = build_model(cfg.model.llama_config())
     peak = 0
 
@@ -109,8 +169,11 @@ def test_low_rank_accumulators_match_the_estimate(make_config, clip):
         nonlocal peak
         live = sum(p.grad.numel() * p.grad.element_size() for p in model.parameters() if p.grad is not None)
         for opt in method.optimizers:
-            live += sum(s["grad_accum"].numel() * s["grad_accum"].element_size()
-                        for s in opt.state.values() if "grad_accum" in s)  # fmt: skip
+            live += sum(
+                s["grad_accum"].numel() * s["grad_accum"].element_size()
+                for s in opt.state.values()
+                if "grad_accum" in s
+            )
         peak = max(peak, live)
 
     for p in model.parameters():
@@ -131,11 +194,13 @@ def test_7b_per_layer_galore_at_the_paper_batch_fits_24_gib_with_1_gib_headroom(
     """The export's 7b GaLore config: rank 1024, 512 x 256 tokens per step, global clip, int8 projectors."""
     from ranktune.trainables.config import config_from_dict
 
-    raw = {"model": {"name": "7b", "activation_checkpointing": True},
-           "data": {"source": "c4", "seq_len": 256, "max_tokens": 150_000 * 512 * 256},
-           "optim": {"name": "galore_adamw8bit"},
-           "galore": {"rank": 1024, "per_layer": True, "projector_dtype": "int8"},
-           "train": {"batch_size": 512, "micro_batch_size": 2, "precision": "bf16", "grad_clip": 1.0}}  # fmt: skip
+    raw = {
+        "model": {"name": "7b", "activation_checkpointing": True},
+        "data": {"source": "c4", "seq_len": 256, "max_tokens": 150_000 * 512 * 256},
+        "optim": {"name": "galore_adamw8bit"},
+        "galore": {"rank": 1024, "per_layer": True, "projector_dtype": "int8"},
+        "train": {"batch_size": 512, "micro_batch_size": 2, "precision": "bf16", "grad_clip": 1.0},
+    }
     est = estimate_memory(config_from_dict(raw))
     assert 24 * GIB - est.total >= 1 * GIB, est.total / GIB
     # The accumulators: ~3.0 GiB of low-rank ones, 0.5 GiB for embeddings, head and norms.
@@ -173,8 +238,13 @@ def test_activation_formula_matches_saved_tensors():
 
 
 def test_relora_warm_start_is_its_own_phase(make_config):
-    cfg = make_config("optim.name=relora", "relora.rank=8", "relora.warm_start_steps=5", "relora.relora_every=3",
-                      "relora.restart_warmup_steps=1")  # fmt: skip
+    cfg = make_config(
+        "optim.name=relora",
+        "relora.rank=8",
+        "relora.warm_start_steps=5",
+        "relora.relora_every=3",
+        "relora.restart_warmup_steps=1",
+    )
     run = estimate_run(cfg)
     assert [p.phase.split(" ")[0] for p in run.phases] == ["warm", "LoRA"]
     assert run.peak.phase.startswith("warm")  # full-rank moments outweigh the LoRA ones
@@ -183,14 +253,48 @@ def test_relora_warm_start_is_its_own_phase(make_config):
 def test_estimate_cli_prints_the_table_and_the_verdict(tmp_path, capsys):
     from ranktune.platform.cli.main import main
 
-    code = main(["estimate", "--set", "model.name=7b", "--set", "optim.name=galore_adamw8bit",
-                 "--set", "galore.rank=1024", "--set", "galore.per_layer=true", "--set", "train.grad_clip=0",
-                 "--set", "train.precision=bf16", "--set", "data.seq_len=256", "--set", "train.batch_size=1",
-                 "--set", "train.micro_batch_size=1", "--budget-gib", "24"])  # fmt: skip
+    code = main(
+        [
+            "estimate",
+            "--set",
+            "model.name=7b",
+            "--set",
+            "optim.name=galore_adamw8bit",
+            "--set",
+            "galore.rank=1024",
+            "--set",
+            "galore.per_layer=true",
+            "--set",
+            "train.grad_clip=0",
+            "--set",
+            "train.precision=bf16",
+            "--set",
+            "data.seq_len=256",
+            "--set",
+            "train.batch_size=1",
+            "--set",
+            "train.micro_batch_size=1",
+            "--budget-gib",
+            "24",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0 and "optimizer state: projectors" in out and "fits:" in out
-    code = main(["estimate", "--set", "model.name=7b", "--set", "train.precision=bf16", "--set", "data.seq_len=256",
-                 "--set", "train.batch_size=1", "--set", "train.micro_batch_size=1"])  # fmt: skip
+    code = main(
+        [
+            "estimate",
+            "--set",
+            "model.name=7b",
+            "--set",
+            "train.precision=bf16",
+            "--set",
+            "data.seq_len=256",
+            "--set",
+            "train.batch_size=1",
+            "--set",
+            "train.micro_batch_size=1",
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 1 and "does not fit" in out  # full-rank AdamW at 7b needs far more than 24 GiB
     assert main(["estimate", "--set", "optim.name=nope"]) == 2
@@ -212,8 +316,9 @@ def test_estimate_cost_does_not_grow_with_the_layer_count(make_config, method, m
     one, two = (estimate_run(make_config(f"model.num_layers={n}", *overrides), device="cpu") for n in (1, 2))
     built_layers = []
     real_build = memory.build_model
-    monkeypatch.setattr(memory, "build_model", lambda llama, device: built_layers.append(llama.num_layers)
-                        or real_build(llama, device))  # fmt: skip
+    monkeypatch.setattr(
+        memory, "build_model", lambda llama, device: built_layers.append(llama.num_layers) or real_build(llama, device)
+    )
     start = time.perf_counter()
     deepest = estimate_run(make_config("model.num_layers=512", *overrides), device="cpu")  # the bound on num_layers
     elapsed = time.perf_counter() - start
@@ -230,5 +335,11 @@ def test_estimate_cost_does_not_grow_with_the_layer_count(make_config, method, m
 def test_estimate_refuses_an_absurd_model_by_its_fields(make_config):
     # The config bounds each shape (about 4x the largest LLaMA); the estimator never sees 1e9 layers.
     with pytest.raises(ConfigError, match=r"model.num_layers: 1000000000 -> .*less than or equal to 512"):
-        estimate_run(make_config("model.num_layers=1000000000", "model.hidden_size=4096",
-                                 "model.intermediate_size=11008", "model.num_heads=32"))  # fmt: skip
+        estimate_run(
+            make_config(
+                "model.num_layers=1000000000",
+                "model.hidden_size=4096",
+                "model.intermediate_size=11008",
+                "model.num_heads=32",
+            )
+        )

@@ -16,9 +16,15 @@ def fake_trial(trial_id: str, **config):
 def asha(windows: dict[str, list], **kw) -> MethodAwareASHA:
     # rungs at steps 20 and 40 of an 80-step budget
     return MethodAwareASHA(
-        windows_for=lambda params: windows.get(params.get("name"), []), time_attr="step", metric="eval_loss",
-        mode="min", max_t=80, grace_period=20, reduction_factor=2, **kw,
-    )  # fmt: skip
+        windows_for=lambda params: windows.get(params.get("name"), []),
+        time_attr="step",
+        metric="eval_loss",
+        mode="min",
+        max_t=80,
+        grace_period=20,
+        reduction_factor=2,
+        **kw,
+    )
 
 
 def report(scheduler, trial, step: int, loss: float) -> str:
@@ -34,11 +40,14 @@ def test_relora_windows_cover_warm_start_and_each_restart_warmup(make_config):
 
 def test_relora_warm_start_longer_than_first_rung_is_not_stopped_there(make_config):
     windows = {"relora": settling_windows(make_config(*RELORA, "relora.warm_start_steps=30", "train.steps=80"))}
-    for scheduler_cls, expected_at_20 in ((MethodAwareASHA, TrialScheduler.CONTINUE),
-                                          (AsyncHyperBandScheduler, TrialScheduler.STOP)):  # fmt: skip
+    for scheduler_cls, expected_at_20 in (
+        (MethodAwareASHA, TrialScheduler.CONTINUE),
+        (AsyncHyperBandScheduler, TrialScheduler.STOP),
+    ):
         kw = {"windows_for": lambda p: windows.get(p.get("name"), [])} if scheduler_cls is MethodAwareASHA else {}
-        s = scheduler_cls(time_attr="step", metric="eval_loss", mode="min", max_t=80, grace_period=20,
-                          reduction_factor=2, **kw)  # fmt: skip
+        s = scheduler_cls(
+            time_attr="step", metric="eval_loss", mode="min", max_t=80, grace_period=20, reduction_factor=2, **kw
+        )
         trials = [fake_trial("a", name="adamw"), fake_trial("b", name="adamw"), fake_trial("r", name="relora")]
         for t in trials:
             s.on_trial_add(None, t)

@@ -23,8 +23,13 @@ def row(trial_id, loss, state_bytes, status="finished", **params):
 
 
 def test_front_keeps_only_undominated_full_budget_trials():
-    rows = [row("adamw", 3.0, 400), row("galore", 3.1, 100), row("worse", 3.2, 200), row("lora", 3.5, 50),
-            row("early", 2.0, 10, status="stopped_early")]  # fmt: skip
+    rows = [
+        row("adamw", 3.0, 400),
+        row("galore", 3.1, 100),
+        row("worse", 3.2, 200),
+        row("lora", 3.5, 50),
+        row("early", 2.0, 10, status="stopped_early"),
+    ]
     assert [r["trial_id"] for r in pareto_front(spec(objectives=MEMORY), rows)] == ["adamw", "galore", "lora"]
 
 
@@ -35,8 +40,10 @@ def test_trade_off_metric_is_validated():
 
 def test_max_memory_picks_the_best_trial_whose_export_fits():
     s = spec()
-    rows = [row("full", 3.0, 0, **{"optim.name": "adamw", "optim.lr": 1e-3}),
-            row("galore", 3.1, 0, **{"optim.name": "galore_adamw", "optim.lr": 1e-3, "galore.rank": 64})]  # fmt: skip
+    rows = [
+        row("full", 3.0, 0, **{"optim.name": "adamw", "optim.lr": 1e-3}),
+        row("galore", 3.1, 0, **{"optim.name": "galore_adamw", "optim.lr": 1e-3, "galore.rank": 64}),
+    ]
     # at 7b with the default export rules: AdamW's full-rank states need 64 GiB, GaLore 37 GiB
     assert select_within_memory(s, rows, "7b", ScalingRules(), [], 40.0)["trial_id"] == "galore"
     assert select_within_memory(s, rows, "7b", ScalingRules(), [], 70.0)["trial_id"] == "full"
@@ -50,14 +57,20 @@ def test_messages_name_a_fixed_method_not_none():
     from ranktune.platform.export.select import what_is_lost
     from ranktune.platform.report.pareto import format_front
 
-    s = spec_from_dict({"base_overrides": {**BASE, "optim": {"name": "adamw"}}, "budget": {"steps_per_trial": 50},
-                        "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
-                        "objectives": MEMORY})  # fmt: skip
+    s = spec_from_dict(
+        {
+            "base_overrides": {**BASE, "optim": {"name": "adamw"}},
+            "budget": {"steps_per_trial": 50},
+            "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
+            "objectives": MEMORY,
+        }
+    )
     rows = [row("a1", 3.0, 400, **{"optim.lr": 1e-3}), row("a2", 3.1, 100, **{"optim.lr": 2e-3})]
     with pytest.raises(ConfigError) as refused:
         select_within_memory(s, rows, "7b", ScalingRules(), [], 4.0)
     passed_over = refused.value.problems[1:]
-    assert len(passed_over) == 2 and all(line.startswith(("trial a1 (adamw): ", "trial a2 (adamw): "))
-                                         for line in passed_over), passed_over  # fmt: skip
+    assert len(passed_over) == 2 and all(
+        line.startswith(("trial a1 (adamw): ", "trial a2 (adamw): ")) for line in passed_over
+    ), passed_over
     assert what_is_lost(s, rows[0], rows[1]).startswith("trial a2 (adamw, eval_loss 3.1000")
     assert [line.split()[0] for line in format_front(s, rows)[1:]] == ["adamw", "adamw"]

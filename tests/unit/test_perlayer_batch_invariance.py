@@ -60,15 +60,19 @@ def scaled_config(make_config, name, *extra):
 MICRO_BATCH_TOLERANCE = 1.6e-14
 
 
-MICRO_BATCHES = [pytest.param(2, id="micro-batch-2"), pytest.param(1, id="micro-batch-1", marks=pytest.mark.slow),
-                 pytest.param(4, id="micro-batch-4", marks=pytest.mark.slow)]  # fmt: skip
+MICRO_BATCHES = [
+    pytest.param(2, id="micro-batch-2"),
+    pytest.param(1, id="micro-batch-1", marks=pytest.mark.slow),
+    pytest.param(4, id="micro-batch-4", marks=pytest.mark.slow),
+]
 
 
 @pytest.mark.parametrize("micro_batch", MICRO_BATCHES)
 @pytest.mark.parametrize("name", sorted(SCALED))
 @pytest.mark.parametrize("clip", [0.0, 0.05], ids=["no-clip", "global-clip"])
-def test_scaled_gradient_per_layer_host_buffer_equals_whole_model_at_any_micro_batch(make_config, name, clip,
-                                                                                     micro_batch):
+def test_scaled_gradient_per_layer_host_buffer_equals_whole_model_at_any_micro_batch(
+    make_config, name, clip, micro_batch
+):
     section = SCALED[name][0]
     whole, whole_stats = train(scaled_config(make_config, name, f"train.grad_clip={clip}"), GLOBAL_BATCH)
     torch.manual_seed(0)
@@ -77,8 +81,13 @@ def test_scaled_gradient_per_layer_host_buffer_equals_whole_model_at_any_micro_b
     if True:
         runs = {}
         for buffer in ("device", "host"):
-            cfg = scaled_config(make_config, name, f"train.grad_clip={clip}", f"{section}.per_layer=true",
-                                f"{section}.full_grad_buffer={buffer}")  # fmt: skip
+            cfg = scaled_config(
+                make_config,
+                name,
+                f"train.grad_clip={clip}",
+                f"{section}.per_layer=true",
+                f"{section}.full_grad_buffer={buffer}",
+            )
             runs[buffer] = train(cfg, micro_batch, check_freed=buffer == "host")
         for (a, _), (b, _) in [(runs["host"], runs["device"])]:
             assert all(torch.equal(pa, pb) for pa, pb in zip(a.parameters(), b.parameters(), strict=True))
@@ -111,8 +120,12 @@ def test_galore_per_layer_whole_batch_refresh_equals_whole_model_at_any_micro_ba
     print(f"galore {buffer} micro-batch {micro_batch}: vs whole-model {diff:.3g}")
     assert diff < GALORE_TOLERANCE
     if micro_batch > 1:  # the older rule is what this replaces: it differs by far more
-        old, _ = train(galore_config(make_config, "train.grad_clip=0", "galore.per_layer=true",
-                                     "galore.refresh=first_micro_batch"), micro_batch)  # fmt: skip
+        old, _ = train(
+            galore_config(
+                make_config, "train.grad_clip=0", "galore.per_layer=true", "galore.refresh=first_micro_batch"
+            ),
+            micro_batch,
+        )
         assert relative_difference(old, whole) > 1e3 * GALORE_TOLERANCE
 
 
@@ -147,8 +160,15 @@ def test_host_memory_estimate_is_what_the_host_sums_hold(make_config, name):
     from ranktune.platform.memory import estimate_run, vocab_size
 
     section = SCALED[name][0]
-    cfg = scaled_config(make_config, name, f"{section}.per_layer=true", f"{section}.full_grad_buffer=host",
-                        "train.grad_clip=0", "train.batch_size=8", "train.micro_batch_size=4")  # fmt: skip
+    cfg = scaled_config(
+        make_config,
+        name,
+        f"{section}.per_layer=true",
+        f"{section}.full_grad_buffer=host",
+        "train.grad_clip=0",
+        "train.batch_size=8",
+        "train.micro_batch_size=4",
+    )
     torch.manual_seed(0)
     model = build_model(cfg.model.llama_config(vocab_size=vocab_size(cfg)))
     method = build_method(model, cfg)

@@ -9,10 +9,14 @@ from ranktune.platform.sweep.progress import SweepProgress
 
 def test_log_lines_say_steps_of_total_eta_and_best_so_far(capsys):
     progress = SweepProgress(3, "eval_loss", 80)
-    galore = SimpleNamespace(trial_id="t1", config={"optim.name": "galore_adamw", "galore.rank": 64, "optim.lr": 6e-3},
-                             last_result={"step": 80})  # fmt: skip
-    relora = SimpleNamespace(trial_id="t2", config={"optim.name": "relora", "relora.rank": 16, "optim.lr": 1e-2},
-                             last_result={"step": 20})  # fmt: skip
+    galore = SimpleNamespace(
+        trial_id="t1",
+        config={"optim.name": "galore_adamw", "galore.rank": 64, "optim.lr": 6e-3},
+        last_result={"step": 80},
+    )
+    relora = SimpleNamespace(
+        trial_id="t2", config={"optim.name": "relora", "relora.rank": 16, "optim.lr": 1e-2}, last_result={"step": 20}
+    )
     for trial, step, loss in ((galore, 80, 6.39), (relora, 20, 7.36)):
         progress.on_trial_start(0, [], trial)
         progress.on_trial_result(0, [], trial, {"step": step, "train_loss": loss + 0.1, "eval_loss": loss})

@@ -90,9 +90,16 @@ def estimate_toy(shapes, cfg, device) -> list[PhaseState]:
 
 @pytest.fixture
 def toy_method():
-    register(TOY, OptimizerEntry(build=ProjectedMomentumMethod, check=check_toy, estimate_state=estimate_toy,
-                                 summarize=lambda cfg: f"toy rank {cfg.galore.rank}",
-                                 description="test-only projected momentum SGD"))  # fmt: skip
+    register(
+        TOY,
+        OptimizerEntry(
+            build=ProjectedMomentumMethod,
+            check=check_toy,
+            estimate_state=estimate_toy,
+            summarize=lambda cfg: f"toy rank {cfg.galore.rank}",
+            description="test-only projected momentum SGD",
+        ),
+    )
     yield TOY
     unregister(TOY)
 
@@ -161,10 +168,19 @@ def test_a_method_registered_outside_ranktune_exports_settles_and_plots(make_con
     from ranktune.platform.report.plots import plot_best_per_method
     from ranktune.platform.sweep.milestones import in_window, settling_windows
 
-    register(TOY, OptimizerEntry(build=ProjectedMomentumMethod, check=check_toy, estimate_state=estimate_toy,
-                                 description="test-only projected momentum SGD", colour=TOY_COLOUR,
-                                 settling_windows=lambda cfg: [(1, cfg.schedule.warmup_steps)],
-                                 single_gpu=(("train.grad_clip", 0.0),), target_mapping=toy_to_target))  # fmt: skip
+    register(
+        TOY,
+        OptimizerEntry(
+            build=ProjectedMomentumMethod,
+            check=check_toy,
+            estimate_state=estimate_toy,
+            description="test-only projected momentum SGD",
+            colour=TOY_COLOUR,
+            settling_windows=lambda cfg: [(1, cfg.schedule.warmup_steps)],
+            single_gpu=(("train.grad_clip", 0.0),),
+            target_mapping=toy_to_target,
+        ),
+    )
     try:
         proxy = make_config(f"optim.name={TOY}", "galore.rank=32", "train.grad_clip=1.0", "schedule.warmup_steps=4")
         fit = fit_to_target(proxy, "60m", ScalingRules(), [], budget_gib=24)

@@ -20,8 +20,13 @@ def make_sweep_dir(path):
     experiment_id = get_or_create_experiment(client, spec.name, (path / "mlartifacts").as_uri())
     run_id = client.create_run(experiment_id).info.run_id
     log_text_artifact(client, run_id, "note.txt", "kept")
-    state = {"spec": {**SPEC, "storage": "sweeps/{name}"}, "tracking_uri": spec.tracking_uri,
-             "experiment_id": experiment_id, "parent_run_id": run_id, "storage_dir": str(path)}  # fmt: skip
+    state = {
+        "spec": {**SPEC, "storage": "sweeps/{name}"},
+        "tracking_uri": spec.tracking_uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": run_id,
+        "storage_dir": str(path),
+    }
     (path / "sweep.json").write_text(json.dumps(state))
     return run_id
 
@@ -51,8 +56,9 @@ def test_a_moved_sweep_reads_its_own_store_and_artifacts_from_any_directory(tmp_
 
 def test_a_sweep_on_an_explicit_tracking_server_keeps_it(tmp_path):
     spec = spec_from_dict({**SPEC, "tracking": {"tracking_uri": "http://127.0.0.1:5000"}})
-    state = SweepState(spec=SPEC, tracking_uri="http://127.0.0.1:5000", experiment_id="1", parent_run_id="p",
-                       storage_dir="/elsewhere")
+    state = SweepState(
+        spec=SPEC, tracking_uri="http://127.0.0.1:5000", experiment_id="1", parent_run_id="p", storage_dir="/elsewhere"
+    )
     spec, state = relocate(spec, state, tmp_path)
     assert state.tracking_uri == "http://127.0.0.1:5000" and spec.storage_dir == tmp_path.resolve()
 
@@ -73,8 +79,13 @@ def test_what_tune_pickled_reopens_the_resumed_copys_stores(tmp_path):
     callback = pickle.dumps(MlflowTrials(f"sqlite:///{original / 'mlflow.db'}", "1", "parent", "moved", 10, str))
     assert pickle.loads(storage).url == f"sqlite:///{original / 'optuna.db'}"  # in place: as pickled
     assert pickle.loads(callback).tracking_uri == f"sqlite:///{original / 'mlflow.db'}"
-    copied = SweepState(spec={}, tracking_uri=f"sqlite:///{copy / 'mlflow.db'}", experiment_id="1",
-                        parent_run_id="parent", storage_dir=str(copy))
+    copied = SweepState(
+        spec={},
+        tracking_uri=f"sqlite:///{copy / 'mlflow.db'}",
+        experiment_id="1",
+        parent_run_id="parent",
+        storage_dir=str(copy),
+    )
     with resuming(copied):
         assert pickle.loads(storage).url == f"sqlite:///{copy / 'optuna.db'}"
         assert pickle.loads(callback).tracking_uri == f"sqlite:///{copy / 'mlflow.db'}"

@@ -310,8 +310,9 @@ def test_warm_start_from_checkpoint(make_config, tmp_path):
     full_rank = build_model(build_model_cfg())
     path = tmp_path / "full_rank.pt"
     torch.save({"model": full_rank.state_dict()}, path)
-    cfg = make_config("optim.name=relora", "relora.rank=4", "relora.restart_warmup_steps=1",
-                      f"relora.warm_start_checkpoint={path}")  # fmt: skip
+    cfg = make_config(
+        "optim.name=relora", "relora.rank=4", "relora.restart_warmup_steps=1", f"relora.warm_start_checkpoint={path}"
+    )
     model = build_model(build_model_cfg())
     method = build_method(model, cfg)
     assert method.wrapped and len(lora_layers(model)) == 14

@@ -21,8 +21,13 @@ def problems(space, **kw) -> str:
 
 def test_shipped_presets_validate_against_60m_at_paper_like_budgets():
     for preset in PRESETS:
-        s = spec_from_dict({"base_overrides": {"model": {"name": "60m"}}, "space": {"preset": preset},
-                            "budget": {"steps_per_trial": 5000}})  # fmt: skip
+        s = spec_from_dict(
+            {
+                "base_overrides": {"model": {"name": "60m"}},
+                "space": {"preset": preset},
+                "budget": {"steps_per_trial": 5000},
+            }
+        )
         assert s.search_space().all_params()
 
 
@@ -39,21 +44,30 @@ def test_shipped_default_sweep_spec_is_valid():
 
 
 def test_rank_above_smallest_targeted_dimension_is_named():
-    msg = problems({"fixed": {"optim.name": "galore_adamw"},
-                    "params": {"galore.rank": {"type": "choice", "values": [64, 512]}}})  # fmt: skip
+    msg = problems(
+        {"fixed": {"optim.name": "galore_adamw"}, "params": {"galore.rank": {"type": "choice", "values": [64, 512]}}}
+    )
     assert "space galore.rank: with galore.rank=512" in msg and "64" not in msg.split("galore.rank=512")[0]
 
 
 def test_warmup_longer_than_budget_is_named():
-    msg = problems({"params": {"schedule.warmup_steps": {"type": "int", "low": 10, "high": 300, "step": 10}}},
-                   budget={"steps_per_trial": 100})  # fmt: skip
+    msg = problems(
+        {"params": {"schedule.warmup_steps": {"type": "int", "low": 10, "high": 300, "step": 10}}},
+        budget={"steps_per_trial": 100},
+    )
     assert "schedule.warmup_steps=300" in msg and "fewer than train.steps (100)" in msg
 
 
 def test_restart_interval_not_above_restart_warmup_is_named():
-    msg = problems({"fixed": {"optim.name": "relora"},
-                    "params": {"relora.relora_every": {"type": "int", "low": 10, "high": 50, "step": 10},
-                               "relora.restart_warmup_steps": {"type": "choice", "values": [20]}}})  # fmt: skip
+    msg = problems(
+        {
+            "fixed": {"optim.name": "relora"},
+            "params": {
+                "relora.relora_every": {"type": "int", "low": 10, "high": 50, "step": 10},
+                "relora.restart_warmup_steps": {"type": "choice", "values": [20]},
+            },
+        }
+    )
     assert "relora.relora_every=10" in msg and "relora.restart_warmup_steps" in msg
     assert "relora_every=50" not in msg  # the valid end of the range is not blamed
 
@@ -84,8 +98,9 @@ def test_unknown_spec_key_and_bad_values():
 
 
 def test_batch_must_split_over_workers():
-    msg = problems({"params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
-                   resources={"num_workers": 3})  # fmt: skip
+    msg = problems(
+        {"params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, resources={"num_workers": 3}
+    )
     assert "resources.num_workers" in msg
 
 
@@ -106,19 +121,27 @@ def test_define_by_run_suggests_branch_params_only_in_their_branch():
 
 
 def test_grid_enumerates_each_branch():
-    space = SearchSpace.model_validate({
-        "params": {"optim.lr": {"type": "choice", "values": [1e-3, 1e-2]}},
-        "branches": {"key": "optim.name", "choices": {
-            "adamw": {}, "galore_adamw": {"galore.rank": {"type": "int", "low": 8, "high": 24, "step": 8}}}},
-    })  # fmt: skip
+    space = SearchSpace.model_validate(
+        {
+            "params": {"optim.lr": {"type": "choice", "values": [1e-3, 1e-2]}},
+            "branches": {
+                "key": "optim.name",
+                "choices": {
+                    "adamw": {},
+                    "galore_adamw": {"galore.rank": {"type": "int", "low": 8, "high": 24, "step": 8}},
+                },
+            },
+        }
+    )
     points = space.grid()
     assert len(points) == 2 + 2 * 3
     assert {"optim.lr": 1e-2, "optim.name": "galore_adamw", "galore.rank": 24} in points
 
 
 def test_grid_refuses_continuous_ranges():
-    msg = problems({"params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}},
-                   search={"algorithm": "grid"})  # fmt: skip
+    msg = problems(
+        {"params": {"optim.lr": {"type": "loguniform", "low": 1e-4, "high": 1e-2}}}, search={"algorithm": "grid"}
+    )
     assert "search.algorithm: grid" in msg
 
 
@@ -128,6 +151,7 @@ def test_cli_sweep_with_bad_spec_exits_2(tmp_path):
 
     path = tmp_path / "bad.yaml"
     path.write_text("space: {params: {galore.rank: {type: choice, values: [4096]}}, fixed: {optim.name: galore_adamw}}")
-    out = subprocess.run([sys.executable, "-m", "ranktune.platform.cli", "sweep", str(path)], capture_output=True,
-                         text=True)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-m", "ranktune.platform.cli", "sweep", str(path)], capture_output=True, text=True
+    )
     assert out.returncode == 2 and "galore.rank" in out.stderr and "Traceback" not in out.stderr

@@ -11,12 +11,16 @@ from ranktune.search_spaces import spec_from_dict
 def test_tpe_keeps_sampling_a_multi_objective_study_with_stopped_trials(tmp_path):
     """The README demo's study has two objectives: TPE scored its stopped (PRUNED) trials' curves by
     `study.direction`, which Optuna refuses there, and the demo's driver died at its 6th suggestion."""
-    spec = spec_from_dict({
-        "base_overrides": {"model": TINY_MODEL}, "storage": str(tmp_path / "s"),
-        "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
-        "objectives": [{"metric": "optimizer_state_bytes", "mode": "min"}],
-        "search": {"algorithm": "tpe", "n_startup_trials": 2}, "budget": {"num_trials": 10, "steps_per_trial": 100},
-    })  # fmt: skip
+    spec = spec_from_dict(
+        {
+            "base_overrides": {"model": TINY_MODEL},
+            "storage": str(tmp_path / "s"),
+            "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}}},
+            "objectives": [{"metric": "optimizer_state_bytes", "mode": "min"}],
+            "search": {"algorithm": "tpe", "n_startup_trials": 2},
+            "budget": {"num_trials": 10, "steps_per_trial": 100},
+        }
+    )
     spec.storage_dir.mkdir(parents=True)
     searcher, _ = build_searcher(spec, spec.storage_dir)
     for i in range(6):

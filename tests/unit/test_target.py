@@ -19,12 +19,21 @@ BASE = {"model": TINY_MODEL, "train": {"batch_size": 8, "micro_batch_size": 8}}
 
 
 def target_spec(tmp_path, branches=None, **extra):
-    branches = branches or {"lora": {"relora.rank": {"type": "choice", "values": [8]}},
-                            "galore_adamw": {"galore.rank": {"type": "choice", "values": [16, 32]}}}
-    raw = {"base_overrides": BASE, "storage": str(tmp_path / "s"), "target": {"model": "7b", "budget_gib": 24},
-           "space": {"params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
-                     "branches": {"key": "optim.name", "choices": branches}},
-           "budget": {"num_trials": 3, "steps_per_trial": 100}, **extra}  # fmt: skip
+    branches = branches or {
+        "lora": {"relora.rank": {"type": "choice", "values": [8]}},
+        "galore_adamw": {"galore.rank": {"type": "choice", "values": [16, 32]}},
+    }
+    raw = {
+        "base_overrides": BASE,
+        "storage": str(tmp_path / "s"),
+        "target": {"model": "7b", "budget_gib": 24},
+        "space": {
+            "params": {"optim.lr": {"type": "loguniform", "low": 1e-3, "high": 1e-2}},
+            "branches": {"key": "optim.name", "choices": branches},
+        },
+        "budget": {"num_trials": 3, "steps_per_trial": 100},
+        **extra,
+    }
     return spec_from_dict(raw)
 
 
@@ -37,13 +46,25 @@ def test_each_method_is_feasible_at_7b_by_the_estimator(tmp_path):
     # APOLLO per-layer keeps its full-gradient sums in host memory: it fits at the paper's batch.
     assert infeasible_reason(spec, {"optim.name": "apollo_adamw", "optim.lr": 4e-3, "apollo.rank": 16}) is None
     # ReLoRA rank 32 of 64 becomes 2048 at 7b by the relative rank rule: it does not fit, so it is not trained.
-    wide = {"optim.name": "relora", "optim.lr": 4e-3, "relora.rank": 32, "relora.relora_every": 20,
-            "relora.restart_warmup_steps": 2, "relora.warm_start_steps": 10}  # fmt: skip
+    wide = {
+        "optim.name": "relora",
+        "optim.lr": 4e-3,
+        "relora.rank": 32,
+        "relora.relora_every": 20,
+        "relora.restart_warmup_steps": 2,
+        "relora.warm_start_steps": 10,
+    }
     assert "memory:" in infeasible_reason(spec, wide)
     lora = infeasible_reason(spec, {"optim.name": "lora", "optim.lr": 4e-3, "relora.rank": 8})
     assert "baseline, not a pretraining recipe" in lora
-    relora = {"optim.name": "relora", "optim.lr": 4e-3, "relora.rank": 8, "relora.relora_every": 20,
-              "relora.restart_warmup_steps": 2, "relora.warm_start_steps": 10}  # fmt: skip
+    relora = {
+        "optim.name": "relora",
+        "optim.lr": 4e-3,
+        "relora.rank": 8,
+        "relora.relora_every": 20,
+        "relora.restart_warmup_steps": 2,
+        "relora.warm_start_steps": 10,
+    }
     assert infeasible_reason(spec, relora) is None  # its warm start comes from a checkpoint at 7b
 
 
@@ -100,14 +121,22 @@ def test_bad_target_is_refused_before_the_sweep(tmp_path):
 @pytest.mark.parametrize(
     "name, proxy, section, expected",
     [  # the public 7b recipes (reference.md); lr: published x proxy lr / published small-model lr
-        ("galore_adamw", ("galore.rank=32", "galore.update_proj_gap=20"), "galore",
-         {"rank": 1024, "scale": 0.25, "update_proj_gap": 500}),
-        ("apollo_adamw", ("apollo.rank=16", "apollo.update_proj_gap=10"), "apollo",
-         {"rank": 256, "scale": 1.0, "update_proj_gap": 200}),
+        (
+            "galore_adamw",
+            ("galore.rank=32", "galore.update_proj_gap=20"),
+            "galore",
+            {"rank": 1024, "scale": 0.25, "update_proj_gap": 500},
+        ),
+        (
+            "apollo_adamw",
+            ("apollo.rank=16", "apollo.update_proj_gap=10"),
+            "apollo",
+            {"rank": 256, "scale": 1.0, "update_proj_gap": 200},
+        ),
         ("apollo_mini", (), "apollo_mini", {"rank": 1, "scale": 128.0, "update_proj_gap": 200}),
         ("fira_adamw", ("fira.rank=16",), "fira", {"rank": 64, "scale": 0.0625, "update_proj_gap": 500}),
     ],
-)  # fmt: skip
+)
 def test_published_rule_starts_from_the_public_7b_recipe(make_config, name, proxy, section, expected):
     cfg = make_config(f"optim.name={name}", "optim.lr=0.02", *proxy)
     raw = map_to_target(cfg, "7b", ScalingRules())
@@ -136,8 +165,13 @@ def test_galore_at_the_published_rank_fits_24_gib_and_the_proxy_rank_rule_does_n
 
 
 def test_relora_warm_start_asks_for_a_checkpoint(make_config, tmp_path):
-    cfg = make_config("optim.name=relora", "relora.rank=8", "relora.relora_every=4", "relora.restart_warmup_steps=1",
-                      "relora.warm_start_steps=3")  # fmt: skip
+    cfg = make_config(
+        "optim.name=relora",
+        "relora.rank=8",
+        "relora.relora_every=4",
+        "relora.restart_warmup_steps=1",
+        "relora.warm_start_steps=3",
+    )
     fit = fit_to_target(cfg, "7b", ScalingRules(), [], 24.0)
     assert fit.config is not None and fit.config.relora.warm_start_steps == 0
     assert fit.inputs and fit.inputs[0].startswith("relora.warm_start_checkpoint: null -> the proxy trained")

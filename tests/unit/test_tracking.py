@@ -37,8 +37,14 @@ def fake_trial(trial_id: str, last_result: dict | None = None):
 
 
 def result(step: int, start_step: int = 0) -> dict:
-    return {"step": step, "start_step": start_step, "eval_loss": 5.0 - step / 100, "eval_ppl": 100.0,
-            "log_history": "[]", "timestamp": 1.0}  # fmt: skip
+    return {
+        "step": step,
+        "start_step": start_step,
+        "eval_loss": 5.0 - step / 100,
+        "eval_ppl": 100.0,
+        "log_history": "[]",
+        "timestamp": 1.0,
+    }
 
 
 def test_a_finished_trial_stays_finished_across_a_driver_restart(tmp_path):
@@ -120,9 +126,11 @@ def test_run_names_carry_every_methods_rank_and_a_replicates_seed():
     from ranktune.platform.tracking.client import run_name
 
     assert run_name({"optim.name": "apollo_adamw", "apollo.rank": 32, "optim.lr": 0.01}, "ab12") == (
-        "apollo_adamw-r32-lr1e-2-ab12")  # fmt: skip
+        "apollo_adamw-r32-lr1e-2-ab12"
+    )
     assert run_name({"optim.name": "fira_adamw", "fira.rank": 16, "optim.lr": 0.002}, "cd34") == (
-        "fira_adamw-r16-lr2e-3-cd34")  # fmt: skip
+        "fira_adamw-r16-lr2e-3-cd34"
+    )
     assert run_name({"optim.name": "relora", "relora.rank": 8, "train.seed": 2}, "ef56") == "relora-r8-seed2-ef56"
     # a rank of another method's section is not this method's
     assert run_name({"optim.name": "adamw", "galore.rank": 64}, "gh78") == "adamw-gh78"

@@ -129,8 +129,9 @@ def test_resume_refuses_a_different_model(make_config, tmp_path):
 def test_a_non_finite_evaluation_is_a_divergence(make_config, tmp_path):
     """Issue 24.4: a finite train loss with a NaN final evaluation ended `completed`, train exited 0."""
     rec = Recorder()
-    cfg = make_config("train.steps=4", "train.eval_every=2", "output.checkpoint_every=2",
-                      f"output.dir={tmp_path / 'run'}")  # fmt: skip
+    cfg = make_config(
+        "train.steps=4", "train.eval_every=2", "output.checkpoint_every=2", f"output.dir={tmp_path / 'run'}"
+    )
     trainer = Trainer(cfg, [rec], progress=False)
     trainer.evaluate = lambda: {"eval_loss": float("nan") if trainer.step == 4 else 1.0, "eval_ppl": 2.7}
     with pytest.raises(TrainingDiverged, match="diverged at step 4: eval loss is nan"):

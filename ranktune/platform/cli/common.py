@@ -35,8 +35,10 @@ def tcp_port(text: str) -> int:
 TERMINAL_FALLBACK_WIDTH = 100  # piped output: the width the ranked table is drawn at
 
 
-SWEEP_DIR_HELP = ("a sweep's directory: its spec's `storage` (e.g. sweeps/compare-tiny), holding sweep.json, "
-                  "optuna.db and the MLflow store")  # fmt: skip
+SWEEP_DIR_HELP = (
+    "a sweep's directory: its spec's `storage` (e.g. sweeps/compare-tiny), holding sweep.json, "
+    "optuna.db and the MLflow store"
+)
 
 
 def terminal_width() -> int:
@@ -54,8 +56,9 @@ def wrapped(lines, width: int | None = None) -> str:
     out = []
     for line in lines:
         indent = " " * (len(line) - len(line.lstrip(" ")) + 4)
-        out += textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False,
-                             break_on_hyphens=False) or [""]  # fmt: skip
+        out += textwrap.wrap(line, width, subsequent_indent=indent, break_long_words=False, break_on_hyphens=False) or [
+            ""
+        ]
     return "\n".join(out)
 
 
@@ -65,15 +68,25 @@ def say(*lines: str) -> None:
 
 def add_set_arg(p: argparse.ArgumentParser, what: str, example: str) -> None:
     """The repeatable `--set KEY=VALUE` override every config-reading command takes."""
-    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                   help=f"override {what}, e.g. --set {example} (repeatable)")  # fmt: skip
+    p.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help=f"override {what}, e.g. --set {example} (repeatable)",
+    )
 
 
 def add_card_arg(p: argparse.ArgumentParser) -> None:
     from ranktune.platform.cards import CARDS, DEFAULT_CARD
 
-    p.add_argument("--card", default=DEFAULT_CARD, choices=sorted(CARDS),
-                   help="GPU the duration is estimated for (default %(default)s; see docs/export.md)")  # fmt: skip
+    p.add_argument(
+        "--card",
+        default=DEFAULT_CARD,
+        choices=sorted(CARDS),
+        help="GPU the duration is estimated for (default %(default)s; see docs/export.md)",
+    )
 
 
 def positive_tokens(text: str) -> int:

@@ -39,18 +39,32 @@ def cmd_export(args: argparse.Namespace) -> int:
 
     card(args.card)
     run_budget = RunBudget(args.tokens, args.days) if args.tokens is not None or args.days is not None else None
-    result = export_best(args.sweep_dir, args.target, budget_gib=args.budget_gib, out=args.out,
-                         rules=load_rules(args.rules) if args.rules else None, overrides=args.overrides,
-                         trial_id=args.trial, max_memory_gib=args.max_memory_gib, fallback=args.fallback,
-                         notify=lambda line: print(line, file=sys.stderr), run_budget=run_budget,
-                         card_key=args.card)  # fmt: skip
+    result = export_best(
+        args.sweep_dir,
+        args.target,
+        budget_gib=args.budget_gib,
+        out=args.out,
+        rules=load_rules(args.rules) if args.rules else None,
+        overrides=args.overrides,
+        trial_id=args.trial,
+        max_memory_gib=args.max_memory_gib,
+        fallback=args.fallback,
+        notify=lambda line: print(line, file=sys.stderr),
+        run_budget=run_budget,
+        card_key=args.card,
+    )
     if result.substitute:
         say(result.substitute)
-    say(*result.notices, f"exported trial {result.trial_id} -> {result.config_path}", result.verdict.line(),
-        f"Micro-batch: {result.micro_batch.line()}", *([f"Sized: {result.sizing}"] if result.sizing else []),
-        *result.duration.lines(), f"launch: {result.command}")
+    say(
+        *result.notices,
+        f"exported trial {result.trial_id} -> {result.config_path}",
+        result.verdict.line(),
+        f"Micro-batch: {result.micro_batch.line()}",
+        *([f"Sized: {result.sizing}"] if result.sizing else []),
+        *result.duration.lines(),
+        f"launch: {result.command}",
+    )
     return 0
-
 
 
 def add_parsers(sub) -> None:
@@ -58,7 +72,9 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("estimate", help="estimate a config's training memory and check it against a GPU budget")
     add_config_args(p)
     p.add_argument(
-        "--budget-gib", type=positive_gib, default=DEFAULT_BUDGET_GIB,
+        "--budget-gib",
+        type=positive_gib,
+        default=DEFAULT_BUDGET_GIB,
         help="GPU memory budget in GiB (default %(default)g)",
     )
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cuda adds the fixed overhead")
@@ -70,27 +86,51 @@ def add_parsers(sub) -> None:
     p.add_argument("sweep_dir", help=SWEEP_DIR_HELP)
     p.add_argument("--target", default="7b", help="target model preset (default 7b)")
     p.add_argument(
-        "--budget-gib", type=positive_gib, default=DEFAULT_BUDGET_GIB,
+        "--budget-gib",
+        type=positive_gib,
+        default=DEFAULT_BUDGET_GIB,
         help="GPU memory budget in GiB (default %(default)g)",
     )
     p.add_argument("--out", help="config file to write (default SWEEP_DIR/export_<target>.yaml)")
-    p.add_argument("--rules", help="scaling rules: published (default: the methods' published target recipes), "
-                                   "proxy (map the proxy's values), or a YAML file (see docs/export.md)")
-    p.add_argument("--trial", help="export this finished trial instead of the sweep's answer (a baseline such as "
-                                   "LoRA from a random init is exported only so)")
-    p.add_argument("--fallback", choices=["best-fitting"], default=None,
-                   help="when the sweep's answer cannot be exported: export the best trial that can, saying "
-                        "what is lost (default: refuse, exit 2)")
-    p.add_argument("--max-memory-gib", type=positive_gib, default=None,
-                   help="export the best finished trial whose target config's estimate fits this many GiB "
-                        "(the budget for the export too)")  # fmt: skip
+    p.add_argument(
+        "--rules",
+        help="scaling rules: published (default: the methods' published target recipes), "
+        "proxy (map the proxy's values), or a YAML file (see docs/export.md)",
+    )
+    p.add_argument(
+        "--trial",
+        help="export this finished trial instead of the sweep's answer (a baseline such as "
+        "LoRA from a random init is exported only so)",
+    )
+    p.add_argument(
+        "--fallback",
+        choices=["best-fitting"],
+        default=None,
+        help="when the sweep's answer cannot be exported: export the best trial that can, saying "
+        "what is lost (default: refuse, exit 2)",
+    )
+    p.add_argument(
+        "--max-memory-gib",
+        type=positive_gib,
+        default=None,
+        help="export the best finished trial whose target config's estimate fits this many GiB "
+        "(the budget for the export too)",
+    )
     add_set_arg(p, "a field of the exported config", "train.steps=1000")
     add_card_arg(p)
     size = p.add_mutually_exclusive_group()
-    size.add_argument("--tokens", type=positive_tokens, default=None, metavar="N",
-                      help="size the run to N training tokens (e.g. 2e10): train.steps, warmup, intervals and "
-                           "data.max_tokens follow")  # fmt: skip
-    size.add_argument("--days", type=float, default=None, metavar="D",
-                      help="size the run to D days on --card at the duration estimate's throughput")
+    size.add_argument(
+        "--tokens",
+        type=positive_tokens,
+        default=None,
+        metavar="N",
+        help="size the run to N training tokens (e.g. 2e10): train.steps, warmup, intervals and data.max_tokens follow",
+    )
+    size.add_argument(
+        "--days",
+        type=float,
+        default=None,
+        metavar="D",
+        help="size the run to D days on --card at the duration estimate's throughput",
+    )
     p.set_defaults(func=cmd_export)
-

@@ -25,8 +25,10 @@ class TopLevelParser(argparse.ArgumentParser):
         lines += [f"  {name:<{name_width}}{entry.description}" for name, entry in sorted(OPTIMIZERS.items())]
         import textwrap
 
-        methods = "\n".join(textwrap.fill(line, width, subsequent_indent=" " * (name_width + 2),
-                                           break_long_words=False) for line in lines)  # fmt: skip
+        methods = "\n".join(
+            textwrap.fill(line, width, subsequent_indent=" " * (name_width + 2), break_long_words=False)
+            for line in lines
+        )
         return super().format_help() + "\n" + methods + "\n"
 
 
@@ -36,8 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = TopLevelParser(
         prog="ranktune",
         description="Find the best low-rank pretraining recipe (GaLore, Fira, APOLLO, ReLoRA, LoRA against full-rank "
-                    "AdamW) for LLaMA: sweep on a small proxy, replicate the winner, export it for a 7b run.",
-    )  # fmt: skip
+        "AdamW) for LLaMA: sweep on a small proxy, replicate the winner, export it for a 7b run.",
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     parser.add_argument("--version", action="version", version=f"ranktune {__version__}")
     # The commands' own parsers are plain: only the top-level help lists methods (and imports torch).
@@ -73,23 +75,30 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc} (lower optim.lr, raise schedule.warmup_steps or enable train.grad_clip)", file=sys.stderr)
         return 1
     except MemoryError:  # host RAM; CUDA's OutOfMemoryError is handled below
-        print("error: out of memory (host RAM) -> lower train.micro_batch_size (the batch is kept by gradient "
-              "accumulation), data.seq_len or the model; `ranktune estimate` shows the need",
-              file=sys.stderr)  # fmt: skip
+        print(
+            "error: out of memory (host RAM) -> lower train.micro_batch_size (the batch is kept by gradient "
+            "accumulation), data.seq_len or the model; `ranktune estimate` shows the need",
+            file=sys.stderr,
+        )
         return 1
     except OSError as exc:
         if exc.errno != errno.ENOSPC:
             raise
         where = f" writing {exc.filename}" if exc.filename else ""
-        print(f"error: no space left on the device{where} -> free some space and rerun (`--resume` continues a "
-              "training run or a sweep from where it stopped)", file=sys.stderr)  # fmt: skip
+        print(
+            f"error: no space left on the device{where} -> free some space and rerun (`--resume` continues a "
+            "training run or a sweep from where it stopped)",
+            file=sys.stderr,
+        )
         return 1
     except RuntimeError as exc:
         if type(exc).__name__ != "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA); torch not imported here
             raise
-        print(f"error: out of GPU memory ({str(exc).splitlines()[0][:160]}) -> lower train.micro_batch_size (the "
-              "batch is kept by gradient accumulation) or the model; `ranktune estimate` shows the need",
-              file=sys.stderr)  # fmt: skip
+        print(
+            f"error: out of GPU memory ({str(exc).splitlines()[0][:160]}) -> lower train.micro_batch_size (the "
+            "batch is kept by gradient accumulation) or the model; `ranktune estimate` shows the need",
+            file=sys.stderr,
+        )
         return 1
 
 

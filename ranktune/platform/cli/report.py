@@ -40,8 +40,10 @@ def cmd_report(args: argparse.Namespace) -> int:
         from ranktune.platform.report.ladder import ladder_lines
 
         print("\n".join(ladder_lines(json.loads((Path(args.sweep_dir) / "ladder.json").read_text()))))
-        print(f"HTML: {Path(args.sweep_dir) / 'ladder.html'}; each rung's sweep: ranktune report "
-              f"{shlex.quote(str(Path(args.sweep_dir) / 'rungs'))}/<rung>")  # fmt: skip
+        print(
+            f"HTML: {Path(args.sweep_dir) / 'ladder.html'}; each rung's sweep: ranktune report "
+            f"{shlex.quote(str(Path(args.sweep_dir) / 'rungs'))}/<rung>"
+        )
         return 0
     results = SweepResults.load(args.sweep_dir)
     spec, state, rows, offline, confirm = results.spec, results.state, results.trials, results.offline, results.confirm
@@ -75,8 +77,10 @@ def cmd_report(args: argparse.Namespace) -> int:
     winner = pick_winner(rows, spec.objective.mode, confirm)
     from ranktune.platform.report.proxy_checks import proxy_check_lines
 
-    say(*winner_lines(spec, winner, str(storage), confirm, running=running_owner(storage)),
-        *proxy_check_lines(spec, rows))
+    say(
+        *winner_lines(spec, winner, str(storage), confirm, running=running_owner(storage)),
+        *proxy_check_lines(spec, rows),
+    )
     return 0
 
 
@@ -97,8 +101,10 @@ def _print_best_within(spec, rows: list[dict], max_gib: float) -> None:
     if best is None:
         say(f"no finished trial's memory estimate fits {max_gib:g} GiB")
     else:
-        say(f"best under {max_gib:g} GiB: trial {best['trial_id']} objective {best['objective']:.4f} with "
-            f"{best['params']}")  # fmt: skip
+        say(
+            f"best under {max_gib:g} GiB: trial {best['trial_id']} objective {best['objective']:.4f} with "
+            f"{best['params']}"
+        )
 
 
 def add_parsers(sub) -> None:
@@ -108,13 +114,19 @@ def add_parsers(sub) -> None:
     out = p.add_mutually_exclusive_group()
     out.add_argument("--csv", action="store_true", help="print the table as CSV (nothing else)")
     out.add_argument("--json", action="store_true", help="print the table as JSON (nothing else)")
-    p.add_argument("--sort", default="objective", metavar="KEY",
-                   help="order of the rows: objective (default), method, status, optimizer_state, peak, "
-                        "tokens_per_s, cost")  # fmt: skip
+    p.add_argument(
+        "--sort",
+        default="objective",
+        metavar="KEY",
+        help="order of the rows: objective (default), method, status, optimizer_state, peak, tokens_per_s, cost",
+    )
     p.add_argument("--no-plots", action="store_true", help="do not write plots")
     p.add_argument("--plots", action="store_true", help="redraw the plots (default: only when there are none)")
     p.add_argument("--html", action="store_true", help="write SWEEP_DIR/report.html (interactive, self-contained)")
-    p.add_argument("--max-memory-gib", type=positive_gib, default=None,
-                   help="also name the best finished trial whose memory estimate fits this many GiB")  # fmt: skip
+    p.add_argument(
+        "--max-memory-gib",
+        type=positive_gib,
+        default=None,
+        help="also name the best finished trial whose memory estimate fits this many GiB",
+    )
     p.set_defaults(func=cmd_report)
-

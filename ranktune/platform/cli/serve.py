@@ -20,8 +20,20 @@ def _cuda() -> bool:
 def mlflow_ui_command(tracking_uri: str, artifacts: Path, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """`mlflow ui` sized for one person reading one sweep: one web worker (MLflow's default is 4) and no
     job-execution consumers (MLflow 3's Huey workers run GenAI jobs; together ~3.5 GiB of RAM idle)."""
-    cmd = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tracking_uri,
-           "--host", host, "--port", str(port), "--workers", "1"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "ui",
+        "--backend-store-uri",
+        tracking_uri,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--workers",
+        "1",
+    ]
     if artifacts.is_dir():
         cmd += ["--default-artifact-root", artifacts.as_uri()]
     return cmd, {"MLFLOW_SERVER_ENABLE_JOB_EXECUTION": os.environ.get("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")}
@@ -57,8 +69,13 @@ def cmd_ui(args: argparse.Namespace) -> int:
     os.environ.update(env)  # inherited by the server
     base = f"http://{url_host(args.host)}:{args.port}"
     view = refresh_sweep_views(spec, state)  # also for sweeps started before the view existed
-    return serve_until_stopped(cmd, f"{base}/health", runs_page_url(base, state.experiment_id, view),
-                               f"MLflow UI for {spec.name}", listen=(args.host, args.port))  # fmt: skip
+    return serve_until_stopped(
+        cmd,
+        f"{base}/health",
+        runs_page_url(base, state.experiment_id, view),
+        f"MLflow UI for {spec.name}",
+        listen=(args.host, args.port),
+    )
 
 
 def url_host(host: str) -> str:
@@ -79,18 +96,34 @@ def cmd_dashboard(args: argparse.Namespace) -> int:
     # optuna-dashboard hands `host:port` to gunicorn, which reads an IPv6 address only in brackets ("::1"
     # failed: "'' is not a valid port number"), and its other server (wsgiref) is IPv4 only.
     host, server = (f"[{args.host}]", ["--server", "gunicorn"]) if ":" in args.host else (args.host, [])
-    cmd = [sys.executable, "-c", "import sys; from optuna_dashboard._cli import main; sys.exit(main())", storage,
-           "--host", host, "--port", str(args.port), *server, "--quiet"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-c",
+        "import sys; from optuna_dashboard._cli import main; sys.exit(main())",
+        storage,
+        "--host",
+        host,
+        "--port",
+        str(args.port),
+        *server,
+        "--quiet",
+    ]
     base = f"http://{url_host(args.host)}:{args.port}"
-    return serve_until_stopped(cmd, f"{base}/api/studies", f"{base}/dashboard", f"optuna-dashboard for {spec.name}",
-                               listen=(args.host, args.port))  # fmt: skip
+    return serve_until_stopped(
+        cmd,
+        f"{base}/api/studies",
+        f"{base}/dashboard",
+        f"optuna-dashboard for {spec.name}",
+        listen=(args.host, args.port),
+    )
 
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
     from ranktune.platform.serve.processes import mlflow_server_command, serve_with_pidfile
 
-    cmd = mlflow_server_command(args.backend_store_uri, args.artifacts_destination, args.host, args.port,
-                                args.basic_auth)  # fmt: skip
+    cmd = mlflow_server_command(
+        args.backend_store_uri, args.artifacts_destination, args.host, args.port, args.basic_auth
+    )
     print(f"MLflow tracking server: http://{args.host}:{args.port}  (Ctrl-C to stop)", file=sys.stderr)
     return serve_with_pidfile(cmd, args.pidfile)
 
@@ -117,4 +150,3 @@ def add_parsers(sub) -> None:
     p.add_argument("--basic-auth", action="store_true", help="require a login (MLflow's basic-auth app)")
     p.add_argument("--pidfile", help="record the server here; a later start with it replaces that server")
     p.set_defaults(func=cmd_mlflow_server)
-

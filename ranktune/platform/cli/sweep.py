@@ -25,8 +25,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.resume and is_ladder_dir(args.resume):
         return _ladder(args, None)
     if args.resume:
-        summary = resume_sweep(args.resume, address=args.address, progress=not args.quiet,
-                               retry_failed=not args.no_retry_failed)  # fmt: skip
+        summary = resume_sweep(
+            args.resume, address=args.address, progress=not args.quiet, retry_failed=not args.no_retry_failed
+        )
     elif args.spec:
         spec = load_spec(args.spec, args.overrides)
         if spec.ladder is not None:
@@ -43,8 +44,11 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     render_table(spec, flat_rows(spec, rows))
     _print_outcome(spec, summary)
     if summary.get("interrupted"):
-        print(f"interrupted: `ranktune sweep --resume {shlex.quote(str(summary['storage']))}` continues the sweep "
-              "(trials still to run or interrupted resume from their last checkpoint)", file=sys.stderr)  # fmt: skip
+        print(
+            f"interrupted: `ranktune sweep --resume {shlex.quote(str(summary['storage']))}` continues the sweep "
+            "(trials still to run or interrupted resume from their last checkpoint)",
+            file=sys.stderr,
+        )
         return EXIT_INTERRUPTED
     if summary.get("confirm_failures"):  # the replicates asked for did not all run: no verdict, not a result
         print(f"error: {summary['confirm_failures']}", file=sys.stderr)
@@ -79,8 +83,11 @@ def sweep_exit_code(rows: list[dict]) -> int:
         return 0
     print(f"error: no trial finished ({len(rows)} started)", file=sys.stderr)
     for r in rows:
-        reason = r["failure_reason"] or ("no final objective (its last evaluation was not a number)"
-                                         if r["status"] in ("finished", "stopped_early") else "(no reason recorded)")
+        reason = r["failure_reason"] or (
+            "no final objective (its last evaluation was not a number)"
+            if r["status"] in ("finished", "stopped_early")
+            else "(no reason recorded)"
+        )
         print(f"  trial {r['trial_id']} {r['status']}: {reason}", file=sys.stderr)
     return 1
 
@@ -101,12 +108,17 @@ def add_parsers(sub) -> None:
     p = sub.add_parser("sweep", help="run a hyperparameter sweep (Ray Tune + Optuna + ASHA, tracked in MLflow)")
     p.add_argument("spec", nargs="?", help="sweep spec YAML (see docs/sweeps.md)")
     add_set_arg(p, "a spec field", "budget.num_trials=4")
-    p.add_argument("--resume", metavar="SWEEP_DIR",
-                   help=f"finish a sweep whose driver stopped or was killed; SWEEP_DIR: {SWEEP_DIR_HELP}")  # fmt: skip
-    p.add_argument("--no-retry-failed", action="store_true",
-                   help="with --resume: leave failed trials and replicates failed (default: run them again, each "
-                        "from its last checkpoint)")  # fmt: skip
+    p.add_argument(
+        "--resume",
+        metavar="SWEEP_DIR",
+        help=f"finish a sweep whose driver stopped or was killed; SWEEP_DIR: {SWEEP_DIR_HELP}",
+    )
+    p.add_argument(
+        "--no-retry-failed",
+        action="store_true",
+        help="with --resume: leave failed trials and replicates failed (default: run them again, each "
+        "from its last checkpoint)",
+    )
     p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
     p.add_argument("--quiet", action="store_true", help="no live progress table")
     p.set_defaults(func=cmd_sweep)
-

@@ -30,9 +30,15 @@ def _train(args: argparse.Namespace, cfg, out: Path) -> int:
     from ranktune.trainables.run import finish_run, start_run
 
     progress = RichProgress() if not args.quiet else None
-    trainer = start_run(cfg, resume=args.resume, overwrite=args.overwrite, callbacks=[progress] if progress else [],
-                        progress=not args.quiet, notify=lambda line: print(line, file=sys.stderr),
-                        keep_on_overwrite=(LOCK_FILE, OWNER_FILE))  # fmt: skip
+    trainer = start_run(
+        cfg,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        callbacks=[progress] if progress else [],
+        progress=not args.quiet,
+        notify=lambda line: print(line, file=sys.stderr),
+        keep_on_overwrite=(LOCK_FILE, OWNER_FILE),
+    )
 
     def request_stop(signum, frame):  # finish the step, checkpoint, exit; a second Ctrl-C kills
         trainer.stop_requested = True
@@ -140,4 +146,3 @@ def add_parsers(sub) -> None:
 
     p = sub.add_parser("models", help="list model presets with parameter counts")
     p.set_defaults(func=cmd_models)
-

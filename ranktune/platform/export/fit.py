@@ -31,8 +31,9 @@ def micro_batch_candidates(batch_size: int, largest: int) -> list[int]:
     return [mb for mb in range(min(batch_size, largest), 0, -1) if batch_size % mb == 0]
 
 
-def fit_micro_batch(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
-                    budget_gib: float, card_key: str = DEFAULT_CARD) -> tuple[TrainConfig, RunEstimate]:  # fmt: skip
+def fit_micro_batch(
+    raw: dict[str, Any], overrides: list[str], rules: ScalingRules, budget_gib: float, card_key: str = DEFAULT_CARD
+) -> tuple[TrainConfig, RunEstimate]:
     """The config with the fastest micro-batch that fits (duration.fastest_micro_batch); a user-given
     micro-batch is kept as is."""
     cfg, run, _ = fit_micro_batch_choice(raw, overrides, rules, budget_gib, card_key)
@@ -49,8 +50,9 @@ def fit_micro_batch_choice(
     return config_from_dict(choice.chosen.model_dump(mode="json")), run, choice
 
 
-def fitting_micro_batches(raw: dict[str, Any], overrides: list[str], rules: ScalingRules,
-                          budget_gib: float) -> list[tuple[TrainConfig, RunEstimate]]:  # fmt: skip
+def fitting_micro_batches(
+    raw: dict[str, Any], overrides: list[str], rules: ScalingRules, budget_gib: float
+) -> list[tuple[TrainConfig, RunEstimate]]:
     """Every micro-batch whose estimate fits, at the first memory-saving setting where one does."""
     keys = {o.split("=", 1)[0].strip() for o in overrides}
     fixed = "train.micro_batch_size" in keys
@@ -61,8 +63,11 @@ def fitting_micro_batches(raw: dict[str, Any], overrides: list[str], rules: Scal
         merged["data"]["max_tokens"] = t["steps"] * t["batch_size"] * merged["data"]["seq_len"]
     for saving in memory_savings(merged, keys):
         cfg = config_from_dict(apply_overrides(copy.deepcopy(merged), saving))
-        candidates = [cfg.train.micro_batch_size] if fixed else micro_batch_candidates(
-            cfg.train.batch_size, rules.max_micro_batch_size)  # fmt: skip
+        candidates = (
+            [cfg.train.micro_batch_size]
+            if fixed
+            else micro_batch_candidates(cfg.train.batch_size, rules.max_micro_batch_size)
+        )
         fits = []
         for mb in candidates:
             trial = cfg.model_copy(update={"train": cfg.train.model_copy(update={"micro_batch_size": mb})})
@@ -97,16 +102,17 @@ def does_not_fit(cfg: TrainConfig, run: RunEstimate, budget_gib: float, headroom
     entry = lookup(name)
     if entry.full_rank:
         low_rank = " or ".join(sorted(n for n, e in OPTIMIZERS.items() if e.single_gpu))
-        problems.append(f"optim.name: {name!r} -> full-rank state does not fit; export a trial of a low-rank method "
-                        f"({low_rank}) (ranktune export --trial ID)")  # fmt: skip
+        problems.append(
+            f"optim.name: {name!r} -> full-rank state does not fit; export a trial of a low-rank method "
+            f"({low_rank}) (ranktune export --trial ID)"
+        )
     # Per-layer methods that need full gradients keep them alive between micro-batches; GaLore's
     # low-rank accumulation does not.
     full_accumulation = entry.keeps_full_gradients is not None and entry.keeps_full_gradients(cfg)
     if full_accumulation and cfg.grad_accum_steps > 1:
         section = entry.full_gradient_section
         on_device = section is not None and getattr(cfg, section).full_grad_buffer == "device"
-        host = (f"--set {section}.full_grad_buffer=host keeps them in host memory, exactly; or "
-                if on_device else "")  # fmt: skip
+        host = f"--set {section}.full_grad_buffer=host keeps them in host memory, exactly; or " if on_device else ""
         problems.append(
             f"train.batch_size: {cfg.train.batch_size} -> per-layer {name} with accumulation keeps full gradients "
             f"(here {gib(peak.gradients)} stay alive between micro-batches): {host}--set train.batch_size=N "
@@ -131,8 +137,9 @@ class TargetFit:
     inputs: tuple[str, ...] = ()  # what the user still has to give (registry `export_inputs`)
 
 
-def fit_to_target(proxy: TrainConfig, target: str, rules: ScalingRules, overrides: list[str],
-                  budget_gib: float) -> TargetFit:  # fmt: skip
+def fit_to_target(
+    proxy: TrainConfig, target: str, rules: ScalingRules, overrides: list[str], budget_gib: float
+) -> TargetFit:
     """Map `proxy` to `target`, ask its method what the config is (a baseline? missing inputs?) and fit
     the budget. The one place export, `--max-memory-gib` and a target-aware sweep decide feasibility."""
     raw = map_to_target(proxy, target, rules)
@@ -154,12 +161,16 @@ def token_notices(before: TrainConfig, after: TrainConfig) -> tuple[str, ...]:
     """What `--set` changed in the tokens a step and the run see, against the rules' config."""
     notices = []
     if after.tokens_per_step != before.tokens_per_step:
-        notices.append(f"tokens per step: {after.tokens_per_step:,} ({after.train.batch_size} x "
-                       f"{after.data.seq_len}) instead of the rules' {before.tokens_per_step:,}")  # fmt: skip
+        notices.append(
+            f"tokens per step: {after.tokens_per_step:,} ({after.train.batch_size} x "
+            f"{after.data.seq_len}) instead of the rules' {before.tokens_per_step:,}"
+        )
     total_before, total_after = before.train.steps * before.tokens_per_step, after.train.steps * after.tokens_per_step
     if total_after != total_before:
-        notices.append(f"tokens in all: {total_after / 1e9:.3g}B ({after.train.steps:,} steps) instead of "
-                       f"{total_before / 1e9:.3g}B ({before.train.steps:,} steps)")  # fmt: skip
+        notices.append(
+            f"tokens in all: {total_after / 1e9:.3g}B ({after.train.steps:,} steps) instead of "
+            f"{total_before / 1e9:.3g}B ({before.train.steps:,} steps)"
+        )
     return tuple(f"the run now sees {n}" for n in notices)
 
 
@@ -174,9 +185,16 @@ def check_budget_overrides(overrides: list[str]) -> None:
         raise ConfigError([f"--set {clash[0]}: --tokens / --days decide it -> drop the --set, or the budget"])
 
 
-def size_to_budget(proxy: TrainConfig, target: str, rules: ScalingRules, raw: dict[str, Any], overrides: list[str],
-                   budget_gib: float, run_budget: RunBudget,
-                   card_key: str) -> tuple[dict[str, Any], ScalingRules, str]:  # fmt: skip
+def size_to_budget(
+    proxy: TrainConfig,
+    target: str,
+    rules: ScalingRules,
+    raw: dict[str, Any],
+    overrides: list[str],
+    budget_gib: float,
+    run_budget: RunBudget,
+    card_key: str,
+) -> tuple[dict[str, Any], ScalingRules, str]:
     """`--tokens` / `--days`: the steps that spend the budget at the fitted config's tokens per step (and,
     for days, its step time on the card); the target is mapped again with them, so warmup and the
     method's intervals follow the `intervals` rule and data.max_tokens the new steps."""
@@ -184,8 +202,11 @@ def size_to_budget(proxy: TrainConfig, target: str, rules: ScalingRules, raw: di
     first, _ = fit_micro_batch(raw, overrides, rules, budget_gib, card_key)
     steps, why = sized_steps(first, run_budget, card_key)
     sized_rules = rules.model_copy(update={"steps": steps})
-    line = (f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule, "
-            f"data.max_tokens = {steps * first.tokens_per_step:,}" if rules.data_source == "c4" else
-            f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule "
-            "(data_source: proxy keeps the proxy's corpus and data.max_tokens)")  # fmt: skip
+    line = (
+        f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule, "
+        f"data.max_tokens = {steps * first.tokens_per_step:,}"
+        if rules.data_source == "c4"
+        else f"{why}; schedule.warmup_steps and the method's intervals by the `intervals: {rules.intervals}` rule "
+        "(data_source: proxy keeps the proxy's corpus and data.max_tokens)"
+    )
     return map_to_target(proxy, target, sized_rules), sized_rules, line

@@ -112,7 +112,8 @@ def fit_rules(rungs: list[dict[str, Any]]) -> dict[str, MethodRule]:
         if method in edges:
             note = (f"{note}; " if note else "") + (
                 f"its best lr was at an end of the lr re-search at rung(s) {', '.join(edges[method])}: the optimum "
-                "may lie beyond it, so the fit is a bound there, not an optimum (widen ladder.lr_factors)")
+                "may lie beyond it, so the fit is a bound there, not an optimum (widen ladder.lr_factors)"
+            )
         rules[method] = MethodRule(method, eta, rank_law, rank_note, note)
     return rules
 
@@ -169,8 +170,9 @@ def ladder_source(sweep_dir: str | Path) -> LadderSource | None:
     return None
 
 
-def apply_fitted_lr(raw: dict[str, Any], method: str, target_width: int, source: LadderSource,
-                    knob: float) -> list[str]:  # fmt: skip
+def apply_fitted_lr(
+    raw: dict[str, Any], method: str, target_width: int, source: LadderSource, knob: float
+) -> list[str]:
     """Set raw's optim.lr from the method's fitted rule; returns the header lines (the fit, extrapolation).
     `knob` is the target config's step-size factor (1 for methods without one)."""
     rule = source.rules.get(method)
@@ -179,12 +181,16 @@ def apply_fitted_lr(raw: dict[str, Any], method: str, target_width: int, source:
         return [f"Rules: fitted -> not for {method} ({why}); its lr follows the default rules"]
     eta = rule.step_size(target_width)
     raw.setdefault("optim", {})["lr"] = eta / knob
-    lines = [f"Rules: fitted (ladder {source.ladder_dir}): {rule.step_size.describe('lr x knob')}; at width "
-             f"{target_width}: lr x knob {eta:.4g}, lr {eta / knob:.4g} (knob {knob:g}); {rule.rank_note}"]  # fmt: skip
+    lines = [
+        f"Rules: fitted (ladder {source.ladder_dir}): {rule.step_size.describe('lr x knob')}; at width "
+        f"{target_width}: lr x knob {eta:.4g}, lr {eta / knob:.4g} (knob {knob:g}); {rule.rank_note}"
+    ]
     if rule.note:
         lines.append(f"warning: {rule.note}")
     widest = max(source.widths)
     if target_width > EXTRAPOLATION_FACTOR * widest:
-        lines.append(f"warning: the fitted rule extrapolates {target_width / widest:.0f}x beyond the widest rung "
-                     f"({widest:g}); more than {EXTRAPOLATION_FACTOR:g}x is a guess, not a measurement")  # fmt: skip
+        lines.append(
+            f"warning: the fitted rule extrapolates {target_width / widest:.0f}x beyond the widest rung "
+            f"({widest:g}); more than {EXTRAPOLATION_FACTOR:g}x is a guess, not a measurement"
+        )
     return lines

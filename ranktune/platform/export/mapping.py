@@ -12,8 +12,7 @@ from ranktune.trainables.model import MODEL_PRESETS
 from ranktune.trainables.optim.registry import TargetScaling, lookup
 
 
-def scale_interval(value: int, proxy: TrainConfig, target_steps: int, target_tokens_per_step: int,
-                   rule: str) -> int:  # fmt: skip
+def scale_interval(value: int, proxy: TrainConfig, target_steps: int, target_tokens_per_step: int, rule: str) -> int:
     if rule == "steps":
         return value
     if rule == "tokens":
@@ -54,8 +53,16 @@ def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[
     raw["optim"]["lr"] = proxy.optim.lr * lr_scale * rules.lr_multiplier
     raw["schedule"]["warmup_steps"] = min(interval(proxy.schedule.warmup_steps), steps - 1)
     train = raw["train"]
-    train.update(steps=steps, batch_size=rules.batch_size, micro_batch_size=1, precision="bf16", device="auto",
-                 compile=False, eval_every=max(1, steps // 100), log_every=10)  # fmt: skip
+    train.update(
+        steps=steps,
+        batch_size=rules.batch_size,
+        micro_batch_size=1,
+        precision="bf16",
+        device="auto",
+        compile=False,
+        eval_every=max(1, steps // 100),
+        log_every=10,
+    )
     raw["output"] = {"dir": f"runs/{target}-export", "checkpoint_every": max(1, steps // 50), "keep_checkpoints": 2}
 
     name = proxy.optim.name
@@ -73,11 +80,18 @@ def map_to_target(proxy: TrainConfig, target: str, rules: ScalingRules) -> dict[
         if rules.update_proj_gap is not None:
             raw[recipe.section]["update_proj_gap"] = rules.update_proj_gap
     elif entry.target_mapping is not None:  # the method maps its own section (rank by width, scale, gap, ...)
+
         def rank(proxy_rank: int) -> int:
             return target_rank(proxy_rank, proxy_hidden, target_hidden, rules)
 
-        scaling = TargetScaling(proxy_hidden, target_hidden, rank=rank, interval=interval,
-                                update_proj_gap=rules.update_proj_gap, rules=rules)  # fmt: skip
+        scaling = TargetScaling(
+            proxy_hidden,
+            target_hidden,
+            rank=rank,
+            interval=interval,
+            update_proj_gap=rules.update_proj_gap,
+            rules=rules,
+        )
         entry.target_mapping(raw, proxy, scaling)
     section = entry.full_gradient_section
     if section is not None:

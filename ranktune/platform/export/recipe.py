@@ -79,11 +79,20 @@ class ExportResult:
     sizing: str | None = None  # what --tokens / --days sized, and how
 
 
-def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = DEFAULT_BUDGET_GIB,
-                out: str | Path | None = None, rules: ScalingRules | None = None, overrides: list[str] = (),
-                trial_id: str | None = None, max_memory_gib: float | None = None,
-                fallback: str | None = None, notify: Callable[[str], None] | None = None,
-                run_budget: RunBudget | None = None, card_key: str = DEFAULT_CARD) -> ExportResult:  # fmt: skip
+def export_best(
+    sweep_dir: str | Path,
+    target: str = "7b",
+    budget_gib: float = DEFAULT_BUDGET_GIB,
+    out: str | Path | None = None,
+    rules: ScalingRules | None = None,
+    overrides: list[str] = (),
+    trial_id: str | None = None,
+    max_memory_gib: float | None = None,
+    fallback: str | None = None,
+    notify: Callable[[str], None] | None = None,
+    run_budget: RunBudget | None = None,
+    card_key: str = DEFAULT_CARD,
+) -> ExportResult:
     """Export the sweep's answer (the replicates' best mean, else the best full-budget trial), or refuse.
 
     Another trial only when asked: `trial_id` (by name: a baseline such as LoRA from a random init is
@@ -128,22 +137,30 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
     if blocked and fallback is not None and trial_id is None:
         chosen, passed_over = best_fitting_instead(spec, rows, source, target, rules, overrides, budget_gib)
         if chosen is None:
-            raise ConfigError(refusal(spec, rows, source, fit, target, rules, overrides, budget_gib)
-                              + ["--fallback best-fitting: no other finished trial can be exported either"])
-        substitute = "\n".join([f"exporting {what_is_lost(spec, source, chosen)} instead of the sweep's answer "
-                                f"({(fit.baseline or fit.problems[0]).split(' -> ')[0]})",
-                                *(f"  passed over {p}" for p in passed_over)])  # fmt: skip
+            raise ConfigError(
+                refusal(spec, rows, source, fit, target, rules, overrides, budget_gib)
+                + ["--fallback best-fitting: no other finished trial can be exported either"]
+            )
+        substitute = "\n".join(
+            [
+                f"exporting {what_is_lost(spec, source, chosen)} instead of the sweep's answer "
+                f"({(fit.baseline or fit.problems[0]).split(' -> ')[0]})",
+                *(f"  passed over {p}" for p in passed_over),
+            ]
+        )
         source, proxy = chosen, spec.trial_config(chosen["params"])
         fit = fit_to_target(proxy, target, rules, overrides, budget_gib)
     elif blocked:
         raise ConfigError(refusal(spec, rows, source, fit, target, rules, overrides, budget_gib))
     if fit.inputs:
-        raise ConfigError([f"trial {source['trial_id']} ({proxy.optim.name}): its {target} run needs input:",
-                           *fit.inputs])  # fmt: skip
+        raise ConfigError(
+            [f"trial {source['trial_id']} ({proxy.optim.name}): its {target} run needs input:", *fit.inputs]
+        )
     sizing = None
     if run_budget is not None:  # --tokens / --days: the rules' steps become the budget's
-        _, rules, sizing = size_to_budget(proxy, target, rules, map_to_target(proxy, target, rules), overrides,
-                                          budget_gib, run_budget, card_key)  # fmt: skip
+        _, rules, sizing = size_to_budget(
+            proxy, target, rules, map_to_target(proxy, target, rules), overrides, budget_gib, run_budget, card_key
+        )
     raw = map_to_target(proxy, target, rules)
     fitted = fitted_lr_lines(raw, proxy, target, ladder) if ladder is not None else []  # the lr: memory is as fitted
     cfg, run, choice = fit_micro_batch_choice(raw, overrides, rules, budget_gib, card_key)
@@ -153,8 +170,22 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
 
     path = Path(out) if out else spec.storage_dir / f"export_{target}.yaml"
     command = f"ranktune train {shlex.quote(str(path))}"
-    header = export_header(spec.name, source, proxy, cfg, rules, run, v, command, overrides, substitute, notices,
-                           duration=duration, choice=choice, sizing=sizing)  # fmt: skip
+    header = export_header(
+        spec.name,
+        source,
+        proxy,
+        cfg,
+        rules,
+        run,
+        v,
+        command,
+        overrides,
+        substitute,
+        notices,
+        duration=duration,
+        choice=choice,
+        sizing=sizing,
+    )
     header = "".join(f"# {line}\n" for line in fitted) + header
     body = yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
     try:
@@ -162,10 +193,20 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
         path.write_text(header + body)
     except OSError as exc:
         raise ConfigError([f"--out: {str(path)!r} cannot be written ({exc.strerror or exc})"]) from None
-    estimate_json = json.dumps({"budget_gib": budget_gib, "fits": v.fits, "headroom_bytes": v.headroom,
-                                "phases": [p.as_dict() for p in run.phases], "command": command,
-                                "source_trial": source["trial_id"], "rules": rules.model_dump(),
-                                "substitute": substitute, "notices": list(notices)}, indent=2)  # fmt: skip
+    estimate_json = json.dumps(
+        {
+            "budget_gib": budget_gib,
+            "fits": v.fits,
+            "headroom_bytes": v.headroom,
+            "phases": [p.as_dict() for p in run.phases],
+            "command": command,
+            "source_trial": source["trial_id"],
+            "rules": rules.model_dump(),
+            "substitute": substitute,
+            "notices": list(notices),
+        },
+        indent=2,
+    )
     path.with_suffix(".memory.json").write_text(estimate_json)
 
     result = ExportResult(source["trial_id"], path, cfg, run, v, command, substitute, notices, duration, choice, sizing)
@@ -183,8 +224,9 @@ def export_best(sweep_dir: str | Path, target: str = "7b", budget_gib: float = D
 def check_out_path(path: Path) -> None:
     """--out names a file to (over)write, not a directory."""
     if path.is_dir():
-        raise ConfigError([f"--out: {str(path)!r} is a directory -> a YAML file to write, e.g. "
-                           f"{str(path / 'export.yaml')!r}"])  # fmt: skip
+        raise ConfigError(
+            [f"--out: {str(path)!r} is a directory -> a YAML file to write, e.g. {str(path / 'export.yaml')!r}"]
+        )
 
 
 def fitted_lr_lines(raw: dict[str, Any], proxy: TrainConfig, target: str, ladder) -> list[str]:
@@ -200,10 +242,22 @@ def fitted_lr_lines(raw: dict[str, Any], proxy: TrainConfig, target: str, ladder
     return apply_fitted_lr(raw, proxy.optim.name, MODEL_PRESETS[target].hidden_size, ladder, knob)
 
 
-def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: TrainConfig, rules: ScalingRules,
-                  run: RunEstimate, v: Verdict, command: str, overrides: list[str], substitute: str | None = None,
-                  notices: tuple[str, ...] = (), duration: Duration | None = None,
-                  choice: MicroBatchChoice | None = None, sizing: str | None = None) -> str:  # fmt: skip
+def export_header(
+    sweep: str,
+    source: dict[str, Any],
+    proxy: TrainConfig,
+    cfg: TrainConfig,
+    rules: ScalingRules,
+    run: RunEstimate,
+    v: Verdict,
+    command: str,
+    overrides: list[str],
+    substitute: str | None = None,
+    notices: tuple[str, ...] = (),
+    duration: Duration | None = None,
+    choice: MicroBatchChoice | None = None,
+    sizing: str | None = None,
+) -> str:
     peak: MemoryEstimate = run.peak
     recipe = lookup(proxy.optim.name).recipe_for(cfg.model.name) if rules.recipe == "published" else None
     lines = [
@@ -211,9 +265,15 @@ def export_header(sweep: str, source: dict[str, Any], proxy: TrainConfig, cfg: T
         f"(objective {source['objective']:.4f}; proxy {proxy.model.name}, {proxy.optim.name}).",
         f"Proxy params: {json.dumps(source['params'], sort_keys=True)}",
         f"Rules: {json.dumps(rules.model_dump(), sort_keys=True)}",
-        *([f"Recipe: {recipe.source} (rank {recipe.rank}, scale {recipe.scale:g}, update_proj_gap "
-           f"{recipe.update_proj_gap}, lr {recipe.lr:g} x the proxy's lr / {recipe.reference_lr:g}, clamped to "
-           f"{list(rules.lr_ratio_range)})"] if recipe else []),
+        *(
+            [
+                f"Recipe: {recipe.source} (rank {recipe.rank}, scale {recipe.scale:g}, update_proj_gap "
+                f"{recipe.update_proj_gap}, lr {recipe.lr:g} x the proxy's lr / {recipe.reference_lr:g}, clamped to "
+                f"{list(rules.lr_ratio_range)})"
+            ]
+            if recipe
+            else []
+        ),
         *([f"Overrides: {' '.join(overrides)}"] if overrides else []),
         *(substitute.splitlines() if substitute else []),
         *notices,

@@ -94,13 +94,15 @@ def load_rules(path: str | None) -> ScalingRules:
     except OSError as exc:
         raise ConfigError([f"--rules: {path!r} cannot be read ({exc.strerror or exc})"]) from None
     if not isinstance(raw, dict):
-        raise ConfigError([f"--rules: {path!r} holds a {type(raw).__name__} -> a mapping of scaling rules "
-                           "(see docs/export.md)"])  # fmt: skip
+        raise ConfigError(
+            [f"--rules: {path!r} holds a {type(raw).__name__} -> a mapping of scaling rules (see docs/export.md)"]
+        )
     try:
         return ScalingRules.model_validate(raw)
     except ValidationError as exc:
-        raise ConfigError([f"rules.{'.'.join(map(str, e['loc']))}: {e.get('input')!r} -> {e['msg']}"
-                           for e in exc.errors()]) from None  # fmt: skip
+        raise ConfigError(
+            [f"rules.{'.'.join(map(str, e['loc']))}: {e.get('input')!r} -> {e['msg']}" for e in exc.errors()]
+        ) from None
 
 
 def target_rules(spec) -> ScalingRules:

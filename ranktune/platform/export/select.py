@@ -36,13 +36,22 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
             advice = f"finish the sweep first (ranktune sweep --resume {shlex.quote(str(sweep_dir))})"
         else:
             advice = "no trial can finish on resume; see why with `ranktune report SWEEP_DIR` and start a new sweep"
-        raise ConfigError([f"sweep_dir: {sweep_dir!r} has no trial that finished its budget ({counts or 'no trials'})"
-                           f" -> {advice}"])  # fmt: skip
+        raise ConfigError(
+            [f"sweep_dir: {sweep_dir!r} has no trial that finished its budget ({counts or 'no trials'}) -> {advice}"]
+        )
     return best
 
 
-def target_fit_problem(spec, row: dict[str, Any], *, target: str, rules: ScalingRules, overrides: list[str],
-                       gib: float, allow_baseline: bool = False) -> str | None:  # fmt: skip
+def target_fit_problem(
+    spec,
+    row: dict[str, Any],
+    *,
+    target: str,
+    rules: ScalingRules,
+    overrides: list[str],
+    gib: float,
+    allow_baseline: bool = False,
+) -> str | None:
     """Why trial `row`'s `target` config cannot be exported within `gib` (None when it can)."""
     fit = fit_to_target(spec.trial_config(row["params"]), target, rules, overrides, gib)
     if fit.baseline and not allow_baseline:
@@ -50,8 +59,9 @@ def target_fit_problem(spec, row: dict[str, Any], *, target: str, rules: Scaling
     return fit.problems[0] if fit.problems else None
 
 
-def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: ScalingRules, overrides: list[str],
-                         max_memory_gib: float) -> dict[str, Any]:  # fmt: skip
+def select_within_memory(
+    spec, rows: list[dict[str, Any]], target: str, rules: ScalingRules, overrides: list[str], max_memory_gib: float
+) -> dict[str, Any]:
     """`--max-memory-gib`: the best finished trial whose exported target config's estimate fits.
 
     Trials are tried best objective first; each one passed over is reported with what it needs."""
@@ -60,8 +70,9 @@ def select_within_memory(spec, rows: list[dict[str, Any]], target: str, rules: S
     why_not = partial(target_fit_problem, spec, target=target, rules=rules, overrides=overrides, gib=max_memory_gib)
     best, passed_over = best_fitting(spec, rows, why_not)
     if best is None:
-        raise ConfigError([f"--max-memory-gib: {max_memory_gib:g} -> no finished trial's {target} export fits",
-                           *passed_over])  # fmt: skip
+        raise ConfigError(
+            [f"--max-memory-gib: {max_memory_gib:g} -> no finished trial's {target} export fits", *passed_over]
+        )
     return best
 
 
@@ -72,12 +83,21 @@ def what_is_lost(spec, best: dict[str, Any], chosen: dict[str, Any]) -> str:
     from ranktune.platform.report.table import method_of
 
     metric, gap = spec.objective.metric, chosen["objective"] - best["objective"]
-    return (f"trial {chosen['trial_id']} ({method_of(spec, chosen['params'])}, {metric} {chosen['objective']:.4f}, "
-            f"{gap:+.4f} = {100 * gap / abs(best['objective']):+.1f}% vs the sweep's answer {best['trial_id']})")
+    return (
+        f"trial {chosen['trial_id']} ({method_of(spec, chosen['params'])}, {metric} {chosen['objective']:.4f}, "
+        f"{gap:+.4f} = {100 * gap / abs(best['objective']):+.1f}% vs the sweep's answer {best['trial_id']})"
+    )
 
 
-def best_fitting_instead(spec, rows: list[dict[str, Any]], best: dict[str, Any], target: str, rules: ScalingRules,
-                         overrides: list[str], budget_gib: float) -> tuple[dict[str, Any] | None, list[str]]:
+def best_fitting_instead(
+    spec,
+    rows: list[dict[str, Any]],
+    best: dict[str, Any],
+    target: str,
+    rules: ScalingRules,
+    overrides: list[str],
+    budget_gib: float,
+) -> tuple[dict[str, Any] | None, list[str]]:
     """The best finished trial other than `best` whose target config can be exported, and the lines of
     the better ones passed over."""
     from ranktune.platform.report.pareto import best_fitting
@@ -86,16 +106,29 @@ def best_fitting_instead(spec, rows: list[dict[str, Any]], best: dict[str, Any],
     return best_fitting(spec, [r for r in rows if r is not best], why_not)
 
 
-def refusal(spec, rows: list[dict[str, Any]], source: dict[str, Any], fit: TargetFit, target: str,
-            rules: ScalingRules, overrides: list[str], budget_gib: float) -> list[str]:  # fmt: skip
+def refusal(
+    spec,
+    rows: list[dict[str, Any]],
+    source: dict[str, Any],
+    fit: TargetFit,
+    target: str,
+    rules: ScalingRules,
+    overrides: list[str],
+    budget_gib: float,
+) -> list[str]:
     """Exit-2 lines for the sweep's answer: one per setting to change, then what a fallback would lose."""
     from ranktune.platform.report.table import method_of
 
-    head = (f"trial {source['trial_id']} ({method_of(spec, source['params'])}, the sweep's answer) cannot be "
-            f"exported to {target} on {budget_gib:g} GiB as it is:")
+    head = (
+        f"trial {source['trial_id']} ({method_of(spec, source['params'])}, the sweep's answer) cannot be "
+        f"exported to {target} on {budget_gib:g} GiB as it is:"
+    )
     lines = [head, *([fit.baseline] if fit.baseline else []), *fit.problems]
-    lines.append(f"--trial: {source['trial_id']} -> export it anyway by name" if fit.baseline and not fit.problems
-                 else "--budget-gib / --set / --rules: change what the lines above name")  # fmt: skip
+    lines.append(
+        f"--trial: {source['trial_id']} -> export it anyway by name"
+        if fit.baseline and not fit.problems
+        else "--budget-gib / --set / --rules: change what the lines above name"
+    )
     chosen, _ = best_fitting_instead(spec, rows, source, target, rules, overrides, budget_gib)
     if chosen is not None:
         lines.append(f"--fallback best-fitting: exports {what_is_lost(spec, source, chosen)}")

@@ -97,4 +97,3 @@ def proxy_config(spec: SweepSpec, params: dict[str, Any], output_dir=None) -> Tr
     except ConfigError:
         return cfg
     return cfg if fit.config is None else with_update_rule(cfg, fit.config)
-

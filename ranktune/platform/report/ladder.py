@@ -14,21 +14,30 @@ def _f(value: float | None, fmt: str = ".2f") -> str:
 
 
 def ladder_lines(ladder: dict[str, Any]) -> list[str]:
-    lines = [f"ladder {ladder['name']}: {len(ladder['rungs'])} rungs"
-             f"{'' if ladder['complete'] else ' (incomplete)'}, best {ladder['promote']} per method promoted, "
-             f"lr re-searched x{'/x'.join(f'{f:g}' for f in ladder['lr_factors'])}"]  # fmt: skip
+    lines = [
+        f"ladder {ladder['name']}: {len(ladder['rungs'])} rungs"
+        f"{'' if ladder['complete'] else ' (incomplete)'}, best {ladder['promote']} per method promoted, "
+        f"lr re-searched x{'/x'.join(f'{f:g}' for f in ladder['lr_factors'])}"
+    ]
     for rung in ladder["rungs"]:
-        lines.append(f"rung {rung['index']} {rung['name']}: width {rung['width']}, {rung['num_layers']} layers, "
-                     f"{rung['parameters'] / 1e6:.2f}M parameters ({rung['matrix_share']:.0%} matrices), "
-                     f"{rung['steps']} steps, {len(rung['configurations'])} configurations")  # fmt: skip
+        lines.append(
+            f"rung {rung['index']} {rung['name']}: width {rung['width']}, {rung['num_layers']} layers, "
+            f"{rung['parameters'] / 1e6:.2f}M parameters ({rung['matrix_share']:.0%} matrices), "
+            f"{rung['steps']} steps, {len(rung['configurations'])} configurations"
+        )
         order = ", ".join(f"{m['method']} {m['loss']:.4f}" for m in rung["method_ranking"])
         lines.append(f"  methods: {order}")
         ranked = [c for c in rung["configurations"] if c["loss"] is not None]  # ladder.json keeps them best first
-        lines.append("  configurations: " + (", ".join(f"{c['config_id']} ({c['method']}) {c['loss']:.4f}"
-                                                       for c in ranked) or "none finished"))  # fmt: skip
+        lines.append(
+            "  configurations: "
+            + (", ".join(f"{c['config_id']} ({c['method']}) {c['loss']:.4f}" for c in ranked) or "none finished")
+        )
     for c in ladder["comparisons"]:
-        kept = (f"best configuration kept by {sum(c['best_config_kept'].values())} of {len(c['best_config_kept'])} "
-                "methods" if c["best_config_kept"] else "best configuration kept: n/a (one configuration per method)")
+        kept = (
+            f"best configuration kept by {sum(c['best_config_kept'].values())} of {len(c['best_config_kept'])} methods"
+            if c["best_config_kept"]
+            else "best configuration kept: n/a (one configuration per method)"
+        )
         lines.append(
             f"{c['lower']} -> {c['upper']}: Spearman {_f(c['spearman'])}, Kendall {_f(c['kendall'])} over "
             f"{c['configurations']} configurations; methods' order Kendall {_f(c['method_kendall'])} over "
@@ -89,17 +98,20 @@ def write_ladder_html(ladder: dict[str, Any], storage: Path, plots: list[Path]) 
     rows = "".join(
         f"<tr><td>{html.escape(r['name'])}</td><td>{r['width']}</td><td>{r['parameters'] / 1e6:.2f}M</td>"
         f"<td>{r['matrix_share']:.0%}</td><td>{r['steps']}</td><td>"
-        + ", ".join(f"{html.escape(m['method'])} {m['loss']:.4f}" for m in r["method_ranking"]) + "</td></tr>"
+        + ", ".join(f"{html.escape(m['method'])} {m['loss']:.4f}" for m in r["method_ranking"])
+        + "</td></tr>"
         for r in ladder["rungs"]
     )
     lines = "".join(f"<li>{html.escape(line)}</li>" for line in ladder_lines(ladder))
     images = "".join(f'<img src="plots/{p.name}" style="max-width:48%">' for p in plots)
-    page = (f"<html><head><meta charset='utf-8'><title>ladder {html.escape(ladder['name'])}</title></head><body>"
-            f"<h1>ladder {html.escape(ladder['name'])}</h1>"
-            f"<p><b>{html.escape(ladder['verdict'])}</b></p>"
-            "<table border=1 cellpadding=4><tr><th>rung</th><th>width</th><th>parameters</th><th>matrices</th>"
-            f"<th>steps</th><th>methods, best first</th></tr>{rows}</table><ul>{lines}</ul>{images}"
-            "</body></html>")  # fmt: skip
+    page = (
+        f"<html><head><meta charset='utf-8'><title>ladder {html.escape(ladder['name'])}</title></head><body>"
+        f"<h1>ladder {html.escape(ladder['name'])}</h1>"
+        f"<p><b>{html.escape(ladder['verdict'])}</b></p>"
+        "<table border=1 cellpadding=4><tr><th>rung</th><th>width</th><th>parameters</th><th>matrices</th>"
+        f"<th>steps</th><th>methods, best first</th></tr>{rows}</table><ul>{lines}</ul>{images}"
+        "</body></html>"
+    )
     path = storage / "ladder.html"
     path.write_text(page)
     return path
@@ -115,8 +127,9 @@ def log_ladder_run(spec, ladder: dict[str, Any], storage: Path, plots: list[Path
     state_path = storage / "ladder_mlflow.json"
     run_id = json.loads(state_path.read_text())["run_id"] if state_path.is_file() else None
     if run_id is None:
-        run_id = client.create_run(experiment, run_name=f"{spec.name}-ladder",
-                                   tags={SWEEP_TAG: spec.name, "ranktune.kind": "ladder"}).info.run_id  # fmt: skip
+        run_id = client.create_run(
+            experiment, run_name=f"{spec.name}-ladder", tags={SWEEP_TAG: spec.name, "ranktune.kind": "ladder"}
+        ).info.run_id
         state_path.write_text(json.dumps({"run_id": run_id}))
     client.log_artifact(run_id, str(storage / "ladder.json"))
     for p in plots:

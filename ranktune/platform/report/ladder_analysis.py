@@ -141,15 +141,24 @@ def compare(lower_name: str, lower: list[ConfigResult], upper_name: str, upper: 
     pick = min(common, key=lambda i: below[i].loss) if common else None
     regret = above[pick].loss - min(b) if pick is not None else None
     return Comparison(
-        lower=lower_name, upper=upper_name, configurations=len(common),
-        spearman=_correlation("spearman", a, b), kendall=_correlation("kendall", a, b),
-        methods=len(methods), method_kendall=_correlation("kendall", ma, mb),
+        lower=lower_name,
+        upper=upper_name,
+        configurations=len(common),
+        spearman=_correlation("spearman", a, b),
+        kendall=_correlation("kendall", a, b),
+        methods=len(methods),
+        method_kendall=_correlation("kendall", ma, mb),
         same_winner=None if win_below is None else win_below == win_above,
-        lower_winner=win_below, upper_winner=win_above,
-        best_config_kept={m: best_below[m].config_id == best_above[m].config_id for m in methods
-                          if sum(below[i].method == m for i in common) >= 2},
-        regret=regret, lower_pick=pick,
-    )  # fmt: skip
+        lower_winner=win_below,
+        upper_winner=win_above,
+        best_config_kept={
+            m: best_below[m].config_id == best_above[m].config_id
+            for m in methods
+            if sum(below[i].method == m for i in common) >= 2
+        },
+        regret=regret,
+        lower_pick=pick,
+    )
 
 
 def method_ranking(results: list[ConfigResult]) -> list[tuple[str, float, str]]:
@@ -171,12 +180,18 @@ def transfer_verdict(c: Comparison) -> str:
         return f"no configuration finished at both {c.lower} and {c.upper}: nothing to say about transfer"
     corr = f"Spearman rho {_fmt(c.spearman)}, Kendall tau {_fmt(c.kendall)} over {c.configurations} configurations"
     if c.methods >= 2 and c.method_kendall is not None and c.method_kendall >= 1.0 - 1e-9:
-        return (f"the ranking of methods held from {c.lower} to {c.upper} ({c.methods} methods in the same order; "
-                f"{corr}; regret of choosing at {c.lower}: {c.regret:.4f})")  # fmt: skip
+        return (
+            f"the ranking of methods held from {c.lower} to {c.upper} ({c.methods} methods in the same order; "
+            f"{corr}; regret of choosing at {c.lower}: {c.regret:.4f})"
+        )
     if c.same_winner:
-        return (f"the winner held from {c.lower} to {c.upper} ({c.upper_winner}), the order behind it did not "
-                f"(method Kendall tau {_fmt(c.method_kendall)} over {c.methods} methods; {corr}; regret "
-                f"{c.regret:.4f})")  # fmt: skip
-    return (f"it flipped: {c.lower_winner} won at {c.lower}, {c.upper_winner} at {c.upper} (method Kendall tau "
-            f"{_fmt(c.method_kendall)} over {c.methods} methods; {corr}; regret of choosing at {c.lower}: "
-            f"{c.regret:.4f})")  # fmt: skip
+        return (
+            f"the winner held from {c.lower} to {c.upper} ({c.upper_winner}), the order behind it did not "
+            f"(method Kendall tau {_fmt(c.method_kendall)} over {c.methods} methods; {corr}; regret "
+            f"{c.regret:.4f})"
+        )
+    return (
+        f"it flipped: {c.lower_winner} won at {c.lower}, {c.upper_winner} at {c.upper} (method Kendall tau "
+        f"{_fmt(c.method_kendall)} over {c.methods} methods; {corr}; regret of choosing at {c.lower}: "
+        f"{c.regret:.4f})"
+    )

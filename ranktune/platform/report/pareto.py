@@ -40,8 +40,9 @@ def pareto_front(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, 
 Row = dict[str, Any]
 
 
-def best_fitting(spec: SweepSpec, rows: list[Row], why_not: Callable[[Row], str | None]
-                 ) -> tuple[Row | None, list[str]]:  # fmt: skip
+def best_fitting(
+    spec: SweepSpec, rows: list[Row], why_not: Callable[[Row], str | None]
+) -> tuple[Row | None, list[str]]:
     """Best finished trial for which `why_not(row)` (e.g. "its memory estimate exceeds X") is None,
     and the reasons of the better trials passed over (each named with its method, searched or fixed)."""
     from ranktune.platform.report.ranking import objective_key
@@ -78,10 +79,22 @@ def plot_front(spec: SweepSpec, rows: list[dict[str, Any]], path: Path) -> Path 
     for r in finished:
         on_front = r in front
         colour = method_colour(method_of(spec, r["params"]))
-        ax.scatter(r[other] / scale, r["objective"], s=44 if on_front else 22, zorder=3, color=colour,
-                   edgecolors="k" if on_front else "none")  # fmt: skip
-        ax.annotate(r["trial_id"], (r[other] / scale, r["objective"]), fontsize=6, xytext=(3, 3),
-                    textcoords="offset points", alpha=0.8)  # fmt: skip
+        ax.scatter(
+            r[other] / scale,
+            r["objective"],
+            s=44 if on_front else 22,
+            zorder=3,
+            color=colour,
+            edgecolors="k" if on_front else "none",
+        )
+        ax.annotate(
+            r["trial_id"],
+            (r[other] / scale, r["objective"]),
+            fontsize=6,
+            xytext=(3, 3),
+            textcoords="offset points",
+            alpha=0.8,
+        )
     points = sorted((r[other] / scale, r["objective"]) for r in front)
     ax.step([p[0] for p in points], [p[1] for p in points], where="post", color="k", lw=1, label="Pareto front")
     ax.margins(x=0.12, y=0.1)  # room for the trial ids next to the outermost points

@@ -56,8 +56,9 @@ def curve_range(curves: list[list[tuple[int, float]]]) -> tuple[float, float] | 
     return low - (margin if low < limits[0] else 0.0), high + (margin if high > limits[1] else 0.0)
 
 
-def trial_curves(state: SweepState, rows: list[dict[str, Any]],
-                 metrics: tuple[str, ...] = ("train_loss", "eval_loss")) -> dict[str, dict[str, list]]:  # fmt: skip
+def trial_curves(
+    state: SweepState, rows: list[dict[str, Any]], metrics: tuple[str, ...] = ("train_loss", "eval_loss")
+) -> dict[str, dict[str, list]]:
     """run_id -> metric -> [(step, value)] sorted by step, from MLflow."""
     from ranktune.platform.tracking.client import mlflow_client
 
@@ -86,9 +87,11 @@ def _method_legend(ax, methods: list[str], with_status: bool = False, with_repli
 
     handles = [Line2D([], [], color=method_colour(m), lw=2, label=m) for m in methods]
     if with_status:
-        handles += [Line2D([], [], color="k", ls="-", label="full budget"),
-                    Line2D([], [], color="k", ls="--", marker="x", label="stopped early"),
-                    Line2D([], [], color="k", ls=":", label="failed / other")]  # fmt: skip
+        handles += [
+            Line2D([], [], color="k", ls="-", label="full budget"),
+            Line2D([], [], color="k", ls="--", marker="x", label="stopped early"),
+            Line2D([], [], color="k", ls=":", label="failed / other"),
+        ]
     if with_replicates:
         handles.append(Line2D([], [], color="k", lw=0.8, alpha=0.5, label="replicate (new seed)"))
     ax.legend(handles=handles, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0)
@@ -109,10 +112,16 @@ def plot_loss_curves(spec: SweepSpec, rows, curves, methods, path: Path, replica
             if not points:
                 continue
             drawn = True
-            ax.plot([s for s, _ in points], [v for _, v in points], color=method_colour(method),
-                    lw=0.8 if replicate else 1.3, ls="-" if replicate else STATUS_STYLE.get(r["status"], ":"),
-                    marker="." if metric == "eval_loss" and not replicate else None, alpha=0.5 if replicate else 0.85,
-                    gid=f"replicate:{r['trial_id']}" if replicate else r["trial_id"])  # fmt: skip
+            ax.plot(
+                [s for s, _ in points],
+                [v for _, v in points],
+                color=method_colour(method),
+                lw=0.8 if replicate else 1.3,
+                ls="-" if replicate else STATUS_STYLE.get(r["status"], ":"),
+                marker="." if metric == "eval_loss" and not replicate else None,
+                alpha=0.5 if replicate else 0.85,
+                gid=f"replicate:{r['trial_id']}" if replicate else r["trial_id"],
+            )
             if r["status"] == "stopped_early" and not replicate:  # where it was stopped: an x at its last point
                 ax.plot(*points[-1], marker="x", color=method_colour(method), ms=6)
             shown.append(points)
@@ -125,8 +134,9 @@ def plot_loss_curves(spec: SweepSpec, rows, curves, methods, path: Path, replica
     if not drawn:
         plt.close(fig)
         return None
-    _method_legend(axes[1], sorted(set(methods) | {m for _, m in replicates}), with_status=True,
-                   with_replicates=bool(replicates))  # fmt: skip
+    _method_legend(
+        axes[1], sorted(set(methods) | {m for _, m in replicates}), with_status=True, with_replicates=bool(replicates)
+    )
     fig.suptitle(f"{spec.name}: loss curves by method")
     return _save(fig, path)
 
@@ -166,12 +176,16 @@ def plot_best_per_method(spec: SweepSpec, rows, methods, confirm, path: Path) ->
     return _save(fig, path)
 
 
-def _scatter(spec: SweepSpec, rows, methods, key: str, scale: float, xlabel: str, path: Path,
-             front: bool) -> Path | None:  # fmt: skip
+def _scatter(
+    spec: SweepSpec, rows, methods, key: str, scale: float, xlabel: str, path: Path, front: bool
+) -> Path | None:
     import matplotlib.pyplot as plt
 
-    points = [(r[key] / scale, r["objective"], r, m) for r, m in zip(rows, methods, strict=True)
-              if r["status"] == "finished" and r.get(key) and r["objective"] is not None]  # fmt: skip
+    points = [
+        (r[key] / scale, r["objective"], r, m)
+        for r, m in zip(rows, methods, strict=True)
+        if r["status"] == "finished" and r.get(key) and r["objective"] is not None
+    ]
     if not points:
         return None
     fig, ax = plt.subplots(figsize=(8, 4.5))
@@ -186,8 +200,15 @@ def _scatter(spec: SweepSpec, rows, methods, key: str, scale: float, xlabel: str
             if sign * y < best_y:
                 chosen.append((x, y))
                 best_y = sign * y
-        ax.step([p[0] for p in chosen], [p[1] for p in chosen], where="post", color="k", lw=1, alpha=0.6,
-                label="Pareto front")  # fmt: skip
+        ax.step(
+            [p[0] for p in chosen],
+            [p[1] for p in chosen],
+            where="post",
+            color="k",
+            lw=1,
+            alpha=0.6,
+            label="Pareto front",
+        )
     ax.set_xlabel(xlabel)
     ax.set_ylabel(f"{spec.objective.metric} (full budget)")
     ax.grid(alpha=0.3)
@@ -209,8 +230,16 @@ def plot_history(spec: SweepSpec, rows, methods, path: Path) -> Path | None:
     sign = 1 if spec.objective.mode == "min" else -1
     for i, (r, m) in enumerate(scored):
         full = r["status"] == "finished"
-        ax.scatter(i, r["objective"], s=36, zorder=3, color=method_colour(m) if full else "none",
-                   edgecolors=method_colour(m), linewidths=1.2, gid=r["trial_id"])  # fmt: skip
+        ax.scatter(
+            i,
+            r["objective"],
+            s=36,
+            zorder=3,
+            color=method_colour(m) if full else "none",
+            edgecolors=method_colour(m),
+            linewidths=1.2,
+            gid=r["trial_id"],
+        )
         if full and sign * r["objective"] < best:
             best = sign * r["objective"]
         line.append(sign * best if math.isfinite(best) else math.nan)
@@ -249,8 +278,14 @@ def plot_parallel_per_method(spec: SweepSpec, rows, methods, path: Path) -> Path
         spans = {k: (min(float(r["params"][k]) for r in rs), max(float(r["params"][k]) for r in rs)) for k in keys}
         for r in sorted(rs, key=lambda r: -r["objective"]):
             ys = [_unit(float(r["params"][k]), *spans[k], log=k.endswith("lr")) for k in keys]
-            ax.plot(range(len(keys)), ys, color=cmap(norm(r["objective"])), marker="o", lw=1.5,
-                    ls=STATUS_STYLE.get(r["status"], ":"))  # fmt: skip
+            ax.plot(
+                range(len(keys)),
+                ys,
+                color=cmap(norm(r["objective"])),
+                marker="o",
+                lw=1.5,
+                ls=STATUS_STYLE.get(r["status"], ":"),
+            )
         ax.set_xticks(range(len(keys)), [k.split(".", 1)[-1] for k in keys], rotation=20, fontsize=7)
         for i, k in enumerate(keys):
             ax.text(i, -0.08, f"{spans[k][0]:.3g}", ha="center", va="top", fontsize=6)
@@ -298,14 +333,36 @@ def write_method_plots(spec: SweepSpec, state, rows, out_dir: Path, confirm=None
     replicates = collect_replicates(spec, state)
     curves = trial_curves(state, rows + replicates)
     written = [
-        plot_loss_curves(spec, rows, curves, methods, out_dir / "loss_curves.png",
-                         [(r, method_of(spec, r["params"])) for r in replicates]),
+        plot_loss_curves(
+            spec,
+            rows,
+            curves,
+            methods,
+            out_dir / "loss_curves.png",
+            [(r, method_of(spec, r["params"])) for r in replicates],
+        ),
         plot_best_per_method(spec, rows, methods, confirm, out_dir / "best_per_method.png"),
-        _scatter(spec, rows, methods, "optimizer_state_bytes", 2**20, "optimizer state (MiB)",
-                 out_dir / "loss_vs_memory.png", front=True),
-        _scatter(spec, rows, methods, "tokens_per_s", 1.0, "throughput (tokens/s)", out_dir / "loss_vs_throughput.png",
-                 front=False),
+        _scatter(
+            spec,
+            rows,
+            methods,
+            "optimizer_state_bytes",
+            2**20,
+            "optimizer state (MiB)",
+            out_dir / "loss_vs_memory.png",
+            front=True,
+        ),
+        _scatter(
+            spec,
+            rows,
+            methods,
+            "tokens_per_s",
+            1.0,
+            "throughput (tokens/s)",
+            out_dir / "loss_vs_throughput.png",
+            front=False,
+        ),
         plot_history(spec, rows, methods, out_dir / "optimization_history.png"),
         plot_parallel_per_method(spec, rows, methods, out_dir / "parallel_coordinates.png"),
-    ]  # fmt: skip
+    ]
     return [p for p in written if p is not None]

@@ -59,8 +59,10 @@ def target_share(name: str = TARGET_MODEL) -> MatrixShare:
 
 def matrix_share_lines(cfg, target: str = TARGET_MODEL) -> list[str]:
     proxy, tgt = proxy_share(cfg), target_share(target)
-    lines = [f"proxy: {proxy.share:.0%} of its {proxy.total / 1e6:.2f}M parameters are the attention/MLP matrices "
-             f"the low-rank methods change ({target}: {tgt.share:.0%})"]  # fmt: skip
+    lines = [
+        f"proxy: {proxy.share:.0%} of its {proxy.total / 1e6:.2f}M parameters are the attention/MLP matrices "
+        f"the low-rank methods change ({target}: {tgt.share:.0%})"
+    ]
     if proxy.share < MIN_MATRIX_SHARE:
         lines.append(
             f"warning: below {MIN_MATRIX_SHARE:.0%}, the proxy is mostly embeddings and head, which every method "
@@ -91,11 +93,15 @@ def sanity_line(spec: SweepSpec, rows: list[dict[str, Any]]) -> str | None:
     win_name, win = min(real.items(), key=lambda kv: objective_key(kv[1], spec.objective.mode))
     metric = spec.objective.metric
     if objective_key(base, spec.objective.mode) <= objective_key(win, spec.objective.mode):
-        return (f"sanity baseline: {base_name} ({metric} {base['objective']:.4f}) ties or beats the best method, "
-                f"{method_of(spec, win['params'])} ({win['objective']:.4f}): this proxy cannot tell these methods "
-                "apart; do not read the winner as an answer for the target")  # fmt: skip
-    return (f"sanity baseline: {base_name} ({metric} {base['objective']:.4f}) is behind the best method "
-            f"{method_of(spec, win['params'])} ({win['objective']:.4f}): the proxy separates them")  # fmt: skip
+        return (
+            f"sanity baseline: {base_name} ({metric} {base['objective']:.4f}) ties or beats the best method, "
+            f"{method_of(spec, win['params'])} ({win['objective']:.4f}): this proxy cannot tell these methods "
+            "apart; do not read the winner as an answer for the target"
+        )
+    return (
+        f"sanity baseline: {base_name} ({metric} {base['objective']:.4f}) is behind the best method "
+        f"{method_of(spec, win['params'])} ({win['objective']:.4f}): the proxy separates them"
+    )
 
 
 def on_edge(value: float, low: float, high: float, log: bool) -> str | None:
@@ -133,8 +139,10 @@ def edge_lines(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[str]:
             low, high = p.low, p.high
             end = on_edge(float(value), low, high, log=p.type == "loguniform" or p.log)
             if end is not None:
-                lines.append(f"edge: {method}'s best {key} = {value:g} is at the {end} end of its range "
-                             f"[{low:g}, {high:g}]; the best value may lie beyond it, widen the range")  # fmt: skip
+                lines.append(
+                    f"edge: {method}'s best {key} = {value:g} is at the {end} end of its range "
+                    f"[{low:g}, {high:g}]; the best value may lie beyond it, widen the range"
+                )
     return lines
 
 

@@ -6,8 +6,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-STATUS_ORDER = {"finished": 0, "stopped_early": 1, "running": 2, "interrupted": 2, "pruned_memory": 3, "lost": 4,
-                "failed": 5}  # fmt: skip
+STATUS_ORDER = {
+    "finished": 0,
+    "stopped_early": 1,
+    "running": 2,
+    "interrupted": 2,
+    "pruned_memory": 3,
+    "lost": 4,
+    "failed": 5,
+}
 # Statuses whose final value of the objective is a result (stopped_early: the value where the search
 # stopped it). A failed or lost trial's last evaluation, often the untrained model's at step 0, is not.
 RESULT_STATUSES = ("finished", "stopped_early")
@@ -29,13 +36,20 @@ def pick_best(rows: list[dict[str, Any]], mode: str) -> dict[str, Any] | None:
     return min(finished, key=lambda r: (objective_key(r, mode), r["peak_memory_bytes"] or 0))
 
 
-def confirmed_configuration(confirm: dict[str, Any] | None, rows: list[dict[str, Any]] | None = None
-                            ) -> dict[str, Any] | None:  # fmt: skip
+def confirmed_configuration(
+    confirm: dict[str, Any] | None, rows: list[dict[str, Any]] | None = None
+) -> dict[str, Any] | None:
     """The replicated configuration with the best mean (confirm.json), None without replicates; with the
     sweep's `rows`, the best whose trial is not a reference (a baseline is replicated to compare with)."""
     references = {r["trial_id"] for r in rows or () if r.get("reference")}
-    return next((c for c in (confirm or {}).get("configurations", [])
-                 if c["mean"] is not None and c["trial_id"] not in references), None)  # fmt: skip
+    return next(
+        (
+            c
+            for c in (confirm or {}).get("configurations", [])
+            if c["mean"] is not None and c["trial_id"] not in references
+        ),
+        None,
+    )
 
 
 def pick_winner(rows: list[dict[str, Any]], mode: str, confirm: dict[str, Any] | None) -> dict[str, Any] | None:

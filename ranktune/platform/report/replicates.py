@@ -81,24 +81,37 @@ def summarize(spec: SweepSpec, chosen: list[dict[str, Any]], values: dict[int, l
     table = []
     for i, row in enumerate(chosen):
         vals = [v for v in values.get(i, []) if v is not None and math.isfinite(v)]
-        table.append({
-            "trial_id": row["trial_id"], "method": method_of(spec, row["params"]), "params": row["params"],
-            "baseline": is_baseline(spec, row), "reference": bool(row.get("reference")),
-            "search_objective": row["objective"],
-            "values": vals, "n": len(vals), "mean": statistics.fmean(vals) if vals else None,
-            "std": statistics.stdev(vals) if len(vals) >= 2 else None,
-        })  # fmt: skip
+        table.append(
+            {
+                "trial_id": row["trial_id"],
+                "method": method_of(spec, row["params"]),
+                "params": row["params"],
+                "baseline": is_baseline(spec, row),
+                "reference": bool(row.get("reference")),
+                "search_objective": row["objective"],
+                "values": vals,
+                "n": len(vals),
+                "mean": statistics.fmean(vals) if vals else None,
+                "std": statistics.stdev(vals) if len(vals) >= 2 else None,
+            }
+        )
     # The winner is the best mean among the answers: a reference (a target-aware sweep's baseline, which
     # its target cannot run) is compared with, ranked after them.
     ranked = sorted((t for t in table if t["mean"] is not None), key=lambda t: (t["reference"], sign * t["mean"]))
-    return {"metric": spec.objective.metric, "mode": spec.objective.mode, "seeds": spec.confirm.seeds,
-            "tie_threshold": spec.confirm.tie_threshold,
-            "configurations": ranked + [t for t in table if t["mean"] is None],
-            **verdict(ranked, sign, spec.confirm.tie_threshold)}  # fmt: skip
+    return {
+        "metric": spec.objective.metric,
+        "mode": spec.objective.mode,
+        "seeds": spec.confirm.seeds,
+        "tie_threshold": spec.confirm.tie_threshold,
+        "configurations": ranked + [t for t in table if t["mean"] is None],
+        **verdict(ranked, sign, spec.confirm.tie_threshold),
+    }
 
 
-RULE = ("Welch's t-test of the winner against each other configuration, Holm-adjusted: resolved when p < 0.05, "
-        "tie when the gap's 95% interval lies within +/- the tie threshold, else add seeds")  # fmt: skip
+RULE = (
+    "Welch's t-test of the winner against each other configuration, Holm-adjusted: resolved when p < 0.05, "
+    "tie when the gap's 95% interval lies within +/- the tie threshold, else add seeds"
+)
 
 
 def verdict(ranked: list[dict[str, Any]], sign: float, tie_threshold: float) -> dict[str, Any]:
@@ -106,15 +119,25 @@ def verdict(ranked: list[dict[str, Any]], sign: float, tie_threshold: float) -> 
     from ranktune.platform.report.significance import TOO_FEW, compare
 
     if len(ranked) < 2:
-        return {"verdict": TOO_FEW, "rule": RULE, "why": "fewer than two configurations with replicates",
-                "comparisons": []}  # fmt: skip
+        return {
+            "verdict": TOO_FEW,
+            "rule": RULE,
+            "why": "fewer than two configurations with replicates",
+            "comparisons": [],
+        }
     win, others = ranked[0], ranked[1:]
     # In the objective's "lower is better" direction, so a positive gap always favours the winner.
     signed = [(c["trial_id"], [sign * v for v in c["values"]]) for c in ranked]
     comparisons = compare(signed[0], signed[1:], tie_threshold)
     runner = comparisons[0]
-    out = {"verdict": runner.verdict, "rule": RULE, "why": runner.why(), "winner": win["trial_id"],
-           "runner_up": others[0]["trial_id"], "comparisons": [c.as_dict() for c in comparisons]}  # fmt: skip
+    out = {
+        "verdict": runner.verdict,
+        "rule": RULE,
+        "why": runner.why(),
+        "winner": win["trial_id"],
+        "runner_up": others[0]["trial_id"],
+        "comparisons": [c.as_dict() for c in comparisons],
+    }
     baseline = next((o for o in ranked if o["baseline"]), None)
     if baseline is None:
         out["baseline_verdict"] = "no baseline"
@@ -136,18 +159,24 @@ def format_confirm(summary: dict[str, Any]) -> list[str]:
         mean = "-" if entry["mean"] is None else f"{entry['mean']:.4f}"
         std = "-" if entry["std"] is None else f"{entry['std']:.4f}"
         role = ", baseline" if entry.get("baseline") else ""
-        lines.append(f"  {name:<14} trial {entry['trial_id']}: {mean} +/- {std} (n={entry['n']}{role}; "
-                     f"search run {entry['search_objective']:.4f})")  # fmt: skip
+        lines.append(
+            f"  {name:<14} trial {entry['trial_id']}: {mean} +/- {std} (n={entry['n']}{role}; "
+            f"search run {entry['search_objective']:.4f})"
+        )
     names = {e["trial_id"]: e.get("method") or e["trial_id"] for e in summary["configurations"]}
     if "runner_up" in summary:
-        lines.append(f"verdict, {names[summary['winner']]} vs {names[summary['runner_up']]} (runner-up): "
-                     f"{summary['verdict']} ({summary['why']})")  # fmt: skip
+        lines.append(
+            f"verdict, {names[summary['winner']]} vs {names[summary['runner_up']]} (runner-up): "
+            f"{summary['verdict']} ({summary['why']})"
+        )
     else:
         lines.append(f"verdict: {summary['verdict']} ({summary['why']})")
     if "baseline_verdict" in summary:
         against = f" vs {names[summary['baseline']]}" if "baseline" in summary else ""
-        lines.append(f"verdict, {names.get(summary.get('winner'), 'winner')}{against} (baseline): "
-                     f"{summary['baseline_verdict']} ({summary['baseline_why']})")  # fmt: skip
+        lines.append(
+            f"verdict, {names.get(summary.get('winner'), 'winner')}{against} (baseline): "
+            f"{summary['baseline_verdict']} ({summary['baseline_why']})"
+        )
     lines.append(f"rule: {summary['rule']} (tie threshold {summary.get('tie_threshold', '-')}; docs/sweeps.md)")
     return lines
 
@@ -170,6 +199,7 @@ def load_confirm(storage: Path) -> dict[str, Any] | None:
         isinstance(e, dict) and all(k in e for k in CONFIGURATION_KEYS) and isinstance(e["params"], dict)
         for e in entries
     ):
-        raise ConfigError([f"{str(path)!r} is damaged (configurations: each needs {', '.join(CONFIGURATION_KEYS)})"
-                           f" -> {what}"])  # fmt: skip
+        raise ConfigError(
+            [f"{str(path)!r} is damaged (configurations: each needs {', '.join(CONFIGURATION_KEYS)}) -> {what}"]
+        )
     return summary

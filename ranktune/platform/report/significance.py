@@ -73,8 +73,9 @@ class Comparison:
         return {**asdict(self), "why": self.why()}
 
 
-def welch(winner: list[float], other: list[float], alpha: float = ALPHA) -> tuple[float, float, float, float, float,
-                                                                                   float, float]:  # fmt: skip
+def welch(
+    winner: list[float], other: list[float], alpha: float = ALPHA
+) -> tuple[float, float, float, float, float, float, float]:
     """(gap, se, df, t, p, low, high) of mean(other) - mean(winner); both need >= 2 values."""
     from scipy import stats
 
@@ -112,8 +113,9 @@ def seeds_per_arm(gap: float, winner: list[float], other: list[float], tie_thres
     return max(2, math.ceil(2.0 * (POWER_Z * sigma / effect) ** 2)) if effect > 0 else 2
 
 
-def compare(winner: tuple[str, list[float]], others: list[tuple[str, list[float]]], tie_threshold: float,
-            alpha: float = ALPHA) -> list[Comparison]:  # fmt: skip
+def compare(
+    winner: tuple[str, list[float]], others: list[tuple[str, list[float]]], tie_threshold: float, alpha: float = ALPHA
+) -> list[Comparison]:
     """The winner against each other configuration, Holm-adjusted over those that can be tested."""
     name, values = winner
     tests = {}
@@ -124,8 +126,11 @@ def compare(winner: tuple[str, list[float]], others: list[tuple[str, list[float]
     out = []
     for other, vals in others:
         if other not in tests:
-            out.append(Comparison(name, other, len(values), len(vals), None, None, None, None, None, None, None, None,
-                                  TOO_FEW, None))  # fmt: skip
+            out.append(
+                Comparison(
+                    name, other, len(values), len(vals), None, None, None, None, None, None, None, None, TOO_FEW, None
+                )
+            )
             continue
         gap, se, df, t, p, low, high = tests[other]
         if adjusted[other] < alpha:
@@ -134,6 +139,9 @@ def compare(winner: tuple[str, list[float]], others: list[tuple[str, list[float]
             verdict, seeds = TIE, None
         else:
             verdict, seeds = ADD_SEEDS, seeds_per_arm(gap, values, vals, tie_threshold)
-        out.append(Comparison(name, other, len(values), len(vals), gap, se, df, t, p, adjusted[other], low, high,
-                              verdict, seeds))  # fmt: skip
+        out.append(
+            Comparison(
+                name, other, len(values), len(vals), gap, se, df, t, p, adjusted[other], low, high, verdict, seeds
+            )
+        )
     return out

@@ -18,15 +18,39 @@ from typing import Any
 
 from ranktune.search_spaces.spec import SweepSpec
 
-STATUS_WORDS = {"finished": "finished", "stopped_early": "stopped", "pruned_memory": "pruned",
-                "infeasible_target": "infeasible", "failed": "failed", "lost": "lost", "running": "running",
-                "interrupted": "interrupted"}  # fmt: skip
+STATUS_WORDS = {
+    "finished": "finished",
+    "stopped_early": "stopped",
+    "pruned_memory": "pruned",
+    "infeasible_target": "infeasible",
+    "failed": "failed",
+    "lost": "lost",
+    "running": "running",
+    "interrupted": "interrupted",
+}
 # --sort keys -> (field of a flat row, descending?)
-SORT_KEYS = {"objective": ("objective", False), "method": ("method", False), "status": ("status_order", False),
-             "optimizer_state": ("optimizer_state_mib", False), "peak": ("peak_mib", False),
-             "tokens_per_s": ("tokens_per_s", True), "cost": ("device_hours", False)}  # fmt: skip
-COLUMNS = ("rank", "trial_id", "method", "params", "status", "objective", "optimizer_state_mib", "peak_mib",
-           "tokens_per_s", "device_hours", "reason")  # fmt: skip
+SORT_KEYS = {
+    "objective": ("objective", False),
+    "method": ("method", False),
+    "status": ("status_order", False),
+    "optimizer_state": ("optimizer_state_mib", False),
+    "peak": ("peak_mib", False),
+    "tokens_per_s": ("tokens_per_s", True),
+    "cost": ("device_hours", False),
+}
+COLUMNS = (
+    "rank",
+    "trial_id",
+    "method",
+    "params",
+    "status",
+    "objective",
+    "optimizer_state_mib",
+    "peak_mib",
+    "tokens_per_s",
+    "device_hours",
+    "reason",
+)
 
 
 def method_of(spec: SweepSpec, params: dict[str, Any]) -> str:
@@ -72,14 +96,24 @@ def flat_rows(spec: SweepSpec, rows: list[dict[str, Any]]) -> list[dict[str, Any
         if last is not None and r["objective"] is None and math.isfinite(last):
             at = f" at step {r['step']}" if r.get("step") is not None else ""
             reason = f"{reason or r['status']} (last {spec.objective.metric} {last:.4g}{at}, not a result)"
-        out.append({
-            "rank": i, "trial_id": r["trial_id"], "method": method_of(spec, r["params"]),
-            "params": params_text(r["params"]), "status": STATUS_WORDS.get(r["status"], r["status"]),
-            "status_order": STATUS_ORDER.get(r["status"], 9), "step": r["step"], "objective": r["objective"],
-            "optimizer_state_mib": _mib(r["optimizer_state_bytes"]), "peak_mib": _mib(r["peak_memory_bytes"]),
-            "tokens_per_s": r["tokens_per_s"], "device_hours": r["device_hours"], "device_kind": r["device_kind"],
-            "reason": reason,
-        })  # fmt: skip
+        out.append(
+            {
+                "rank": i,
+                "trial_id": r["trial_id"],
+                "method": method_of(spec, r["params"]),
+                "params": params_text(r["params"]),
+                "status": STATUS_WORDS.get(r["status"], r["status"]),
+                "status_order": STATUS_ORDER.get(r["status"], 9),
+                "step": r["step"],
+                "objective": r["objective"],
+                "optimizer_state_mib": _mib(r["optimizer_state_bytes"]),
+                "peak_mib": _mib(r["peak_memory_bytes"]),
+                "tokens_per_s": r["tokens_per_s"],
+                "device_hours": r["device_hours"],
+                "device_kind": r["device_kind"],
+                "reason": reason,
+            }
+        )
     return out
 
 
@@ -95,8 +129,11 @@ def sort_rows(flat: list[dict[str, Any]], key: str, mode: str) -> list[dict[str,
     def value(row: dict[str, Any]):
         v = row[field]
         missing = v is None or (isinstance(v, float) and not math.isfinite(v))
-        return (row["status_order"] > 1 if field == "objective" else False, missing,
-                0 if missing else (-v if descending and not isinstance(v, str) else v))  # fmt: skip
+        return (
+            row["status_order"] > 1 if field == "objective" else False,
+            missing,
+            0 if missing else (-v if descending and not isinstance(v, str) else v),
+        )
 
     return sorted(flat, key=value)
 
@@ -122,9 +159,13 @@ def render_table(spec: SweepSpec, flat: list[dict[str, Any]], width: int = 100, 
         console = Console(width=width, file=console.file)
     unit = flat[0]["device_kind"] if flat else "GPU"
     metric = spec.objective.metric
-    table = Table(title=f"{spec.name}: {spec.objective.mode} {metric} after {spec.budget.steps_per_trial} steps; "
-                        f"memory in MiB (opt: optimizer state)", box=box.SIMPLE_HEAD, pad_edge=False,
-                  padding=(0, 1, 0, 0))  # fmt: skip
+    table = Table(
+        title=f"{spec.name}: {spec.objective.mode} {metric} after {spec.budget.steps_per_trial} steps; "
+        f"memory in MiB (opt: optimizer state)",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        padding=(0, 1, 0, 0),
+    )
     table.add_column("#", justify="right")
     table.add_column("method", no_wrap=True)
     # As wide as its longest `key=value` at least, so none is cut mid-word (rich folds what does not fit).
@@ -140,10 +181,17 @@ def render_table(spec: SweepSpec, flat: list[dict[str, Any]], width: int = 100, 
     for r in flat:
         status = r["status"] if r["status"] != "stopped" or r["step"] is None else f"stop@{r['step']}"
         table.add_row(
-            str(r["rank"]), r["method"], r["params"] or "-", status, _cell(r["objective"]),
-            _cell(r["optimizer_state_mib"], ".2f"), _cell(r["peak_mib"], ".0f"), _cell(r["tokens_per_s"], ".0f"),
-            _cell(r["device_hours"], ".3f"), r["trial_id"] or "?",
-        )  # fmt: skip
+            str(r["rank"]),
+            r["method"],
+            r["params"] or "-",
+            status,
+            _cell(r["objective"]),
+            _cell(r["optimizer_state_mib"], ".2f"),
+            _cell(r["peak_mib"], ".0f"),
+            _cell(r["tokens_per_s"], ".0f"),
+            _cell(r["device_hours"], ".3f"),
+            r["trial_id"] or "?",
+        )
     console.print(table)
     for r in flat:
         if r["reason"] and r["status"] != "finished":
@@ -168,23 +216,38 @@ def to_markdown(spec: SweepSpec, flat: list[dict[str, Any]]) -> str:
     head = ["#", "method", "params", "status", metric, "opt MiB", "peak MiB", "tok/s", "trial"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in flat:
-        cells = [str(r["rank"]), r["method"], f"`{r['params']}`" if r["params"] else "-", r["status"],
-                 _cell(r["objective"]), _cell(r["optimizer_state_mib"], ".2f"), _cell(r["peak_mib"], ".0f"),
-                 _cell(r["tokens_per_s"], ".0f"), r["trial_id"] or "?"]  # fmt: skip
+        cells = [
+            str(r["rank"]),
+            r["method"],
+            f"`{r['params']}`" if r["params"] else "-",
+            r["status"],
+            _cell(r["objective"]),
+            _cell(r["optimizer_state_mib"], ".2f"),
+            _cell(r["peak_mib"], ".0f"),
+            _cell(r["tokens_per_s"], ".0f"),
+            r["trial_id"] or "?",
+        ]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
 
 
-def winner_lines(spec: SweepSpec, best: dict[str, Any] | None, storage: str,
-                 confirm: dict[str, Any] | None = None, running: str | None = None) -> list[str]:  # fmt: skip
+def winner_lines(
+    spec: SweepSpec,
+    best: dict[str, Any] | None,
+    storage: str,
+    confirm: dict[str, Any] | None = None,
+    running: str | None = None,
+) -> list[str]:
     """The last lines of a report: who won (by the replicates' mean when there are replicates), and
     the command to run next (quoted, to paste as is). `running`: who runs the sweep now, if anyone."""
     quoted = shlex.quote(str(storage))
     if best is None:
         if running is not None:  # `--resume` is refused while the driver runs
             return [f"no trial has run its whole budget yet: the sweep is still running ({running})"]
-        return ["no trial ran its whole budget: nothing to export (reasons above); "
-                f"finish it with: ranktune sweep --resume {quoted}"]  # fmt: skip
+        return [
+            "no trial ran its whole budget: nothing to export (reasons above); "
+            f"finish it with: ranktune sweep --resume {quoted}"
+        ]
     method, metric = method_of(spec, best["params"]), spec.objective.metric
     top = next((c for c in (confirm or {}).get("configurations", []) if c["trial_id"] == best["trial_id"]), None)
     if top is not None and top["mean"] is not None:

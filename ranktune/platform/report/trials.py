@@ -90,7 +90,8 @@ def collect_trials(spec: SweepSpec, state: SweepState) -> list[TrialRow]:
                 objective=_objective(metrics, metric, status),
                 # A failed trial's last evaluation, labelled as such in the report (not its objective);
                 # stores written before `last_*` existed kept it as `final_*`.
-                last_objective=None if status in RESULT_STATUSES
+                last_objective=None
+                if status in RESULT_STATUSES
                 else metrics.get(f"last_{metric}", metrics.get(f"final_{metric}")),
                 step=_last_step(client, run.info.run_id, metric),
                 eval_ppl=metrics.get("final_eval_ppl"),
@@ -127,12 +128,17 @@ def collect_replicates(spec: SweepSpec, state: SweepState) -> list[ReplicateRow]
         for run in child_runs(client, state.experiment_id, config_run.info.run_id):
             tags = run.data.tags
             status = tags.get(STATUS_TAG, "running")
-            rows.append({
-                "trial_id": tags.get(TRIAL_TAG), "run_id": run.info.run_id, "replicate_of": of,
-                "status": status, "params": json.loads(tags.get(PARAMS_TAG, "{}")),
-                "objective": _objective(run.data.metrics, spec.objective.metric, status),
-                "start_time": run.info.start_time,
-            })  # fmt: skip
+            rows.append(
+                {
+                    "trial_id": tags.get(TRIAL_TAG),
+                    "run_id": run.info.run_id,
+                    "replicate_of": of,
+                    "status": status,
+                    "params": json.loads(tags.get(PARAMS_TAG, "{}")),
+                    "objective": _objective(run.data.metrics, spec.objective.metric, status),
+                    "start_time": run.info.start_time,
+                }
+            )
     return sorted(rows, key=lambda r: r["start_time"] or 0)
 
 
@@ -151,8 +157,12 @@ def read_trials(spec: SweepSpec, state: SweepState) -> tuple[list[TrialRow], str
     except ConfigError as unreachable:
         saved = spec.storage_dir / RESULTS_FILE
         if not saved.is_file():
-            raise ConfigError([f"{unreachable.problems[0]}; and {saved} does not exist (the sweep never ended), "
-                               "so there is nothing to read offline"]) from None  # fmt: skip
+            raise ConfigError(
+                [
+                    f"{unreachable.problems[0]}; and {saved} does not exist (the sweep never ended), "
+                    "so there is nothing to read offline"
+                ]
+            ) from None
         when = datetime.datetime.fromtimestamp(saved.stat().st_mtime).strftime("%Y-%m-%d %H:%M")
         return json.loads(saved.read_text()), (
             f"note: tracking server {strip_userinfo(state.tracking_uri)} does not answer; using {saved} "

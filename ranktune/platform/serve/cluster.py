@@ -64,8 +64,11 @@ class LocalCluster:
         return cls(root=Path(root), nodes=nodes, **{k: v for k, v in raw.items() if k != "root"})
 
     def save(self) -> None:
-        state = {"address": self.address, "dashboard_url": self.dashboard_url,
-                 "nodes": {name: asdict(node) for name, node in self.nodes.items()}}  # fmt: skip
+        state = {
+            "address": self.address,
+            "dashboard_url": self.dashboard_url,
+            "nodes": {name: asdict(node) for name, node in self.nodes.items()},
+        }
         (self.root / STATE_FILE).write_text(json.dumps(state, indent=2))
 
     def _ray_start(self, name: str, args: list[str], cpus: float, object_store_mib: int) -> None:
@@ -73,13 +76,19 @@ class LocalCluster:
         resource = f"node_{name}"
         temp_dir.mkdir(parents=True, exist_ok=True)
         cmd = [
-            str(Path(sys.executable).parent / "ray"), "start", *args,
-            f"--num-cpus={cpus:g}", "--num-gpus=0",
-            f"--resources={json.dumps({resource: 1})}", f"--object-store-memory={object_store_mib * 2**20}",
-            f"--temp-dir={temp_dir}", "--disable-usage-stats",
+            str(Path(sys.executable).parent / "ray"),
+            "start",
+            *args,
+            f"--num-cpus={cpus:g}",
+            "--num-gpus=0",
+            f"--resources={json.dumps({resource: 1})}",
+            f"--object-store-memory={object_store_mib * 2**20}",
+            f"--temp-dir={temp_dir}",
+            "--disable-usage-stats",
             # The defaults of these are fixed port numbers: two nodes on one machine would collide.
-            f"--dashboard-agent-listen-port={free_port()}", f"--metrics-export-port={free_port()}",
-        ]  # fmt: skip
+            f"--dashboard-agent-listen-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+        ]
         log_file = self.root / f"{name}.start.log"
         with open(log_file, "w") as log:
             # A new session per node: all of the node's processes carry its id (see `stop_node`).
@@ -158,8 +167,13 @@ class LocalCluster:
         return {name: by_resource[node.resource] for name, node in self.nodes.items() if node.resource in by_resource}
 
 
-def start_cluster(root: str | Path, workers: int = 1, cpus_per_node: float = 1, object_store_mib: int = 256,
-                  dashboard_host: str | None = None) -> LocalCluster:  # fmt: skip
+def start_cluster(
+    root: str | Path,
+    workers: int = 1,
+    cpus_per_node: float = 1,
+    object_store_mib: int = 256,
+    dashboard_host: str | None = None,
+) -> LocalCluster:
     """A head and `workers` worker nodes, named head, worker1, worker2, ...; on failure nothing is left running."""
     root = Path(root)
     if (root / STATE_FILE).exists():

@@ -93,8 +93,9 @@ def wait_until_answers(url: str, process: subprocess.Popen, timeout_s: float) ->
     return False
 
 
-def run_process_group(cmd: list[str], on_start: Callable[[subprocess.Popen], None] | None = None,
-                      grace_s: float = 10.0) -> int:  # fmt: skip
+def run_process_group(
+    cmd: list[str], on_start: Callable[[subprocess.Popen], None] | None = None, grace_s: float = 10.0
+) -> int:
     """Run `cmd` in its own process group until it exits; SIGINT/SIGTERM here stop the whole group
     (`mlflow ui` forks gunicorn/uvicorn workers that would otherwise keep listening). `on_start` runs
     once the process exists, with the signal handlers already in place."""
@@ -109,8 +110,9 @@ def run_process_group(cmd: list[str], on_start: Callable[[subprocess.Popen], Non
             os.killpg(proc.pid, signal.SIGTERM)
 
     # SIGHUP (terminal closed) stops the server too, unless the caller ignores it (`nohup`).
-    handled = [signal.SIGINT, signal.SIGTERM] + ([signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN
-                                                 else [])  # fmt: skip
+    handled = [signal.SIGINT, signal.SIGTERM] + (
+        [signal.SIGHUP] if signal.getsignal(signal.SIGHUP) != signal.SIG_IGN else []
+    )
     previous = {sig: signal.signal(sig, stop) for sig in handled}
     try:
         if on_start is not None:
@@ -130,8 +132,14 @@ def run_process_group(cmd: list[str], on_start: Callable[[subprocess.Popen], Non
     return 0 if stopping else rc
 
 
-def serve_until_stopped(cmd: list[str], probe_url: str, show_url: str, what: str, timeout_s: float = 300,
-                        listen: tuple[str, int] | None = None) -> int:  # fmt: skip
+def serve_until_stopped(
+    cmd: list[str],
+    probe_url: str,
+    show_url: str,
+    what: str,
+    timeout_s: float = 300,
+    listen: tuple[str, int] | None = None,
+) -> int:
     """Run a server (in its own process group, see run_process_group) until it exits or is stopped,
     printing `show_url` once `probe_url` answers.
 
@@ -147,14 +155,17 @@ def serve_until_stopped(cmd: list[str], probe_url: str, show_url: str, what: str
         if wait_until_answers(probe_url, process, timeout_s):
             stranger = listen is not None and not listened_by_session(listen[1], process.pid)
             if stranger:
-                taken.append(f"error: port {listen[1]} answers, but not from the {what} started here (another "
-                             "process took the port meanwhile) -> choose another --port")  # fmt: skip
+                taken.append(
+                    f"error: port {listen[1]} answers, but not from the {what} started here (another "
+                    "process took the port meanwhile) -> choose another --port"
+                )
                 os.kill(os.getpid(), signal.SIGTERM)  # stop it the way Ctrl-C does
             else:
                 print(f"{what}: {show_url}  (Ctrl-C to stop)", flush=True)
         elif process.poll() is None:
-            print(f"warning: {what} did not answer at {probe_url} within {timeout_s:g} s; still waiting",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"warning: {what} did not answer at {probe_url} within {timeout_s:g} s; still waiting", file=sys.stderr
+            )
 
     rc = run_process_group(cmd, on_start=announce)
     if taken:
@@ -175,8 +186,12 @@ def check_port_free(host: str, port: int) -> None:
         try:
             probe.bind(("127.0.0.1" if host == "localhost" else host, port))
         except OSError as exc:
-            raise ConfigError([f"--port: {port} on {host} -> a free port ({exc.strerror or exc}: another server, "
-                               "e.g. another sweep's UI, listens there)"]) from None  # fmt: skip
+            raise ConfigError(
+                [
+                    f"--port: {port} on {host} -> a free port ({exc.strerror or exc}: another server, "
+                    "e.g. another sweep's UI, listens there)"
+                ]
+            ) from None
 
 
 def listening_socket_inodes(port: int) -> set[str]:
@@ -205,8 +220,13 @@ def listened_by_session(port: int, session_id: int) -> bool:
     return False
 
 
-def mlflow_server_command(backend_store_uri: str, artifacts_destination: str, host: str = "127.0.0.1",
-                          port: int = 5000, basic_auth: bool = False) -> list[str]:  # fmt: skip
+def mlflow_server_command(
+    backend_store_uri: str,
+    artifacts_destination: str,
+    host: str = "127.0.0.1",
+    port: int = 5000,
+    basic_auth: bool = False,
+) -> list[str]:
     """`mlflow server` for a team's sweeps: runs in `backend_store_uri` (sqlite or PostgreSQL), artifacts
     proxied by the server into `artifacts_destination` (shared storage), so clients need no access to it."""
     from ranktune.trainables.errors import ConfigError  # deferred: importing ranktune.trainables imports torch
@@ -215,8 +235,20 @@ def mlflow_server_command(backend_store_uri: str, artifacts_destination: str, ho
         raise ConfigError(["--basic-auth: MLflow's basic-auth app needs Flask-WTF -> pip install 'mlflow[auth]'"])
     login = "" if basic_auth else " (no login: see --basic-auth)"
     warn_if_exposed("MLflow tracking server", host, port, f"can read and change every run{login}")
-    cmd = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
-           "--artifacts-destination", artifacts_destination, "--host", host, "--port", str(port)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlflow",
+        "server",
+        "--backend-store-uri",
+        backend_store_uri,
+        "--artifacts-destination",
+        artifacts_destination,
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
     return cmd + (["--app-name", "basic-auth"] if basic_auth else [])
 
 
@@ -259,8 +291,10 @@ def recorded_server(pidfile: Path) -> tuple[ProcessIdentity | None, str | None]:
     except FileNotFoundError:
         return None, None
     except (OSError, ValueError, KeyError, TypeError):
-        return None, (f"warning: {pidfile} is not a record this command wrote (pid, start time, command line); "
-                      "not stopping any process it names")  # fmt: skip
+        return None, (
+            f"warning: {pidfile} is not a record this command wrote (pid, start time, command line); "
+            "not stopping any process it names"
+        )
     now = process_identity(recorded.pid)
     if now is None:
         return None, None  # that server is gone

@@ -71,5 +71,6 @@ def check_mlflow_store(db: Path) -> None:
     except sqlite3.Error as exc:
         raise ConfigError([f"{str(db)!r} is damaged (sqlite: {exc}) -> {restore}"]) from None
     if not MLFLOW_TABLES <= tables:
-        raise ConfigError([f"{str(db)!r} is not an MLflow store (no {', '.join(sorted(MLFLOW_TABLES - tables))} "
-                           f"table) -> {restore}"])  # fmt: skip
+        raise ConfigError(
+            [f"{str(db)!r} is not an MLflow store (no {', '.join(sorted(MLFLOW_TABLES - tables))} table) -> {restore}"]
+        )

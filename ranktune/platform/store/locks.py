@@ -59,8 +59,12 @@ def make_directory(directory: Path, field: str) -> None:
 
 def refuse_symlink(path: Path, field: str) -> None:
     if path.is_symlink():
-        raise ConfigError([f"{field}: {str(path)!r} is a symbolic link (to {os.readlink(path)!r}) -> remove it; "
-                           "ranktune does not write through links in a directory it owns"])  # fmt: skip
+        raise ConfigError(
+            [
+                f"{field}: {str(path)!r} is a symbolic link (to {os.readlink(path)!r}) -> remove it; "
+                "ranktune does not write through links in a directory it owns"
+            ]
+        )
 
 
 def write_no_follow(path: Path, text: str, field: str) -> None:
@@ -94,7 +98,7 @@ def own_directory(directory: str | Path, field: str, what: str) -> Iterator[Path
             [
                 f"{field}: {str(directory)!r} is in use by another {what}, {describe_owner(directory)}; "
                 "wait for it to finish or stop it"
-            ]  # fmt: skip
+            ]
         ) from None
     except OSError as exc:  # a link planted between the check above and the open (filelock uses O_NOFOLLOW)
         if exc.errno == errno.ELOOP:

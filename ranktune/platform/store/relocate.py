@@ -40,8 +40,11 @@ log = logging.getLogger(__name__)
 
 SQLITE_PREFIX = "sqlite:///"
 # (table, column) pairs of MLflow's sqlite schema that hold absolute artifact URIs.
-ARTIFACT_COLUMNS = (("experiments", "artifact_location"), ("runs", "artifact_uri"),
-                    ("logged_models", "artifact_location"))  # fmt: skip
+ARTIFACT_COLUMNS = (
+    ("experiments", "artifact_location"),
+    ("runs", "artifact_uri"),
+    ("logged_models", "artifact_location"),
+)
 
 
 def recorded_dir(spec: SweepSpec, state: SweepState) -> Path | None:

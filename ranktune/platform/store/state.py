@@ -80,8 +80,11 @@ def read_state_file(path: Path) -> tuple[SweepSpec, SweepState]:
 
     what = "the spec and MLflow ids `ranktune sweep` wrote; restore it from a copy of the sweep"
     state = read_json_object(path, what, required=("spec", "tracking_uri", "experiment_id", "parent_run_id"))
-    wrong = [f"{key}: {state[key]!r}" for key in ("tracking_uri", "experiment_id", "parent_run_id")
-             if not isinstance(state[key], str) or not state[key]]  # fmt: skip
+    wrong = [
+        f"{key}: {state[key]!r}"
+        for key in ("tracking_uri", "experiment_id", "parent_run_id")
+        if not isinstance(state[key], str) or not state[key]
+    ]
     recorded = state.get("storage_dir")  # where the sweep last was (relocate.py): absent in older sweeps
     if recorded is not None and not (isinstance(recorded, str) and Path(recorded).is_absolute()):
         wrong.append(f"storage_dir: {recorded!r} is not an absolute path")

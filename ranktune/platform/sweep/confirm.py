@@ -61,8 +61,12 @@ def run_confirm(sweep: Sweep, retry_failed: bool = False) -> dict[str, Any] | No
     config_runs = state.confirm_runs
     for row in chosen:
         if row["trial_id"] not in config_runs:
-            tags = {"mlflow.parentRunId": state.parent_run_id, CONFIRM_OF_TAG: row["trial_id"], SWEEP_TAG: spec.name,
-                    ROLE_TAG: CONFIGURATION}  # fmt: skip
+            tags = {
+                "mlflow.parentRunId": state.parent_run_id,
+                CONFIRM_OF_TAG: row["trial_id"],
+                SWEEP_TAG: spec.name,
+                ROLE_TAG: CONFIGURATION,
+            }
             name = f"{run_name(row['params'], row['trial_id'])}-replicated"
             run = client.create_run(state.experiment_id, run_name=name, tags=tags)
             # its params as the trials': the runs view groups by optim.name and shows each method's own
@@ -79,18 +83,24 @@ def run_confirm(sweep: Sweep, retry_failed: bool = False) -> dict[str, Any] | No
 
     confirm_dir = spec.storage_dir / CONFIRM_DIR
     if tune.Tuner.can_restore(str(confirm_dir)):
-        tuner = tune.Tuner.restore(str(confirm_dir), trainable=sweep.trainable(), resume_unfinished=True,
-                                   resume_errored=retry_failed)  # fmt: skip
+        tuner = tune.Tuner.restore(
+            str(confirm_dir), trainable=sweep.trainable(), resume_unfinished=True, resume_errored=retry_failed
+        )
     else:
         tuner = tune.Tuner(
             sweep.trainable(),
             tune_config=tune.TuneConfig(
-                search_alg=fixed_points(points), num_samples=len(points),
+                search_alg=fixed_points(points),
+                num_samples=len(points),
                 max_concurrent_trials=spec.max_concurrent,
             ),
-            run_config=tune.RunConfig(name=CONFIRM_DIR, storage_path=str(spec.storage_dir), verbose=0,
-                                      callbacks=sweep.callbacks(len(points), parent_of)),
-        )  # fmt: skip
+            run_config=tune.RunConfig(
+                name=CONFIRM_DIR,
+                storage_path=str(spec.storage_dir),
+                verbose=0,
+                callbacks=sweep.callbacks(len(points), parent_of),
+            ),
+        )
     results = tuner.fit()
     if results.num_terminated + results.num_errors < len(points):  # interrupted: `--resume` continues it
         return None
@@ -125,8 +135,11 @@ def run_confirm(sweep: Sweep, retry_failed: bool = False) -> dict[str, Any] | No
         client.set_terminated(run_id, status="FINISHED")
     client.set_tag(state.parent_run_id, "ranktune.verdict", f"{summary['verdict']}: {summary['why']}")
     if "baseline_verdict" in summary:
-        client.set_tag(state.parent_run_id, "ranktune.baseline_verdict",
-                       f"{summary['baseline_verdict']}: {summary['baseline_why']}")  # fmt: skip
+        client.set_tag(
+            state.parent_run_id,
+            "ranktune.baseline_verdict",
+            f"{summary['baseline_verdict']}: {summary['baseline_why']}",
+        )
     write_json_atomic(path, summary)
     client.log_artifact(state.parent_run_id, str(path))
     return summary
@@ -156,5 +169,3 @@ def fixed_points(points: list[dict[str, Any]]):
             self.pending = json.loads(Path(checkpoint_path).read_text())
 
     return FixedPoints(points)
-
-

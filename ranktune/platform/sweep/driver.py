@@ -44,8 +44,9 @@ def resolved_config_yaml(spec_json: str, params: dict[str, Any]) -> str:
     return yaml.safe_dump(proxy_config(spec, params).model_dump(mode="json"), sort_keys=False)
 
 
-def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[str, Any],
-                     confirm: dict[str, Any] | None) -> str:  # fmt: skip
+def best_config_yaml(
+    spec: SweepSpec, trials: list[dict[str, Any]], best: dict[str, Any], confirm: dict[str, Any] | None
+) -> str:
     """best_config.yaml: the winner's training config, led by a comment header naming the sweep, the
     trial, its method and objective, and how it was chosen.
 
@@ -63,11 +64,16 @@ def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[s
     if confirmed is not None:
         trial_id, params = confirmed["trial_id"], confirmed["params"]
         std = "-" if confirmed["std"] is None else f"{confirmed['std']:.4f}"
-        value = (f"{confirmed['mean']:.4f} +/- {std} over {confirmed['n']} replicates "
-                 f"(its search trial: {confirmed['search_objective']:.4f})")  # fmt: skip
-        single = ("also the search's single best trial" if trial_id == best["trial_id"] else
-                  f"preferred to the search's single best trial {best['trial_id']} "
-                  f"({method_of(spec, best['params'])}, {metric} {best['objective']:.4f})")  # fmt: skip
+        value = (
+            f"{confirmed['mean']:.4f} +/- {std} over {confirmed['n']} replicates "
+            f"(its search trial: {confirmed['search_objective']:.4f})"
+        )
+        single = (
+            "also the search's single best trial"
+            if trial_id == best["trial_id"]
+            else f"preferred to the search's single best trial {best['trial_id']} "
+            f"({method_of(spec, best['params'])}, {metric} {best['objective']:.4f})"
+        )
         chosen = [
             f"chosen by the replicates: the best {metric} mean of {confirmed['n']} replicates with new seeds "
             f"(verdict: {confirm['verdict']}, {confirm['why']});",
@@ -77,8 +83,10 @@ def best_config_yaml(spec: SweepSpec, trials: list[dict[str, Any]], best: dict[s
         trial_id, params = best["trial_id"], best["params"]
         value = f"{best['objective']:.4f} at the full budget ({spec.budget.steps_per_trial} steps)"
         full = [t for t in trials if t["status"] == "finished" and t["objective"] is not None]
-        chosen = [f"chosen by the search: the {'lowest' if mode == 'min' else 'highest'} {metric} of the trials "
-                  f"that ran the whole budget ({len(full)} of {len(trials)}; no replicates)"]  # fmt: skip
+        chosen = [
+            f"chosen by the search: the {'lowest' if mode == 'min' else 'highest'} {metric} of the trials "
+            f"that ran the whole budget ({len(full)} of {len(trials)}; no replicates)"
+        ]
     cfg = spec.trial_config(params)
     method = cfg.optim.name
     dropped = sorted(foreign_sections(method))
@@ -174,8 +182,10 @@ def check_cluster_fits(spec: SweepSpec, gpus_per_trial: float) -> None:
             f"multi-worker trial's driver) -> at most the cluster's {total.get('CPU', 0):g} CPUs"
         )
     if gpus > total.get("GPU", 0):
-        problems.append(f"resources.gpus_per_trial: {gpus / r.num_workers:g} x {r.num_workers} workers -> at most "
-                        f"the cluster's {total.get('GPU', 0):g} GPUs (or 0 / auto on CPU-only machines)")  # fmt: skip
+        problems.append(
+            f"resources.gpus_per_trial: {gpus / r.num_workers:g} x {r.num_workers} workers -> at most "
+            f"the cluster's {total.get('GPU', 0):g} GPUs (or 0 / auto on CPU-only machines)"
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -213,11 +223,17 @@ def build_searcher(spec: SweepSpec, storage: Path, state: SweepState | None = No
     num_trials = len(points) if spec.search.algorithm == "grid" else spec.budget.num_trials
     # Optuna hears what MLflow records: stopped trials PRUNED with their curves, metric names (study_view.py).
     kwargs = dict(
-        space=space.sample, metric=metric, mode=mode, sampler=sampler, study_name=spec.name, storage=rdb,
-        points_to_evaluate=points, full_budget_step=spec.budget.steps_per_trial,
+        space=space.sample,
+        metric=metric,
+        mode=mode,
+        sampler=sampler,
+        study_name=spec.name,
+        storage=rdb,
+        points_to_evaluate=points,
+        full_budget_step=spec.budget.steps_per_trial,
         metric_names=[o.metric for o in spec.all_objectives()],
         tracking=(state.tracking_uri, state.experiment_id) if state else None,
-    )  # fmt: skip
+    )
     if spec.target is None:
         return SweepOptunaSearch(**kwargs), num_trials
     searcher = FeasibleSearch(**kwargs, target_spec_json=spec.model_dump_json(), num_trials=num_trials)
@@ -256,9 +272,14 @@ def build_scheduler(spec: SweepSpec, eval_every: int):
     # Milestones in optimizer updates, the same for every method; see milestones.py for when a
     # trial is judged (never inside a warm start or a restart's re-warm) and which trials never are.
     return build_method_aware_scheduler(
-        spec, spec_json(spec), time_attr="step", max_t=steps, grace_period=grace, reduction_factor=s.reduction_factor,
+        spec,
+        spec_json(spec),
+        time_attr="step",
+        max_t=steps,
+        grace_period=grace,
+        reduction_factor=s.reduction_factor,
         brackets=brackets,
-    )  # fmt: skip
+    )
 
 
 def _token_budget(max_tokens: int | None):
@@ -297,12 +318,14 @@ def store_runs_view(client, spec: SweepSpec, experiment_id: str) -> bool:
         methods = list(space.branches.choices)
     else:
         methods = [spec.trial_config({}).optim.name]
-    return set_runs_view(client, experiment_id, spec.objective.metric, spec.objective.mode,
-                         sorted(space.all_params()), methods)  # fmt: skip
+    return set_runs_view(
+        client, experiment_id, spec.objective.metric, spec.objective.mode, sorted(space.all_params()), methods
+    )
 
 
-def parent_note(spec: SweepSpec, state: SweepState, trials: list[dict[str, Any]], confirm,
-                proxy_checks: list[str] | None = None) -> str:  # fmt: skip
+def parent_note(
+    spec: SweepSpec, state: SweepState, trials: list[dict[str, Any]], confirm, proxy_checks: list[str] | None = None
+) -> str:
     """The parent run's description in the MLflow UI: who won, the next commands (naming the sweep's
     directory as it is now, also after a copy), whether the proxy's answer is worth much, the ranked table."""
     from ranktune.platform.report.proxy_checks import proxy_check_lines
@@ -332,15 +355,23 @@ def start_tracking(spec: SweepSpec) -> dict[str, Any]:
     parent = client.create_run(experiment_id, run_name=spec.name, tags={SWEEP_TAG: spec.name})
     run_id = parent.info.run_id
     for key, value in {
-        "preset": spec.space.preset, "search.algorithm": spec.search.algorithm, "scheduler": spec.scheduler.name,
-        "num_trials": spec.budget.num_trials, "steps_per_trial": spec.budget.steps_per_trial,
-        "objective": f"{spec.objective.mode} {spec.objective.metric}", "max_concurrent": spec.max_concurrent,
+        "preset": spec.space.preset,
+        "search.algorithm": spec.search.algorithm,
+        "scheduler": spec.scheduler.name,
+        "num_trials": spec.budget.num_trials,
+        "steps_per_trial": spec.budget.steps_per_trial,
+        "objective": f"{spec.objective.mode} {spec.objective.metric}",
+        "max_concurrent": spec.max_concurrent,
         "seed": spec.seed,
-    }.items():  # fmt: skip
+    }.items():
         client.log_param(run_id, key, strip_userinfo(str(value)))
     log_text_artifact(client, run_id, "sweep_spec.yaml", yaml.safe_dump(json.loads(spec_json(spec)), sort_keys=False))
-    return {"tracking_uri": spec.tracking_uri, "experiment_id": experiment_id, "parent_run_id": run_id,
-            "storage_dir": str(storage)}  # fmt: skip
+    return {
+        "tracking_uri": spec.tracking_uri,
+        "experiment_id": experiment_id,
+        "parent_run_id": run_id,
+        "storage_dir": str(storage),
+    }
 
 
 def check_before_start(spec: SweepSpec) -> None:
@@ -385,8 +416,9 @@ class Sweep:
             # yet (the trade-off objectives), which the searcher reads only from the final result. Tune's
             # strict check would refuse both. Read by Tune in this (driver) process at each result.
             os.environ["TUNE_DISABLE_STRICT_METRIC_CHECKING"] = "1"
-        trainable = tune.with_parameters(run_trial, spec_json=self.spec_json, gpus_per_trial=self.gpus_per_trial,
-                                         prepare=self.prepare)  # fmt: skip
+        trainable = tune.with_parameters(
+            run_trial, spec_json=self.spec_json, gpus_per_trial=self.gpus_per_trial, prepare=self.prepare
+        )
         if spec.resources.num_workers > 1:
             # The trial only drives a Ray Train run; its workers request their own CPUs/GPUs.
             return tune.with_resources(trainable, {"cpu": TRAIN_DRIVER_CPUS})
@@ -401,13 +433,23 @@ class Sweep:
         spec, state = self.spec, self.state
         return [
             MlflowTrials(
-                state.tracking_uri, state.experiment_id, state.parent_run_id, spec.name,
-                spec.budget.steps_per_trial, functools.partial(resolved_config_yaml, self.spec_json),
-                functools.partial(trial_memory_rejection, self.spec_json, self.gpus_per_trial), parent_of,
+                state.tracking_uri,
+                state.experiment_id,
+                state.parent_run_id,
+                spec.name,
+                spec.budget.steps_per_trial,
+                functools.partial(resolved_config_yaml, self.spec_json),
+                functools.partial(trial_memory_rejection, self.spec_json, self.gpus_per_trial),
+                parent_of,
             ),
-            SweepProgress(num_trials, spec.objective.metric, spec.budget.steps_per_trial, enabled=self.progress,
-                          mode=spec.objective.mode),
-        ]  # fmt: skip
+            SweepProgress(
+                num_trials,
+                spec.objective.metric,
+                spec.budget.steps_per_trial,
+                enabled=self.progress,
+                mode=spec.objective.mode,
+            ),
+        ]
 
     def tuner(self):
         """The search's Tune run, new."""
@@ -420,16 +462,23 @@ class Sweep:
         return tune.Tuner(
             self.trainable(),
             tune_config=tune.TuneConfig(
-                metric=spec.objective.metric, mode=spec.objective.mode, search_alg=searcher,
-                scheduler=build_scheduler(spec, eval_every), num_samples=num_trials,
-                max_concurrent_trials=spec.max_concurrent, time_budget_s=spec.budget.time_budget_s,
+                metric=spec.objective.metric,
+                mode=spec.objective.mode,
+                search_alg=searcher,
+                scheduler=build_scheduler(spec, eval_every),
+                num_samples=num_trials,
+                max_concurrent_trials=spec.max_concurrent,
+                time_budget_s=spec.budget.time_budget_s,
             ),
             run_config=tune.RunConfig(
-                name=TUNE_DIR, storage_path=str(storage), callbacks=self.callbacks(num_trials),
+                name=TUNE_DIR,
+                storage_path=str(storage),
+                callbacks=self.callbacks(num_trials),
                 stop=_token_budget(spec.budget.max_tokens),
-                failure_config=tune.FailureConfig(max_failures=spec.max_failures), verbose=0,
+                failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                verbose=0,
             ),
-        )  # fmt: skip
+        )
 
     def restored_tuner(self, retry_failed: bool):
         """The search's Tune run as its last snapshot left it (a new one when it was killed before any)."""
@@ -438,8 +487,9 @@ class Sweep:
         tune_dir = self.spec.storage_dir / TUNE_DIR
         if not tune.Tuner.can_restore(str(tune_dir)):  # killed before Tune saved any state: the same parent run
             return self.tuner()
-        return tune.Tuner.restore(str(tune_dir), trainable=self.trainable(), resume_unfinished=True,
-                                  resume_errored=retry_failed)  # fmt: skip
+        return tune.Tuner.restore(
+            str(tune_dir), trainable=self.trainable(), resume_unfinished=True, resume_errored=retry_failed
+        )
 
     def replicate(self, retry_failed: bool = False) -> None:
         """The `confirm` phase after the search (platform/sweep/confirm.py): replicates of the best configurations."""
@@ -537,8 +587,9 @@ def start_ray(spec: SweepSpec, address: str | None) -> float:
     return gpus
 
 
-def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | None = None,
-              progress: bool = True) -> dict[str, Any]:  # fmt: skip
+def run_sweep(
+    spec: SweepSpec, address: str | None = None, prepare: Callable | None = None, progress: bool = True
+) -> dict[str, Any]:
     """Start a new sweep in `spec.storage_dir` and run it to the end; returns the summary."""
     from ranktune.platform.store.locks import own_directory
     from ranktune.platform.tracking.client import mlflow_client
@@ -546,9 +597,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
     check_before_start(spec)
     with own_directory(spec.storage_dir, "storage", "sweep") as storage:
         if (storage / STATE_FILE).exists():
-            raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> `ranktune sweep --resume "
-                               f"{shlex.quote(str(storage))}` continues it; choose another name or storage to start "
-                               "a new one"])  # fmt: skip
+            raise ConfigError(
+                [
+                    f"storage: {str(storage)!r} already holds a sweep -> `ranktune sweep --resume "
+                    f"{shlex.quote(str(storage))}` continues it; choose another name or storage to start "
+                    "a new one"
+                ]
+            )
         gpus = start_ray(spec, address)
         state = SweepState(spec=json.loads(spec_json(spec)), **start_tracking(spec))
         sweep = Sweep(spec, state, gpus, prepare, progress)
@@ -563,8 +618,13 @@ def run_sweep(spec: SweepSpec, address: str | None = None, prepare: Callable | N
         return sweep.fit_and_finish(tuner)
 
 
-def resume_sweep(storage_dir: str | Path, address: str | None = None, prepare: Callable | None = None,
-                 progress: bool = True, retry_failed: bool = True) -> dict[str, Any]:  # fmt: skip
+def resume_sweep(
+    storage_dir: str | Path,
+    address: str | None = None,
+    prepare: Callable | None = None,
+    progress: bool = True,
+    retry_failed: bool = True,
+) -> dict[str, Any]:
     """Continue a sweep whose driver died: finished trials stay, interrupted ones resume from checkpoints.
 
     `retry_failed`: failed trials and replicates run again too, each from its last checkpoint (a
@@ -595,12 +655,20 @@ def close_lost_runs(client, state: SweepState, interrupted: bool = False) -> lis
             continue
         if interrupted:
             client.set_tag(run.info.run_id, STATUS_TAG, INTERRUPTED)
-            client.set_tag(run.info.run_id, REASON_TAG, "the sweep was interrupted while this trial ran; "
-                           f"`ranktune sweep --resume {quoted}` continues it from its last checkpoint")  # fmt: skip
+            client.set_tag(
+                run.info.run_id,
+                REASON_TAG,
+                "the sweep was interrupted while this trial ran; "
+                f"`ranktune sweep --resume {quoted}` continues it from its last checkpoint",
+            )
         else:
             client.set_tag(run.info.run_id, STATUS_TAG, LOST)
-            client.set_tag(run.info.run_id, REASON_TAG, "the sweep's driver died before Ray Tune's experiment "
-                           "snapshot recorded this trial, so the resumed sweep did not continue it")  # fmt: skip
+            client.set_tag(
+                run.info.run_id,
+                REASON_TAG,
+                "the sweep's driver died before Ray Tune's experiment "
+                "snapshot recorded this trial, so the resumed sweep did not continue it",
+            )
         client.set_terminated(run.info.run_id, status="KILLED")
         closed.append(run.info.run_id)
     return closed

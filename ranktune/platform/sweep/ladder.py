@@ -62,16 +62,24 @@ STATE_FILE = "ladder_state.json"
 class LadderInterrupted(RuntimeError):
     """A rung's trials were interrupted (Ctrl-C): nothing above it runs until the ladder is resumed."""
 
+
 def rung_shape(rspec: SweepSpec) -> dict[str, Any]:
     from ranktune.platform.report.proxy_checks import proxy_share
 
     cfg = rspec.trial_config({})
     llama = cfg.model.llama_config()
     share = proxy_share(cfg)
-    return {"hidden_size": llama.hidden_size, "intermediate_size": llama.intermediate_size,
-            "num_layers": llama.num_layers, "num_heads": llama.num_heads, "parameters": share.total,
-            "matrix_share": share.share, "width": llama.hidden_size, "steps": rspec.budget.steps_per_trial,
-            "tokens_per_step": cfg.tokens_per_step}  # fmt: skip
+    return {
+        "hidden_size": llama.hidden_size,
+        "intermediate_size": llama.intermediate_size,
+        "num_layers": llama.num_layers,
+        "num_heads": llama.num_heads,
+        "parameters": share.total,
+        "matrix_share": share.share,
+        "width": llama.hidden_size,
+        "steps": rspec.budget.steps_per_trial,
+        "tokens_per_step": cfg.tokens_per_step,
+    }
 
 
 # ---------------------------------------------------------------------------------- results
@@ -100,15 +108,25 @@ def annotate(spec: SweepSpec, results: list[ConfigResult]) -> list[ConfigResult]
 def first_rung_results(rspec: SweepSpec, rows: list[dict[str, Any]]) -> list[ConfigResult]:
     """Each finished search trial is a configuration (its own id) at factor 1."""
     return [
-        ConfigResult(r["trial_id"], method_label(rspec, r["params"]), r["params"], float(r["params"]["optim.lr"]),
-                     r["objective"], {"1": r["objective"]})
-        for r in rows if r["status"] == "finished" and r["objective"] is not None and "optim.lr" in r["params"]
-    ]  # fmt: skip
+        ConfigResult(
+            r["trial_id"],
+            method_label(rspec, r["params"]),
+            r["params"],
+            float(r["params"]["optim.lr"]),
+            r["objective"],
+            {"1": r["objective"]},
+        )
+        for r in rows
+        if r["status"] == "finished" and r["objective"] is not None and "optim.lr" in r["params"]
+    ]
 
 
 def loss_by_params(rows: list[dict[str, Any]]) -> dict[str, float]:
-    return {params_key(r["params"]): r["objective"] for r in rows
-            if r["status"] == "finished" and r["objective"] is not None}  # fmt: skip
+    return {
+        params_key(r["params"]): r["objective"]
+        for r in rows
+        if r["status"] == "finished" and r["objective"] is not None
+    }
 
 
 # ---------------------------------------------------------------------------------- driver
@@ -137,9 +155,13 @@ def run_ladder(spec: SweepSpec, address: str | None = None, progress: bool = Tru
         state = load_ladder_state(storage)
         if not state:
             if (storage / "sweep.json").exists() or (storage / LADDER_FILE).exists():
-                raise ConfigError([f"storage: {str(storage)!r} already holds a sweep -> resume it with `ranktune "
-                                   f"sweep --resume {shlex.quote(str(storage))}` or choose another name or "
-                                   "storage"])  # fmt: skip
+                raise ConfigError(
+                    [
+                        f"storage: {str(storage)!r} already holds a sweep -> resume it with `ranktune "
+                        f"sweep --resume {shlex.quote(str(storage))}` or choose another name or "
+                        "storage"
+                    ]
+                )
             state = {"spec": json.loads(spec_json(spec)), "done": [], "results": {}, "points": {}}
             _create_experiment(spec)
             save_ladder_state(storage, state)
@@ -181,14 +203,19 @@ def _run_rung(spec: SweepSpec, state: dict[str, Any], index: int, address: str |
     rspec = rung_spec(spec, index)
     started = (rspec.storage_dir / "sweep.json").is_file()
     if index == 0:
-        summary = resume_sweep(rspec.storage_dir, address, progress=progress) if started else \
-            run_sweep(rspec, address, progress=progress)  # fmt: skip
+        summary = (
+            resume_sweep(rspec.storage_dir, address, progress=progress)
+            if started
+            else run_sweep(rspec, address, progress=progress)
+        )
         rs, rstate = load_state(summary["storage"])
         rows = collect_trials(rs, rstate)
         if any(r["status"] == "running" for r in rows):
-            raise LadderInterrupted(f"rung {rs.name} was interrupted; `ranktune sweep --resume "
-                                    f"{shlex.quote(str(spec.storage_dir))}` "
-                                    "continues the ladder")  # fmt: skip
+            raise LadderInterrupted(
+                f"rung {rs.name} was interrupted; `ranktune sweep --resume "
+                f"{shlex.quote(str(spec.storage_dir))}` "
+                "continues the ladder"
+            )
         results = first_rung_results(rs, rows)
     else:
         key = str(index)
@@ -204,8 +231,9 @@ def _run_rung(spec: SweepSpec, state: dict[str, Any], index: int, address: str |
     state["results"][str(index)] = [asdict(r) for r in annotate(rspec, results)]
 
 
-def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: str | None,
-                     progress: bool) -> dict[str, Any]:  # fmt: skip
+def run_fixed_points(
+    rspec: SweepSpec, points: list[dict[str, Any]], address: str | None, progress: bool
+) -> dict[str, Any]:
     """A sweep of exactly these configurations, each to the full budget.
 
     A killed one continues by training the points that have no finished run yet, in a new Tune
@@ -238,19 +266,26 @@ def run_fixed_points(rspec: SweepSpec, points: list[dict[str, Any]], address: st
             tuner = tune.Tuner(
                 sweep.trainable(),
                 tune_config=tune.TuneConfig(
-                    metric=rspec.objective.metric, mode=rspec.objective.mode, search_alg=fixed_points(todo),
-                    num_samples=len(todo), max_concurrent_trials=rspec.max_concurrent,
+                    metric=rspec.objective.metric,
+                    mode=rspec.objective.mode,
+                    search_alg=fixed_points(todo),
+                    num_samples=len(todo),
+                    max_concurrent_trials=rspec.max_concurrent,
                 ),
                 run_config=tune.RunConfig(
-                    name=f"tune-{attempt}", storage_path=str(storage),
+                    name=f"tune-{attempt}",
+                    storage_path=str(storage),
                     callbacks=sweep.callbacks(len(todo)),
-                    failure_config=tune.FailureConfig(max_failures=rspec.max_failures), verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=rspec.max_failures),
+                    verbose=0,
                 ),
-            )  # fmt: skip
+            )
             results = tuner.fit()
             if results.num_terminated + results.num_errors < len(todo):
-                raise LadderInterrupted(f"rung {rspec.name} was interrupted; `ranktune sweep --resume "
-                                        f"{shlex.quote(str(storage.parent.parent))}` continues the ladder")  # fmt: skip
+                raise LadderInterrupted(
+                    f"rung {rspec.name} was interrupted; `ranktune sweep --resume "
+                    f"{shlex.quote(str(storage.parent.parent))}` continues the ladder"
+                )
         return sweep.finish()
 
 
@@ -264,27 +299,42 @@ def build_ladder(spec: SweepSpec, state: dict[str, Any]) -> dict[str, Any]:
             break
         rspec = rung_spec(spec, index)
         results = [ConfigResult(**r) for r in state["results"][str(index)]]
-        rungs.append({
-            "index": index + 1, "name": rung.name, **rung_shape(rspec),
-            "sweep_dir": str(rung_dir(spec, index).relative_to(spec.storage_dir)),
-            "configurations": sorted((asdict(r) for r in results),
-                                     key=lambda c: (c["loss"] is None, c["loss"] or 0.0)),
-            "method_ranking": [{"method": m, "loss": loss, "config_id": c} for m, loss, c in method_ranking(results)],
-        })  # fmt: skip
+        rungs.append(
+            {
+                "index": index + 1,
+                "name": rung.name,
+                **rung_shape(rspec),
+                "sweep_dir": str(rung_dir(spec, index).relative_to(spec.storage_dir)),
+                "configurations": sorted(
+                    (asdict(r) for r in results), key=lambda c: (c["loss"] is None, c["loss"] or 0.0)
+                ),
+                "method_ranking": [
+                    {"method": m, "loss": loss, "config_id": c} for m, loss, c in method_ranking(results)
+                ],
+            }
+        )
     comparisons = []
     pairs = [(i, i + 1) for i in range(len(rungs) - 1)]
     if len(rungs) > 2:
         pairs.append((0, len(rungs) - 1))
     for lo, hi in pairs:
-        c = compare(rungs[lo]["name"], [ConfigResult(**r) for r in rungs[lo]["configurations"]],
-                    rungs[hi]["name"], [ConfigResult(**r) for r in rungs[hi]["configurations"]])  # fmt: skip
+        c = compare(
+            rungs[lo]["name"],
+            [ConfigResult(**r) for r in rungs[lo]["configurations"]],
+            rungs[hi]["name"],
+            [ConfigResult(**r) for r in rungs[hi]["configurations"]],
+        )
         comparisons.append(c)
     complete = len(rungs) == len(spec.ladder.rungs)
     ladder: dict[str, Any] = {
-        "name": spec.name, "complete": complete, "promote": spec.ladder.promote,
-        "lr_factors": spec.ladder.lr_factors, "rungs": rungs, "comparisons": [c.as_dict() for c in comparisons],
+        "name": spec.name,
+        "complete": complete,
+        "promote": spec.ladder.promote,
+        "lr_factors": spec.ladder.lr_factors,
+        "rungs": rungs,
+        "comparisons": [c.as_dict() for c in comparisons],
         "verdict": transfer_verdict(comparisons[-1]) if comparisons else "fewer than two rungs finished",
-    }  # fmt: skip
+    }
     ladder["rules"] = {m: r.as_dict() for m, r in fit_rules(rungs).items()}
     return ladder
 

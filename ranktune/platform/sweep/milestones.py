@@ -56,8 +56,14 @@ def in_window(step: int, windows: list[Window]) -> bool:
 class MethodAwareASHA(AsyncHyperBandScheduler):
     """Asynchronous successive halving (or Hyperband brackets) with the two rules of this module."""
 
-    def __init__(self, *, windows_for: Callable[[dict[str, Any]], list[Window]], branch_key: str | None = None,
-                 protected_per_branch: int = 0, **asha: Any) -> None:  # fmt: skip
+    def __init__(
+        self,
+        *,
+        windows_for: Callable[[dict[str, Any]], list[Window]],
+        branch_key: str | None = None,
+        protected_per_branch: int = 0,
+        **asha: Any,
+    ) -> None:
         super().__init__(**asha)
         self.windows_for = windows_for
         self.branch_key = branch_key
@@ -111,8 +117,11 @@ class MethodAwareASHA(AsyncHyperBandScheduler):
         bracket = self._trial_info.get(trial.trial_id)
         if bracket is None:
             return {}
-        return {milestone: (bracket.cutoff(recorded), len(recorded)) for milestone, recorded in bracket._rungs
-                if trial.trial_id not in recorded}  # fmt: skip
+        return {
+            milestone: (bracket.cutoff(recorded), len(recorded))
+            for milestone, recorded in bracket._rungs
+            if trial.trial_id not in recorded
+        }
 
     def _stop_reason(self, trial, result: dict, cutoffs: dict[float, tuple[float | None, int]]) -> str:
         step = result.get(self._time_attr, 0)
@@ -125,14 +134,18 @@ class MethodAwareASHA(AsyncHyperBandScheduler):
         cutoff, others = cutoffs[milestone]
         cutoff *= self._metric_op  # Ray stores rewards as metric x (+1 for max, -1 for min)
         worse = ">" if self._metric_op < 0 else "<"
-        return (f"milestone {milestone:g} (step {step}): {self._metric} {value:.4g} {worse} cutoff {cutoff:.4g}, "
-                f"the best 1/{self._reduction_factor:g} of the {others} trials that reached it")  # fmt: skip
+        return (
+            f"milestone {milestone:g} (step {step}): {self._metric} {value:.4g} {worse} cutoff {cutoff:.4g}, "
+            f"the best 1/{self._reduction_factor:g} of the {others} trials that reached it"
+        )
 
 
 def build_method_aware_scheduler(spec: SweepSpec, spec_json: str, **asha: Any) -> MethodAwareASHA:
     space = spec.search_space()
     branch_key = space.branches.key if space.branches is not None else None
     return MethodAwareASHA(
-        windows_for=functools.partial(windows_for_params, spec_json), branch_key=branch_key,
-        protected_per_branch=spec.search.min_trials_per_branch if branch_key else 0, **asha,
-    )  # fmt: skip
+        windows_for=functools.partial(windows_for_params, spec_json),
+        branch_key=branch_key,
+        protected_per_branch=spec.search.min_trials_per_branch if branch_key else 0,
+        **asha,
+    )

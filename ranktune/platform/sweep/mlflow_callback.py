@@ -39,8 +39,17 @@ from ranktune.platform.tracking.client import (
 class MlflowTrials(Callback):
     """Tune callback: trial start/result/complete/error -> MLflow child runs under the sweep's parent."""
 
-    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, sweep_name: str,
-                 steps_per_trial: int, config_yaml, memory_check=None, parent_of=None) -> None:  # fmt: skip
+    def __init__(
+        self,
+        tracking_uri: str,
+        experiment_id: str,
+        parent_run_id: str,
+        sweep_name: str,
+        steps_per_trial: int,
+        config_yaml,
+        memory_check=None,
+        parent_of=None,
+    ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -91,8 +100,12 @@ class MlflowTrials(Callback):
             self._nodes[run_id] = [n for n in found[0].data.tags.get(NODES_TAG, "").split(",") if n]
             self.client.update_run(run_id, status="RUNNING")
         else:
-            tags = {"mlflow.parentRunId": parent, TRIAL_TAG: trial.trial_id, SWEEP_TAG: self.sweep_name,
-                    ROLE_TAG: REPLICATE if self.parent_of else TRIAL}  # fmt: skip
+            tags = {
+                "mlflow.parentRunId": parent,
+                TRIAL_TAG: trial.trial_id,
+                SWEEP_TAG: self.sweep_name,
+                ROLE_TAG: REPLICATE if self.parent_of else TRIAL,
+            }
             if self.parent_of:  # a replicate: marked with the searched trial it replicates
                 tags[REPLICATE_OF_TAG] = self.client.get_run(parent).data.tags.get(CONFIRM_OF_TAG, "")
             run = self.client.create_run(self.experiment_id, run_name=run_name(trial.config, trial.trial_id), tags=tags)
@@ -186,8 +199,15 @@ class MlflowTrials(Callback):
         (its last one is often the untrained model's, at step 0): it is kept as `last_eval_*` at its
         step, so neither the report nor MLflow's `final_*` columns take it for the trial's objective;
         its costs (tokens, wall time, memory) are final all the same."""
-        for key in ("eval_loss", "eval_ppl", "tokens", "wall_time", "tokens_per_s", "peak_memory_bytes",
-                    "optimizer_state_bytes"):  # fmt: skip
+        for key in (
+            "eval_loss",
+            "eval_ppl",
+            "tokens",
+            "wall_time",
+            "tokens_per_s",
+            "peak_memory_bytes",
+            "optimizer_state_bytes",
+        ):
             if key in last and isinstance(last[key], (int, float)) and math.isfinite(float(last[key])):
                 if failed and key in EVAL_KEYS:
                     self.client.log_metric(run_id, f"last_{key}", float(last[key]), step=int(last.get("step", 0)))

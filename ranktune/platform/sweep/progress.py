@@ -10,8 +10,9 @@ from ray.tune import Callback
 
 
 class SweepProgress(Callback):
-    def __init__(self, num_trials: int, metric: str, steps_per_trial: int, enabled: bool = True,
-                 mode: str = "min") -> None:  # fmt: skip
+    def __init__(
+        self, num_trials: int, metric: str, steps_per_trial: int, enabled: bool = True, mode: str = "min"
+    ) -> None:
         self.num_trials, self.metric, self.enabled, self.mode = num_trials, metric, enabled, mode
         self.steps_per_trial = steps_per_trial
         self.rows: dict[str, dict[str, Any]] = {}
@@ -40,8 +41,15 @@ class SweepProgress(Callback):
         for col in ("trial", "method", "params", "step", "train loss", self.metric, "status"):
             table.add_column(col, overflow="fold")
         for trial_id, r in self.rows.items():
-            table.add_row(trial_id, r["method"], r["params"], f"{r['step']}/{self.steps_per_trial}", r["loss"],
-                          r["objective"], r["status"])  # fmt: skip
+            table.add_row(
+                trial_id,
+                r["method"],
+                r["params"],
+                f"{r['step']}/{self.steps_per_trial}",
+                r["loss"],
+                r["objective"],
+                r["status"],
+            )
         return table
 
     def _update(self, trial, **changes) -> None:
@@ -51,9 +59,15 @@ class SweepProgress(Callback):
 
         row = self.rows.setdefault(
             trial.trial_id,
-            {"method": str(trial.config.get("optim.name", "")), "params": params_text(trial.config), "step": 0,
-             "loss": "-", "objective": "-", "status": "running"},
-        )  # fmt: skip
+            {
+                "method": str(trial.config.get("optim.name", "")),
+                "params": params_text(trial.config),
+                "step": 0,
+                "loss": "-",
+                "objective": "-",
+                "status": "running",
+            },
+        )
         row.update(changes)
         if row["status"] == "finished" and row["objective"] != "-":
             value = float(row["objective"])
@@ -67,17 +81,24 @@ class SweepProgress(Callback):
                 self._live.start()
             self._live.update(self._table())
         elif changes.get("status") not in (None, "running"):  # logs and CI: one line per finished trial
-            print(f"[sweep] {trial.trial_id} {row['method']} {row['status']} at step {row['step']}/"
-                  f"{self.steps_per_trial}: {self.metric} {row['objective']}  ({row['params']})\n"
-                  f"[sweep] {self.headline()}", flush=True)  # fmt: skip
+            print(
+                f"[sweep] {trial.trial_id} {row['method']} {row['status']} at step {row['step']}/"
+                f"{self.steps_per_trial}: {self.metric} {row['objective']}  ({row['params']})\n"
+                f"[sweep] {self.headline()}",
+                flush=True,
+            )
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self._update(trial, status="running")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         loss = result.get("train_loss")
-        self._update(trial, step=result.get("step", 0), loss=f"{loss:.3f}" if loss is not None else "-",
-                     objective=f"{result.get(self.metric, float('nan')):.4f}")  # fmt: skip
+        self._update(
+            trial,
+            step=result.get("step", 0),
+            loss=f"{loss:.3f}" if loss is not None else "-",
+            objective=f"{result.get(self.metric, float('nan')):.4f}",
+        )
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         last = trial.last_result or {}

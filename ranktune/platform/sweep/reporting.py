@@ -31,8 +31,19 @@ class ReportTo(Callback):
         self.eval_set = info["eval_set"]  # the held-out set's identity, recorded on the MLflow run
 
     def on_log(self, metrics: Metrics) -> None:
-        keep = ("step", "tokens", "train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes",
-                "optimizer_state_bytes", "parameter_bytes", "gradient_bytes", "wall_time")  # fmt: skip
+        keep = (
+            "step",
+            "tokens",
+            "train_loss",
+            "lr",
+            "grad_norm",
+            "tokens_per_s",
+            "peak_memory_bytes",
+            "optimizer_state_bytes",
+            "parameter_bytes",
+            "gradient_bytes",
+            "wall_time",
+        )
         record = {k: metrics[k] for k in keep if k in metrics}
         self.pending.append(record)
         self.last_log = record
@@ -54,8 +65,13 @@ class ReportTo(Callback):
         if self.reported or not summary["completed"]:
             return
         self.reported = True
-        final = {"step": summary["steps"], "tokens": summary["tokens"], "eval_loss": summary["final_eval_loss"],
-                 "eval_ppl": summary["final_eval_ppl"], "wall_time": summary["wall_time"]}  # fmt: skip
+        final = {
+            "step": summary["steps"],
+            "tokens": summary["tokens"],
+            "eval_loss": summary["final_eval_loss"],
+            "eval_ppl": summary["final_eval_ppl"],
+            "wall_time": summary["wall_time"],
+        }
         self.report({**final, "log_history": "[]", "start_step": self.start_step, "eval_set": self.eval_set}, None)
 
 

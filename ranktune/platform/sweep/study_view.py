@@ -29,8 +29,9 @@ log = logging.getLogger(__name__)
 
 
 class SweepOptunaSearch(OptunaSearch):
-    def __init__(self, *args, full_budget_step: int, metric_names: list[str], tracking: tuple[str, str] | None = None,
-                 **kwargs) -> None:  # fmt: skip
+    def __init__(
+        self, *args, full_budget_step: int, metric_names: list[str], tracking: tuple[str, str] | None = None, **kwargs
+    ) -> None:
         # Set first: OptunaSearch.__init__ creates the study (_setup_study) when it has metric and mode.
         self.full_budget_step = full_budget_step  # a trial that reached this step ran its whole budget
         self.metric_names = metric_names
@@ -72,8 +73,13 @@ class SweepOptunaSearch(OptunaSearch):
         self.on_trial_result(trial_id, result)  # Tune hands the last result to on_trial_complete alone
         ot_trial = self._ot_trials[trial_id]
         step = (result or {}).get("step")
-        status = "failed" if error else "pruned_memory" if step is None else (
-            "finished" if step >= self.full_budget_step else "stopped_early")  # fmt: skip
+        status = (
+            "failed"
+            if error
+            else "pruned_memory"
+            if step is None
+            else ("finished" if step >= self.full_budget_step else "stopped_early")
+        )
         self._label(trial_id, ot_trial, status)
         if status == "finished":
             return super().on_trial_complete(trial_id, result, error)
@@ -106,8 +112,9 @@ class SweepOptunaSearch(OptunaSearch):
             return None
         resumed = resumed_state()  # a copied or moved sweep tracks into its own store (relocate.py)
         uri = resumed.tracking_uri if resumed is not None else self.tracking[0]
-        found = mlflow_client(uri).search_runs([self.tracking[1]], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'",
-                                               max_results=1)  # fmt: skip
+        found = mlflow_client(uri).search_runs(
+            [self.tracking[1]], filter_string=f"tags.`{TRIAL_TAG}` = '{trial_id}'", max_results=1
+        )
         return found[0].info.run_id if found else None
 
 

@@ -32,12 +32,15 @@ def memory_rejection(spec: SweepSpec, cfg: TrainConfig, gpus_per_trial: float) -
     estimate = estimate_memory(cfg, device="cuda" if gpus_per_trial > 0 else "cpu")
     if verdict(estimate, spec.memory_budget_gib).fits:
         return None
-    return (f"memory estimate {gib(estimate.total)} ({estimate.phase} phase) exceeds memory_budget_gib "
-            f"{spec.memory_budget_gib:g}")  # fmt: skip
+    return (
+        f"memory estimate {gib(estimate.total)} ({estimate.phase} phase) exceeds memory_budget_gib "
+        f"{spec.memory_budget_gib:g}"
+    )
 
 
-def rejection(spec: SweepSpec, params: dict[str, Any], cfg: TrainConfig,
-              gpus_per_trial: float) -> tuple[str, str] | None:  # fmt: skip
+def rejection(
+    spec: SweepSpec, params: dict[str, Any], cfg: TrainConfig, gpus_per_trial: float
+) -> tuple[str, str] | None:
     """(MLflow status, reason) of a configuration that is not trained: its target run cannot be exported
     (a target-aware sweep, platform/export/target.py), or its own estimate exceeds memory_budget_gib."""
     from ranktune.platform.export.target import INFEASIBLE_TARGET, infeasible_reason
@@ -90,8 +93,9 @@ def tune_report(result: Metrics, checkpoint_file: str | None) -> None:
     tune.report(with_node_id(result))
 
 
-def run_trial(params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.0,
-              prepare: Callable | None = None) -> None:  # fmt: skip
+def run_trial(
+    params: dict[str, Any], spec_json: str, gpus_per_trial: float = 0.0, prepare: Callable | None = None
+) -> None:
     """Tune function trainable. `prepare(trainer, params)` runs before training (tests inject faults).
 
     The trial is a training run in `storage/trials/<trial_id>/` (config, metrics, checkpoints and

@@ -57,9 +57,13 @@ def local_versions(node: str | None = None) -> NodeVersions:
     except Exception:  # not installed (PYTHONPATH checkout)
         ranktune_version = getattr(ranktune, "__version__", "unknown")
     host = node or f"{socket.gethostname()} ({ray.util.get_node_ip_address() if ray.is_initialized() else 'driver'})"
-    return NodeVersions(node=host, python=platform.python_version(),
-                        ranktune=f"{ranktune_version} (source {source_fingerprint()})", ray=ray.__version__,
-                        torch=torch.__version__.split("+")[0])  # fmt: skip
+    return NodeVersions(
+        node=host,
+        python=platform.python_version(),
+        ranktune=f"{ranktune_version} (source {source_fingerprint()})",
+        ray=ray.__version__,
+        torch=torch.__version__.split("+")[0],
+    )
 
 
 def version_mismatches(driver: NodeVersions, nodes: list[NodeVersions]) -> list[str]:
@@ -86,9 +90,12 @@ def node_reports() -> list[NodeVersions]:
 
     report = ray.remote(num_cpus=0, max_retries=0)(report_versions)
     alive = [n for n in ray.nodes() if n.get("Alive")]
-    refs = [report.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False))
-            .remote(n.get("NodeManagerHostname", "?") + f" ({n.get('NodeManagerAddress', '?')})")
-            for n in alive]  # fmt: skip
+    refs = [
+        report.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(
+            n.get("NodeManagerHostname", "?") + f" ({n.get('NodeManagerAddress', '?')})"
+        )
+        for n in alive
+    ]
     return ray.get(refs, timeout=REPORT_TIMEOUT_S)
 
 
@@ -96,6 +103,10 @@ def check_cluster_versions() -> None:
     """Refuse to start when a node's versions differ from the driver's (one line per node)."""
     problems = version_mismatches(local_versions(), node_reports())
     if problems:
-        raise ConfigError([f"{p} -> the same versions everywhere: run scripts/setup.sh on that node "
-                           "(constraints.txt pins them; `ray up cluster.yaml` does it on every node)"
-                           for p in problems])  # fmt: skip
+        raise ConfigError(
+            [
+                f"{p} -> the same versions everywhere: run scripts/setup.sh on that node "
+                "(constraints.txt pins them; `ray up cluster.yaml` does it on every node)"
+                for p in problems
+            ]
+        )

@@ -47,8 +47,17 @@ RUNS_VIEW_KEY = "ranktune-trials"
 SHARED_VIEW_TAG = f"mlflow.sharedViewState.{RUNS_VIEW_KEY}"
 
 # Metrics that become step-indexed curves in MLflow (from each result and its log_history).
-CURVE_KEYS = ("train_loss", "lr", "grad_norm", "tokens_per_s", "peak_memory_bytes", "optimizer_state_bytes",
-              "parameter_bytes", "gradient_bytes", "tokens")  # fmt: skip
+CURVE_KEYS = (
+    "train_loss",
+    "lr",
+    "grad_norm",
+    "tokens_per_s",
+    "peak_memory_bytes",
+    "optimizer_state_bytes",
+    "parameter_bytes",
+    "gradient_bytes",
+    "tokens",
+)
 EVAL_KEYS = ("eval_loss", "eval_ppl")
 
 
@@ -87,7 +96,7 @@ def check_tracking_store(tracking_uri: str, field: str = "tracking.tracking_uri"
             [
                 f"{field}: {strip_userinfo(tracking_uri)!r} -> a reachable MLflow tracking server (no answer within "
                 f"{TRACKING_CONNECT_TIMEOUT_S:g} s: {reason})"
-            ]  # fmt: skip
+            ]
         ) from None
     finally:
         conn.close()
@@ -116,20 +125,30 @@ def runs_view_state(metric: str, mode: str, param_keys: list[str] = (), methods:
         "searchFilter": f"tags.`{ROLE_TAG}` LIKE '%'",
         "orderByKey": f"metrics.`final_{metric}`",
         "orderByAsc": mode == "min",
-        "selectedColumns": [*(f"params.`{k}`" for k in params), f"tags.`{ROLE_TAG}`", f"tags.`{STATUS_TAG}`",
-                            f"metrics.`final_{metric}`", "metrics.`final_optimizer_state_MiB`",
-                            "metrics.`final_peak_memory_MiB`", "metrics.`final_tokens_per_s`",
-                            f"tags.`{STOP_REASON_TAG}`", f"tags.`{REASON_TAG}`"],
+        "selectedColumns": [
+            *(f"params.`{k}`" for k in params),
+            f"tags.`{ROLE_TAG}`",
+            f"tags.`{STATUS_TAG}`",
+            f"metrics.`final_{metric}`",
+            "metrics.`final_optimizer_state_MiB`",
+            "metrics.`final_peak_memory_MiB`",
+            "metrics.`final_tokens_per_s`",
+            f"tags.`{STOP_REASON_TAG}`",
+            f"tags.`{REASON_TAG}`",
+        ],
         "runsHiddenMode": "SHOW_ALL",
-        "groupBy": {"aggregateFunction": "min" if mode == "min" else "max",
-                    "groupByKeys": [{"mode": "param", "groupByData": "optim.name"}]},
+        "groupBy": {
+            "aggregateFunction": "min" if mode == "min" else "max",
+            "groupByKeys": [{"mode": "param", "groupByData": "optim.name"}],
+        },
         "groupsExpanded": {f"param.optim.name.{m}": True for m in methods},
         "useGroupedValuesInCharts": False,  # each run its own line, not the group's aggregate
-    }  # fmt: skip
+    }
 
 
-def set_runs_view(client, experiment_id: str, metric: str, mode: str, param_keys: list[str] = (),
-                  methods: list[str] = ()) -> bool:  # fmt: skip
+def set_runs_view(
+    client, experiment_id: str, metric: str, mode: str, param_keys: list[str] = (), methods: list[str] = ()
+) -> bool:
     """Store the trials view on the experiment; False (and a warning) when the store refuses it."""
     try:
         state = runs_view_state(metric, mode, param_keys, methods)
@@ -200,9 +219,11 @@ def child_runs(client, experiment_id: str, parent_run_id: str) -> list:
     runs, token = [], None
     while True:
         page = client.search_runs(
-            [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'", max_results=500,
+            [experiment_id],
+            filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+            max_results=500,
             page_token=token,
-        )  # fmt: skip
+        )
         runs.extend(page)
         token = page.token
         if not token:

@@ -95,8 +95,11 @@ def estimate_full_rank(inner: str):
 register(
     "adamw",
     OptimizerEntry(
-        build=build_adamw, estimate_state=estimate_full_rank("adamw"), description="torch AdamW, fp32 moments",
-        baseline=True, colour="#1f77b4",
+        build=build_adamw,
+        estimate_state=estimate_full_rank("adamw"),
+        description="torch AdamW, fp32 moments",
+        baseline=True,
+        colour="#1f77b4",
         full_rank=True,
     ),
 )

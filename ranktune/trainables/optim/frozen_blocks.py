@@ -33,8 +33,9 @@ def build_frozen_blocks(model, cfg) -> TorchOptimizerMethod:
             p.requires_grad_(False)
             frozen += 1
     if frozen == 0:
-        raise ValueError("optim.name: adamw_frozen_blocks -> a model with attention/MLP matrices to freeze "
-                         "(none found)")
+        raise ValueError(
+            "optim.name: adamw_frozen_blocks -> a model with attention/MLP matrices to freeze (none found)"
+        )
     o = cfg.optim
     opt = torch.optim.AdamW(decay_groups(model, o.weight_decay), lr=o.lr, betas=o.betas, eps=o.eps)
     return TorchOptimizerMethod(model, opt, cfg.train.grad_clip)

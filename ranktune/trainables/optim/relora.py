@@ -321,10 +321,12 @@ def estimate_lora_flops(shapes: tuple[ParamShape, ...], cfg) -> MethodFlops:
     in_run_warm_start = r.warm_start_steps if not r.warm_start_checkpoint else 0
     lora_share = max(0, steps - in_run_warm_start) / steps
     restarts = cfg.optim.name == "relora"
-    return MethodFlops(per_token=(adapters - skipped) * lora_share, per_refresh=merge if restarts else 0.0,
-                       refresh_every=r.relora_every if restarts else 0,
-                       notes=(f"LoRA phase {100 * lora_share:.0f}% of the steps: adapters minus the frozen base's "
-                              "weight gradients",))  # fmt: skip
+    return MethodFlops(
+        per_token=(adapters - skipped) * lora_share,
+        per_refresh=merge if restarts else 0.0,
+        refresh_every=r.relora_every if restarts else 0,
+        notes=(f"LoRA phase {100 * lora_share:.0f}% of the steps: adapters minus the frozen base's weight gradients",),
+    )
 
 
 def summarize_lora(cfg) -> str:
@@ -341,10 +343,12 @@ def needs_warm_start_checkpoint(proxy, target) -> list[str]:
     if r.warm_start_checkpoint or r.warm_start_steps:
         return []
     share = proxy.relora.warm_start_steps / proxy.train.steps
-    return [f"relora.warm_start_checkpoint: null -> the proxy trained full-rank for its first "
-            f"{proxy.relora.warm_start_steps} of {proxy.train.steps} steps; give a full-rank {target.model.name} "
-            f"checkpoint of {share:.0%} of this run's tokens (about {round(share * target.train.steps)} steps) with "
-            "--set relora.warm_start_checkpoint=PATH"]  # fmt: skip
+    return [
+        f"relora.warm_start_checkpoint: null -> the proxy trained full-rank for its first "
+        f"{proxy.relora.warm_start_steps} of {proxy.train.steps} steps; give a full-rank {target.model.name} "
+        f"checkpoint of {share:.0%} of this run's tokens (about {round(share * target.train.steps)} steps) with "
+        "--set relora.warm_start_checkpoint=PATH"
+    ]
 
 
 def lora_from_random_init(proxy, target) -> str | None:
@@ -352,8 +356,10 @@ def lora_from_random_init(proxy, target) -> str | None:
     r = target.relora
     if r.warm_start_checkpoint or r.warm_start_steps or proxy.relora.warm_start_steps:
         return None
-    return ("lora: LoRA without restarts from a random init is a baseline, not a pretraining recipe (the frozen "
-            "random base never changes)")  # fmt: skip
+    return (
+        "lora: LoRA without restarts from a random init is a baseline, not a pretraining recipe (the frozen "
+        "random base never changes)"
+    )
 
 
 def relora_to_target(raw: dict[str, Any], proxy, scaling: TargetScaling) -> None:
@@ -372,9 +378,11 @@ def warm_start_too_large(cfg, phase: str, phase_bytes: int) -> list[str]:
     """Export's advice when the full-rank warm start is the phase that does not fit."""
     if not phase.startswith(WARM_START_PHASE):
         return []
-    return [f"relora.warm_start_steps: {cfg.relora.warm_start_steps} -> the full-rank warm start needs "
-            f"{phase_bytes / 2**30:.2f} GiB; --set relora.warm_start_steps=0 --set relora.warm_start_checkpoint=PATH "
-            "(a full-rank checkpoint trained elsewhere)"]  # fmt: skip
+    return [
+        f"relora.warm_start_steps: {cfg.relora.warm_start_steps} -> the full-rank warm start needs "
+        f"{phase_bytes / 2**30:.2f} GiB; --set relora.warm_start_steps=0 --set relora.warm_start_checkpoint=PATH "
+        "(a full-rank checkpoint trained elsewhere)"
+    ]
 
 
 # On one GPU at the target: 8-bit LoRA moments; the frozen base precision is export's rule (int8 by default).

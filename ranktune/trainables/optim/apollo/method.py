@@ -354,10 +354,14 @@ def full_gradient_sums(
     grads = sum(p.numel * p.count * p.value_bytes for p in shapes)
     why = f"{accum} accumulation steps" + (" and global clipping (update after every norm is known)" if clip else "")
     if s.full_grad_buffer == "device":
-        return None, {}, [
-            f"{name} per-layer with {why}: the full-gradient sums stay on the device "
-            f"({grads / 2**30:.2f} GiB); {section}.full_grad_buffer: host moves them to host memory"
-        ]
+        return (
+            None,
+            {},
+            [
+                f"{name} per-layer with {why}: the full-gradient sums stay on the device "
+                f"({grads / 2**30:.2f} GiB); {section}.full_grad_buffer: host moves them to host memory"
+            ],
+        )
     staging = 2 * largest.numel * e if device == "cuda" else 0
     host = {"full-gradient sums (fp32)": values * HOST_SUM_BYTES, "pinned staging": staging}
     # Each micro-batch but the last sends its gradients out; the sums come back once, fp32. Deferred
@@ -372,6 +376,8 @@ def full_gradient_sums(
     ]
     # The last gradient, the fp32 sum brought back (their sum), and its cast to a narrower weight dtype.
     return largest.numel * (e + HOST_SUM_BYTES + (e if e < HOST_SUM_BYTES else 0)), host, notes
+
+
 def estimate_scaled_gradient_flops(shapes: tuple[ParamShape, ...], cfg, name: str) -> MethodFlops:
     """Each step projects the full gradient (APOLLO: to measure the channel scaling; Fira: for the
     low-rank Adam update, projected back, plus the residual G - P P^T G, another projection pair);
@@ -386,27 +392,47 @@ def estimate_scaled_gradient_flops(shapes: tuple[ParamShape, ...], cfg, name: st
             refresh += (svd_flops(p.shape, s.rank, s) if svd else 0.0) * p.count
     projections = 4 if cls is FiraAdamW else 1
     notes = (f"SVD every {s.update_proj_gap} steps, counted at the matmul rate (a lower bound)",) if svd else ()
-    return MethodFlops(per_step=projections * project, per_refresh=refresh, refresh_every=s.update_proj_gap,
-                       notes=notes)  # fmt: skip
+    return MethodFlops(
+        per_step=projections * project, per_refresh=refresh, refresh_every=s.update_proj_gap, notes=notes
+    )
 
 
 def summarize_scaled_gradient(cfg, name: str) -> str:
     s = section_of(cfg, name)
     projector = f", {s.proj} projector" if hasattr(s, "proj") else ""
-    return (f"{METHODS[name][1]} rank {s.rank}, {s.scale_type}-wise scale {s.scale:g}{projector}"
-            f"{', per-layer' if s.per_layer else ''}")  # fmt: skip
+    return (
+        f"{METHODS[name][1]} rank {s.rank}, {s.scale_type}-wise scale {s.scale:g}{projector}"
+        f"{', per-layer' if s.per_layer else ''}"
+    )
 
 
 # The public 7b launch scripts (reference.md "The public 7b recipes"); reference_lr is each repository's lr
 # at 60m..350m. APOLLO uses 0.01 at every size; Fira halves it at 7b, as GaLore does.
 PUBLISHED_7B = {
-    "apollo_adamw": PublishedRecipe("7b", "apollo", rank=256, scale=1.0, update_proj_gap=200, lr=0.01,
-                                    reference_lr=0.01, source="APOLLO 7b script"),
-    "apollo_mini": PublishedRecipe("7b", "apollo_mini", rank=1, scale=128.0, update_proj_gap=200, lr=0.01,
-                                   reference_lr=0.01, source="APOLLO-Mini 7b script"),
-    "fira_adamw": PublishedRecipe("7b", "fira", rank=64, scale=0.0625, update_proj_gap=500, lr=0.005,
-                                  reference_lr=0.01, source="Fira 7b script (alpha 0.0625)"),
-}  # fmt: skip
+    "apollo_adamw": PublishedRecipe(
+        "7b", "apollo", rank=256, scale=1.0, update_proj_gap=200, lr=0.01, reference_lr=0.01, source="APOLLO 7b script"
+    ),
+    "apollo_mini": PublishedRecipe(
+        "7b",
+        "apollo_mini",
+        rank=1,
+        scale=128.0,
+        update_proj_gap=200,
+        lr=0.01,
+        reference_lr=0.01,
+        source="APOLLO-Mini 7b script",
+    ),
+    "fira_adamw": PublishedRecipe(
+        "7b",
+        "fira",
+        rank=64,
+        scale=0.0625,
+        update_proj_gap=500,
+        lr=0.005,
+        reference_lr=0.01,
+        source="Fira 7b script (alpha 0.0625)",
+    ),
+}
 
 
 # Export without a published recipe (`rules.recipe: proxy`), per method: the ScalingRules key of its
@@ -448,8 +474,11 @@ def step_size_factor(cfg, name: str) -> float:
 
 
 for _name, _description, _colour in [
-    ("apollo_adamw", "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient",
-     "#9467bd"),
+    (
+        "apollo_adamw",
+        "APOLLO: AdamW moments of a random projection set a channel-wise scale of the full gradient",
+        "#9467bd",
+    ),
     ("apollo_mini", "APOLLO-Mini: APOLLO at rank 1 with one scale per matrix (SGD-like memory)", "#e377c2"),
     ("fira_adamw", "Fira: GaLore's low-rank AdamW plus the scaled out-of-subspace gradient", "#b5cf6b"),
 ]:
@@ -467,8 +496,12 @@ for _name, _description, _colour in [
             published=(PUBLISHED_7B[_name],),
             # Per-layer with the full-gradient sums in host memory: exact at the paper's tokens per step.
             single_gpu=((f"{METHODS[_name][1]}.per_layer", True), (f"{METHODS[_name][1]}.full_grad_buffer", "host")),
-            update_rule_keys=(f"{METHODS[_name][1]}.per_layer", f"{METHODS[_name][1]}.full_grad_buffer",
-                              f"{METHODS[_name][1]}.per_tensor_clip", "train.grad_clip"),  # fmt: skip
+            update_rule_keys=(
+                f"{METHODS[_name][1]}.per_layer",
+                f"{METHODS[_name][1]}.full_grad_buffer",
+                f"{METHODS[_name][1]}.per_tensor_clip",
+                "train.grad_clip",
+            ),
             step_size_factor=partial(step_size_factor, name=_name),
             rank_key=f"{METHODS[_name][1]}.rank",
             target_mapping=partial(scaled_gradient_to_target, name=_name),

@@ -44,8 +44,13 @@ APOLLO_GROUP_DEFAULTS = {
     "proj_storage": "seed",
     "seed": 0,
 }
-FIRA_GROUP_DEFAULTS = {"proj": "svd", "scale_type": "channel", "scale": 1.0, "norm_growth_limit": 1.01,
-                       "residual": "orthogonal"}  # fmt: skip
+FIRA_GROUP_DEFAULTS = {
+    "proj": "svd",
+    "scale_type": "channel",
+    "scale": 1.0,
+    "norm_growth_limit": 1.01,
+    "residual": "orthogonal",
+}
 # Fira's out-of-subspace gradient: "orthogonal" G - P P^T G (the paper's equation), "published" G - alpha P P^T G
 # (the fira package's code, which produced the paper's figures).
 FIRA_RESIDUALS = ("orthogonal", "published")

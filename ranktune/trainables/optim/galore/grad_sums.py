@@ -96,8 +96,9 @@ class HostGradientSums:
         """A staging slot large enough for `grad`, after adding whatever copy it still holds."""
         if not self.staging or self.staging[0].numel() < grad.numel():
             self.finish_pending()
-            self.staging = [torch.empty(grad.numel(), dtype=grad.dtype, pin_memory=True)
-                            for _ in range(self.STAGING_SLOTS)]  # fmt: skip
+            self.staging = [
+                torch.empty(grad.numel(), dtype=grad.dtype, pin_memory=True) for _ in range(self.STAGING_SLOTS)
+            ]
             self.pending = [None] * self.STAGING_SLOTS
         slot = self.next_slot
         self.next_slot = (slot + 1) % self.STAGING_SLOTS

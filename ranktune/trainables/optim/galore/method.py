@@ -233,10 +233,16 @@ class GaLoreMethod(Method):
         stats: dict[str, float] = {}
         if self.deferred_update:
             scales = [self.per_tensor_scale(opt) for opt in self.optimizers]
-            projected = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
-                         if (sq := opt.accumulated_sq_norm()) is not None]  # fmt: skip
-            full = [s * s * sq for s, opt in zip(scales, self.optimizers, strict=True)
-                    if (sq := opt.accumulated_full_sq_norm()) is not None]  # fmt: skip
+            projected = [
+                s * s * sq
+                for s, opt in zip(scales, self.optimizers, strict=True)
+                if (sq := opt.accumulated_sq_norm()) is not None
+            ]
+            full = [
+                s * s * sq
+                for s, opt in zip(scales, self.optimizers, strict=True)
+                if (sq := opt.accumulated_full_sq_norm()) is not None
+            ]
             projected_norm = float(torch.stack(projected).sum().sqrt()) if projected else 0.0
             full_norm = float(torch.stack(full).sum().sqrt()) if full else 0.0
             # The norm whole-model GaLore clips by (the full gradient's), unless the sketch is off.
@@ -465,9 +471,11 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
             # Refresh steps sum the projected matrices' full gradients over the micro-batches.
             if g.full_grad_buffer == "device":
                 gradient_bytes = max(gradient_bytes, projected_full + accumulators - projected_low + in_flight)
-                notes.append(f"whole-batch refresh steps keep the projected matrices' full gradients on the "
-                             f"device ({projected_full / 2**30:.2f} GiB); galore.full_grad_buffer: host moves them "
-                             "out")  # fmt: skip
+                notes.append(
+                    f"whole-batch refresh steps keep the projected matrices' full gradients on the "
+                    f"device ({projected_full / 2**30:.2f} GiB); galore.full_grad_buffer: host moves them "
+                    "out"
+                )
             else:
                 # One projected matrix at a time on the device: its gradient, the fp32 sum brought back, the cast.
                 largest = max(projected_shapes, key=lambda p: p.numel)
@@ -475,9 +483,11 @@ def estimate_galore(shapes: tuple[ParamShape, ...], cfg, device: Device, inner: 
                 staging = 2 * largest.numel * largest.value_bytes if device == "cuda" else 0
                 host = {"refresh-step full-gradient sums (fp32)": projected_values * 4, "pinned staging": staging}
                 traffic = (accum - 1) * projected_full + projected_values * 4
-                notes.append(f"whole-batch refresh steps (every {g.update_proj_gap} updates) sum full gradients in "
-                             f"host memory: PCIe {traffic / 1e9:.1f} GB on those steps, {traffic / 1e9 / 25:.1f} s at "
-                             "25 GB/s")  # fmt: skip
+                notes.append(
+                    f"whole-batch refresh steps (every {g.update_proj_gap} updates) sum full gradients in "
+                    f"host memory: PCIe {traffic / 1e9:.1f} GB on those steps, {traffic / 1e9 / 25:.1f} s at "
+                    "25 GB/s"
+                )
     state = PhaseState(
         phase="galore",
         weights=sum(p.numel * p.count * p.value_bytes for p in shapes),
@@ -521,14 +531,17 @@ def estimate_galore_flops(shapes: tuple[ParamShape, ...], cfg) -> MethodFlops:
         if p.module == "Linear" and any(name_matches(p.module_name, pat) for pat in g.target_modules):
             project += projection_flops(p.shape, g.rank, g.proj_type) * p.count
             refresh += svd_flops(p.shape, g.rank, g) * p.count
-    low_rank_accumulation = g.per_layer and g.accumulation == "low_rank" and (
-        cfg.grad_accum_steps > 1 or cfg.train.grad_clip > 0
+    low_rank_accumulation = (
+        g.per_layer and g.accumulation == "low_rank" and (cfg.grad_accum_steps > 1 or cfg.train.grad_clip > 0)
     )
-    notes = (f"projector refresh ({g.svd} SVD) every {g.update_proj_gap} steps, counted at the matmul rate: "
-             "SVDs run well below it, so this part is a lower bound",)  # fmt: skip
+    notes = (
+        f"projector refresh ({g.svd} SVD) every {g.update_proj_gap} steps, counted at the matmul rate: "
+        "SVDs run well below it, so this part is a lower bound",
+    )
     if low_rank_accumulation:
-        return MethodFlops(per_micro_batch=project, per_step=project, per_refresh=refresh,
-                           refresh_every=g.update_proj_gap, notes=notes)  # fmt: skip
+        return MethodFlops(
+            per_micro_batch=project, per_step=project, per_refresh=refresh, refresh_every=g.update_proj_gap, notes=notes
+        )
     return MethodFlops(per_step=2 * project, per_refresh=refresh, refresh_every=g.update_proj_gap, notes=notes)
 
 
@@ -567,10 +580,23 @@ for _inner, _description, _colour in [
             sections=("galore",),
             colour=_colour,
             # GaLore's README 7b command (8-bit, per-layer); its 60m..1b scripts use lr 0.01.
-            published=(PublishedRecipe("7b", "galore", rank=1024, scale=0.25, update_proj_gap=500, lr=0.005,
-                                       reference_lr=0.01, source="GaLore README, 7b on one GPU"),),  # fmt: skip
-            single_gpu=(("optim.name", "galore_adamw8bit"), ("galore.per_layer", True),
-                        ("galore.accumulation", "low_rank")),  # fmt: skip
+            published=(
+                PublishedRecipe(
+                    "7b",
+                    "galore",
+                    rank=1024,
+                    scale=0.25,
+                    update_proj_gap=500,
+                    lr=0.005,
+                    reference_lr=0.01,
+                    source="GaLore README, 7b on one GPU",
+                ),
+            ),
+            single_gpu=(
+                ("optim.name", "galore_adamw8bit"),
+                ("galore.per_layer", True),
+                ("galore.accumulation", "low_rank"),
+            ),
             update_rule_keys=("optim.name", "galore.per_layer", "galore.accumulation", "galore.projector_dtype"),
             step_size_factor=lambda cfg: cfg.galore.scale,  # the update is scale x the projected-back step
             rank_key="galore.rank",

@@ -166,8 +166,9 @@ class GaLoreOptimizer(torch.optim.Optimizer):
                 if "full_sq_norm" in state:
                     squares.append(state["full_sq_norm"])
                 elif "norm_sketch" in state:
-                    omega = norm_sketch_matrix(state["norm_sketch"].shape[0], p, group.get("norm_sketch_seed", 0),
-                                               state["step"])  # fmt: skip
+                    omega = norm_sketch_matrix(
+                        state["norm_sketch"].shape[0], p, group.get("norm_sketch_seed", 0), state["step"]
+                    )
                     residual = state["norm_sketch"] - sketch_projected_back(omega, accum, state)
                     squares.append(in_space + residual.to(in_space.dtype).square().sum())
                 else:
@@ -348,14 +349,38 @@ class GaLoreAdamW8bit(GaLoreOptimizer):
         if state["state1"].dtype == torch.uint8:
             qmap1, qmap2 = dynamic_maps(target.device)
             bnbf.optimizer_update_8bit_blockwise(
-                "adam", grad, target, state["state1"], state["state2"], beta1, beta2, 0.0, 0.0, group["eps"],
-                state["step"], lr, qmap1, qmap2, state["absmax1"], state["absmax2"], weight_decay=wd,
-            )  # fmt: skip
+                "adam",
+                grad,
+                target,
+                state["state1"],
+                state["state2"],
+                beta1,
+                beta2,
+                0.0,
+                0.0,
+                group["eps"],
+                state["step"],
+                lr,
+                qmap1,
+                qmap2,
+                state["absmax1"],
+                state["absmax2"],
+                weight_decay=wd,
+            )
         else:
             bnbf.optimizer_update_32bit(
-                "adam", grad, target, state["state1"], beta1, group["eps"], state["step"], lr,
-                state["state2"], beta2, weight_decay=wd,
-            )  # fmt: skip
+                "adam",
+                grad,
+                target,
+                state["state1"],
+                beta1,
+                group["eps"],
+                state["step"],
+                lr,
+                state["state2"],
+                beta2,
+                weight_decay=wd,
+            )
 
     def update(self, p: torch.Tensor, grad: torch.Tensor, state: dict[str, Any], group: dict[str, Any]) -> None:
         lr, wd = group["lr"], group["weight_decay"]
