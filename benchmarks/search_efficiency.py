@@ -67,8 +67,8 @@ def run(kind: str, seed: int, args, root: Path) -> list[tuple[int, float | None,
     run_sweep(spec, progress=False)
     ray.shutdown()
     _, state = load_state(spec.storage_dir)
-    client = mlflow_client(state["tracking_uri"])
-    runs = sorted(child_runs(client, state["experiment_id"], state["parent_run_id"]), key=lambda r: r.info.end_time)
+    client = mlflow_client(state.tracking_uri)
+    runs = sorted(child_runs(client, state.experiment_id, state.parent_run_id), key=lambda r: r.info.end_time)
     out = []
     for r in runs:
         steps = max((m.step for m in client.get_metric_history(r.info.run_id, "eval_loss")), default=0)

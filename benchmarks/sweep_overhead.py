@@ -82,8 +82,8 @@ def main() -> None:
             run_sweep(one, progress=False)
             wall_s = time.perf_counter() - start
             _, state = load_state(one.storage_dir)
-            client = mlflow_client(state["tracking_uri"])
-            (run,) = child_runs(client, state["experiment_id"], state["parent_run_id"])
+            client = mlflow_client(state.tracking_uri)
+            (run,) = child_runs(client, state.experiment_id, state.parent_run_id)
             (row,) = collect_trials(one, state)
             sweeps.append({"wall_s": wall_s, "status": row["status"]})
             return (run.info.end_time - run.info.start_time) / 1000

@@ -415,10 +415,10 @@ def test_ladder_end_to_end_survives_a_driver_kill_and_exports_with_the_fitted_ru
     from ranktune.platform.tracking.client import mlflow_client
 
     states = [load_state(storage / "rungs" / name)[1] for name in ("1-w32", "2-w48", "3-w64")]
-    client = mlflow_client(states[0]["tracking_uri"])
-    assert {s["experiment_id"] for s in states} == {states[0]["experiment_id"]}
-    assert [client.get_run(s["parent_run_id"]).info.run_name for s in states] == ["lad-w32", "lad-w48", "lad-w64"]
-    runs = client.search_runs([states[0]["experiment_id"]], "tags.`ranktune.kind` = 'ladder'")
+    client = mlflow_client(states[0].tracking_uri)
+    assert {s.experiment_id for s in states} == {states[0].experiment_id}
+    assert [client.get_run(s.parent_run_id).info.run_name for s in states] == ["lad-w32", "lad-w48", "lad-w64"]
+    runs = client.search_runs([states[0].experiment_id], "tags.`ranktune.kind` = 'ladder'")
     assert [(r.info.run_name, r.info.status) for r in runs] == [("lad-ladder", "FINISHED")]
     assert [(c["lower"], c["upper"]) for c in ladder["comparisons"]] == [("w32", "w48"), ("w48", "w64"), ("w32", "w64")]
     assert ladder["verdict"] and set(ladder["rules"]) == {"adamw", "galore_adamw"}
