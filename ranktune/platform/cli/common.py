@@ -5,9 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 
-EXIT_BAD_INPUT = 2
-
-
+EXIT_BAD_INPUT = 2  # refused input: one line per problem
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, what a shell reports for a command stopped by Ctrl-C
 
 

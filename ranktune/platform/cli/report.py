@@ -9,10 +9,15 @@ import sys
 from pathlib import Path
 
 from ranktune.platform.cli.common import SWEEP_DIR_HELP, positive_gib, say
-from ranktune.platform.cli.serve import _cuda
 
 
-def _print_pareto(storage: str | Path) -> None:
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def print_pareto(storage: str | Path) -> None:
     from ranktune.platform.report.pareto import format_front
     from ranktune.platform.store.state import load_state
 
@@ -22,7 +27,7 @@ def _print_pareto(storage: str | Path) -> None:
         say(*format_front(spec, json.loads(path.read_text())))
 
 
-def _print_confirm(confirm: dict | None) -> None:
+def print_confirm(confirm: dict | None) -> None:
     from ranktune.platform.report.replicates import format_confirm
 
     if confirm:
@@ -61,7 +66,7 @@ def cmd_report(args: argparse.Namespace) -> int:
         say(*format_front(spec, pareto_front(spec, rows)))
     if args.max_memory_gib is not None:
         _print_best_within(spec, rows, args.max_memory_gib)
-    _print_confirm(confirm)
+    print_confirm(confirm)
     plots_dir = storage / "plots"
     if offline:  # plots and the HTML report draw the curves MLflow holds
         print(f"plots: {plots_dir}/ as last drawn" if plots_dir.is_dir() else "plots: none (they need the server)")

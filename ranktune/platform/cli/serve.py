@@ -11,12 +11,6 @@ from ranktune.platform.cli.common import SWEEP_DIR_HELP, tcp_port
 from ranktune.platform.serve.processes import warn_if_exposed
 
 
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
-
-
 def mlflow_ui_command(tracking_uri: str, artifacts: Path, host: str, port: int) -> tuple[list[str], dict[str, str]]:
     """`mlflow ui` sized for one person reading one sweep: one web worker (MLflow's default is 4) and no
     job-execution consumers (MLflow 3's Huey workers run GenAI jobs; together ~3.5 GiB of RAM idle)."""

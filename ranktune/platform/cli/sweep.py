@@ -8,7 +8,7 @@ import shlex
 import sys
 
 from ranktune.platform.cli.common import EXIT_BAD_INPUT, EXIT_INTERRUPTED, SWEEP_DIR_HELP, add_set_arg, say
-from ranktune.platform.cli.report import _print_confirm, _print_pareto
+from ranktune.platform.cli.report import print_confirm, print_pareto
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
@@ -96,8 +96,8 @@ def _print_outcome(spec, summary: dict) -> None:
     from ranktune.platform.report.table import winner_lines
 
     storage = summary["storage"]
-    _print_pareto(storage)
-    _print_confirm(summary.get("confirm"))
+    print_pareto(storage)
+    print_confirm(summary.get("confirm"))
     quoted = shlex.quote(str(storage))
     say(f"plots: {storage}/plots/   HTML: ranktune report {quoted} --html   MLflow UI: ranktune ui {quoted}")
     say(*winner_lines(spec, summary["best"], storage, summary.get("confirm")), *summary.get("proxy_checks", []))
