@@ -301,7 +301,7 @@ def test_export_prints_duration_and_sizes_to_tokens_or_days(target_sweep, tmp_pa
 def test_export_refuses_without_a_finished_trial():
     rows = [{"trial_id": "a", "status": "pruned_memory", "objective": None, "peak_memory_bytes": None}]
     with pytest.raises(ConfigError, match="no trial that finished its budget"):
-        select_trial(rows, "min", None, "sweeps/x")
+        select_trial(rows, "min", None, "sweeps/x", None)
 
 
 def test_relative_rank_rule():

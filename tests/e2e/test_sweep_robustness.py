@@ -132,7 +132,7 @@ def test_a_sweep_whose_every_trial_failed_exits_nonzero_with_one_line_each(capsy
 def test_export_of_an_all_failed_sweep_does_not_suggest_resume():
     rows = [{"trial_id": "a1", "status": "failed", "objective": None, "peak_memory_bytes": None}]
     with pytest.raises(ConfigError) as exc:
-        select_trial(rows, "min", None, "sweeps/x")
+        select_trial(rows, "min", None, "sweeps/x", None)
     assert "--resume" not in str(exc.value) and "start a new sweep" in str(exc.value)
 
 

@@ -1,7 +1,5 @@
 """best_config.yaml: the winner's own method sections only, a header naming how it was chosen, loadable."""
 
-import json
-
 import yaml
 from support.rows import trial_row
 
@@ -128,6 +126,5 @@ def test_with_replicates_the_winner_line_and_export_follow_the_replicates_mean(t
     assert pick_winner(TRIALS, "min", CONFIRM) is LORA and pick_winner(TRIALS, "min", None) is ADAMW
     first = winner_lines(sweep_spec(), pick_winner(TRIALS, "min", CONFIRM), "SWEEP", CONFIRM)[0]
     assert first.startswith("winner: lora (trial 1o2a0003, eval_loss 6.2100 +/- 0.0200 over 3 replicates, resolved")
-    (tmp_path / "confirm.json").write_text(json.dumps(CONFIRM))
-    assert select_trial(TRIALS, "min", None, str(tmp_path)) is LORA  # what `ranktune export` trains
-    assert select_trial(TRIALS, "min", ADAMW["trial_id"], str(tmp_path)) is ADAMW  # --trial still wins
+    assert select_trial(TRIALS, "min", None, str(tmp_path), CONFIRM) is LORA  # what `ranktune export` trains
+    assert select_trial(TRIALS, "min", ADAMW["trial_id"], str(tmp_path), CONFIRM) is ADAMW  # --trial still wins

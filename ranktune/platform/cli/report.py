@@ -71,7 +71,7 @@ def cmd_report(args: argparse.Namespace) -> int:
     if offline:  # plots and the HTML report draw the curves MLflow holds
         print(f"plots: {plots_dir}/ as last drawn" if plots_dir.is_dir() else "plots: none (they need the server)")
     elif not args.no_plots and (args.plots or args.html or not any(plots_dir.glob("*.png"))):
-        plots = write_plots(spec, state, rows, plots_dir)  # drawn once; --plots redraws
+        plots = write_plots(spec, state, rows, confirm, plots_dir)  # drawn once; --plots redraws
         say("plots: " + ", ".join(str(p) for p in plots))
     elif plots_dir.is_dir():
         say(f"plots: {plots_dir}/ (--plots redraws them)")

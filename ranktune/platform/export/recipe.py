@@ -130,7 +130,7 @@ def export_best(
         budget_gib = max_memory_gib
         source = select_within_memory(spec, rows, target, rules, overrides, max_memory_gib)
     else:
-        source = select_trial(rows, spec.objective.mode, trial_id, str(sweep_dir))
+        source = select_trial(rows, spec.objective.mode, trial_id, str(sweep_dir), results.confirm)
     proxy = spec.trial_config(source["params"])
     fit = fit_to_target(proxy, target, rules, overrides, budget_gib)
     blocked = bool(fit.problems) or (fit.baseline is not None and trial_id is None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import shlex
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from ranktune.platform.export.fit import TargetFit, fit_to_target
@@ -13,10 +12,11 @@ from ranktune.platform.export.rules import ScalingRules
 from ranktune.trainables.config import ConfigError
 
 
-def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str) -> dict[str, Any]:
-    """`--trial`, else the sweep's winner (by the replicates' mean when the sweep ran replicates)."""
+def select_trial(
+    rows: list[dict[str, Any]], mode: str, trial_id: str | None, sweep_dir: str, confirm: dict[str, Any] | None
+) -> dict[str, Any]:
+    """`--trial`, else the sweep's winner (by the replicates' mean, `confirm`, when the sweep ran replicates)."""
     from ranktune.platform.report.ranking import pick_winner
-    from ranktune.platform.report.replicates import load_confirm
     from ranktune.platform.store.locks import running_owner
 
     if trial_id is not None:
@@ -25,7 +25,7 @@ def select_trial(rows: list[dict[str, Any]], mode: str, trial_id: str | None, sw
                 return r
         finished = [r["trial_id"] for r in rows if r["status"] == "finished"]
         raise ConfigError([f"--trial: {trial_id!r} -> a finished trial of this sweep: {finished}"])
-    best = pick_winner(rows, mode, load_confirm(Path(sweep_dir)))
+    best = pick_winner(rows, mode, confirm)
     if best is None:
         counts = {s: sum(r["status"] == s for r in rows) for s in sorted({r["status"] for r in rows})}
         unfinished = any(r["status"] in ("running", "lost", "interrupted") for r in rows) or not rows

@@ -5,23 +5,28 @@ from __future__ import annotations
 import logging
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ranktune.search_spaces.spec import SweepSpec
+
+if TYPE_CHECKING:
+    from ranktune.platform.store.state import SweepState
 
 log = logging.getLogger(__name__)
 
 IMPORTANCE_MIN_TRIALS = 20  # Optuna's fANOVA importances from fewer full-budget trials are noise
 
 
-def write_plots(spec: SweepSpec, state: dict[str, Any], rows: list[dict[str, Any]], out_dir: Path) -> list[Path]:
-    """The method-coloured plots of plots.py, the Pareto front (several objectives), and Optuna's
-    parameter importances once there are enough full-budget trials for them to mean something."""
+def write_plots(
+    spec: SweepSpec, state: SweepState, rows: list[dict[str, Any]], confirm: dict[str, Any] | None, out_dir: Path
+) -> list[Path]:
+    """The method-coloured plots of plots.py (with the replicates' summary `confirm`, as the caller loaded
+    it), the Pareto front (several objectives), and Optuna's parameter importances once there are enough
+    full-budget trials for them to mean something."""
     from ranktune.platform.report.pareto import plot_front
     from ranktune.platform.report.plots import write_method_plots
-    from ranktune.platform.report.replicates import load_confirm
 
-    written = write_method_plots(spec, state, rows, out_dir, load_confirm(spec.storage_dir))
+    written = write_method_plots(spec, state, rows, out_dir, confirm)
     front = plot_front(spec, rows, out_dir / "pareto.png")
     if front:
         written.append(front)

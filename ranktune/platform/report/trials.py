@@ -69,12 +69,12 @@ def collect_trials(spec: SweepSpec, state: SweepState) -> list[TrialRow]:
     client = mlflow_client(state.tracking_uri)
     metric = spec.objective.metric
     rows: list[TrialRow] = []
+    devices = _devices_per_trial(spec)
     for run in child_runs(client, state.experiment_id, state.parent_run_id):
         tags, metrics = run.data.tags, run.data.metrics
         if CONFIRM_OF_TAG in tags:  # a replicated configuration (its replicates are nested under it)
             continue
         wall = metrics.get("final_wall_time")
-        devices = _devices_per_trial(spec)
         params = json.loads(tags.get(PARAMS_TAG, "{}"))
         status = tags.get(STATUS_TAG, "running")
         rows.append(

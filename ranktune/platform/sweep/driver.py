@@ -564,7 +564,7 @@ class Sweep:
 
         verdicts = "\n".join(format_confirm(confirm)) if confirm else None
         annotate_study(spec, note + (f"\n\n```\n{verdicts}\n```" if verdicts else ""), verdicts)
-        plots = write_plots(spec, state, trials, storage / "plots")
+        plots = write_plots(spec, state, trials, confirm, storage / "plots")
         for plot in plots:
             client.log_artifact(parent, str(plot), "plots")
         summary["plots"] = [str(p) for p in plots]
